@@ -1,0 +1,104 @@
+//! Why a connection ended: a closed set with one spelling, shared by logs, counters and tests.
+
+use std::fmt;
+
+/// The one reason a connection closed. Never parsed out of an error string: the code that
+/// decides to close names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The peer closed its side (read returned end of stream).
+    PeerClosed,
+    /// The peer reset the connection (`ECONNRESET`, `EPIPE`).
+    Reset,
+    /// The kernel's keep-alive probes went unanswered (`ETIMEDOUT` with nothing in flight).
+    KeepaliveTimeout,
+    /// Sent data stayed unacknowledged past `TCP_USER_TIMEOUT` (`ETIMEDOUT` with data in flight).
+    UserTimeout,
+    /// The peer missed the configured number of application heartbeats.
+    HeartbeatTimeout,
+    /// No inbound byte within `idle_timeout`.
+    IdleTimeout,
+    /// Pending output made no progress within `write_timeout`: a slow consumer.
+    WriteTimeout,
+    /// The peer exceeded its error budget.
+    ProtocolError,
+    /// One object was larger than `max_frame`.
+    FrameTooLarge,
+    /// The connection reached `max_age` and its grace period.
+    MaxAge,
+    /// Refused at accept time: `max_connections` were already live.
+    ServerFull,
+    /// Closed on request, through the registry.
+    Kicked,
+    /// The server is shutting down.
+    Shutdown,
+    /// Any other socket error, or a panic in the connection's task.
+    InternalError,
+}
+
+impl CloseReason {
+    /// Every reason, for counters and reports.
+    pub const ALL: [CloseReason; 14] = [
+        CloseReason::PeerClosed,
+        CloseReason::Reset,
+        CloseReason::KeepaliveTimeout,
+        CloseReason::UserTimeout,
+        CloseReason::HeartbeatTimeout,
+        CloseReason::IdleTimeout,
+        CloseReason::WriteTimeout,
+        CloseReason::ProtocolError,
+        CloseReason::FrameTooLarge,
+        CloseReason::MaxAge,
+        CloseReason::ServerFull,
+        CloseReason::Kicked,
+        CloseReason::Shutdown,
+        CloseReason::InternalError,
+    ];
+
+    /// The spelling used in logs, counters and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::Reset => "reset",
+            CloseReason::KeepaliveTimeout => "keepalive_timeout",
+            CloseReason::UserTimeout => "user_timeout",
+            CloseReason::HeartbeatTimeout => "heartbeat_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::WriteTimeout => "write_timeout",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::FrameTooLarge => "frame_too_large",
+            CloseReason::MaxAge => "max_age",
+            CloseReason::ServerFull => "server_full",
+            CloseReason::Kicked => "kicked",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::InternalError => "internal_error",
+        }
+    }
+
+    /// Position in [`CloseReason::ALL`], for per-reason counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_index_order_with_unique_names() {
+        for (i, reason) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i);
+        }
+        let mut names: Vec<_> = CloseReason::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), CloseReason::ALL.len());
+    }
+}

@@ -1,0 +1,825 @@
+//! One validated [`Config`], built from layers: embedded defaults < TOML file < `CONNWARDEN_*`
+//! environment variables < command-line flags.
+//!
+//! Every key has one spelling in three forms: `keepalive_idle` in the file, `CONNWARDEN_KEEPALIVE_IDLE`
+//! in the environment, `--keepalive-idle` on the command line. Values travel as text through the
+//! layers and are parsed once, here, so that an error names the key, the value and where it came
+//! from, before anything listens. Durations are written `30s`, `2m`, `1h`, `500ms`.
+//!
+//! # Defaults
+//!
+//! The defaults are production values; this table is the one place that documents them
+//! (`connwarden serve --print-config` prints the effective values).
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `listen` | `["0.0.0.0:7000"]` | addresses to listen on (repeatable flag) |
+//! | `reuse_port` | `false` | `SO_REUSEPORT`, so several processes can share one port |
+//! | `backlog` | `1024` | accept queue length passed to `listen(2)` (the kernel caps it at `somaxconn`) |
+//! | `recv_buffer`, `send_buffer` | `auto` | `SO_RCVBUF` / `SO_SNDBUF` in bytes (`64KiB`); `auto` keeps kernel autotuning |
+//! | `keepalive_idle` | `30s` | `TCP_KEEPIDLE`: silence before the first probe, under common NAT timeouts |
+//! | `keepalive_interval` | `10s` | `TCP_KEEPINTVL`: time between probes |
+//! | `keepalive_count` | `3` | `TCP_KEEPCNT`: unanswered probes before the kernel gives up |
+//! | `user_timeout` | `auto` | `TCP_USER_TIMEOUT`: `auto` = idle + interval × count, a duration, or `off` |
+//! | `nodelay` | `true` | `TCP_NODELAY`: acks and pings leave at once |
+//! | `heartbeat` | `negotiated` | `negotiated` (clients that sent `hello`), `required` (every client) or `off` |
+//! | `heartbeat_interval` | `15s` | inbound silence after which the server sends `ping` |
+//! | `heartbeat_misses` | `3` | silent intervals after which the connection is closed |
+//! | `idle_timeout` | `off` | close a connection with no inbound byte for this long |
+//! | `write_timeout` | `30s` | close a peer that accepts no byte of pending output for this long |
+//! | `max_age` | `off` | send `max_age` to a connection this old, then close it after `max_age_grace` |
+//! | `max_age_grace` | `30s` | time a connection past `max_age` has to finish |
+//! | `max_connections` | `10000` | live connections; beyond it a new peer gets `server_full` |
+//! | `max_frame` | `64KiB` | largest JSON object; a larger one closes the connection (`frame_too_large`) |
+//! | `error_budget` | `100` | bad items a connection may send before it is closed (`protocol_error`) |
+//! | `max_pending_replies` | `1024` | acks and errors waiting for one connection; when full, its reading pauses |
+//! | `queue` | `65536` | items between the connections and the sink |
+//! | `overflow` | `backpressure` | full queue: `backpressure`, `drop-newest` or `drop-oldest` |
+//! | `sink` | `stdout` | `stdout` or `file:PATH` (NDJSON, appended) |
+//! | `shutdown_grace` | `10s` | time from SIGINT/SIGTERM to exit, queue drain included |
+//! | `log_format` | `text` | `text` or `json` |
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Prefix of the environment variables read by [`Settings::from_env`].
+pub const ENV_PREFIX: &str = "CONNWARDEN_";
+
+/// Every key, in the order `--print-config` prints them.
+pub const KEYS: &[&str] = &[
+    "listen",
+    "reuse_port",
+    "backlog",
+    "recv_buffer",
+    "send_buffer",
+    "keepalive_idle",
+    "keepalive_interval",
+    "keepalive_count",
+    "user_timeout",
+    "nodelay",
+    "heartbeat",
+    "heartbeat_interval",
+    "heartbeat_misses",
+    "idle_timeout",
+    "write_timeout",
+    "max_age",
+    "max_age_grace",
+    "max_connections",
+    "max_frame",
+    "error_budget",
+    "max_pending_replies",
+    "queue",
+    "overflow",
+    "sink",
+    "shutdown_grace",
+    "log_format",
+];
+
+/// Linux caps `TCP_KEEPIDLE` and `TCP_KEEPINTVL` at this many seconds (`MAX_TCP_KEEPIDLE`).
+const MAX_KEEPALIVE_SECS: u64 = 32_767;
+/// Linux caps `TCP_KEEPCNT` at this many probes (`MAX_TCP_KEEPCNT`).
+const MAX_KEEPALIVE_COUNT: u32 = 127;
+
+/// A configuration error. Each names the key and, where it has one, where the value came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{key} = {value:?} ({origin}): {reason}")]
+    InvalidValue {
+        key: &'static str,
+        value: String,
+        origin: Origin,
+        reason: String,
+    },
+    #[error("unknown key {key:?} ({origin}); known keys: {}", KEYS.join(", "))]
+    UnknownKey { key: String, origin: Origin },
+    #[error("{key}: {reason}")]
+    Contradiction { key: &'static str, reason: String },
+    #[error("cannot read config file {path}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML")]
+    ParseFile {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
+impl ConfigError {
+    /// The key this error is about, for callers and tests that act on it.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::InvalidValue { key, .. } | ConfigError::Contradiction { key, .. } => {
+                Some(key)
+            }
+            ConfigError::UnknownKey { key, .. } => Some(key),
+            ConfigError::ReadFile { .. } | ConfigError::ParseFile { .. } => None,
+        }
+    }
+}
+
+/// Where a setting came from, so an error can point at it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => write!(f, "default"),
+            Origin::File(path) => write!(f, "from {}", path.display()),
+            Origin::Env(var) => write!(f, "from environment variable {var}"),
+            Origin::Flag(flag) => write!(f, "from flag {flag}"),
+        }
+    }
+}
+
+/// One layer of raw settings: key to textual value(s), each with its origin.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    entries: BTreeMap<String, (Vec<String>, Origin)>,
+}
+
+impl Settings {
+    /// Reads a TOML file. Unknown keys are an error, so a typo cannot silently leave a default.
+    pub fn from_toml_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Settings::from_toml_str(&text, path)
+    }
+
+    /// Parses TOML text as if it had been read from `path`.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+        let table: toml::Table = text.parse().map_err(|source| ConfigError::ParseFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        let origin = Origin::File(path.to_owned());
+        let mut settings = Settings::default();
+        for (key, value) in table {
+            let values = toml_values(&key, &value, &origin)?;
+            settings.insert(key, values, origin.clone())?;
+        }
+        Ok(settings)
+    }
+
+    /// Reads `CONNWARDEN_<KEY>` variables from the process environment.
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        Settings::from_vars(std::env::vars())
+    }
+
+    /// Reads `CONNWARDEN_<KEY>` variables from `vars`. `CONNWARDEN_LISTEN` takes a comma-separated list.
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Settings, ConfigError> {
+        let mut settings = Settings::default();
+        for (var, value) in vars {
+            let Some(key) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            let values = if key == "listen" {
+                value.split(',').map(|s| s.trim().to_owned()).collect()
+            } else {
+                vec![value]
+            };
+            settings.insert(key, values, Origin::Env(var))?;
+        }
+        Ok(settings)
+    }
+
+    /// Sets `key` as given by a command-line flag. `listen` may be set several times: values add up.
+    pub fn set_flag(&mut self, key: &str, value: impl Into<String>) -> Result<(), ConfigError> {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let value = value.into();
+        if let Some((values, Origin::Flag(_))) = self.entries.get_mut(key) {
+            if key == "listen" {
+                values.push(value);
+                return Ok(());
+            }
+        }
+        self.insert(key.to_owned(), vec![value], Origin::Flag(flag))
+    }
+
+    /// Overlays `higher`: each key it sets replaces this layer's value.
+    pub fn merge(mut self, higher: Settings) -> Settings {
+        self.entries.extend(higher.entries);
+        self
+    }
+
+    fn insert(&mut self, key: String, values: Vec<String>, origin: Origin) -> Result<(), ConfigError> {
+        if !KEYS.contains(&key.as_str()) {
+            return Err(ConfigError::UnknownKey { key, origin });
+        }
+        self.entries.insert(key, (values, origin));
+        Ok(())
+    }
+}
+
+fn toml_values(key: &str, value: &toml::Value, origin: &Origin) -> Result<Vec<String>, ConfigError> {
+    let scalar = |v: &toml::Value| match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    };
+    let values = match value {
+        toml::Value::Array(items) => items.iter().map(scalar).collect::<Option<Vec<_>>>(),
+        other => scalar(other).map(|s| vec![s]),
+    };
+    values.ok_or_else(|| match KEYS.iter().find(|k| **k == key) {
+        Some(key) => ConfigError::InvalidValue {
+            key,
+            value: value.to_string(),
+            origin: origin.clone(),
+            reason: "expected a string, an integer, a boolean or (for listen) an array".into(),
+        },
+        None => ConfigError::UnknownKey {
+            key: key.to_owned(),
+            origin: origin.clone(),
+        },
+    })
+}
+
+/// `TCP_USER_TIMEOUT`: how long transmitted data may stay unacknowledged before the kernel drops
+/// the connection. Without it, Linux retransmits for about 15 minutes (`tcp_retries2 = 15`) and
+/// keep-alive never runs while data is outstanding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserTimeout {
+    /// idle + interval × count: the same bound as keep-alive, for connections with data in flight.
+    Auto,
+    Off,
+    Fixed(Duration),
+}
+
+/// When the application heartbeat applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeartbeatMode {
+    /// Only for clients that sent `hello`: plain item writers keep working.
+    Negotiated,
+    /// For every client: one that never answers `ping` is closed.
+    Required,
+    Off,
+}
+
+/// What a connection does with an item when the queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// Stop reading from the socket until there is room: TCP flow control slows the client.
+    Backpressure,
+    /// Reject the new item (the sender gets `queue_full`).
+    DropNewest,
+    /// Evict the oldest queued item (its sender gets `queue_full`) and take the new one.
+    DropOldest,
+}
+
+/// Where items go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkSpec {
+    /// NDJSON on standard output.
+    Stdout,
+    /// NDJSON appended to a file.
+    File(PathBuf),
+}
+
+/// Format of the log lines on standard error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Kernel keep-alive: the first probe after `idle` of silence, then one every `interval`,
+/// and the connection is dropped after `count` unanswered probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+}
+
+impl Keepalive {
+    /// Worst case from the last byte heard to the kernel dropping a silent dead peer.
+    pub fn bound(&self) -> Duration {
+        self.idle + self.interval * self.count
+    }
+}
+
+/// The validated configuration of a server.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub reuse_port: bool,
+    pub backlog: u32,
+    pub recv_buffer: Option<usize>,
+    pub send_buffer: Option<usize>,
+    pub keepalive: Keepalive,
+    pub user_timeout: UserTimeout,
+    pub nodelay: bool,
+    pub heartbeat: HeartbeatMode,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_misses: u32,
+    pub idle_timeout: Option<Duration>,
+    pub write_timeout: Duration,
+    pub max_age: Option<Duration>,
+    pub max_age_grace: Duration,
+    pub max_connections: usize,
+    pub max_frame: usize,
+    pub error_budget: u32,
+    pub max_pending_replies: usize,
+    pub queue: usize,
+    pub overflow: Overflow,
+    pub sink: SinkSpec,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 7000))],
+            reuse_port: false,
+            backlog: 1024,
+            recv_buffer: None,
+            send_buffer: None,
+            keepalive: Keepalive {
+                idle: Duration::from_secs(30),
+                interval: Duration::from_secs(10),
+                count: 3,
+            },
+            user_timeout: UserTimeout::Auto,
+            nodelay: true,
+            heartbeat: HeartbeatMode::Negotiated,
+            heartbeat_interval: Duration::from_secs(15),
+            heartbeat_misses: 3,
+            idle_timeout: None,
+            write_timeout: Duration::from_secs(30),
+            max_age: None,
+            max_age_grace: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_frame: 64 * 1024,
+            error_budget: 100,
+            max_pending_replies: 1024,
+            queue: 65_536,
+            overflow: Overflow::Backpressure,
+            sink: SinkSpec::Stdout,
+            shutdown_grace: Duration::from_secs(10),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Builds the configuration from its layers: defaults < `file` < environment < `flags`.
+    pub fn load(file: Option<&Path>, flags: Settings) -> Result<Config, ConfigError> {
+        let file = match file {
+            Some(path) => Settings::from_toml_file(path)?,
+            None => Settings::default(),
+        };
+        let layered = file.merge(Settings::from_env()?).merge(flags);
+        Config::from_settings(&layered)
+    }
+
+    /// Applies `settings` over the defaults and validates the result.
+    pub fn from_settings(settings: &Settings) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        for (key, (values, origin)) in &settings.entries {
+            config.apply(key, values, origin)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The effective user timeout, `None` when off.
+    pub fn effective_user_timeout(&self) -> Option<Duration> {
+        match self.user_timeout {
+            UserTimeout::Auto => Some(self.keepalive.bound()),
+            UserTimeout::Off => None,
+            UserTimeout::Fixed(d) => Some(d),
+        }
+    }
+
+    /// Checks the rules that involve more than one key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |key, reason: String| Err(ConfigError::Contradiction { key, reason });
+        if self.listen.is_empty() {
+            return fail("listen", "at least one address is needed".into());
+        }
+        if self.queue == 0 {
+            return fail("queue", "must be at least 1: a queue of 0 could never take an item".into());
+        }
+        if self.max_connections == 0 {
+            return fail("max_connections", "must be at least 1".into());
+        }
+        if self.max_frame < 16 {
+            return fail("max_frame", "must be at least 16 bytes".into());
+        }
+        if self.max_pending_replies == 0 {
+            return fail("max_pending_replies", "must be at least 1".into());
+        }
+        let ka = &self.keepalive;
+        if ka.idle < Duration::from_secs(1) || ka.idle.as_secs() > MAX_KEEPALIVE_SECS {
+            return fail("keepalive_idle", format!("must be 1s to {MAX_KEEPALIVE_SECS}s (the kernel counts whole seconds)"));
+        }
+        if ka.interval < Duration::from_secs(1) || ka.interval.as_secs() > MAX_KEEPALIVE_SECS {
+            return fail("keepalive_interval", format!("must be 1s to {MAX_KEEPALIVE_SECS}s (the kernel counts whole seconds)"));
+        }
+        if ka.count == 0 || ka.count > MAX_KEEPALIVE_COUNT {
+            return fail("keepalive_count", format!("must be 1 to {MAX_KEEPALIVE_COUNT}"));
+        }
+        if let UserTimeout::Fixed(d) = self.user_timeout {
+            if d < ka.interval {
+                return fail(
+                    "user_timeout",
+                    format!(
+                        "{} is shorter than one keep-alive interval ({}): the kernel would drop a connection between two probes",
+                        humantime::format_duration(d),
+                        humantime::format_duration(ka.interval)
+                    ),
+                );
+            }
+        }
+        if self.heartbeat != HeartbeatMode::Off {
+            if self.heartbeat_interval.is_zero() {
+                return fail("heartbeat_interval", "must be above 0".into());
+            }
+            if self.heartbeat_misses == 0 {
+                return fail("heartbeat_misses", "must be at least 1".into());
+            }
+            if let Some(idle) = self.idle_timeout {
+                if self.heartbeat_interval >= idle {
+                    return fail(
+                        "heartbeat_interval",
+                        format!(
+                            "{} is at or above idle_timeout ({}): the idle timeout would close connections before the first ping",
+                            humantime::format_duration(self.heartbeat_interval),
+                            humantime::format_duration(idle)
+                        ),
+                    );
+                }
+            }
+        }
+        if self.write_timeout.is_zero() {
+            return fail("write_timeout", "must be above 0".into());
+        }
+        if self.idle_timeout.is_some_and(|d| d.is_zero()) {
+            return fail("idle_timeout", "must be above 0, or off".into());
+        }
+        if self.max_age.is_some_and(|d| d.is_zero()) {
+            return fail("max_age", "must be above 0, or off".into());
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, key: &str, values: &[String], origin: &Origin) -> Result<(), ConfigError> {
+        let key: &'static str = KEYS
+            .iter()
+            .find(|k| **k == key)
+            .expect("Settings only holds known keys");
+        // Parses the key's single value with `$parse`, naming key, value and origin on failure.
+        macro_rules! parse {
+            ($parse:expr) => {{
+                let value = single_value(key, values, origin)?;
+                $parse(value).map_err(|reason: String| invalid(key, value, origin, &reason))?
+            }};
+        }
+        match key {
+            "listen" => {
+                self.listen = values
+                    .iter()
+                    .map(|v| {
+                        v.parse()
+                            .map_err(|_| invalid(key, v, origin, "expected an address such as 0.0.0.0:7000 or [::]:7000"))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "reuse_port" => self.reuse_port = parse!(parse_bool),
+            "backlog" => self.backlog = parse!(parse_number),
+            "recv_buffer" => self.recv_buffer = parse!(parse_buffer),
+            "send_buffer" => self.send_buffer = parse!(parse_buffer),
+            "keepalive_idle" => self.keepalive.idle = parse!(parse_duration),
+            "keepalive_interval" => self.keepalive.interval = parse!(parse_duration),
+            "keepalive_count" => self.keepalive.count = parse!(parse_number),
+            "user_timeout" => self.user_timeout = parse!(parse_user_timeout),
+            "nodelay" => self.nodelay = parse!(parse_bool),
+            "heartbeat" => self.heartbeat = parse!(parse_heartbeat),
+            "heartbeat_interval" => self.heartbeat_interval = parse!(parse_duration),
+            "heartbeat_misses" => self.heartbeat_misses = parse!(parse_number),
+            "idle_timeout" => self.idle_timeout = parse!(parse_optional_duration),
+            "write_timeout" => self.write_timeout = parse!(parse_duration),
+            "max_age" => self.max_age = parse!(parse_optional_duration),
+            "max_age_grace" => self.max_age_grace = parse!(parse_duration),
+            "max_connections" => self.max_connections = parse!(parse_number),
+            "max_frame" => self.max_frame = parse!(parse_size),
+            "error_budget" => self.error_budget = parse!(parse_number),
+            "max_pending_replies" => self.max_pending_replies = parse!(parse_number),
+            "queue" => self.queue = parse!(parse_number),
+            "overflow" => self.overflow = parse!(parse_overflow),
+            "sink" => self.sink = parse!(parse_sink),
+            "shutdown_grace" => self.shutdown_grace = parse!(parse_duration),
+            "log_format" => self.log_format = parse!(parse_log_format),
+            _ => unreachable!("every key in KEYS has an arm"),
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, in the form the file accepts.
+    pub fn to_toml(&self) -> String {
+        let dur = |d: Duration| format!("{:?}", humantime::format_duration(d).to_string());
+        let opt_dur = |d: Option<Duration>| d.map_or_else(|| "\"off\"".to_owned(), dur);
+        let opt_buf = |b: Option<usize>| b.map_or_else(|| "\"auto\"".to_owned(), |b| b.to_string());
+        let quoted = |s: &str| format!("{s:?}");
+        let listen: Vec<String> = self.listen.iter().map(|a| quoted(&a.to_string())).collect();
+        let lines = [
+            ("listen", format!("[{}]", listen.join(", "))),
+            ("reuse_port", self.reuse_port.to_string()),
+            ("backlog", self.backlog.to_string()),
+            ("recv_buffer", opt_buf(self.recv_buffer)),
+            ("send_buffer", opt_buf(self.send_buffer)),
+            ("keepalive_idle", dur(self.keepalive.idle)),
+            ("keepalive_interval", dur(self.keepalive.interval)),
+            ("keepalive_count", self.keepalive.count.to_string()),
+            (
+                "user_timeout",
+                match self.user_timeout {
+                    UserTimeout::Auto => quoted("auto"),
+                    UserTimeout::Off => quoted("off"),
+                    UserTimeout::Fixed(d) => dur(d),
+                },
+            ),
+            ("nodelay", self.nodelay.to_string()),
+            ("heartbeat", quoted(heartbeat_name(self.heartbeat))),
+            ("heartbeat_interval", dur(self.heartbeat_interval)),
+            ("heartbeat_misses", self.heartbeat_misses.to_string()),
+            ("idle_timeout", opt_dur(self.idle_timeout)),
+            ("write_timeout", dur(self.write_timeout)),
+            ("max_age", opt_dur(self.max_age)),
+            ("max_age_grace", dur(self.max_age_grace)),
+            ("max_connections", self.max_connections.to_string()),
+            ("max_frame", self.max_frame.to_string()),
+            ("error_budget", self.error_budget.to_string()),
+            ("max_pending_replies", self.max_pending_replies.to_string()),
+            ("queue", self.queue.to_string()),
+            ("overflow", quoted(overflow_name(self.overflow))),
+            (
+                "sink",
+                quoted(&match &self.sink {
+                    SinkSpec::Stdout => "stdout".to_owned(),
+                    SinkSpec::File(p) => format!("file:{}", p.display()),
+                }),
+            ),
+            ("shutdown_grace", dur(self.shutdown_grace)),
+            (
+                "log_format",
+                quoted(match self.log_format {
+                    LogFormat::Text => "text",
+                    LogFormat::Json => "json",
+                }),
+            ),
+        ];
+        debug_assert_eq!(lines.len(), KEYS.len());
+        lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect()
+    }
+}
+
+fn single_value<'v>(key: &'static str, values: &'v [String], origin: &Origin) -> Result<&'v str, ConfigError> {
+    match values {
+        [value] => Ok(value.as_str()),
+        _ => Err(invalid(key, &values.join(","), origin, "expected one value")),
+    }
+}
+
+fn invalid(key: &'static str, value: &str, origin: &Origin, reason: &str) -> ConfigError {
+    ConfigError::InvalidValue {
+        key,
+        value: value.to_owned(),
+        origin: origin.clone(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn heartbeat_name(mode: HeartbeatMode) -> &'static str {
+    match mode {
+        HeartbeatMode::Negotiated => "negotiated",
+        HeartbeatMode::Required => "required",
+        HeartbeatMode::Off => "off",
+    }
+}
+
+fn overflow_name(overflow: Overflow) -> &'static str {
+    match overflow {
+        Overflow::Backpressure => "backpressure",
+        Overflow::DropNewest => "drop-newest",
+        Overflow::DropOldest => "drop-oldest",
+    }
+}
+
+/// Parses `30s`, `2m`, `1h`, `500ms`, `1m 30s`. A bare number is refused: `30` could mean seconds
+/// or milliseconds, and a wrong guess moves a timeout by a factor of a thousand.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("expected a duration such as 30s, 2m, 1h or 500ms ({e})"))
+}
+
+fn parse_optional_duration(text: &str) -> Result<Option<Duration>, String> {
+    match text.trim() {
+        "off" | "none" => Ok(None),
+        other => parse_duration(other).map(Some).map_err(|e| format!("{e}, or off")),
+    }
+}
+
+fn parse_user_timeout(text: &str) -> Result<UserTimeout, String> {
+    match text.trim() {
+        "auto" => Ok(UserTimeout::Auto),
+        "off" => Ok(UserTimeout::Off),
+        other => parse_duration(other)
+            .map(UserTimeout::Fixed)
+            .map_err(|e| format!("{e}, or auto, or off")),
+    }
+}
+
+fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.trim() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+fn parse_number<T: FromStr>(text: &str) -> Result<T, String> {
+    text.trim()
+        .replace('_', "")
+        .parse()
+        .map_err(|_| "expected a whole number in range".into())
+}
+
+/// Parses a size in bytes: `65536`, `64KiB`, `64k`, `1MiB`, `1m`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '_').unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: usize = parse_number(digits).map_err(|_| "expected a size such as 65536, 64KiB or 1MiB".to_owned())?;
+    let multiplier = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        _ => return Err("expected a size such as 65536, 64KiB or 1MiB".into()),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| "size too large".to_owned())
+}
+
+fn parse_buffer(text: &str) -> Result<Option<usize>, String> {
+    match text.trim() {
+        "auto" => Ok(None),
+        other => parse_size(other).map(Some).map_err(|e| format!("{e}, or auto")),
+    }
+}
+
+fn parse_heartbeat(text: &str) -> Result<HeartbeatMode, String> {
+    match text.trim() {
+        "negotiated" => Ok(HeartbeatMode::Negotiated),
+        "required" => Ok(HeartbeatMode::Required),
+        "off" => Ok(HeartbeatMode::Off),
+        _ => Err("expected negotiated, required or off".into()),
+    }
+}
+
+fn parse_overflow(text: &str) -> Result<Overflow, String> {
+    match text.trim() {
+        "backpressure" => Ok(Overflow::Backpressure),
+        "drop-newest" => Ok(Overflow::DropNewest),
+        "drop-oldest" => Ok(Overflow::DropOldest),
+        _ => Err("expected backpressure, drop-newest or drop-oldest".into()),
+    }
+}
+
+fn parse_sink(text: &str) -> Result<SinkSpec, String> {
+    match text.trim() {
+        "stdout" => Ok(SinkSpec::Stdout),
+        other => match other.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(SinkSpec::File(PathBuf::from(path))),
+            _ => Err("expected stdout or file:PATH".into()),
+        },
+    }
+}
+
+fn parse_log_format(text: &str) -> Result<LogFormat, String> {
+    match text.trim() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected text or json".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(pairs: &[(&str, &str)]) -> Settings {
+        let mut s = Settings::default();
+        for (k, v) in pairs {
+            s.set_flag(k, *v).unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn flags_win_over_env_and_env_over_file() {
+        let file = Settings::from_toml_str(
+            "keepalive_idle = \"40s\"\nkeepalive_interval = \"7s\"\nqueue = 10\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let env = Settings::from_vars([
+            ("CONNWARDEN_KEEPALIVE_IDLE".into(), "50s".into()),
+            ("CONNWARDEN_QUEUE".into(), "20".into()),
+            ("PATH".into(), "/bin".into()),
+        ])
+        .unwrap();
+        let cli = flags(&[("queue", "30")]);
+        let config = Config::from_settings(&file.merge(env).merge(cli)).unwrap();
+        assert_eq!(config.keepalive.idle, Duration::from_secs(50));
+        assert_eq!(config.keepalive.interval, Duration::from_secs(7));
+        assert_eq!(config.queue, 30);
+    }
+
+    #[test]
+    fn invalid_value_names_key_and_origin() {
+        let err = Config::from_settings(&flags(&[("keepalive_idle", "soon")])).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.key(), Some("keepalive_idle"));
+        assert!(text.contains("--keepalive-idle"), "{text}");
+        let env = Settings::from_vars([("CONNWARDEN_QUEUE".into(), "many".into())]).unwrap();
+        let text = Config::from_settings(&env).unwrap_err().to_string();
+        assert!(text.contains("CONNWARDEN_QUEUE"), "{text}");
+    }
+
+    #[test]
+    fn contradictions_are_refused() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("queue", "0")], "queue"),
+            (&[("heartbeat_interval", "30s"), ("idle_timeout", "30s")], "heartbeat_interval"),
+            (&[("user_timeout", "5s"), ("keepalive_interval", "10s")], "user_timeout"),
+            (&[("keepalive_count", "0")], "keepalive_count"),
+            (&[("max_connections", "0")], "max_connections"),
+        ];
+        for (pairs, key) in cases {
+            let err = Config::from_settings(&flags(pairs)).unwrap_err();
+            assert_eq!(err.key(), Some(*key), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error() {
+        let err = Settings::from_toml_str("keepalive_idel = \"3s\"", Path::new("c.toml")).unwrap_err();
+        assert_eq!(err.key(), Some("keepalive_idel"));
+    }
+
+    #[test]
+    fn printed_config_parses_back_to_the_same() {
+        let config = Config::from_settings(&flags(&[
+            ("listen", "127.0.0.1:1"),
+            ("listen", "[::1]:2"),
+            ("sink", "file:/tmp/x.ndjson"),
+            ("max_age", "1h"),
+            ("user_timeout", "90s"),
+            ("recv_buffer", "64KiB"),
+        ]))
+        .unwrap();
+        assert_eq!(config.listen.len(), 2);
+        let text = config.to_toml();
+        let again = Config::from_settings(&Settings::from_toml_str(&text, Path::new("p.toml")).unwrap()).unwrap();
+        assert_eq!(config, again);
+        let defaults = Config::default().to_toml();
+        let again = Config::from_settings(&Settings::from_toml_str(&defaults, Path::new("d.toml")).unwrap()).unwrap();
+        assert_eq!(Config::default(), again);
+    }
+
+    #[test]
+    fn auto_user_timeout_is_the_keepalive_bound() {
+        let config = Config::default();
+        assert_eq!(config.effective_user_timeout(), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("2m"), Ok(2 * 1024 * 1024));
+        assert!(parse_size("12 parsecs").is_err());
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("30").is_err());
+    }
+}

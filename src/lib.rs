@@ -1,0 +1,41 @@
+//! connwarden: bounded, measured dead-peer detection for long-lived TCP services, with a JSON
+//! item ingest that loses nothing.
+//!
+//! A map of the crate, one concern per module:
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`config`] | one validated [`Config`] from defaults < file < environment < flags |
+//! | [`sockopt`] | keep-alive idle/interval/count, `TCP_USER_TIMEOUT`, buffers: set and read back |
+//! | [`protocol`] | the bounded JSON-object stream decoder, messages, error codes |
+//! | `conn` | one connection's task: reads, heartbeat, deadlines, writes, one close reason |
+//! | [`registry`] | live connections; a guard that removes the entry and records the close |
+//! | [`close_reason`] | the closed set of reasons a connection ends |
+//! | [`queue`] | the bounded queue and its overflow policy |
+//! | [`record`] | an item with its connection, peer and receive time, and its way back to the sender |
+//! | [`sink`] | where records go (stdout, file, your channel); acks after the write |
+//! | [`server`] | listeners, accept loop, limits, shutdown |
+//!
+//! To embed the server, build a [`Server`] from a [`Config`], give it a [`sink::ChannelSink`]
+//! to receive items in your own code, and run it on listeners from [`Server::bind`] (or your
+//! own). To give your own `TcpStream` the same liveness, call [`sockopt::apply`] on it and check
+//! [`sockopt::read_back`]. See `examples/embed_server.rs`.
+#![warn(clippy::unwrap_used)]
+#![warn(missing_docs)]
+
+pub mod close_reason;
+pub mod config;
+mod conn;
+pub mod protocol;
+pub mod queue;
+pub mod record;
+pub mod registry;
+pub mod server;
+pub mod sink;
+pub mod sockopt;
+
+pub use close_reason::CloseReason;
+pub use config::Config;
+pub use record::Record;
+pub use registry::Registry;
+pub use server::{Server, ServerBuilder, ServerError};

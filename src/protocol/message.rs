@@ -1,0 +1,331 @@
+//! Messages: what a frame means, and what the server writes back.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::IpAddr;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+/// A message from a client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// A data item, kept byte for byte as it came.
+    Item(Item),
+    /// The client announces itself; the server then enforces the heartbeat (when `negotiated`).
+    Hello,
+    /// The client checks the server is alive; answered with `pong`.
+    Ping,
+    /// Answer to the server's `ping`.
+    Pong,
+}
+
+/// A valid item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    /// The client's object, unchanged.
+    pub raw: Bytes,
+    pub ip: IpAddr,
+    /// The raw JSON of the item's `"id"` (a string or a number), echoed in its `ack`.
+    pub id: Option<Bytes>,
+}
+
+/// Stable error codes sent to clients in `{"type":"error","code":…}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidJson,
+    MissingIp,
+    InvalidIp,
+    InvalidId,
+    UnexpectedType,
+    FrameTooLarge,
+    TooManyErrors,
+    QueueFull,
+    ServerFull,
+    SinkFailed,
+    MaxAge,
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    /// The spelling on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::MissingIp => "missing_ip",
+            ErrorCode::InvalidIp => "invalid_ip",
+            ErrorCode::InvalidId => "invalid_id",
+            ErrorCode::UnexpectedType => "unexpected_type",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::TooManyErrors => "too_many_errors",
+            ErrorCode::QueueFull => "queue_full",
+            ErrorCode::ServerFull => "server_full",
+            ErrorCode::SinkFailed => "sink_failed",
+            ErrorCode::MaxAge => "max_age",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why one frame was refused. The connection goes on; the client gets an `error` reply.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ItemError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The item's `"id"`, when it could be read, so the client knows which item failed.
+    pub id: Option<Bytes>,
+}
+
+impl ItemError {
+    fn new(code: ErrorCode, message: impl Into<String>, id: Option<Bytes>) -> ItemError {
+        ItemError {
+            code,
+            message: message.into(),
+            id,
+        }
+    }
+}
+
+/// The keys the server looks at; every other key is skipped, unparsed beyond validation.
+#[derive(Default)]
+struct Envelope<'a> {
+    ip: Option<&'a RawValue>,
+    kind: Option<&'a RawValue>,
+    id: Option<&'a RawValue>,
+    ip_keys: u32,
+}
+
+impl<'de> Deserialize<'de> for Envelope<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EnvelopeVisitor;
+        impl<'de> Visitor<'de> for EnvelopeVisitor {
+            type Value = Envelope<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut envelope = Envelope::default();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key.eq_ignore_ascii_case("ip") {
+                        envelope.ip = Some(map.next_value()?);
+                        envelope.ip_keys += 1;
+                    } else if key == "type" {
+                        envelope.kind = Some(map.next_value()?);
+                    } else if key == "id" {
+                        envelope.id = Some(map.next_value()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(envelope)
+            }
+        }
+        deserializer.deserialize_map(EnvelopeVisitor)
+    }
+}
+
+/// Interprets one object cut by the [`super::Decoder`].
+///
+/// The `ip` key is matched case-insensitively (Go clients send `"IP"`) and must hold one valid
+/// IPv4 or IPv6 address. A `"type"` of `hello`, `ping` or `pong` makes a control message; any
+/// other type, or none, leaves the object an item, so clients' own `type` fields keep working.
+pub fn parse(frame: Bytes) -> Result<Inbound, ItemError> {
+    let envelope: Envelope<'_> = serde_json::from_slice(&frame)
+        .map_err(|e| ItemError::new(ErrorCode::InvalidJson, format!("not a valid JSON object: {e}"), None))?;
+    let id = envelope.id.map(|raw| frame.slice_ref(raw.get().as_bytes()));
+    if let Some(control) = control_message(envelope.kind, &id)? {
+        return Ok(control);
+    }
+    if let Some(raw) = &id {
+        let valid = matches!(raw.first(), Some(b'"' | b'-' | b'0'..=b'9'));
+        if !valid {
+            return Err(ItemError::new(ErrorCode::InvalidId, "id must be a string or a number", None));
+        }
+    }
+    let ip = match (envelope.ip, envelope.ip_keys) {
+        (None, _) => return Err(ItemError::new(ErrorCode::MissingIp, "item has no \"ip\" key", id)),
+        (Some(_), n) if n > 1 => {
+            return Err(ItemError::new(ErrorCode::InvalidIp, "item has more than one \"ip\" key", id))
+        }
+        (Some(raw), _) => parse_ip(raw).map_err(|message| ItemError::new(ErrorCode::InvalidIp, message, id.clone()))?,
+    };
+    Ok(Inbound::Item(Item { raw: frame, ip, id }))
+}
+
+fn control_message(kind: Option<&RawValue>, id: &Option<Bytes>) -> Result<Option<Inbound>, ItemError> {
+    let Some(kind) = kind else {
+        return Ok(None);
+    };
+    let Ok(kind) = serde_json::from_str::<Cow<'_, str>>(kind.get()) else {
+        return Ok(None);
+    };
+    match kind.as_ref() {
+        "hello" => Ok(Some(Inbound::Hello)),
+        "ping" => Ok(Some(Inbound::Ping)),
+        "pong" => Ok(Some(Inbound::Pong)),
+        "ack" | "error" => Err(ItemError::new(
+            ErrorCode::UnexpectedType,
+            format!("\"{kind}\" is sent by the server, not to it"),
+            id.clone(),
+        )),
+        _ => Ok(None),
+    }
+}
+
+fn parse_ip(raw: &RawValue) -> Result<IpAddr, String> {
+    let text: Cow<'_, str> =
+        serde_json::from_str(raw.get()).map_err(|_| format!("ip must be a string, got {}", raw.get()))?;
+    text.parse()
+        .map_err(|_| format!("{text:?} is not a valid IPv4 or IPv6 address"))
+}
+
+/// A message from the server. Each is written as one line of JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outbound {
+    /// The sink has taken the item with this id.
+    Ack { id: Bytes },
+    Error {
+        code: ErrorCode,
+        message: Cow<'static, str>,
+        id: Option<Bytes>,
+    },
+    Ping,
+    Pong,
+    /// Answer to `hello`: the heartbeat the server will enforce (0 when off) and the frame limit.
+    Hello { heartbeat_ms: u64, max_frame: usize },
+}
+
+impl From<ItemError> for Outbound {
+    fn from(error: ItemError) -> Outbound {
+        Outbound::Error {
+            code: error.code,
+            message: Cow::Owned(error.message),
+            id: error.id,
+        }
+    }
+}
+
+impl Outbound {
+    /// Appends the message and a newline to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        match self {
+            Outbound::Ack { id } => {
+                dst.put_slice(b"{\"type\":\"ack\",\"id\":");
+                dst.put_slice(id);
+                dst.put_slice(b"}\n");
+            }
+            Outbound::Error { code, message, id } => {
+                dst.put_slice(b"{\"type\":\"error\",\"code\":\"");
+                dst.put_slice(code.as_str().as_bytes());
+                dst.put_slice(b"\",\"message\":");
+                let quoted = serde_json::to_string(message.as_ref()).expect("a string always serialises");
+                dst.put_slice(quoted.as_bytes());
+                if let Some(id) = id {
+                    dst.put_slice(b",\"id\":");
+                    dst.put_slice(id);
+                }
+                dst.put_slice(b"}\n");
+            }
+            Outbound::Ping => dst.put_slice(b"{\"type\":\"ping\"}\n"),
+            Outbound::Pong => dst.put_slice(b"{\"type\":\"pong\"}\n"),
+            Outbound::Hello { heartbeat_ms, max_frame } => {
+                let line = format!(
+                    "{{\"type\":\"hello\",\"server\":\"connwarden\",\"version\":\"{}\",\"heartbeat_ms\":{heartbeat_ms},\"max_frame\":{max_frame}}}\n",
+                    env!("CARGO_PKG_VERSION")
+                );
+                dst.put_slice(line.as_bytes());
+            }
+        }
+    }
+
+    /// The message as one line, for callers that write a single message.
+    pub fn to_line(&self) -> BytesMut {
+        let mut buf = BytesMut::new();
+        self.encode(&mut buf);
+        buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(s: &str) -> Result<Inbound, ItemError> {
+        parse(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn ip_key_is_case_insensitive_and_object_kept_whole() {
+        let text = r#"{"IP":"192.0.2.7","extra":{"k":[1,2]},"id":17}"#;
+        let Ok(Inbound::Item(item)) = parse_str(text) else {
+            panic!("expected an item");
+        };
+        assert_eq!(item.ip, "192.0.2.7".parse::<IpAddr>().unwrap());
+        assert_eq!(&item.raw[..], text.as_bytes());
+        assert_eq!(item.id.as_deref(), Some(&b"17"[..]));
+        assert!(matches!(parse_str(r#"{"Ip":"2001:db8::1"}"#), Ok(Inbound::Item(_))));
+    }
+
+    #[test]
+    fn bad_items_get_their_codes() {
+        let code = |s| parse_str(s).unwrap_err().code;
+        assert_eq!(code(r#"{"ip":"1.2.3"}"#), ErrorCode::InvalidIp);
+        assert_eq!(code(r#"{"ip":7}"#), ErrorCode::InvalidIp);
+        assert_eq!(code(r#"{"ip":"1.1.1.1","IP":"2.2.2.2"}"#), ErrorCode::InvalidIp);
+        assert_eq!(code(r#"{"addr":"1.1.1.1"}"#), ErrorCode::MissingIp);
+        assert_eq!(code(r#"{"ip":"1.1.1.1",}"#), ErrorCode::InvalidJson);
+        assert_eq!(code(r#"{"ip":"1.1.1.1","id":[1]}"#), ErrorCode::InvalidId);
+        assert_eq!(code(r#"{"type":"ack","id":1}"#), ErrorCode::UnexpectedType);
+        assert_eq!(code("{\"ip\":\"1.1.1.1\",\"x\":\"\u{0}\"}"), ErrorCode::InvalidJson);
+    }
+
+    #[test]
+    fn error_carries_the_id_when_readable() {
+        let err = parse_str(r#"{"ip":"nope","id":"a-1"}"#).unwrap_err();
+        assert_eq!(err.id.as_deref(), Some(&br#""a-1""#[..]));
+    }
+
+    #[test]
+    fn invalid_utf8_is_invalid_json() {
+        let err = parse(Bytes::from_static(b"{\"ip\":\"1.1.1.1\",\"x\":\"\xff\"}")).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidJson);
+    }
+
+    #[test]
+    fn control_messages_and_client_types() {
+        assert_eq!(parse_str(r#"{"type":"hello","client":"x"}"#), Ok(Inbound::Hello));
+        assert_eq!(parse_str(r#"{"type":"ping"}"#), Ok(Inbound::Ping));
+        assert_eq!(parse_str(r#"{"type":"pong"}"#), Ok(Inbound::Pong));
+        assert!(matches!(parse_str(r#"{"type":"login","ip":"1.1.1.1"}"#), Ok(Inbound::Item(_))));
+    }
+
+    #[test]
+    fn outbound_lines_are_valid_json() {
+        let messages = [
+            Outbound::Ack { id: Bytes::from_static(b"\"x\"") },
+            Outbound::Error {
+                code: ErrorCode::InvalidIp,
+                message: "bad \"quote\"\n".into(),
+                id: Some(Bytes::from_static(b"3")),
+            },
+            Outbound::Ping,
+            Outbound::Pong,
+            Outbound::Hello { heartbeat_ms: 15000, max_frame: 65536 },
+        ];
+        for message in messages {
+            let line = message.to_line();
+            assert_eq!(line.last(), Some(&b'\n'));
+            let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            assert!(value["type"].is_string(), "{value}");
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The wire protocol: a stream of JSON objects (see `docs/PROTOCOL.md`).
+//!
+//! [`Decoder`] cuts complete objects out of a byte buffer without parsing them; [`parse`] turns
+//! one object into an [`Inbound`] message or an [`ItemError`]; [`Outbound`] encodes what the
+//! server sends. Nothing here does I/O.
+
+mod decoder;
+mod message;
+
+pub use decoder::{Decoder, Frame, FrameTooLarge};
+pub use message::{parse, ErrorCode, Inbound, Item, ItemError, Outbound};

@@ -1,0 +1,271 @@
+//! The bounded queue between the connections and the sink, with its overflow policy.
+//!
+//! Storage is a lock-free ring ([`crossbeam_queue::ArrayQueue`]), so items from many connections
+//! pass without a global lock. Under `backpressure` a semaphore counts free slots: a producer
+//! waits for one, which parks its connection's read loop, so TCP flow control slows that client
+//! and nothing is dropped. Under `drop-newest` the new item is handed back; under `drop-oldest`
+//! the evicted one is. Either way the caller tells the sender, and the drop is counted here.
+//!
+//! Like an mpsc channel, the queue closes when the last [`Producer`] is dropped: the consumer
+//! then drains what is left and sees the end.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::config::Overflow;
+
+struct Shared<T> {
+    items: ArrayQueue<T>,
+    /// Free slots; used under `backpressure` only.
+    space: Semaphore,
+    /// Wakes the consumer after a push or when the last producer leaves.
+    ready: Notify,
+    producers: AtomicUsize,
+    overflow: Overflow,
+    pushed: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// The sending side; cloned once per connection.
+pub struct Producer<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// The receiving side; one per queue.
+pub struct Consumer<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// A read-only view of a queue's counters; it neither sends nor keeps the queue open.
+pub struct Monitor<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Clone for Monitor<T> {
+    fn clone(&self) -> Self {
+        Monitor {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T> Monitor<T> {
+    pub fn stats(&self) -> QueueStats {
+        stats(&self.shared)
+    }
+}
+
+/// Counters of a queue, readable from any side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    pub depth: usize,
+    pub capacity: usize,
+    pub pushed: u64,
+    pub dropped: u64,
+}
+
+/// What became of a push.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed<T> {
+    Queued,
+    /// `drop-newest` and the queue was full: this item was not taken.
+    Rejected(T),
+    /// `drop-oldest` and the queue was full: the new item was taken and this one evicted.
+    Evicted(T),
+}
+
+/// A queue of `capacity` items with the given overflow policy.
+pub fn bounded<T>(capacity: usize, overflow: Overflow) -> (Producer<T>, Consumer<T>) {
+    assert!(capacity > 0, "queue capacity is validated to be at least 1");
+    let permits = if overflow == Overflow::Backpressure { capacity } else { 0 };
+    let shared = Arc::new(Shared {
+        items: ArrayQueue::new(capacity),
+        space: Semaphore::new(permits),
+        ready: Notify::new(),
+        producers: AtomicUsize::new(1),
+        overflow,
+        pushed: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
+    });
+    (
+        Producer {
+            shared: Arc::clone(&shared),
+        },
+        Consumer { shared },
+    )
+}
+
+fn stats<T>(shared: &Shared<T>) -> QueueStats {
+    QueueStats {
+        depth: shared.items.len(),
+        capacity: shared.items.capacity(),
+        pushed: shared.pushed.load(Ordering::Relaxed),
+        dropped: shared.dropped.load(Ordering::Relaxed),
+    }
+}
+
+impl<T> Producer<T> {
+    /// Offers an item. Under `backpressure` this waits until there is room.
+    pub async fn push(&self, item: T) -> Pushed<T> {
+        let shared = &*self.shared;
+        let outcome = match shared.overflow {
+            Overflow::Backpressure => {
+                let permit = shared.space.acquire().await.expect("the semaphore is never closed");
+                // The slot is returned by the consumer once it pops the item.
+                permit.forget();
+                if shared.items.push(item).is_err() {
+                    unreachable!("a space permit guarantees a free slot");
+                }
+                Pushed::Queued
+            }
+            Overflow::DropNewest => match shared.items.push(item) {
+                Ok(()) => Pushed::Queued,
+                Err(item) => Pushed::Rejected(item),
+            },
+            Overflow::DropOldest => match shared.items.force_push(item) {
+                None => Pushed::Queued,
+                Some(evicted) => Pushed::Evicted(evicted),
+            },
+        };
+        match &outcome {
+            Pushed::Queued => {
+                shared.pushed.fetch_add(1, Ordering::Relaxed);
+            }
+            Pushed::Evicted(_) => {
+                shared.pushed.fetch_add(1, Ordering::Relaxed);
+                shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Pushed::Rejected(_) => {
+                shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        shared.ready.notify_one();
+        outcome
+    }
+
+    pub fn stats(&self) -> QueueStats {
+        stats(&self.shared)
+    }
+}
+
+impl<T> Clone for Producer<T> {
+    fn clone(&self) -> Self {
+        self.shared.producers.fetch_add(1, Ordering::Relaxed);
+        Producer {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T> Drop for Producer<T> {
+    fn drop(&mut self) {
+        if self.shared.producers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.ready.notify_one();
+        }
+    }
+}
+
+impl<T> Consumer<T> {
+    /// A view of the counters that outlives this consumer.
+    pub fn monitor(&self) -> Monitor<T> {
+        Monitor {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Moves up to `max` items into `out`, waiting while the queue is empty. Returns false once
+    /// every producer is gone and the queue is empty.
+    pub async fn pop_batch(&mut self, max: usize, out: &mut Vec<T>) -> bool {
+        let shared = &*self.shared;
+        loop {
+            let mut taken = 0;
+            while taken < max {
+                match shared.items.pop() {
+                    Some(item) => {
+                        out.push(item);
+                        taken += 1;
+                    }
+                    None => break,
+                }
+            }
+            if taken > 0 {
+                if shared.overflow == Overflow::Backpressure {
+                    shared.space.add_permits(taken);
+                }
+                return true;
+            }
+            if shared.producers.load(Ordering::Acquire) == 0 && shared.items.is_empty() {
+                return false;
+            }
+            // A push between the pop above and this wait leaves a stored notification, so
+            // no wake-up is lost.
+            shared.ready.notified().await;
+        }
+    }
+
+    pub fn stats(&self) -> QueueStats {
+        stats(&self.shared)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn backpressure_waits_for_room_and_loses_nothing() {
+        let (producer, mut consumer) = bounded::<u32>(2, Overflow::Backpressure);
+        let writer = tokio::spawn(async move {
+            for i in 0..100 {
+                assert_eq!(producer.push(i).await, Pushed::Queued);
+            }
+        });
+        let mut all = Vec::new();
+        while consumer.pop_batch(1, &mut all).await {}
+        writer.await.unwrap();
+        assert_eq!(all, (0..100).collect::<Vec<_>>());
+        assert_eq!(consumer.stats().dropped, 0);
+    }
+
+    #[tokio::test]
+    async fn drop_newest_hands_back_the_new_item() {
+        let (producer, _consumer) = bounded::<u32>(1, Overflow::DropNewest);
+        assert_eq!(producer.push(1).await, Pushed::Queued);
+        assert_eq!(producer.push(2).await, Pushed::Rejected(2));
+        assert_eq!(producer.stats().dropped, 1);
+    }
+
+    #[tokio::test]
+    async fn drop_oldest_hands_back_the_evicted_item() {
+        let (producer, mut consumer) = bounded::<u32>(2, Overflow::DropOldest);
+        producer.push(1).await;
+        producer.push(2).await;
+        assert_eq!(producer.push(3).await, Pushed::Evicted(1));
+        drop(producer);
+        let mut out = Vec::new();
+        while consumer.pop_batch(10, &mut out).await {}
+        assert_eq!(out, vec![2, 3]);
+    }
+
+    #[tokio::test]
+    async fn consumer_ends_when_last_producer_leaves() {
+        let (producer, mut consumer) = bounded::<u32>(4, Overflow::Backpressure);
+        let second = producer.clone();
+        drop(producer);
+        let waiting = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let more = consumer.pop_batch(4, &mut out).await;
+            (more, out)
+        });
+        second.push(7).await;
+        let (more, out) = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+        assert!(more);
+        assert_eq!(out, vec![7]);
+        drop(second);
+    }
+}

@@ -1,0 +1,106 @@
+//! A received item on its way to the sink, and the way back to its sender.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::sync::mpsc::OwnedPermit;
+
+use crate::protocol::{ErrorCode, Outbound};
+
+/// One item with where and when it came from.
+///
+/// A record may hold a reserved slot in its connection's reply channel: the ack (or the
+/// `queue_full` / `sink_failed` error) is then sent without waiting, whatever the client does.
+#[derive(Debug)]
+pub struct Record {
+    pub conn_id: u64,
+    pub peer: SocketAddr,
+    pub received_at: SystemTime,
+    pub ip: IpAddr,
+    /// The client's object, unchanged.
+    pub item: Bytes,
+    /// The raw JSON of the item's `"id"`, if it had one.
+    pub id: Option<Bytes>,
+    pub(crate) reply: Option<OwnedPermit<Outbound>>,
+}
+
+impl Record {
+    /// A record with no way back to a sender (for sinks and tests that build their own).
+    pub fn new(conn_id: u64, peer: SocketAddr, ip: IpAddr, item: Bytes, id: Option<Bytes>) -> Record {
+        Record {
+            conn_id,
+            peer,
+            received_at: SystemTime::now(),
+            ip,
+            item,
+            id,
+            reply: None,
+        }
+    }
+
+    /// A copy without the reply slot, for sinks that hand records on.
+    pub fn detached(&self) -> Record {
+        Record {
+            conn_id: self.conn_id,
+            peer: self.peer,
+            received_at: self.received_at,
+            ip: self.ip,
+            item: self.item.clone(),
+            id: self.id.clone(),
+            reply: None,
+        }
+    }
+
+    /// Appends the record as one NDJSON line: the client's object under `item`, byte for byte,
+    /// next to the connection id, the peer and the receive time.
+    pub fn write_ndjson(&self, dst: &mut Vec<u8>) {
+        let received_at = humantime::format_rfc3339_micros(self.received_at);
+        dst.extend_from_slice(b"{\"received_at\":\"");
+        dst.extend_from_slice(received_at.to_string().as_bytes());
+        dst.extend_from_slice(b"\",\"conn_id\":");
+        dst.extend_from_slice(self.conn_id.to_string().as_bytes());
+        dst.extend_from_slice(b",\"peer\":\"");
+        dst.extend_from_slice(self.peer.to_string().as_bytes());
+        dst.extend_from_slice(b"\",\"item\":");
+        dst.extend_from_slice(&self.item);
+        dst.extend_from_slice(b"}\n");
+    }
+
+    /// The sink has the item: send its ack, if it asked for one.
+    pub fn acknowledge(self) {
+        if let (Some(permit), Some(id)) = (self.reply, self.id) {
+            permit.send(Outbound::Ack { id });
+        }
+    }
+
+    /// The item was not stored: tell its sender why.
+    pub fn reject(self, code: ErrorCode, message: &'static str) {
+        if let Some(permit) = self.reply {
+            permit.send(Outbound::Error {
+                code,
+                message: message.into(),
+                id: self.id,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ndjson_line_keeps_the_item_verbatim() {
+        let item = Bytes::from_static(br#"{"IP":"1.2.3.4", "x" : [1,2]}"#);
+        let record = Record::new(9, "127.0.0.1:4000".parse().unwrap(), "1.2.3.4".parse().unwrap(), item.clone(), None);
+        let mut line = Vec::new();
+        record.write_ndjson(&mut line);
+        let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(value["conn_id"], 9);
+        assert_eq!(value["peer"], "127.0.0.1:4000");
+        assert!(value["received_at"].as_str().unwrap().ends_with('Z'));
+        let text = std::str::from_utf8(&line).unwrap();
+        assert!(text.contains(std::str::from_utf8(&item).unwrap()));
+    }
+}

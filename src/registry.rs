@@ -1,0 +1,366 @@
+//! The live connections: the one source that logs, counters, the admin API and `doctor` read.
+//!
+//! A connection enters through [`Registry::insert`], which returns a [`ConnGuard`]. The guard's
+//! `Drop` removes the entry and records the close (one log line, one counter, one event), so the
+//! entry goes away on every exit path: a normal return, an error, a panic or a cancelled task.
+//! The map's lock is taken at open and close only; per-item counters are atomics on the entry.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{broadcast, Notify};
+
+use crate::close_reason::CloseReason;
+
+/// Capacity of the close-event channel: a subscriber that lags this far behind loses events
+/// (and is told so by `broadcast`), the server never waits for it.
+const CLOSE_EVENTS: usize = 4096;
+
+/// A handle to the registry; clones share it.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    conns: Mutex<HashMap<u64, Arc<ConnInfo>>>,
+    next_id: AtomicU64,
+    opened: AtomicU64,
+    closed: [AtomicU64; CloseReason::ALL.len()],
+    events: broadcast::Sender<ClosedConn>,
+}
+
+/// One live connection. Counters are updated by the connection's task without a lock.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub started_at: SystemTime,
+    started: Instant,
+    last_in_ms: AtomicU64,
+    last_out_ms: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    items: AtomicU64,
+    errors: AtomicU64,
+    kicked: AtomicBool,
+    kick: Notify,
+}
+
+impl ConnInfo {
+    fn since_start(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    /// Records `n` bytes received at `at`.
+    pub fn received(&self, n: usize, at: Instant) {
+        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        self.last_in_ms.store(self.since_start(at), Ordering::Relaxed);
+    }
+
+    /// Records `n` bytes sent at `at`.
+    pub fn sent(&self, n: usize, at: Instant) {
+        self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        self.last_out_ms.store(self.since_start(at), Ordering::Relaxed);
+    }
+
+    /// Counts one accepted item.
+    pub fn item(&self) {
+        self.items.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one refused item.
+    pub fn error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Resolves once the connection was kicked through [`Registry::kick`].
+    pub async fn kicked(&self) {
+        loop {
+            let notified = self.kick.notified();
+            if self.kicked.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// A point-in-time copy.
+    pub fn snapshot(&self) -> ConnSnapshot {
+        let age = self.started.elapsed();
+        let ago = |ms: &AtomicU64| age.saturating_sub(Duration::from_millis(ms.load(Ordering::Relaxed)));
+        ConnSnapshot {
+            id: self.id,
+            peer: self.peer,
+            local: self.local,
+            started_at: self.started_at,
+            age,
+            last_in_ago: ago(&self.last_in_ms),
+            last_out_ago: ago(&self.last_out_ms),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            items: self.items.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A copy of one connection's state.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ConnSnapshot {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub started_at: SystemTime,
+    pub age: Duration,
+    pub last_in_ago: Duration,
+    pub last_out_ago: Duration,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub items: u64,
+    pub errors: u64,
+}
+
+/// A closed connection, as logged and broadcast.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClosedConn {
+    /// 0 for a connection refused before it was registered (`server_full`).
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub reason: CloseReason,
+    pub duration: Duration,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub items: u64,
+    pub errors: u64,
+}
+
+impl serde::Serialize for CloseReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry {
+            shared: Arc::new(Shared {
+                conns: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                opened: AtomicU64::new(0),
+                closed: std::array::from_fn(|_| AtomicU64::new(0)),
+                events: broadcast::channel(CLOSE_EVENTS).0,
+            }),
+        }
+    }
+
+    fn conns(&self) -> MutexGuard<'_, HashMap<u64, Arc<ConnInfo>>> {
+        // A panic while the lock is held cannot leave the map half-updated (each critical
+        // section is a single insert or remove), so a poisoned lock is still usable.
+        self.shared.conns.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a new connection. Dropping the guard removes it.
+    pub fn insert(&self, peer: SocketAddr, local: SocketAddr) -> ConnGuard {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let info = Arc::new(ConnInfo {
+            id,
+            peer,
+            local,
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            last_in_ms: AtomicU64::new(0),
+            last_out_ms: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            items: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            kicked: AtomicBool::new(false),
+            kick: Notify::new(),
+        });
+        self.conns().insert(id, Arc::clone(&info));
+        self.shared.opened.fetch_add(1, Ordering::Relaxed);
+        ConnGuard {
+            registry: self.clone(),
+            info,
+            reason: None,
+        }
+    }
+
+    /// Live connections.
+    pub fn len(&self) -> usize {
+        self.conns().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copies of every live connection, by id.
+    pub fn snapshot(&self) -> Vec<ConnSnapshot> {
+        let infos: Vec<Arc<ConnInfo>> = self.conns().values().cloned().collect();
+        let mut out: Vec<ConnSnapshot> = infos.iter().map(|i| i.snapshot()).collect();
+        out.sort_by_key(|s| s.id);
+        out
+    }
+
+    /// One connection.
+    pub fn get(&self, id: u64) -> Option<ConnSnapshot> {
+        let info = self.conns().get(&id).cloned();
+        info.map(|i| i.snapshot())
+    }
+
+    /// Asks a connection to close with reason `kicked`. False when no such connection is live.
+    pub fn kick(&self, id: u64) -> bool {
+        let Some(info) = self.conns().get(&id).cloned() else {
+            return false;
+        };
+        info.kicked.store(true, Ordering::Release);
+        info.kick.notify_one();
+        true
+    }
+
+    /// Connections registered since start.
+    pub fn opened_total(&self) -> u64 {
+        self.shared.opened.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed with `reason` since start (refused ones included).
+    pub fn closed_total(&self, reason: CloseReason) -> u64 {
+        self.shared.closed[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Close events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ClosedConn> {
+        self.shared.events.subscribe()
+    }
+
+    /// Logs, counts and broadcasts one close. The guard calls it; the server calls it for
+    /// connections refused before registration.
+    pub fn record_close(&self, closed: ClosedConn) {
+        self.shared.closed[closed.reason.index()].fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            conn_id = closed.id,
+            peer = %closed.peer,
+            reason = closed.reason.as_str(),
+            duration_ms = closed.duration.as_millis() as u64,
+            bytes_in = closed.bytes_in,
+            bytes_out = closed.bytes_out,
+            items = closed.items,
+            errors = closed.errors,
+            "connection closed"
+        );
+        // No subscriber is the normal case: the error only says nobody listens.
+        let _ = self.shared.events.send(closed);
+    }
+}
+
+/// Owns a connection's registry entry; removes it and records the close when dropped.
+#[derive(Debug)]
+pub struct ConnGuard {
+    registry: Registry,
+    info: Arc<ConnInfo>,
+    reason: Option<CloseReason>,
+}
+
+impl ConnGuard {
+    /// The entry, for the connection's own counters.
+    pub fn info(&self) -> &Arc<ConnInfo> {
+        &self.info
+    }
+
+    /// Sets the reason recorded at drop. Without one, a drop during a panic records
+    /// `internal_error` and any other drop (a cancelled task) records `shutdown`.
+    pub fn close(&mut self, reason: CloseReason) {
+        self.reason = Some(reason);
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let reason = self.reason.unwrap_or(if std::thread::panicking() {
+            CloseReason::InternalError
+        } else {
+            CloseReason::Shutdown
+        });
+        self.registry.conns().remove(&self.info.id);
+        let snapshot = self.info.snapshot();
+        self.registry.record_close(ClosedConn {
+            id: snapshot.id,
+            peer: snapshot.peer,
+            reason,
+            duration: snapshot.age,
+            bytes_in: snapshot.bytes_in,
+            bytes_out: snapshot.bytes_out,
+            items: snapshot.items,
+            errors: snapshot.errors,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn guard_drop_removes_entry_and_counts_reason() {
+        let registry = Registry::new();
+        let mut events = registry.subscribe();
+        let mut guard = registry.insert(addr(1), addr(2));
+        let id = guard.info().id;
+        assert_eq!(registry.len(), 1);
+        assert!(registry.get(id).is_some());
+        guard.close(CloseReason::IdleTimeout);
+        drop(guard);
+        assert!(registry.is_empty());
+        assert_eq!(registry.closed_total(CloseReason::IdleTimeout), 1);
+        assert_eq!(events.try_recv().unwrap().reason, CloseReason::IdleTimeout);
+    }
+
+    #[test]
+    fn panic_while_holding_guard_records_internal_error() {
+        let registry = Registry::new();
+        let r = registry.clone();
+        let result = std::thread::spawn(move || {
+            let _guard = r.insert(addr(1), addr(2));
+            panic!("boom");
+        })
+        .join();
+        assert!(result.is_err());
+        assert!(registry.is_empty());
+        assert_eq!(registry.closed_total(CloseReason::InternalError), 1);
+    }
+
+    #[test]
+    fn dropped_without_reason_is_shutdown() {
+        let registry = Registry::new();
+        drop(registry.insert(addr(1), addr(2)));
+        assert_eq!(registry.closed_total(CloseReason::Shutdown), 1);
+    }
+
+    #[tokio::test]
+    async fn kick_wakes_the_connection() {
+        let registry = Registry::new();
+        let guard = registry.insert(addr(1), addr(2));
+        assert!(registry.kick(guard.info().id));
+        tokio::time::timeout(Duration::from_secs(1), guard.info().kicked())
+            .await
+            .expect("kicked resolves");
+        assert!(!registry.kick(9999));
+    }
+}

@@ -1,0 +1,418 @@
+//! The listener side: socket options, the accept loop, `max_connections`, spawning, and the
+//! order and grace of shutdown.
+//!
+//! Shutdown runs in stages, all within `shutdown_grace`: stop accepting; stop reading (objects
+//! already buffered are still queued); let the sink drain the queue, so queued items are stored
+//! and acknowledged while their connections are still open; then close every connection with
+//! reason `shutdown` after a brief flush of its last acks and a `shutting_down` notice.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::close_reason::CloseReason;
+use crate::config::{Config, ConfigError};
+use crate::conn::{self, ConnParams, ConnShared};
+use crate::protocol::{ErrorCode, Outbound};
+use crate::queue::{self, Consumer, Monitor, Producer};
+use crate::record::Record;
+use crate::registry::{ClosedConn, Registry};
+use crate::sink::{self, DrainReport, Sink, SinkError};
+use crate::sockopt::{self, ListenError, ListenerOptions, SocketOptions};
+
+/// Longest time spent waiting before retrying `accept` after it failed, for example with
+/// `EMFILE`: retrying at once would spin a core while descriptors are exhausted.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Errors that stop a server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("no listener to accept on")]
+    NoListener,
+}
+
+/// Builds a [`Server`].
+///
+/// ```no_run
+/// # async fn example() -> Result<(), connwarden::server::ServerError> {
+/// use connwarden::{Config, Server, sink::ChannelSink};
+///
+/// let (sink, mut records) = ChannelSink::new(1024);
+/// let server = Server::builder(Config::default()).sink(sink).build()?;
+/// let listeners = server.bind()?;
+/// tokio::spawn(async move {
+///     while let Some(record) = records.recv().await {
+///         println!("{} sent {}", record.peer, record.ip);
+///     }
+/// });
+/// server.run(listeners, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(()) }
+/// ```
+pub struct ServerBuilder {
+    config: Config,
+    sink: Option<Box<dyn Sink>>,
+    registry: Option<Registry>,
+}
+
+impl ServerBuilder {
+    /// Items go to `sink` instead of the one the configuration names.
+    pub fn sink(mut self, sink: impl Sink) -> ServerBuilder {
+        self.sink = Some(Box::new(sink));
+        self
+    }
+
+    /// Uses an existing registry (to share it with other parts of a program).
+    pub fn registry(mut self, registry: Registry) -> ServerBuilder {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Validates the configuration and creates the queue.
+    pub fn build(self) -> Result<Server, ServerError> {
+        self.config.validate()?;
+        let (producer, consumer) = queue::bounded(self.config.queue, self.config.overflow);
+        Ok(Server {
+            config: self.config,
+            sink: self.sink,
+            registry: self.registry.unwrap_or_default(),
+            producer,
+            consumer,
+        })
+    }
+}
+
+/// A configured server, ready to run on bound listeners.
+pub struct Server {
+    config: Config,
+    sink: Option<Box<dyn Sink>>,
+    registry: Registry,
+    producer: Producer<Record>,
+    consumer: Consumer<Record>,
+}
+
+/// What shutdown achieved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Records the sink stored over the server's life.
+    pub written: u64,
+    /// Records the sink failed to store (each reported to its sender).
+    pub failed: u64,
+    /// Records still queued when the grace period ran out.
+    pub abandoned: usize,
+    /// Connections still open when the grace period ran out.
+    pub connections_left: usize,
+}
+
+impl Server {
+    /// Starts building a server with `config`.
+    pub fn builder(config: Config) -> ServerBuilder {
+        ServerBuilder {
+            config,
+            sink: None,
+            registry: None,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The registry of live connections.
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+
+    /// Depth, pushes and drops of the queue, live.
+    pub fn queue(&self) -> Monitor<Record> {
+        self.consumer.monitor()
+    }
+
+    /// Opens a listener on every configured address, with every socket option set before
+    /// `listen`. Needs a Tokio runtime.
+    pub fn bind(&self) -> Result<Vec<TcpListener>, ServerError> {
+        let listener_options = ListenerOptions {
+            reuse_port: self.config.reuse_port,
+            backlog: self.config.backlog,
+        };
+        let options = SocketOptions::from_config(&self.config);
+        self.config
+            .listen
+            .iter()
+            .map(|addr| {
+                let std_listener = sockopt::bind_listener(*addr, &listener_options, &options)?;
+                TcpListener::from_std(std_listener).map_err(|source| {
+                    ServerError::Listen(ListenError {
+                        addr: *addr,
+                        stage: "register with the runtime",
+                        source,
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down within `shutdown_grace`.
+    ///
+    /// Listeners opened elsewhere (a test's port 0) get the liveness options on every accepted
+    /// socket all the same.
+    pub async fn run(
+        self,
+        listeners: Vec<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<ShutdownReport, ServerError> {
+        if listeners.is_empty() {
+            return Err(ServerError::NoListener);
+        }
+        let Server {
+            config,
+            sink,
+            registry,
+            producer,
+            consumer,
+        } = self;
+        let sink = match sink {
+            Some(sink) => sink,
+            None => sink::open(&config.sink).await?,
+        };
+        let options = SocketOptions::from_config(&config);
+        report_start(&config, &options, &listeners);
+
+        let monitor = consumer.monitor();
+        let sink_task = tokio::spawn(sink::drain(consumer, sink));
+        let shared = Arc::new(ConnShared {
+            params: ConnParams::from_config(&config),
+            stop_reading: CancellationToken::new(),
+            close: CancellationToken::new(),
+        });
+        let stop_accepting = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let acceptor = Arc::new(Acceptor {
+            options,
+            registry: registry.clone(),
+            slots: Arc::new(Semaphore::new(config.max_connections)),
+            producer,
+            shared: Arc::clone(&shared),
+            tracker: tracker.clone(),
+            checked_first: AtomicBool::new(false),
+        });
+        let accept_tasks: Vec<JoinHandle<()>> = listeners
+            .into_iter()
+            .map(|listener| tokio::spawn(accept_loop(listener, Arc::clone(&acceptor), stop_accepting.clone())))
+            .collect();
+        drop(acceptor);
+
+        shutdown.await;
+        let deadline = Instant::now() + config.shutdown_grace;
+        tracing::info!(
+            live = registry.len(),
+            queued = monitor.stats().depth,
+            grace_ms = config.shutdown_grace.as_millis() as u64,
+            "shutting down"
+        );
+        stop_accepting.cancel();
+        for task in accept_tasks {
+            let _ = task.await;
+        }
+        shared.stop_reading.cancel();
+        // Keep a little of the grace for the connections' last flush.
+        let reserve = (config.shutdown_grace / 4).min(Duration::from_secs(1));
+        let mut sink_task = sink_task;
+        let mut drained = tokio::time::timeout_at(deadline - reserve, &mut sink_task).await.ok();
+        shared.close.cancel();
+        tracker.close();
+        let closed = tokio::time::timeout_at(deadline, tracker.wait()).await.is_ok();
+        if drained.is_none() {
+            drained = tokio::time::timeout_at(deadline, &mut sink_task).await.ok();
+        }
+        let drain_report = match drained {
+            Some(Ok(report)) => report,
+            Some(Err(join_error)) => {
+                tracing::error!(error = %join_error, "sink task failed");
+                DrainReport::default()
+            }
+            None => {
+                sink_task.abort();
+                DrainReport::default()
+            }
+        };
+        let report = ShutdownReport {
+            written: drain_report.written,
+            failed: drain_report.failed,
+            abandoned: monitor.stats().depth,
+            connections_left: if closed { 0 } else { registry.len() },
+        };
+        if report.abandoned > 0 || report.connections_left > 0 {
+            tracing::error!(
+                abandoned = report.abandoned,
+                connections_left = report.connections_left,
+                "shutdown grace ran out"
+            );
+        } else {
+            tracing::info!(written = report.written, failed = report.failed, "shutdown complete");
+        }
+        Ok(report)
+    }
+}
+
+/// Logs the listening addresses, the socket options in force and any the kernel changed, the
+/// options this platform lacks, and whether `max_connections` fits the open-file limit.
+fn report_start(config: &Config, options: &SocketOptions, listeners: &[TcpListener]) {
+    for listener in listeners {
+        let addr = listener.local_addr().ok();
+        let effective = sockopt::read_back(SockRef::from(listener));
+        tracing::info!(
+            addr = ?addr,
+            keepalive_idle_s = effective.keepalive_idle.map(|d| d.as_secs()),
+            keepalive_interval_s = effective.keepalive_interval.map(|d| d.as_secs()),
+            keepalive_count = effective.keepalive_count,
+            user_timeout_ms = effective.user_timeout.map(|d| d.as_millis() as u64),
+            nodelay = effective.nodelay,
+            recv_buffer = effective.recv_buffer,
+            send_buffer = effective.send_buffer,
+            "listening"
+        );
+        warn_mismatches(&effective, options, "listener");
+    }
+    let missing = sockopt::SUPPORT.missing();
+    if !missing.is_empty() {
+        tracing::warn!(missing = ?missing, "this platform lacks some socket options; their bounds do not apply");
+    }
+    match sockopt::raise_nofile_limit() {
+        Ok(Some(limit)) => {
+            // Listeners, the sink, logs and the runtime need some descriptors of their own.
+            let headroom = 64;
+            let fits = (config.max_connections as u64).saturating_add(headroom) <= limit.soft;
+            if !fits {
+                tracing::warn!(
+                    max_connections = config.max_connections,
+                    nofile_soft = limit.soft,
+                    nofile_hard = limit.hard,
+                    "max_connections does not fit under the open-file limit; accept will fail with EMFILE first (run several processes with reuse_port, or raise the hard limit)"
+                );
+            } else {
+                tracing::info!(nofile_soft = limit.soft, nofile_hard = limit.hard, "open-file limit raised");
+            }
+        }
+        Ok(None) => {}
+        Err(error) => tracing::warn!(error = %error, "cannot raise the open-file limit"),
+    }
+}
+
+fn warn_mismatches(effective: &sockopt::Effective, asked: &SocketOptions, socket: &'static str) {
+    for mismatch in effective.mismatches(asked) {
+        tracing::warn!(
+            socket,
+            option = mismatch.option,
+            asked = %mismatch.asked,
+            effective = %mismatch.effective,
+            "the kernel changed a socket option"
+        );
+    }
+}
+
+/// What the accept loops share.
+struct Acceptor {
+    options: SocketOptions,
+    registry: Registry,
+    slots: Arc<Semaphore>,
+    producer: Producer<Record>,
+    shared: Arc<ConnShared>,
+    tracker: TaskTracker,
+    /// The first accepted socket's options are read back once, to catch a platform that does
+    /// not inherit or accept them.
+    checked_first: AtomicBool,
+}
+
+async fn accept_loop(listener: TcpListener, acceptor: Arc<Acceptor>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => acceptor.admit(stream, peer),
+            Err(error) => {
+                tracing::warn!(error = %error, "accept failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+impl Acceptor {
+    fn admit(&self, stream: TcpStream, peer: SocketAddr) {
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            self.refuse_full(stream, peer);
+            return;
+        };
+        if let Err(error) = sockopt::apply(SockRef::from(&stream), &self.options) {
+            // Without its options the connection's liveness would not be bounded.
+            tracing::error!(peer = %peer, option = error.option, error = %error.source, "cannot set socket option; closing");
+            self.registry.record_close(refused(peer, CloseReason::InternalError));
+            return;
+        }
+        if !self.checked_first.swap(true, Ordering::Relaxed) {
+            warn_mismatches(&sockopt::read_back(SockRef::from(&stream)), &self.options, "accepted");
+        }
+        let local = stream.local_addr().unwrap_or(peer);
+        let guard = self.registry.insert(peer, local);
+        let shared = Arc::clone(&self.shared);
+        let producer = self.producer.clone();
+        self.tracker.spawn(serve(stream, guard, shared, producer, slot));
+    }
+
+    /// Tells a peer over the limit why, without waiting: a fresh socket's send buffer always
+    /// has room for one line.
+    fn refuse_full(&self, stream: TcpStream, peer: SocketAddr) {
+        let line = Outbound::Error {
+            code: ErrorCode::ServerFull,
+            message: "the server is at max_connections; retry later".into(),
+            id: None,
+        }
+        .to_line();
+        let _ = stream.try_write(&line);
+        self.registry.record_close(refused(peer, CloseReason::ServerFull));
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    guard: crate::registry::ConnGuard,
+    shared: Arc<ConnShared>,
+    producer: Producer<Record>,
+    _slot: OwnedSemaphorePermit,
+) {
+    conn::run(stream, guard, shared, producer).await;
+}
+
+fn refused(peer: SocketAddr, reason: CloseReason) -> ClosedConn {
+    ClosedConn {
+        id: 0,
+        peer,
+        reason,
+        duration: Duration::ZERO,
+        bytes_in: 0,
+        bytes_out: 0,
+        items: 0,
+        errors: 0,
+    }
+}

@@ -1,0 +1,352 @@
+//! Socket options that bound dead-peer detection: set them, then read back what the kernel keeps.
+//!
+//! The options are applied to the listening socket (accepted sockets inherit them on Linux, so
+//! they are in force from the first instant) and again to every accepted socket before its first
+//! read (where a platform does not inherit, they still cannot be missed). [`read_back`] reports
+//! what is in force and [`Effective::mismatches`] names each option the kernel changed or refused.
+//!
+//! Platform support: Linux and Android have every option. macOS, iOS, FreeBSD and NetBSD lack
+//! `TCP_USER_TIMEOUT`. Windows sets keep-alive idle and interval (the probe count is fixed by the
+//! system at 10) and cannot read them back. [`Support`] says which options this build has.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
+
+use crate::config::{Config, Keepalive};
+
+/// Options that keep a connection's liveness bounded, applied to every connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketOptions {
+    pub keepalive: Keepalive,
+    /// `TCP_USER_TIMEOUT`; `None` leaves the kernel's retransmission limit (`tcp_retries2`).
+    pub user_timeout: Option<Duration>,
+    pub nodelay: bool,
+    /// `SO_RCVBUF`; `None` keeps kernel autotuning.
+    pub recv_buffer: Option<usize>,
+    /// `SO_SNDBUF`; `None` keeps kernel autotuning.
+    pub send_buffer: Option<usize>,
+}
+
+impl SocketOptions {
+    /// The options a [`Config`] asks for.
+    pub fn from_config(config: &Config) -> SocketOptions {
+        SocketOptions {
+            keepalive: config.keepalive,
+            user_timeout: config.effective_user_timeout(),
+            nodelay: config.nodelay,
+            recv_buffer: config.recv_buffer,
+            send_buffer: config.send_buffer,
+        }
+    }
+}
+
+/// Options of the listening socket itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerOptions {
+    pub reuse_port: bool,
+    pub backlog: u32,
+}
+
+/// Which options this build can set and read back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Support {
+    pub keepalive_interval: bool,
+    pub keepalive_count: bool,
+    pub user_timeout: bool,
+    pub reuse_port: bool,
+    pub read_back_keepalive: bool,
+}
+
+/// What this platform supports.
+pub const SUPPORT: Support = Support {
+    keepalive_interval: cfg!(any(full_keepalive, windows)),
+    keepalive_count: cfg!(full_keepalive),
+    user_timeout: cfg!(user_timeout),
+    reuse_port: cfg!(all(unix, not(any(target_os = "solaris", target_os = "illumos")))),
+    read_back_keepalive: cfg!(full_keepalive),
+};
+
+impl Support {
+    /// Names of the options this platform lacks, for a start-up warning.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if !self.keepalive_interval {
+            missing.push("TCP_KEEPINTVL");
+        }
+        if !self.keepalive_count {
+            missing.push("TCP_KEEPCNT");
+        }
+        if !self.user_timeout {
+            missing.push("TCP_USER_TIMEOUT");
+        }
+        if !self.reuse_port {
+            missing.push("SO_REUSEPORT");
+        }
+        missing
+    }
+}
+
+/// A failure to set an option; names the option.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set {option}")]
+pub struct SockoptError {
+    pub option: &'static str,
+    #[source]
+    pub source: io::Error,
+}
+
+fn named(option: &'static str) -> impl FnOnce(io::Error) -> SockoptError {
+    move |source| SockoptError { option, source }
+}
+
+/// Sets keep-alive (idle, interval, count), the user timeout and `TCP_NODELAY` on a socket.
+/// Call it before the first read: from then on a dead peer is bounded.
+pub fn apply(socket: SockRef<'_>, options: &SocketOptions) -> Result<(), SockoptError> {
+    socket
+        .set_tcp_keepalive(&keepalive_params(&options.keepalive))
+        .map_err(named("SO_KEEPALIVE/TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT"))?;
+    set_user_timeout(&socket, options.user_timeout)?;
+    socket.set_nodelay(options.nodelay).map_err(named("TCP_NODELAY"))?;
+    Ok(())
+}
+
+/// Sets the buffer sizes. They must be set before `listen` or `connect` to take part in the
+/// window negotiated at the handshake; accepted sockets inherit the listener's.
+pub fn apply_buffers(socket: SockRef<'_>, options: &SocketOptions) -> Result<(), SockoptError> {
+    if let Some(size) = options.recv_buffer {
+        socket.set_recv_buffer_size(size).map_err(named("SO_RCVBUF"))?;
+    }
+    if let Some(size) = options.send_buffer {
+        socket.set_send_buffer_size(size).map_err(named("SO_SNDBUF"))?;
+    }
+    Ok(())
+}
+
+fn keepalive_params(keepalive: &Keepalive) -> TcpKeepalive {
+    let params = TcpKeepalive::new().with_time(keepalive.idle);
+    #[cfg(any(full_keepalive, windows))]
+    let params = params.with_interval(keepalive.interval);
+    #[cfg(full_keepalive)]
+    let params = params.with_retries(keepalive.count);
+    params
+}
+
+#[cfg(user_timeout)]
+fn set_user_timeout(socket: &SockRef<'_>, timeout: Option<Duration>) -> Result<(), SockoptError> {
+    socket
+        .set_tcp_user_timeout(timeout)
+        .map_err(named("TCP_USER_TIMEOUT"))
+}
+
+#[cfg(not(user_timeout))]
+fn set_user_timeout(_socket: &SockRef<'_>, _timeout: Option<Duration>) -> Result<(), SockoptError> {
+    Ok(())
+}
+
+/// Creates, configures, binds and listens: address reuse, optional `SO_REUSEPORT`, buffers and
+/// liveness options are all set before `listen`, so no accepted socket can be without them.
+pub fn bind_listener(
+    addr: SocketAddr,
+    listener: &ListenerOptions,
+    options: &SocketOptions,
+) -> Result<std::net::TcpListener, ListenError> {
+    let wrap = |stage: &'static str| move |source| ListenError { addr, stage, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(wrap("socket"))?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true).map_err(wrap("SO_REUSEADDR"))?;
+    if listener.reuse_port {
+        #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
+        socket.set_reuse_port(true).map_err(wrap("SO_REUSEPORT"))?;
+        #[cfg(not(all(unix, not(any(target_os = "solaris", target_os = "illumos")))))]
+        return Err(ListenError {
+            addr,
+            stage: "SO_REUSEPORT",
+            source: io::Error::new(io::ErrorKind::Unsupported, "not available on this platform"),
+        });
+    }
+    if addr.is_ipv6() {
+        // One address family per socket: `[::]` and `0.0.0.0` can then be listed side by side.
+        socket.set_only_v6(true).map_err(wrap("IPV6_V6ONLY"))?;
+    }
+    apply_buffers(SockRef::from(&socket), options).map_err(|e| ListenError {
+        addr,
+        stage: e.option,
+        source: e.source,
+    })?;
+    apply(SockRef::from(&socket), options).map_err(|e| ListenError {
+        addr,
+        stage: e.option,
+        source: e.source,
+    })?;
+    socket.set_nonblocking(true).map_err(wrap("O_NONBLOCK"))?;
+    socket.bind(&addr.into()).map_err(wrap("bind"))?;
+    let backlog = i32::try_from(listener.backlog).unwrap_or(i32::MAX);
+    socket.listen(backlog).map_err(wrap("listen"))?;
+    Ok(socket.into())
+}
+
+/// A failure to open a listener, naming the address and the step.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {stage} failed")]
+pub struct ListenError {
+    pub addr: SocketAddr,
+    pub stage: &'static str,
+    #[source]
+    pub source: io::Error,
+}
+
+/// The options in force on a socket, as `getsockopt` reports them. `None`: not readable here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Effective {
+    pub keepalive: Option<bool>,
+    pub keepalive_idle: Option<Duration>,
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_count: Option<u32>,
+    pub user_timeout: Option<Duration>,
+    pub nodelay: Option<bool>,
+    pub recv_buffer: Option<usize>,
+    pub send_buffer: Option<usize>,
+}
+
+/// One option whose value in force is not the value asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    pub option: &'static str,
+    pub asked: String,
+    pub effective: String,
+}
+
+/// Reads the liveness options back from a socket.
+pub fn read_back(socket: SockRef<'_>) -> Effective {
+    let mut effective = Effective {
+        keepalive: socket.keepalive().ok(),
+        nodelay: socket.nodelay().ok(),
+        recv_buffer: socket.recv_buffer_size().ok(),
+        send_buffer: socket.send_buffer_size().ok(),
+        ..Effective::default()
+    };
+    #[cfg(full_keepalive)]
+    {
+        effective.keepalive_idle = socket.keepalive_time().ok();
+        effective.keepalive_interval = socket.keepalive_interval().ok();
+        effective.keepalive_count = socket.keepalive_retries().ok();
+    }
+    #[cfg(user_timeout)]
+    {
+        effective.user_timeout = socket.tcp_user_timeout().ok().flatten();
+    }
+    effective
+}
+
+impl Effective {
+    /// The options whose value in force differs from `asked`. Options this platform cannot read
+    /// are not reported here (see [`Support::missing`]). Linux doubles `SO_RCVBUF`/`SO_SNDBUF`
+    /// for bookkeeping, so a buffer is a mismatch only when it is smaller than asked.
+    pub fn mismatches(&self, asked: &SocketOptions) -> Vec<Mismatch> {
+        let mut out = Vec::new();
+        let secs = |d: Duration| humantime::format_duration(d).to_string();
+        let mut check = |option, asked: String, effective: Option<String>| {
+            if let Some(effective) = effective {
+                if effective != asked {
+                    out.push(Mismatch { option, asked, effective });
+                }
+            }
+        };
+        check("SO_KEEPALIVE", "true".into(), self.keepalive.map(|k| k.to_string()));
+        check("TCP_KEEPIDLE", secs(asked.keepalive.idle), self.keepalive_idle.map(secs));
+        check("TCP_KEEPINTVL", secs(asked.keepalive.interval), self.keepalive_interval.map(secs));
+        check("TCP_KEEPCNT", asked.keepalive.count.to_string(), self.keepalive_count.map(|c| c.to_string()));
+        if SUPPORT.user_timeout {
+            let show = |d: Option<Duration>| d.map_or_else(|| "off".to_owned(), secs);
+            check("TCP_USER_TIMEOUT", show(asked.user_timeout), Some(show(self.user_timeout)));
+        }
+        check("TCP_NODELAY", asked.nodelay.to_string(), self.nodelay.map(|n| n.to_string()));
+        for (option, asked, effective) in [
+            ("SO_RCVBUF", asked.recv_buffer, self.recv_buffer),
+            ("SO_SNDBUF", asked.send_buffer, self.send_buffer),
+        ] {
+            if let (Some(asked), Some(effective)) = (asked, effective) {
+                if effective < asked {
+                    out.push(Mismatch {
+                        option,
+                        asked: asked.to_string(),
+                        effective: effective.to_string(),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Segments sent and not yet acknowledged, from `TCP_INFO`. After the kernel dropped a connection
+/// with `ETIMEDOUT`, a non-zero count means retransmissions (the user timeout) gave up, and zero
+/// means keep-alive probes did. `None` where `TCP_INFO` cannot be read.
+pub fn unacked_segments(socket: SockRef<'_>) -> Option<u32> {
+    imp::unacked_segments(socket)
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod imp {
+    use std::os::fd::AsRawFd;
+
+    use socket2::SockRef;
+
+    pub(super) fn unacked_segments(socket: SockRef<'_>) -> Option<u32> {
+        let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: `info` is a writable buffer of `len` bytes that outlives the call; the kernel
+        // writes at most `len` bytes and reports how many in `len`. The struct is plain data, and
+        // it was zeroed, so fields the kernel did not write are valid zeros.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: zero-initialised above and possibly overwritten by the kernel: valid either way.
+        let info = unsafe { info.assume_init() };
+        Some(info.tcpi_unacked)
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+mod imp {
+    use socket2::SockRef;
+
+    pub(super) fn unacked_segments(_socket: SockRef<'_>) -> Option<u32> {
+        None
+    }
+}
+
+/// The process's open-file limits after raising the soft limit to the hard one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileLimit {
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Raises the open-file soft limit to the hard limit: every connection is a descriptor, and the
+/// common soft default (1024) would refuse connections long before `max_connections`.
+/// `None` on platforms without `RLIMIT_NOFILE`.
+pub fn raise_nofile_limit() -> io::Result<Option<FileLimit>> {
+    #[cfg(unix)]
+    {
+        let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+        let soft = rlimit::increase_nofile_limit(hard)?;
+        Ok(Some(FileLimit { soft, hard }))
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(None)
+    }
+}
