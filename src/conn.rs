@@ -294,9 +294,9 @@ impl Connection {
             ConnectionReset | ConnectionAborted | BrokenPipe if self.eof => CloseReason::PeerClosed,
             ConnectionReset | ConnectionAborted | BrokenPipe => CloseReason::Reset,
             TimedOut | HostUnreachable | NetworkUnreachable => {
-                match sockopt::unacked_segments(SockRef::from(&self.stream)) {
-                    Some(n) if n > 0 => CloseReason::UserTimeout,
-                    _ => CloseReason::KeepaliveTimeout,
+                match sockopt::timeout_cause(SockRef::from(&self.stream)) {
+                    Some(sockopt::TimeoutCause::Retransmission) => CloseReason::UserTimeout,
+                    Some(sockopt::TimeoutCause::Keepalive) | None => CloseReason::KeepaliveTimeout,
                 }
             }
             _ => {

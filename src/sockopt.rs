@@ -282,11 +282,23 @@ impl Effective {
     }
 }
 
-/// Segments sent and not yet acknowledged, from `TCP_INFO`. After the kernel dropped a connection
-/// with `ETIMEDOUT`, a non-zero count means retransmissions (the user timeout) gave up, and zero
-/// means keep-alive probes did. `None` where `TCP_INFO` cannot be read.
-pub fn unacked_segments(socket: SockRef<'_>) -> Option<u32> {
-    imp::unacked_segments(socket)
+/// Which kernel timer dropped a connection that failed with `ETIMEDOUT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutCause {
+    /// Keep-alive probes went unanswered while nothing was in flight.
+    Keepalive,
+    /// Sent data stayed unacknowledged (retransmissions, bounded by `TCP_USER_TIMEOUT`).
+    Retransmission,
+}
+
+/// Tells, from `TCP_INFO`, which timer dropped a connection that failed with `ETIMEDOUT`.
+///
+/// The kernel purges the send queue when it drops the connection, so the count of unacknowledged
+/// segments reads 0 afterwards; what survives is the count of keep-alive probes sent
+/// (`tcpi_probes`) and of consecutive retransmission timeouts (`tcpi_retransmits`), and the
+/// byte counters. `None` where `TCP_INFO` cannot be read.
+pub fn timeout_cause(socket: SockRef<'_>) -> Option<TimeoutCause> {
+    imp::timeout_cause(socket)
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -295,7 +307,9 @@ mod imp {
 
     use socket2::SockRef;
 
-    pub(super) fn unacked_segments(socket: SockRef<'_>) -> Option<u32> {
+    use super::TimeoutCause;
+
+    pub(super) fn timeout_cause(socket: SockRef<'_>) -> Option<TimeoutCause> {
         let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
         // SAFETY: `info` is a writable buffer of `len` bytes that outlives the call; the kernel
@@ -315,7 +329,14 @@ mod imp {
         }
         // SAFETY: zero-initialised above and possibly overwritten by the kernel: valid either way.
         let info = unsafe { info.assume_init() };
-        Some(info.tcpi_unacked)
+        let probing = info.tcpi_probes > 0 && info.tcpi_retransmits == 0;
+        let data_in_flight =
+            info.tcpi_retransmits > 0 || info.tcpi_unacked > 0 || info.tcpi_bytes_sent > info.tcpi_bytes_acked;
+        Some(if !probing && data_in_flight {
+            TimeoutCause::Retransmission
+        } else {
+            TimeoutCause::Keepalive
+        })
     }
 }
 
@@ -323,7 +344,9 @@ mod imp {
 mod imp {
     use socket2::SockRef;
 
-    pub(super) fn unacked_segments(_socket: SockRef<'_>) -> Option<u32> {
+    use super::TimeoutCause;
+
+    pub(super) fn timeout_cause(_socket: SockRef<'_>) -> Option<TimeoutCause> {
         None
     }
 }

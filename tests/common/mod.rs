@@ -1,0 +1,312 @@
+//! The test harness, in one place: a server on port 0, a raw client, waits on observable events
+//! with bounded timeouts, a network-namespace fixture, and the binary for process tests.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use connwarden::registry::ClosedConn;
+use connwarden::server::ShutdownReport;
+use connwarden::sink::{ChannelSink, Sink};
+use connwarden::{CloseReason, Config, Record, Registry, Server};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Upper bound for anything that should happen "at once" on loopback.
+pub const PROMPT: Duration = Duration::from_secs(10);
+
+/// A configuration for tests: loopback, and short timers where a test does not set its own.
+pub fn test_config() -> Config {
+    Config {
+        listen: vec!["127.0.0.1:0".parse().expect("valid address")],
+        shutdown_grace: Duration::from_secs(5),
+        ..Config::default()
+    }
+}
+
+/// A server running in this process on 127.0.0.1 with an OS-chosen port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub registry: Registry,
+    pub records: Option<mpsc::Receiver<Record>>,
+    pub queue: connwarden::queue::Monitor<Record>,
+    closes: broadcast::Receiver<ClosedConn>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<ShutdownReport>>,
+}
+
+impl TestServer {
+    /// Starts a server whose items arrive in `records`.
+    pub async fn start(config: Config) -> TestServer {
+        let (sink, records) = ChannelSink::new(1024);
+        let mut server = TestServer::start_with_sink(config, sink).await;
+        server.records = Some(records);
+        server
+    }
+
+    /// Starts a server with the given sink.
+    pub async fn start_with_sink(config: Config, sink: impl Sink) -> TestServer {
+        // The production path: every option (buffers included) set before listen.
+        let listener = connwarden::sockopt::bind_listener(
+            config.listen[0],
+            &connwarden::sockopt::ListenerOptions {
+                reuse_port: false,
+                backlog: 128,
+            },
+            &connwarden::sockopt::SocketOptions::from_config(&config),
+        )
+        .expect("bind");
+        let listener = TcpListener::from_std(listener).expect("register listener");
+        TestServer::start_on(config, sink, listener).await
+    }
+
+    /// Starts a server on a listener bound elsewhere (for example inside a network namespace).
+    pub async fn start_on(config: Config, sink: impl Sink, listener: TcpListener) -> TestServer {
+        let addr = listener.local_addr().expect("local addr");
+        let server = Server::builder(config).sink(sink).build().expect("valid config");
+        let registry = server.registry();
+        let closes = registry.subscribe();
+        let queue = server.queue();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(vec![listener], async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("server runs")
+        });
+        TestServer {
+            addr,
+            registry,
+            records: None,
+            queue,
+            closes,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Connects a raw client.
+    pub async fn connect(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+
+    /// The next record the sink received.
+    pub async fn next_record(&mut self) -> Record {
+        let records = self.records.as_mut().expect("server started with a channel sink");
+        tokio::time::timeout(PROMPT, records.recv())
+            .await
+            .expect("a record within the bound")
+            .expect("sink open")
+    }
+
+    /// The next close event (subscribed at start, so none is missed).
+    pub async fn next_close(&mut self) -> ClosedConn {
+        next_close(&mut self.closes, PROMPT).await
+    }
+
+    /// Waits until `n` connections are registered.
+    pub async fn wait_live(&self, n: usize) {
+        wait_until(PROMPT, || self.registry.len() == n).await;
+    }
+
+    /// Stops the server and returns its report; the registry must then be empty.
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        let _ = self.stop.take().expect("running").send(());
+        let task = self.task.take().expect("running");
+        let report = tokio::time::timeout(PROMPT, task).await.expect("shutdown within the bound").expect("server task");
+        assert!(self.registry.is_empty(), "registry empty after shutdown");
+        report
+    }
+}
+
+/// The next close event within `bound`.
+pub async fn next_close(closes: &mut broadcast::Receiver<ClosedConn>, bound: Duration) -> ClosedConn {
+    tokio::time::timeout(bound, closes.recv())
+        .await
+        .expect("a close event within the bound")
+        .expect("close events flowing")
+}
+
+/// Polls a condition every few milliseconds until it holds, failing after `bound`.
+pub async fn wait_until(bound: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + bound;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Asserts a close with `reason` and an empty registry afterwards.
+pub async fn expect_close(server: &mut TestServer, reason: CloseReason) -> ClosedConn {
+    let closed = server.next_close().await;
+    assert_eq!(closed.reason, reason, "close reason");
+    wait_until(PROMPT, || server.registry.is_empty()).await;
+    closed
+}
+
+/// A plain TCP client that speaks the protocol by hand.
+pub struct Client {
+    pub reader: BufReader<OwnedReadHalf>,
+    pub writer: OwnedWriteHalf,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Client::from_stream(stream)
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Client {
+        let (read, write) = stream.into_split();
+        Client {
+            reader: BufReader::new(read),
+            writer: write,
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.expect("send");
+    }
+
+    /// The next line from the server, parsed.
+    pub async fn line(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        let n = tokio::time::timeout(PROMPT, self.reader.read_line(&mut line))
+            .await
+            .expect("a line within the bound")
+            .expect("read");
+        assert!(n > 0, "server closed instead of sending a line");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("server sent invalid JSON {line:?}: {e}"))
+    }
+
+    /// Reads lines until one whose `type` is `kind`, returning it.
+    pub async fn line_of_type(&mut self, kind: &str) -> serde_json::Value {
+        loop {
+            let line = self.line().await;
+            if line["type"] == kind {
+                return line;
+            }
+        }
+    }
+
+    /// Reads until the server closes, returning what came.
+    pub async fn until_closed(&mut self) -> String {
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(PROMPT, self.reader.read_to_end(&mut rest))
+            .await
+            .expect("server closes within the bound");
+        String::from_utf8_lossy(&rest).into_owned()
+    }
+}
+
+/// Path of the `connwarden` binary built for these tests.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_connwarden")
+}
+
+/// Two network namespaces joined by a veth pair: a server host at 10.231.0.1 and a client host
+/// at 10.231.0.2. Names are unique per process and fixture; `Drop` deletes both namespaces,
+/// which deletes the veth pair with them.
+pub struct NetnsPair {
+    pub server_ns: String,
+    pub client_ns: String,
+    pub client_if: String,
+}
+
+pub const NETNS_SERVER_IP: &str = "10.231.0.1";
+pub const NETNS_CLIENT_IP: &str = "10.231.0.2";
+
+static NETNS_SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip (install iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetnsPair {
+    pub fn create() -> NetnsPair {
+        let tag = format!("{}x{}", std::process::id(), NETNS_SEQ.fetch_add(1, Ordering::Relaxed));
+        let pair = NetnsPair {
+            server_ns: format!("cwt-s-{tag}"),
+            client_ns: format!("cwt-c-{tag}"),
+            client_if: format!("cwc{tag}"),
+        };
+        let server_if = format!("cws{tag}");
+        assert!(server_if.len() <= 15, "interface name too long: {server_if}");
+        ip(&["netns", "add", &pair.server_ns]);
+        // From here on, Drop removes whatever was made.
+        ip(&["netns", "add", &pair.client_ns]);
+        ip(&[
+            "link", "add", &server_if, "netns", &pair.server_ns, "type", "veth", "peer", "name", &pair.client_if,
+            "netns", &pair.client_ns,
+        ]);
+        ip(&["-n", &pair.server_ns, "addr", "add", &format!("{NETNS_SERVER_IP}/30"), "dev", &server_if]);
+        ip(&["-n", &pair.client_ns, "addr", "add", &format!("{NETNS_CLIENT_IP}/30"), "dev", &pair.client_if]);
+        for (ns, dev) in [(&pair.server_ns, &server_if), (&pair.client_ns, &pair.client_if)] {
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        pair
+    }
+
+    /// Runs `f` on a thread that has entered namespace `ns`; sockets it creates live there.
+    pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{ns}");
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns only changes this thread's network namespace; the fd is valid for
+            // the call. The thread ends after `f`, so no other code runs in the namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("namespace thread")
+    }
+
+    /// A listener in the server namespace, ready for Tokio.
+    pub fn server_listener(&self, port: u16) -> TcpListener {
+        let addr: SocketAddr = format!("{NETNS_SERVER_IP}:{port}").parse().expect("address");
+        let listener = NetnsPair::in_ns(&self.server_ns, move || std::net::TcpListener::bind(addr).expect("bind in netns"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        TcpListener::from_std(listener).expect("register listener")
+    }
+
+    /// A client connection from the client namespace, ready for Tokio.
+    pub fn client_connect(&self, port: u16) -> TcpStream {
+        let addr: SocketAddr = format!("{NETNS_SERVER_IP}:{port}").parse().expect("address");
+        let stream = NetnsPair::in_ns(&self.client_ns, move || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect in netns")
+        });
+        stream.set_nonblocking(true).expect("nonblocking");
+        TcpStream::from_std(stream).expect("register stream")
+    }
+
+    /// Cuts the client host off: its end of the link goes down, so nothing it would send or
+    /// answer reaches the server, and nothing the server sends reaches it.
+    pub fn client_link_down(&self) {
+        ip(&["-n", &self.client_ns, "link", "set", &self.client_if, "down"]);
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.server_ns, &self.client_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
