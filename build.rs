@@ -6,7 +6,10 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(user_timeout)");
     let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     // TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT settable and readable.
-    if matches!(os.as_str(), "linux" | "android" | "macos" | "ios" | "freebsd" | "netbsd") {
+    if matches!(
+        os.as_str(),
+        "linux" | "android" | "macos" | "ios" | "freebsd" | "netbsd"
+    ) {
         println!("cargo::rustc-cfg=full_keepalive");
     }
     // TCP_USER_TIMEOUT.

@@ -182,7 +182,9 @@ impl Settings {
     }
 
     /// Reads `CONNWARDEN_<KEY>` variables from `vars`. `CONNWARDEN_LISTEN` takes a comma-separated list.
-    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Settings, ConfigError> {
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
         let mut settings = Settings::default();
         for (var, value) in vars {
             let Some(key) = var.strip_prefix(ENV_PREFIX) else {
@@ -218,7 +220,12 @@ impl Settings {
         self
     }
 
-    fn insert(&mut self, key: String, values: Vec<String>, origin: Origin) -> Result<(), ConfigError> {
+    fn insert(
+        &mut self,
+        key: String,
+        values: Vec<String>,
+        origin: Origin,
+    ) -> Result<(), ConfigError> {
         if !KEYS.contains(&key.as_str()) {
             return Err(ConfigError::UnknownKey { key, origin });
         }
@@ -227,7 +234,11 @@ impl Settings {
     }
 }
 
-fn toml_values(key: &str, value: &toml::Value, origin: &Origin) -> Result<Vec<String>, ConfigError> {
+fn toml_values(
+    key: &str,
+    value: &toml::Value,
+    origin: &Origin,
+) -> Result<Vec<String>, ConfigError> {
     let scalar = |v: &toml::Value| match v {
         toml::Value::String(s) => Some(s.clone()),
         toml::Value::Integer(i) => Some(i.to_string()),
@@ -417,7 +428,10 @@ impl Config {
             return fail("listen", "at least one address is needed".into());
         }
         if self.queue == 0 {
-            return fail("queue", "must be at least 1: a queue of 0 could never take an item".into());
+            return fail(
+                "queue",
+                "must be at least 1: a queue of 0 could never take an item".into(),
+            );
         }
         if self.max_connections == 0 {
             return fail("max_connections", "must be at least 1".into());
@@ -430,13 +444,22 @@ impl Config {
         }
         let ka = &self.keepalive;
         if ka.idle < Duration::from_secs(1) || ka.idle.as_secs() > MAX_KEEPALIVE_SECS {
-            return fail("keepalive_idle", format!("must be 1s to {MAX_KEEPALIVE_SECS}s (the kernel counts whole seconds)"));
+            return fail(
+                "keepalive_idle",
+                format!("must be 1s to {MAX_KEEPALIVE_SECS}s (the kernel counts whole seconds)"),
+            );
         }
         if ka.interval < Duration::from_secs(1) || ka.interval.as_secs() > MAX_KEEPALIVE_SECS {
-            return fail("keepalive_interval", format!("must be 1s to {MAX_KEEPALIVE_SECS}s (the kernel counts whole seconds)"));
+            return fail(
+                "keepalive_interval",
+                format!("must be 1s to {MAX_KEEPALIVE_SECS}s (the kernel counts whole seconds)"),
+            );
         }
         if ka.count == 0 || ka.count > MAX_KEEPALIVE_COUNT {
-            return fail("keepalive_count", format!("must be 1 to {MAX_KEEPALIVE_COUNT}"));
+            return fail(
+                "keepalive_count",
+                format!("must be 1 to {MAX_KEEPALIVE_COUNT}"),
+            );
         }
         if let UserTimeout::Fixed(d) = self.user_timeout {
             if d < ka.interval {
@@ -499,8 +522,14 @@ impl Config {
                 self.listen = values
                     .iter()
                     .map(|v| {
-                        v.parse()
-                            .map_err(|_| invalid(key, v, origin, "expected an address such as 0.0.0.0:7000 or [::]:7000"))
+                        v.parse().map_err(|_| {
+                            invalid(
+                                key,
+                                v,
+                                origin,
+                                "expected an address such as 0.0.0.0:7000 or [::]:7000",
+                            )
+                        })
                     })
                     .collect::<Result<_, _>>()?
             }
@@ -593,10 +622,19 @@ impl Config {
     }
 }
 
-fn single_value<'v>(key: &'static str, values: &'v [String], origin: &Origin) -> Result<&'v str, ConfigError> {
+fn single_value<'v>(
+    key: &'static str,
+    values: &'v [String],
+    origin: &Origin,
+) -> Result<&'v str, ConfigError> {
     match values {
         [value] => Ok(value.as_str()),
-        _ => Err(invalid(key, &values.join(","), origin, "expected one value")),
+        _ => Err(invalid(
+            key,
+            &values.join(","),
+            origin,
+            "expected one value",
+        )),
     }
 }
 
@@ -635,7 +673,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 fn parse_optional_duration(text: &str) -> Result<Option<Duration>, String> {
     match text.trim() {
         "off" | "none" => Ok(None),
-        other => parse_duration(other).map(Some).map_err(|e| format!("{e}, or off")),
+        other => parse_duration(other)
+            .map(Some)
+            .map_err(|e| format!("{e}, or off")),
     }
 }
 
@@ -667,9 +707,12 @@ fn parse_number<T: FromStr>(text: &str) -> Result<T, String> {
 /// Parses a size in bytes: `65536`, `64KiB`, `64k`, `1MiB`, `1m`.
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '_').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '_')
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let number: usize = parse_number(digits).map_err(|_| "expected a size such as 65536, 64KiB or 1MiB".to_owned())?;
+    let number: usize = parse_number(digits)
+        .map_err(|_| "expected a size such as 65536, 64KiB or 1MiB".to_owned())?;
     let multiplier = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1024,
@@ -684,7 +727,9 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 fn parse_buffer(text: &str) -> Result<Option<usize>, String> {
     match text.trim() {
         "auto" => Ok(None),
-        other => parse_size(other).map(Some).map_err(|e| format!("{e}, or auto")),
+        other => parse_size(other)
+            .map(Some)
+            .map_err(|e| format!("{e}, or auto")),
     }
 }
 
@@ -771,8 +816,14 @@ mod tests {
     fn contradictions_are_refused() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("queue", "0")], "queue"),
-            (&[("heartbeat_interval", "30s"), ("idle_timeout", "30s")], "heartbeat_interval"),
-            (&[("user_timeout", "5s"), ("keepalive_interval", "10s")], "user_timeout"),
+            (
+                &[("heartbeat_interval", "30s"), ("idle_timeout", "30s")],
+                "heartbeat_interval",
+            ),
+            (
+                &[("user_timeout", "5s"), ("keepalive_interval", "10s")],
+                "user_timeout",
+            ),
             (&[("keepalive_count", "0")], "keepalive_count"),
             (&[("max_connections", "0")], "max_connections"),
         ];
@@ -784,7 +835,8 @@ mod tests {
 
     #[test]
     fn unknown_file_key_is_an_error() {
-        let err = Settings::from_toml_str("keepalive_idel = \"3s\"", Path::new("c.toml")).unwrap_err();
+        let err =
+            Settings::from_toml_str("keepalive_idel = \"3s\"", Path::new("c.toml")).unwrap_err();
         assert_eq!(err.key(), Some("keepalive_idel"));
     }
 
@@ -801,17 +853,25 @@ mod tests {
         .unwrap();
         assert_eq!(config.listen.len(), 2);
         let text = config.to_toml();
-        let again = Config::from_settings(&Settings::from_toml_str(&text, Path::new("p.toml")).unwrap()).unwrap();
+        let again =
+            Config::from_settings(&Settings::from_toml_str(&text, Path::new("p.toml")).unwrap())
+                .unwrap();
         assert_eq!(config, again);
         let defaults = Config::default().to_toml();
-        let again = Config::from_settings(&Settings::from_toml_str(&defaults, Path::new("d.toml")).unwrap()).unwrap();
+        let again = Config::from_settings(
+            &Settings::from_toml_str(&defaults, Path::new("d.toml")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(Config::default(), again);
     }
 
     #[test]
     fn auto_user_timeout_is_the_keepalive_bound() {
         let config = Config::default();
-        assert_eq!(config.effective_user_timeout(), Some(Duration::from_secs(60)));
+        assert_eq!(
+            config.effective_user_timeout(),
+            Some(Duration::from_secs(60))
+        );
     }
 
     #[test]

@@ -83,7 +83,12 @@ pub(crate) struct ConnShared {
 }
 
 /// Serves one accepted connection until it ends, then records why in the registry.
-pub(crate) async fn run(stream: TcpStream, mut guard: ConnGuard, shared: Arc<ConnShared>, producer: Producer<Record>) {
+pub(crate) async fn run(
+    stream: TcpStream,
+    mut guard: ConnGuard,
+    shared: Arc<ConnShared>,
+    producer: Producer<Record>,
+) {
     let mut conn = Connection::new(stream, Arc::clone(guard.info()), shared, producer);
     let reason = conn.serve().await;
     drop(conn);
@@ -98,7 +103,10 @@ struct Close {
 
 impl From<CloseReason> for Close {
     fn from(reason: CloseReason) -> Close {
-        Close { reason, notice: None }
+        Close {
+            reason,
+            notice: None,
+        }
     }
 }
 
@@ -137,7 +145,12 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(stream: TcpStream, info: Arc<ConnInfo>, shared: Arc<ConnShared>, producer: Producer<Record>) -> Connection {
+    fn new(
+        stream: TcpStream,
+        info: Arc<ConnInfo>,
+        shared: Arc<ConnShared>,
+        producer: Producer<Record>,
+    ) -> Connection {
         let now = Instant::now();
         let params = &shared.params;
         Connection {
@@ -191,7 +204,10 @@ impl Connection {
                     });
                 }
                 _ = self.info.kicked() => return Err(CloseReason::Kicked.into()),
-                _ = self.shared.stop_reading.cancelled(), if self.reading => self.reading = false,
+                _ = self.shared.stop_reading.cancelled(), if self.reading => {
+                    self.read_what_arrived().await?;
+                    self.reading = false;
+                }
                 ready = self.stream.writable(), if !self.out.is_empty() => {
                     ready.map_err(|e| self.io_close(&e))?;
                     self.write_some()?;
@@ -238,27 +254,46 @@ impl Connection {
         }
     }
 
-    fn read_some(&mut self) -> Result<(), Close> {
+    /// Reads what the socket holds, without waiting. Returns false when nothing was read.
+    fn read_some(&mut self) -> Result<bool, Close> {
         self.read_buf.reserve(READ_CHUNK);
         match self.stream.try_read_buf(&mut self.read_buf) {
             Ok(0) => {
                 if self.decoder.is_mid_frame() {
-                    tracing::debug!(conn_id = self.info.id, pending = self.read_buf.len(), "peer closed in the middle of an object");
+                    tracing::debug!(
+                        conn_id = self.info.id,
+                        pending = self.read_buf.len(),
+                        "peer closed in the middle of an object"
+                    );
                 }
                 self.eof = true;
                 self.reading = false;
-                Ok(())
+                Ok(false)
             }
             Ok(n) => {
                 let now = Instant::now();
                 self.info.received(n, now.into_std());
                 self.last_in = now;
                 self.pings_sent = 0;
-                Ok(())
+                Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(self.io_close(&e)),
         }
+    }
+
+    /// At shutdown, takes the items that already arrived in the kernel's receive buffer, so that
+    /// what a client sent before the shutdown began is queued and written, not dropped with the
+    /// socket. Bounded, so a client that keeps sending cannot hold the shutdown.
+    async fn read_what_arrived(&mut self) -> Result<(), Close> {
+        const MAX_READS: usize = 256;
+        for _ in 0..MAX_READS {
+            if self.eof || self.stalled.is_some() || !self.read_some()? {
+                break;
+            }
+            self.process_buffered().await?;
+        }
+        Ok(())
     }
 
     fn write_some(&mut self) -> Result<(), Close> {
@@ -319,7 +354,11 @@ impl Connection {
                         reason: CloseReason::FrameTooLarge,
                         notice: Some(Outbound::Error {
                             code: ErrorCode::FrameTooLarge,
-                            message: format!("object larger than {} bytes; closing", too_large.limit).into(),
+                            message: format!(
+                                "object larger than {} bytes; closing",
+                                too_large.limit
+                            )
+                            .into(),
                             id: None,
                         }),
                     });
@@ -328,7 +367,10 @@ impl Connection {
             match frame {
                 Frame::Junk(bytes) => self.refuse(ItemError {
                     code: ErrorCode::InvalidJson,
-                    message: format!("expected a JSON object, got {} bytes that cannot start one", bytes.len()),
+                    message: format!(
+                        "expected a JSON object, got {} bytes that cannot start one",
+                        bytes.len()
+                    ),
                     id: None,
                 })?,
                 Frame::Object(bytes) => match protocol::parse(bytes) {
@@ -363,7 +405,10 @@ impl Connection {
             0
         };
         let max_frame = params.max_frame;
-        self.send(&Outbound::Hello { heartbeat_ms, max_frame });
+        self.send(&Outbound::Hello {
+            heartbeat_ms,
+            max_frame,
+        });
     }
 
     fn refuse(&mut self, error: ItemError) -> Result<(), Close> {
@@ -382,7 +427,8 @@ impl Connection {
 
     /// Queues a valid item, first reserving its reply slot when it will need one.
     async fn accept(&mut self, item: Item) -> Result<(), Close> {
-        let needs_reply = item.id.is_some() || self.shared.params.overflow != Overflow::Backpressure;
+        let needs_reply =
+            item.id.is_some() || self.shared.params.overflow != Overflow::Backpressure;
         if !needs_reply {
             return self.enqueue(item, None).await;
         }
@@ -405,7 +451,11 @@ impl Connection {
         }
     }
 
-    async fn enqueue(&mut self, item: Item, reply: Option<OwnedPermit<Outbound>>) -> Result<(), Close> {
+    async fn enqueue(
+        &mut self,
+        item: Item,
+        reply: Option<OwnedPermit<Outbound>>,
+    ) -> Result<(), Close> {
         let Some(producer) = &self.producer else {
             unreachable!("the producer is dropped only when no item can follow");
         };
@@ -428,7 +478,10 @@ impl Connection {
         match pushed {
             Pushed::Queued => {}
             Pushed::Rejected(record) | Pushed::Evicted(record) => {
-                record.reject(ErrorCode::QueueFull, "the server queue is full; item dropped");
+                record.reject(
+                    ErrorCode::QueueFull,
+                    "the server queue is full; item dropped",
+                );
             }
         }
         if waited_from.elapsed() > STALL_FORGIVEN {
@@ -493,7 +546,11 @@ impl Connection {
             next = next.min(self.last_in + idle);
         }
         if let Some(max_age) = params.max_age {
-            let at = if self.max_age_noticed { max_age + params.max_age_grace } else { max_age };
+            let at = if self.max_age_noticed {
+                max_age + params.max_age_grace
+            } else {
+                max_age
+            };
             next = next.min(self.started + at);
         }
         next

@@ -80,7 +80,11 @@ pub enum Pushed<T> {
 /// A queue of `capacity` items with the given overflow policy.
 pub fn bounded<T>(capacity: usize, overflow: Overflow) -> (Producer<T>, Consumer<T>) {
     assert!(capacity > 0, "queue capacity is validated to be at least 1");
-    let permits = if overflow == Overflow::Backpressure { capacity } else { 0 };
+    let permits = if overflow == Overflow::Backpressure {
+        capacity
+    } else {
+        0
+    };
     let shared = Arc::new(Shared {
         items: ArrayQueue::new(capacity),
         space: Semaphore::new(permits),
@@ -113,7 +117,11 @@ impl<T> Producer<T> {
         let shared = &*self.shared;
         let outcome = match shared.overflow {
             Overflow::Backpressure => {
-                let permit = shared.space.acquire().await.expect("the semaphore is never closed");
+                let permit = shared
+                    .space
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
                 // The slot is returned by the consumer once it pops the item.
                 permit.forget();
                 if shared.items.push(item).is_err() {
@@ -263,7 +271,10 @@ mod tests {
             (more, out)
         });
         second.push(7).await;
-        let (more, out) = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+        let (more, out) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(more);
         assert_eq!(out, vec![7]);
         drop(second);

@@ -27,7 +27,13 @@ pub struct Record {
 
 impl Record {
     /// A record with no way back to a sender (for sinks and tests that build their own).
-    pub fn new(conn_id: u64, peer: SocketAddr, ip: IpAddr, item: Bytes, id: Option<Bytes>) -> Record {
+    pub fn new(
+        conn_id: u64,
+        peer: SocketAddr,
+        ip: IpAddr,
+        item: Bytes,
+        id: Option<Bytes>,
+    ) -> Record {
         Record {
             conn_id,
             peer,
@@ -93,7 +99,13 @@ mod tests {
     #[test]
     fn ndjson_line_keeps_the_item_verbatim() {
         let item = Bytes::from_static(br#"{"IP":"1.2.3.4", "x" : [1,2]}"#);
-        let record = Record::new(9, "127.0.0.1:4000".parse().unwrap(), "1.2.3.4".parse().unwrap(), item.clone(), None);
+        let record = Record::new(
+            9,
+            "127.0.0.1:4000".parse().unwrap(),
+            "1.2.3.4".parse().unwrap(),
+            item.clone(),
+            None,
+        );
         let mut line = Vec::new();
         record.write_ndjson(&mut line);
         let value: serde_json::Value = serde_json::from_slice(&line).unwrap();

@@ -60,13 +60,15 @@ impl ConnInfo {
     /// Records `n` bytes received at `at`.
     pub fn received(&self, n: usize, at: Instant) {
         self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-        self.last_in_ms.store(self.since_start(at), Ordering::Relaxed);
+        self.last_in_ms
+            .store(self.since_start(at), Ordering::Relaxed);
     }
 
     /// Records `n` bytes sent at `at`.
     pub fn sent(&self, n: usize, at: Instant) {
         self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-        self.last_out_ms.store(self.since_start(at), Ordering::Relaxed);
+        self.last_out_ms
+            .store(self.since_start(at), Ordering::Relaxed);
     }
 
     /// Counts one accepted item.
@@ -93,7 +95,8 @@ impl ConnInfo {
     /// A point-in-time copy.
     pub fn snapshot(&self) -> ConnSnapshot {
         let age = self.started.elapsed();
-        let ago = |ms: &AtomicU64| age.saturating_sub(Duration::from_millis(ms.load(Ordering::Relaxed)));
+        let ago =
+            |ms: &AtomicU64| age.saturating_sub(Duration::from_millis(ms.load(Ordering::Relaxed)));
         ConnSnapshot {
             id: self.id,
             peer: self.peer,
@@ -168,7 +171,10 @@ impl Registry {
     fn conns(&self) -> MutexGuard<'_, HashMap<u64, Arc<ConnInfo>>> {
         // A panic while the lock is held cannot leave the map half-updated (each critical
         // section is a single insert or remove), so a poisoned lock is still usable.
-        self.shared.conns.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared
+            .conns
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Registers a new connection. Dropping the guard removes it.

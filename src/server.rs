@@ -213,7 +213,13 @@ impl Server {
         });
         let accept_tasks: Vec<JoinHandle<()>> = listeners
             .into_iter()
-            .map(|listener| tokio::spawn(accept_loop(listener, Arc::clone(&acceptor), stop_accepting.clone())))
+            .map(|listener| {
+                tokio::spawn(accept_loop(
+                    listener,
+                    Arc::clone(&acceptor),
+                    stop_accepting.clone(),
+                ))
+            })
             .collect();
         drop(acceptor);
 
@@ -233,10 +239,14 @@ impl Server {
         // Keep a little of the grace for the connections' last flush.
         let reserve = (config.shutdown_grace / 4).min(Duration::from_secs(1));
         let mut sink_task = sink_task;
-        let mut drained = tokio::time::timeout_at(deadline - reserve, &mut sink_task).await.ok();
+        let mut drained = tokio::time::timeout_at(deadline - reserve, &mut sink_task)
+            .await
+            .ok();
         shared.close.cancel();
         tracker.close();
-        let closed = tokio::time::timeout_at(deadline, tracker.wait()).await.is_ok();
+        let closed = tokio::time::timeout_at(deadline, tracker.wait())
+            .await
+            .is_ok();
         if drained.is_none() {
             drained = tokio::time::timeout_at(deadline, &mut sink_task).await.ok();
         }
@@ -264,7 +274,11 @@ impl Server {
                 "shutdown grace ran out"
             );
         } else {
-            tracing::info!(written = report.written, failed = report.failed, "shutdown complete");
+            tracing::info!(
+                written = report.written,
+                failed = report.failed,
+                "shutdown complete"
+            );
         }
         Ok(report)
     }
@@ -274,10 +288,12 @@ impl Server {
 /// options this platform lacks, and whether `max_connections` fits the open-file limit.
 fn report_start(config: &Config, options: &SocketOptions, listeners: &[TcpListener]) {
     for listener in listeners {
-        let addr = listener.local_addr().ok();
+        let addr = listener
+            .local_addr()
+            .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
         let effective = sockopt::read_back(SockRef::from(listener));
         tracing::info!(
-            addr = ?addr,
+            addr = %addr,
             keepalive_idle_s = effective.keepalive_idle.map(|d| d.as_secs()),
             keepalive_interval_s = effective.keepalive_interval.map(|d| d.as_secs()),
             keepalive_count = effective.keepalive_count,
@@ -306,7 +322,11 @@ fn report_start(config: &Config, options: &SocketOptions, listeners: &[TcpListen
                     "max_connections does not fit under the open-file limit; accept will fail with EMFILE first (run several processes with reuse_port, or raise the hard limit)"
                 );
             } else {
-                tracing::info!(nofile_soft = limit.soft, nofile_hard = limit.hard, "open-file limit raised");
+                tracing::info!(
+                    nofile_soft = limit.soft,
+                    nofile_hard = limit.hard,
+                    "open-file limit raised"
+                );
             }
         }
         Ok(None) => {}
@@ -367,17 +387,23 @@ impl Acceptor {
         if let Err(error) = sockopt::apply(SockRef::from(&stream), &self.options) {
             // Without its options the connection's liveness would not be bounded.
             tracing::error!(peer = %peer, option = error.option, error = %error.source, "cannot set socket option; closing");
-            self.registry.record_close(refused(peer, CloseReason::InternalError));
+            self.registry
+                .record_close(refused(peer, CloseReason::InternalError));
             return;
         }
         if !self.checked_first.swap(true, Ordering::Relaxed) {
-            warn_mismatches(&sockopt::read_back(SockRef::from(&stream)), &self.options, "accepted");
+            warn_mismatches(
+                &sockopt::read_back(SockRef::from(&stream)),
+                &self.options,
+                "accepted",
+            );
         }
         let local = stream.local_addr().unwrap_or(peer);
         let guard = self.registry.insert(peer, local);
         let shared = Arc::clone(&self.shared);
         let producer = self.producer.clone();
-        self.tracker.spawn(serve(stream, guard, shared, producer, slot));
+        self.tracker
+            .spawn(serve(stream, guard, shared, producer, slot));
     }
 
     /// Tells a peer over the limit why, without waiting: a fresh socket's send buffer always
@@ -390,7 +416,8 @@ impl Acceptor {
         }
         .to_line();
         let _ = stream.try_write(&line);
-        self.registry.record_close(refused(peer, CloseReason::ServerFull));
+        self.registry
+            .record_close(refused(peer, CloseReason::ServerFull));
     }
 }
 

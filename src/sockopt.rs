@@ -65,7 +65,10 @@ pub const SUPPORT: Support = Support {
     keepalive_interval: cfg!(any(full_keepalive, windows)),
     keepalive_count: cfg!(full_keepalive),
     user_timeout: cfg!(user_timeout),
-    reuse_port: cfg!(all(unix, not(any(target_os = "solaris", target_os = "illumos")))),
+    reuse_port: cfg!(all(
+        unix,
+        not(any(target_os = "solaris", target_os = "illumos"))
+    )),
     read_back_keepalive: cfg!(full_keepalive),
 };
 
@@ -109,7 +112,9 @@ pub fn apply(socket: SockRef<'_>, options: &SocketOptions) -> Result<(), Sockopt
         .set_tcp_keepalive(&keepalive_params(&options.keepalive))
         .map_err(named("SO_KEEPALIVE/TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT"))?;
     set_user_timeout(&socket, options.user_timeout)?;
-    socket.set_nodelay(options.nodelay).map_err(named("TCP_NODELAY"))?;
+    socket
+        .set_nodelay(options.nodelay)
+        .map_err(named("TCP_NODELAY"))?;
     Ok(())
 }
 
@@ -117,10 +122,14 @@ pub fn apply(socket: SockRef<'_>, options: &SocketOptions) -> Result<(), Sockopt
 /// window negotiated at the handshake; accepted sockets inherit the listener's.
 pub fn apply_buffers(socket: SockRef<'_>, options: &SocketOptions) -> Result<(), SockoptError> {
     if let Some(size) = options.recv_buffer {
-        socket.set_recv_buffer_size(size).map_err(named("SO_RCVBUF"))?;
+        socket
+            .set_recv_buffer_size(size)
+            .map_err(named("SO_RCVBUF"))?;
     }
     if let Some(size) = options.send_buffer {
-        socket.set_send_buffer_size(size).map_err(named("SO_SNDBUF"))?;
+        socket
+            .set_send_buffer_size(size)
+            .map_err(named("SO_SNDBUF"))?;
     }
     Ok(())
 }
@@ -153,10 +162,19 @@ pub fn bind_listener(
     listener: &ListenerOptions,
     options: &SocketOptions,
 ) -> Result<std::net::TcpListener, ListenError> {
-    let wrap = |stage: &'static str| move |source| ListenError { addr, stage, source };
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(wrap("socket"))?;
+    let wrap = |stage: &'static str| {
+        move |source| ListenError {
+            addr,
+            stage,
+            source,
+        }
+    };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(wrap("socket"))?;
     #[cfg(unix)]
-    socket.set_reuse_address(true).map_err(wrap("SO_REUSEADDR"))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(wrap("SO_REUSEADDR"))?;
     if listener.reuse_port {
         #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
         socket.set_reuse_port(true).map_err(wrap("SO_REUSEPORT"))?;
@@ -251,19 +269,47 @@ impl Effective {
         let mut check = |option, asked: String, effective: Option<String>| {
             if let Some(effective) = effective {
                 if effective != asked {
-                    out.push(Mismatch { option, asked, effective });
+                    out.push(Mismatch {
+                        option,
+                        asked,
+                        effective,
+                    });
                 }
             }
         };
-        check("SO_KEEPALIVE", "true".into(), self.keepalive.map(|k| k.to_string()));
-        check("TCP_KEEPIDLE", secs(asked.keepalive.idle), self.keepalive_idle.map(secs));
-        check("TCP_KEEPINTVL", secs(asked.keepalive.interval), self.keepalive_interval.map(secs));
-        check("TCP_KEEPCNT", asked.keepalive.count.to_string(), self.keepalive_count.map(|c| c.to_string()));
+        check(
+            "SO_KEEPALIVE",
+            "true".into(),
+            self.keepalive.map(|k| k.to_string()),
+        );
+        check(
+            "TCP_KEEPIDLE",
+            secs(asked.keepalive.idle),
+            self.keepalive_idle.map(secs),
+        );
+        check(
+            "TCP_KEEPINTVL",
+            secs(asked.keepalive.interval),
+            self.keepalive_interval.map(secs),
+        );
+        check(
+            "TCP_KEEPCNT",
+            asked.keepalive.count.to_string(),
+            self.keepalive_count.map(|c| c.to_string()),
+        );
         if SUPPORT.user_timeout {
             let show = |d: Option<Duration>| d.map_or_else(|| "off".to_owned(), secs);
-            check("TCP_USER_TIMEOUT", show(asked.user_timeout), Some(show(self.user_timeout)));
+            check(
+                "TCP_USER_TIMEOUT",
+                show(asked.user_timeout),
+                Some(show(self.user_timeout)),
+            );
         }
-        check("TCP_NODELAY", asked.nodelay.to_string(), self.nodelay.map(|n| n.to_string()));
+        check(
+            "TCP_NODELAY",
+            asked.nodelay.to_string(),
+            self.nodelay.map(|n| n.to_string()),
+        );
         for (option, asked, effective) in [
             ("SO_RCVBUF", asked.recv_buffer, self.recv_buffer),
             ("SO_SNDBUF", asked.send_buffer, self.send_buffer),
@@ -330,8 +376,9 @@ mod imp {
         // SAFETY: zero-initialised above and possibly overwritten by the kernel: valid either way.
         let info = unsafe { info.assume_init() };
         let probing = info.tcpi_probes > 0 && info.tcpi_retransmits == 0;
-        let data_in_flight =
-            info.tcpi_retransmits > 0 || info.tcpi_unacked > 0 || info.tcpi_bytes_sent > info.tcpi_bytes_acked;
+        let data_in_flight = info.tcpi_retransmits > 0
+            || info.tcpi_unacked > 0
+            || info.tcpi_bytes_sent > info.tcpi_bytes_acked;
         Some(if !probing && data_in_flight {
             TimeoutCause::Retransmission
         } else {

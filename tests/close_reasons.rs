@@ -53,8 +53,14 @@ async fn silent_client_after_hello_is_closed_as_heartbeat_timeout() {
     let closed = server.next_close().await;
     assert_eq!(closed.reason, CloseReason::HeartbeatTimeout);
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(550), "closed too early: {elapsed:?}");
-    assert!(elapsed < Duration::from_millis(600) + Duration::from_secs(1), "closed too late: {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(550),
+        "closed too early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(600) + Duration::from_secs(1),
+        "closed too late: {elapsed:?}"
+    );
     // Negotiated: the client that never sent hello is not held to the heartbeat.
     assert_eq!(server.registry.len(), 1);
     drop(plain);
@@ -74,7 +80,11 @@ async fn client_answering_pings_stays_connected() {
         assert_eq!(client.line().await["type"], "ping");
         client.send(b"{\"type\":\"pong\"}\n").await;
     }
-    assert_eq!(server.registry.len(), 1, "answering client still connected after 5 pings");
+    assert_eq!(
+        server.registry.len(),
+        1,
+        "answering client still connected after 5 pings"
+    );
     drop(client);
     expect_close(&mut server, CloseReason::PeerClosed).await;
     server.shutdown().await;
@@ -152,15 +162,34 @@ async fn client_over_its_error_budget_is_closed_as_protocol_error() {
     config.error_budget = 3;
     let mut server = TestServer::start(config).await;
     let mut client = server.connect().await;
-    client.send(b"x\ny\nz\n{\"ip\":\"192.0.2.1\"}\nw\n{\"ip\":\"192.0.2.2\"}\n").await;
+    client
+        .send(b"x\ny\nz\n{\"ip\":\"192.0.2.1\"}\nw\n{\"ip\":\"192.0.2.2\"}\n")
+        .await;
     let rest = client.until_closed().await;
     let codes: Vec<String> = rest
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["code"].as_str().unwrap().to_owned())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["code"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
-    assert_eq!(codes, ["invalid_json", "invalid_json", "invalid_json", "invalid_json", "too_many_errors"]);
+    assert_eq!(
+        codes,
+        [
+            "invalid_json",
+            "invalid_json",
+            "invalid_json",
+            "invalid_json",
+            "too_many_errors"
+        ]
+    );
     let closed = expect_close(&mut server, CloseReason::ProtocolError).await;
-    assert_eq!(closed.items, 1, "the valid item before the fourth error was kept");
+    assert_eq!(
+        closed.items, 1,
+        "the valid item before the fourth error was kept"
+    );
     server.shutdown().await;
 }
 
@@ -209,7 +238,9 @@ async fn connection_over_max_connections_gets_server_full_and_others_are_untouch
     assert_eq!(refusal["code"], "server_full");
     let closed = server.next_close().await;
     assert_eq!(closed.reason, CloseReason::ServerFull);
-    first.send(b"{\"ip\":\"192.0.2.1\",\"id\":\"still-here\"}\n").await;
+    first
+        .send(b"{\"ip\":\"192.0.2.1\",\"id\":\"still-here\"}\n")
+        .await;
     assert_eq!(first.line().await["id"], "still-here");
     assert_eq!(server.registry.len(), 1);
     drop(first);

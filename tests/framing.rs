@@ -30,9 +30,15 @@ async fn objects_split_byte_by_byte_arrive_unchanged() {
         client.writer.flush_now().await;
     }
     let first = server.next_record().await;
-    assert_eq!(&first.item[..], br#"{"ip":"198.51.100.7","note":"braces } { and \" quotes"}"#);
+    assert_eq!(
+        &first.item[..],
+        br#"{"ip":"198.51.100.7","note":"braces } { and \" quotes"}"#
+    );
     let second = server.next_record().await;
-    assert_eq!(&second.item[..], br#"{"IP":"::1","nested":{"a":[1,{"b":null}]}}"#);
+    assert_eq!(
+        &second.item[..],
+        br#"{"IP":"::1","nested":{"a":[1,{"b":null}]}}"#
+    );
     assert_eq!(second.ip, "::1".parse::<std::net::IpAddr>().unwrap());
     drop(client);
     server.shutdown().await;
@@ -42,7 +48,9 @@ async fn objects_split_byte_by_byte_arrive_unchanged() {
 async fn go_style_ip_keys_are_accepted_and_kept_as_sent() {
     let mut server = TestServer::start(test_config()).await;
     let mut client = server.connect().await;
-    client.send(b"{\"IP\":\"10.1.2.3\"}\n{\"Ip\":\"10.1.2.4\",\"Extra\":true}\n").await;
+    client
+        .send(b"{\"IP\":\"10.1.2.3\"}\n{\"Ip\":\"10.1.2.4\",\"Extra\":true}\n")
+        .await;
     let a = server.next_record().await;
     let b = server.next_record().await;
     assert_eq!(&a.item[..], br#"{"IP":"10.1.2.3"}"#);
@@ -65,11 +73,17 @@ async fn invalid_items_get_errors_and_later_valid_items_still_arrive() {
         }
         codes
     };
-    assert_eq!(codes, ["invalid_json", "invalid_json", "invalid_ip", "missing_ip"]);
+    assert_eq!(
+        codes,
+        ["invalid_json", "invalid_json", "invalid_ip", "missing_ip"]
+    );
     let ack = client.line().await;
     assert_eq!(ack, serde_json::json!({"type": "ack", "id": 8}));
     let record = server.next_record().await;
-    assert_eq!(record.ip, "203.0.113.9".parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(
+        record.ip,
+        "203.0.113.9".parse::<std::net::IpAddr>().unwrap()
+    );
     let snapshot = server.registry.snapshot();
     assert_eq!(snapshot[0].errors, 4);
     assert_eq!(snapshot[0].items, 1);
@@ -100,7 +114,9 @@ async fn every_item_with_an_id_is_acknowledged_in_order() {
 async fn hello_and_ping_are_answered() {
     let server = TestServer::start(test_config()).await;
     let mut client = server.connect().await;
-    client.send(b"{\"type\":\"hello\",\"client\":\"test\"}\n{\"type\":\"ping\"}\n").await;
+    client
+        .send(b"{\"type\":\"hello\",\"client\":\"test\"}\n{\"type\":\"ping\"}\n")
+        .await;
     let hello = client.line().await;
     assert_eq!(hello["type"], "hello");
     assert_eq!(hello["heartbeat_ms"], 15000);

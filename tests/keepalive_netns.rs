@@ -29,14 +29,20 @@ async fn idle_dead_peer_closes_as_keepalive_timeout_within_bound() {
     let mut closes = server.registry.subscribe();
     let mut client = Client::from_stream(net.client_connect(7000));
     client.send(b"{\"ip\":\"10.231.0.2\"}\n").await;
-    tokio::time::timeout(common::PROMPT, records.recv()).await.unwrap().unwrap();
+    tokio::time::timeout(common::PROMPT, records.recv())
+        .await
+        .unwrap()
+        .unwrap();
 
     let cut = Instant::now();
     net.client_link_down();
     let closed = next_close(&mut closes, bound + Duration::from_secs(10)).await;
     let detected = cut.elapsed();
     assert_eq!(closed.reason, CloseReason::KeepaliveTimeout);
-    assert!(detected <= bound, "detected after {detected:?}, bound {bound:?}");
+    assert!(
+        detected <= bound,
+        "detected after {detected:?}, bound {bound:?}"
+    );
     println!("keepalive_timeout detected {detected:?} after link down (bound {bound:?})");
     assert!(server.registry.is_empty());
     server.shutdown().await;
@@ -71,7 +77,10 @@ async fn dead_peer_with_unacknowledged_data_closes_as_user_timeout_within_bound(
     let closed = next_close(&mut closes, bound + Duration::from_secs(20)).await;
     let detected = cut.elapsed();
     assert_eq!(closed.reason, CloseReason::UserTimeout);
-    assert!(detected <= bound, "detected after {detected:?}, bound {bound:?}");
+    assert!(
+        detected <= bound,
+        "detected after {detected:?}, bound {bound:?}"
+    );
     println!("user_timeout detected {detected:?} after link down (bound {bound:?})");
     assert!(server.registry.is_empty());
     server.shutdown().await;

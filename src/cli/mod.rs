@@ -32,7 +32,10 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("connwarden: error: {error:#}");
-            if error.downcast_ref::<connwarden::config::ConfigError>().is_some() {
+            if error
+                .downcast_ref::<connwarden::config::ConfigError>()
+                .is_some()
+            {
                 ExitCode::from(EXIT_CONFIG)
             } else {
                 ExitCode::FAILURE

@@ -10,7 +10,9 @@ use connwarden::Server;
 /// Flags of `serve`. Each may also be set as `CONNWARDEN_<KEY>` in the environment or as
 /// `<key>` in the `--config` file; flags win over the environment, the environment over the file.
 #[derive(Debug, Args)]
-#[command(after_help = "Every flag can also be set as CONNWARDEN_<KEY> (for example CONNWARDEN_KEEPALIVE_IDLE=20s) or in the --config file (keepalive_idle = \"20s\"). Durations: 30s, 2m, 1h, 500ms.")]
+#[command(
+    after_help = "Every flag can also be set as CONNWARDEN_<KEY> (for example CONNWARDEN_KEEPALIVE_IDLE=20s) or in the --config file (keepalive_idle = \"20s\"). Durations: 30s, 2m, 1h, 500ms."
+)]
 pub struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]
@@ -152,9 +154,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     super::init_logging(config.log_format);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
     runtime.block_on(async move {
+        let shutdown = shutdown_signal()?;
         let server = Server::builder(config).build()?;
         let listeners = server.bind()?;
-        let report = server.run(listeners, shutdown_signal()).await?;
+        let report = server.run(listeners, shutdown).await?;
         anyhow::ensure!(
             report.abandoned == 0,
             "{} queued items were not written before the shutdown grace ran out",
@@ -164,26 +167,26 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere).
-async fn shutdown_signal() {
+/// A future that resolves on SIGINT or SIGTERM (Ctrl-C elsewhere). The handlers are installed
+/// here, before the server listens, so a signal that arrives once clients can connect always
+/// leads to an orderly shutdown rather than the default "terminate at once".
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
             }
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

@@ -29,7 +29,11 @@ pub struct FrameTooLarge {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Between,
-    Object { depth: u32, in_string: bool, escaped: bool },
+    Object {
+        depth: u32,
+        in_string: bool,
+        escaped: bool,
+    },
     Junk,
 }
 
@@ -66,7 +70,11 @@ impl Decoder {
             match buf.first() {
                 None => return Ok(None),
                 Some(b'{') => {
-                    self.state = State::Object { depth: 0, in_string: false, escaped: false };
+                    self.state = State::Object {
+                        depth: 0,
+                        in_string: false,
+                        escaped: false,
+                    };
                 }
                 Some(_) => self.state = State::Junk,
             }
@@ -78,7 +86,9 @@ impl Decoder {
             State::Between => unreachable!("state set above"),
         };
         match end {
-            Some(len) if len > self.max_frame => Err(FrameTooLarge { limit: self.max_frame }),
+            Some(len) if len > self.max_frame => Err(FrameTooLarge {
+                limit: self.max_frame,
+            }),
             Some(len) => {
                 let bytes = buf.split_to(len).freeze();
                 let frame = match self.state {
@@ -89,14 +99,21 @@ impl Decoder {
                 self.scanned = 0;
                 Ok(Some(frame))
             }
-            None if self.scanned > self.max_frame => Err(FrameTooLarge { limit: self.max_frame }),
+            None if self.scanned > self.max_frame => Err(FrameTooLarge {
+                limit: self.max_frame,
+            }),
             None => Ok(None),
         }
     }
 
     /// Returns the object's length once its closing brace is in `buf`.
     fn scan_object(&mut self, buf: &[u8]) -> Option<usize> {
-        let State::Object { mut depth, mut in_string, mut escaped } = self.state else {
+        let State::Object {
+            mut depth,
+            mut in_string,
+            mut escaped,
+        } = self.state
+        else {
             unreachable!("called in the object state");
         };
         let limit = buf.len().min(self.max_frame + 1);
@@ -124,7 +141,11 @@ impl Decoder {
                 _ => {}
             }
         }
-        self.state = State::Object { depth, in_string, escaped };
+        self.state = State::Object {
+            depth,
+            in_string,
+            escaped,
+        };
         self.scanned = found.unwrap_or(limit);
         found
     }
@@ -170,7 +191,13 @@ mod tests {
         let mut d = Decoder::new(1024);
         let mut buf = BytesMut::from(&br#"{"ip":"1.2.3.4"}{"ip":"::1","n":{"a":[1,{}]}}"#[..]);
         let frames = decode_all(&mut d, &mut buf);
-        assert_eq!(frames, vec![object(r#"{"ip":"1.2.3.4"}"#), object(r#"{"ip":"::1","n":{"a":[1,{}]}}"#)]);
+        assert_eq!(
+            frames,
+            vec![
+                object(r#"{"ip":"1.2.3.4"}"#),
+                object(r#"{"ip":"::1","n":{"a":[1,{}]}}"#)
+            ]
+        );
         assert!(buf.is_empty());
     }
 
@@ -192,13 +219,20 @@ mod tests {
             buf.extend_from_slice(&[byte]);
             frames.extend(decode_all(&mut d, &mut buf));
         }
-        assert_eq!(frames, vec![object("{\"ip\":\"10.0.0.1\",\"s\":\"a\\\"}\"}"), object("{\"IP\":\"::2\"}")]);
+        assert_eq!(
+            frames,
+            vec![
+                object("{\"ip\":\"10.0.0.1\",\"s\":\"a\\\"}\"}"),
+                object("{\"IP\":\"::2\"}")
+            ]
+        );
     }
 
     #[test]
     fn junk_runs_to_end_of_line_and_decoding_resumes() {
         let mut d = Decoder::new(1024);
-        let mut buf = BytesMut::from(&b"hello world\n{\"ip\":\"1.1.1.1\"} oops{\"ip\":\"2.2.2.2\"}"[..]);
+        let mut buf =
+            BytesMut::from(&b"hello world\n{\"ip\":\"1.1.1.1\"} oops{\"ip\":\"2.2.2.2\"}"[..]);
         let frames = decode_all(&mut d, &mut buf);
         assert_eq!(
             frames,
@@ -229,7 +263,10 @@ mod tests {
         assert_eq!(d.decode(&mut buf), Ok(None));
         assert!(d.is_mid_frame());
         buf.extend_from_slice(b"2.3.4\"}");
-        assert_eq!(d.decode(&mut buf), Ok(Some(object("{\"ip\": \"1.2.3.4\"}"))));
+        assert_eq!(
+            d.decode(&mut buf),
+            Ok(Some(object("{\"ip\": \"1.2.3.4\"}")))
+        );
         assert!(!d.is_mid_frame());
     }
 }

@@ -139,8 +139,13 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
 /// IPv4 or IPv6 address. A `"type"` of `hello`, `ping` or `pong` makes a control message; any
 /// other type, or none, leaves the object an item, so clients' own `type` fields keep working.
 pub fn parse(frame: Bytes) -> Result<Inbound, ItemError> {
-    let envelope: Envelope<'_> = serde_json::from_slice(&frame)
-        .map_err(|e| ItemError::new(ErrorCode::InvalidJson, format!("not a valid JSON object: {e}"), None))?;
+    let envelope: Envelope<'_> = serde_json::from_slice(&frame).map_err(|e| {
+        ItemError::new(
+            ErrorCode::InvalidJson,
+            format!("not a valid JSON object: {e}"),
+            None,
+        )
+    })?;
     let id = envelope.id.map(|raw| frame.slice_ref(raw.get().as_bytes()));
     if let Some(control) = control_message(envelope.kind, &id)? {
         return Ok(control);
@@ -148,20 +153,38 @@ pub fn parse(frame: Bytes) -> Result<Inbound, ItemError> {
     if let Some(raw) = &id {
         let valid = matches!(raw.first(), Some(b'"' | b'-' | b'0'..=b'9'));
         if !valid {
-            return Err(ItemError::new(ErrorCode::InvalidId, "id must be a string or a number", None));
+            return Err(ItemError::new(
+                ErrorCode::InvalidId,
+                "id must be a string or a number",
+                None,
+            ));
         }
     }
     let ip = match (envelope.ip, envelope.ip_keys) {
-        (None, _) => return Err(ItemError::new(ErrorCode::MissingIp, "item has no \"ip\" key", id)),
-        (Some(_), n) if n > 1 => {
-            return Err(ItemError::new(ErrorCode::InvalidIp, "item has more than one \"ip\" key", id))
+        (None, _) => {
+            return Err(ItemError::new(
+                ErrorCode::MissingIp,
+                "item has no \"ip\" key",
+                id,
+            ))
         }
-        (Some(raw), _) => parse_ip(raw).map_err(|message| ItemError::new(ErrorCode::InvalidIp, message, id.clone()))?,
+        (Some(_), n) if n > 1 => {
+            return Err(ItemError::new(
+                ErrorCode::InvalidIp,
+                "item has more than one \"ip\" key",
+                id,
+            ))
+        }
+        (Some(raw), _) => parse_ip(raw)
+            .map_err(|message| ItemError::new(ErrorCode::InvalidIp, message, id.clone()))?,
     };
     Ok(Inbound::Item(Item { raw: frame, ip, id }))
 }
 
-fn control_message(kind: Option<&RawValue>, id: &Option<Bytes>) -> Result<Option<Inbound>, ItemError> {
+fn control_message(
+    kind: Option<&RawValue>,
+    id: &Option<Bytes>,
+) -> Result<Option<Inbound>, ItemError> {
     let Some(kind) = kind else {
         return Ok(None);
     };
@@ -182,8 +205,8 @@ fn control_message(kind: Option<&RawValue>, id: &Option<Bytes>) -> Result<Option
 }
 
 fn parse_ip(raw: &RawValue) -> Result<IpAddr, String> {
-    let text: Cow<'_, str> =
-        serde_json::from_str(raw.get()).map_err(|_| format!("ip must be a string, got {}", raw.get()))?;
+    let text: Cow<'_, str> = serde_json::from_str(raw.get())
+        .map_err(|_| format!("ip must be a string, got {}", raw.get()))?;
     text.parse()
         .map_err(|_| format!("{text:?} is not a valid IPv4 or IPv6 address"))
 }
@@ -192,7 +215,9 @@ fn parse_ip(raw: &RawValue) -> Result<IpAddr, String> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outbound {
     /// The sink has taken the item with this id.
-    Ack { id: Bytes },
+    Ack {
+        id: Bytes,
+    },
     Error {
         code: ErrorCode,
         message: Cow<'static, str>,
@@ -201,7 +226,10 @@ pub enum Outbound {
     Ping,
     Pong,
     /// Answer to `hello`: the heartbeat the server will enforce (0 when off) and the frame limit.
-    Hello { heartbeat_ms: u64, max_frame: usize },
+    Hello {
+        heartbeat_ms: u64,
+        max_frame: usize,
+    },
 }
 
 impl From<ItemError> for Outbound {
@@ -227,7 +255,8 @@ impl Outbound {
                 dst.put_slice(b"{\"type\":\"error\",\"code\":\"");
                 dst.put_slice(code.as_str().as_bytes());
                 dst.put_slice(b"\",\"message\":");
-                let quoted = serde_json::to_string(message.as_ref()).expect("a string always serialises");
+                let quoted =
+                    serde_json::to_string(message.as_ref()).expect("a string always serialises");
                 dst.put_slice(quoted.as_bytes());
                 if let Some(id) = id {
                     dst.put_slice(b",\"id\":");
@@ -237,7 +266,10 @@ impl Outbound {
             }
             Outbound::Ping => dst.put_slice(b"{\"type\":\"ping\"}\n"),
             Outbound::Pong => dst.put_slice(b"{\"type\":\"pong\"}\n"),
-            Outbound::Hello { heartbeat_ms, max_frame } => {
+            Outbound::Hello {
+                heartbeat_ms,
+                max_frame,
+            } => {
                 let line = format!(
                     "{{\"type\":\"hello\",\"server\":\"connwarden\",\"version\":\"{}\",\"heartbeat_ms\":{heartbeat_ms},\"max_frame\":{max_frame}}}\n",
                     env!("CARGO_PKG_VERSION")
@@ -272,7 +304,10 @@ mod tests {
         assert_eq!(item.ip, "192.0.2.7".parse::<IpAddr>().unwrap());
         assert_eq!(&item.raw[..], text.as_bytes());
         assert_eq!(item.id.as_deref(), Some(&b"17"[..]));
-        assert!(matches!(parse_str(r#"{"Ip":"2001:db8::1"}"#), Ok(Inbound::Item(_))));
+        assert!(matches!(
+            parse_str(r#"{"Ip":"2001:db8::1"}"#),
+            Ok(Inbound::Item(_))
+        ));
     }
 
     #[test]
@@ -280,12 +315,18 @@ mod tests {
         let code = |s| parse_str(s).unwrap_err().code;
         assert_eq!(code(r#"{"ip":"1.2.3"}"#), ErrorCode::InvalidIp);
         assert_eq!(code(r#"{"ip":7}"#), ErrorCode::InvalidIp);
-        assert_eq!(code(r#"{"ip":"1.1.1.1","IP":"2.2.2.2"}"#), ErrorCode::InvalidIp);
+        assert_eq!(
+            code(r#"{"ip":"1.1.1.1","IP":"2.2.2.2"}"#),
+            ErrorCode::InvalidIp
+        );
         assert_eq!(code(r#"{"addr":"1.1.1.1"}"#), ErrorCode::MissingIp);
         assert_eq!(code(r#"{"ip":"1.1.1.1",}"#), ErrorCode::InvalidJson);
         assert_eq!(code(r#"{"ip":"1.1.1.1","id":[1]}"#), ErrorCode::InvalidId);
         assert_eq!(code(r#"{"type":"ack","id":1}"#), ErrorCode::UnexpectedType);
-        assert_eq!(code("{\"ip\":\"1.1.1.1\",\"x\":\"\u{0}\"}"), ErrorCode::InvalidJson);
+        assert_eq!(
+            code("{\"ip\":\"1.1.1.1\",\"x\":\"\u{0}\"}"),
+            ErrorCode::InvalidJson
+        );
     }
 
     #[test]
@@ -302,16 +343,24 @@ mod tests {
 
     #[test]
     fn control_messages_and_client_types() {
-        assert_eq!(parse_str(r#"{"type":"hello","client":"x"}"#), Ok(Inbound::Hello));
+        assert_eq!(
+            parse_str(r#"{"type":"hello","client":"x"}"#),
+            Ok(Inbound::Hello)
+        );
         assert_eq!(parse_str(r#"{"type":"ping"}"#), Ok(Inbound::Ping));
         assert_eq!(parse_str(r#"{"type":"pong"}"#), Ok(Inbound::Pong));
-        assert!(matches!(parse_str(r#"{"type":"login","ip":"1.1.1.1"}"#), Ok(Inbound::Item(_))));
+        assert!(matches!(
+            parse_str(r#"{"type":"login","ip":"1.1.1.1"}"#),
+            Ok(Inbound::Item(_))
+        ));
     }
 
     #[test]
     fn outbound_lines_are_valid_json() {
         let messages = [
-            Outbound::Ack { id: Bytes::from_static(b"\"x\"") },
+            Outbound::Ack {
+                id: Bytes::from_static(b"\"x\""),
+            },
             Outbound::Error {
                 code: ErrorCode::InvalidIp,
                 message: "bad \"quote\"\n".into(),
@@ -319,7 +368,10 @@ mod tests {
             },
             Outbound::Ping,
             Outbound::Pong,
-            Outbound::Hello { heartbeat_ms: 15000, max_frame: 65536 },
+            Outbound::Hello {
+                heartbeat_ms: 15000,
+                max_frame: 65536,
+            },
         ];
         for message in messages {
             let line = message.to_line();

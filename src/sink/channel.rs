@@ -28,7 +28,9 @@ impl Sink for ChannelSink {
                 self.tx
                     .send(record.detached())
                     .await
-                    .map_err(|_| SinkError::Closed { sink: "channel".into() })?;
+                    .map_err(|_| SinkError::Closed {
+                        sink: "channel".into(),
+                    })?;
             }
             Ok(())
         })

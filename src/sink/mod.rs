@@ -79,9 +79,9 @@ pub async fn drain(mut consumer: Consumer<Record>, mut sink: Box<dyn Sink>) -> D
             Err(error) => {
                 report.failed += count;
                 tracing::error!(sink = %sink.name(), error = %error, cause = ?std::error::Error::source(&error), records = count, "sink write failed; records not acknowledged");
-                batch
-                    .drain(..)
-                    .for_each(|r| r.reject(ErrorCode::SinkFailed, "the sink could not store this item"));
+                batch.drain(..).for_each(|r| {
+                    r.reject(ErrorCode::SinkFailed, "the sink could not store this item")
+                });
             }
         }
     }

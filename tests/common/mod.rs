@@ -68,7 +68,10 @@ impl TestServer {
     /// Starts a server on a listener bound elsewhere (for example inside a network namespace).
     pub async fn start_on(config: Config, sink: impl Sink, listener: TcpListener) -> TestServer {
         let addr = listener.local_addr().expect("local addr");
-        let server = Server::builder(config).sink(sink).build().expect("valid config");
+        let server = Server::builder(config)
+            .sink(sink)
+            .build()
+            .expect("valid config");
         let registry = server.registry();
         let closes = registry.subscribe();
         let queue = server.queue();
@@ -99,7 +102,10 @@ impl TestServer {
 
     /// The next record the sink received.
     pub async fn next_record(&mut self) -> Record {
-        let records = self.records.as_mut().expect("server started with a channel sink");
+        let records = self
+            .records
+            .as_mut()
+            .expect("server started with a channel sink");
         tokio::time::timeout(PROMPT, records.recv())
             .await
             .expect("a record within the bound")
@@ -120,14 +126,20 @@ impl TestServer {
     pub async fn shutdown(mut self) -> ShutdownReport {
         let _ = self.stop.take().expect("running").send(());
         let task = self.task.take().expect("running");
-        let report = tokio::time::timeout(PROMPT, task).await.expect("shutdown within the bound").expect("server task");
+        let report = tokio::time::timeout(PROMPT, task)
+            .await
+            .expect("shutdown within the bound")
+            .expect("server task");
         assert!(self.registry.is_empty(), "registry empty after shutdown");
         report
     }
 }
 
 /// The next close event within `bound`.
-pub async fn next_close(closes: &mut broadcast::Receiver<ClosedConn>, bound: Duration) -> ClosedConn {
+pub async fn next_close(
+    closes: &mut broadcast::Receiver<ClosedConn>,
+    bound: Duration,
+) -> ClosedConn {
     tokio::time::timeout(bound, closes.recv())
         .await
         .expect("a close event within the bound")
@@ -138,7 +150,10 @@ pub async fn next_close(closes: &mut broadcast::Receiver<ClosedConn>, bound: Dur
 pub async fn wait_until(bound: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + bound;
     while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "condition not met within {bound:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {bound:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -184,7 +199,8 @@ impl Client {
             .expect("a line within the bound")
             .expect("read");
         assert!(n > 0, "server closed instead of sending a line");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("server sent invalid JSON {line:?}: {e}"))
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("server sent invalid JSON {line:?}: {e}"))
     }
 
     /// Reads lines until one whose `type` is `kind`, returning it.
@@ -227,7 +243,10 @@ pub const NETNS_CLIENT_IP: &str = "10.231.0.2";
 static NETNS_SEQ: AtomicU32 = AtomicU32::new(0);
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip (install iproute2)");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (install iproute2)");
     assert!(
         out.status.success(),
         "ip {}: {}",
@@ -238,24 +257,60 @@ fn ip(args: &[&str]) {
 
 impl NetnsPair {
     pub fn create() -> NetnsPair {
-        let tag = format!("{}x{}", std::process::id(), NETNS_SEQ.fetch_add(1, Ordering::Relaxed));
+        let tag = format!(
+            "{}x{}",
+            std::process::id(),
+            NETNS_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let pair = NetnsPair {
             server_ns: format!("cwt-s-{tag}"),
             client_ns: format!("cwt-c-{tag}"),
             client_if: format!("cwc{tag}"),
         };
         let server_if = format!("cws{tag}");
-        assert!(server_if.len() <= 15, "interface name too long: {server_if}");
+        assert!(
+            server_if.len() <= 15,
+            "interface name too long: {server_if}"
+        );
         ip(&["netns", "add", &pair.server_ns]);
         // From here on, Drop removes whatever was made.
         ip(&["netns", "add", &pair.client_ns]);
         ip(&[
-            "link", "add", &server_if, "netns", &pair.server_ns, "type", "veth", "peer", "name", &pair.client_if,
-            "netns", &pair.client_ns,
+            "link",
+            "add",
+            &server_if,
+            "netns",
+            &pair.server_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pair.client_if,
+            "netns",
+            &pair.client_ns,
         ]);
-        ip(&["-n", &pair.server_ns, "addr", "add", &format!("{NETNS_SERVER_IP}/30"), "dev", &server_if]);
-        ip(&["-n", &pair.client_ns, "addr", "add", &format!("{NETNS_CLIENT_IP}/30"), "dev", &pair.client_if]);
-        for (ns, dev) in [(&pair.server_ns, &server_if), (&pair.client_ns, &pair.client_if)] {
+        ip(&[
+            "-n",
+            &pair.server_ns,
+            "addr",
+            "add",
+            &format!("{NETNS_SERVER_IP}/30"),
+            "dev",
+            &server_if,
+        ]);
+        ip(&[
+            "-n",
+            &pair.client_ns,
+            "addr",
+            "add",
+            &format!("{NETNS_CLIENT_IP}/30"),
+            "dev",
+            &pair.client_if,
+        ]);
+        for (ns, dev) in [
+            (&pair.server_ns, &server_if),
+            (&pair.client_ns, &pair.client_if),
+        ] {
             ip(&["-n", ns, "link", "set", "lo", "up"]);
             ip(&["-n", ns, "link", "set", dev, "up"]);
         }
@@ -280,17 +335,24 @@ impl NetnsPair {
 
     /// A listener in the server namespace, ready for Tokio.
     pub fn server_listener(&self, port: u16) -> TcpListener {
-        let addr: SocketAddr = format!("{NETNS_SERVER_IP}:{port}").parse().expect("address");
-        let listener = NetnsPair::in_ns(&self.server_ns, move || std::net::TcpListener::bind(addr).expect("bind in netns"));
+        let addr: SocketAddr = format!("{NETNS_SERVER_IP}:{port}")
+            .parse()
+            .expect("address");
+        let listener = NetnsPair::in_ns(&self.server_ns, move || {
+            std::net::TcpListener::bind(addr).expect("bind in netns")
+        });
         listener.set_nonblocking(true).expect("nonblocking");
         TcpListener::from_std(listener).expect("register listener")
     }
 
     /// A client connection from the client namespace, ready for Tokio.
     pub fn client_connect(&self, port: u16) -> TcpStream {
-        let addr: SocketAddr = format!("{NETNS_SERVER_IP}:{port}").parse().expect("address");
+        let addr: SocketAddr = format!("{NETNS_SERVER_IP}:{port}")
+            .parse()
+            .expect("address");
         let stream = NetnsPair::in_ns(&self.client_ns, move || {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect in netns")
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .expect("connect in netns")
         });
         stream.set_nonblocking(true).expect("nonblocking");
         TcpStream::from_std(stream).expect("register stream")
@@ -299,7 +361,14 @@ impl NetnsPair {
     /// Cuts the client host off: its end of the link goes down, so nothing it would send or
     /// answer reaches the server, and nothing the server sends reaches it.
     pub fn client_link_down(&self) {
-        ip(&["-n", &self.client_ns, "link", "set", &self.client_if, "down"]);
+        ip(&[
+            "-n",
+            &self.client_ns,
+            "link",
+            "set",
+            &self.client_if,
+            "down",
+        ]);
     }
 }
 

@@ -1,0 +1,129 @@
+//! Configuration through the real binary: precedence, printing, and errors that name the key
+//! before anything listens.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::binary;
+
+fn serve(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(binary());
+    command.arg("serve").args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("run connwarden")
+}
+
+fn printed(output: &Output) -> toml::Table {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .parse()
+        .expect("printed config is TOML")
+}
+
+#[test]
+fn print_config_shows_defaults() {
+    let config = printed(&serve(&["--print-config"], &[]));
+    assert_eq!(
+        config["listen"].as_array().unwrap()[0].as_str(),
+        Some("0.0.0.0:7000")
+    );
+    assert_eq!(config["keepalive_idle"].as_str(), Some("30s"));
+    assert_eq!(config["keepalive_interval"].as_str(), Some("10s"));
+    assert_eq!(config["keepalive_count"].as_integer(), Some(3));
+    assert_eq!(config["queue"].as_integer(), Some(65536));
+    assert_eq!(config["max_frame"].as_integer(), Some(65536));
+}
+
+#[test]
+fn flags_beat_environment_which_beats_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("connwarden.toml");
+    std::fs::write(&file, "keepalive_idle = \"11s\"\nkeepalive_interval = \"4s\"\nqueue = 100\nlisten = [\"127.0.0.1:9001\"]\n").unwrap();
+    let output = serve(
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--print-config",
+            "--queue",
+            "300",
+            "--listen",
+            "127.0.0.1:9100",
+            "--listen",
+            "[::1]:9100",
+        ],
+        &[
+            ("CONNWARDEN_KEEPALIVE_IDLE", "22s"),
+            ("CONNWARDEN_QUEUE", "200"),
+        ],
+    );
+    let config = printed(&output);
+    assert_eq!(
+        config["keepalive_idle"].as_str(),
+        Some("22s"),
+        "env over file"
+    );
+    assert_eq!(
+        config["keepalive_interval"].as_str(),
+        Some("4s"),
+        "file over default"
+    );
+    assert_eq!(config["queue"].as_integer(), Some(300), "flag over env");
+    let listen: Vec<&str> = config["listen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(listen, ["127.0.0.1:9100", "[::1]:9100"]);
+}
+
+#[test]
+fn invalid_values_and_contradictions_exit_2_naming_the_key() {
+    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+        (&["--queue", "0"], &[], "queue"),
+        (&["--keepalive-idle", "soon"], &[], "--keepalive-idle"),
+        (
+            &[],
+            &[("CONNWARDEN_KEEPALIVE_COUNT", "lots")],
+            "CONNWARDEN_KEEPALIVE_COUNT",
+        ),
+        (
+            &["--heartbeat-interval", "30s", "--idle-timeout", "20s"],
+            &[],
+            "heartbeat_interval",
+        ),
+        (
+            &["--user-timeout", "2s", "--keepalive-interval", "5s"],
+            &[],
+            "user_timeout",
+        ),
+        (&["--overflow", "maybe"], &[], "--overflow"),
+    ];
+    for (args, env, key) in cases {
+        // --listen on a port that would otherwise serve: an error must come before listening.
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let output = serve(&all, env);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(key), "{key} not named in: {stderr}");
+        assert!(!stderr.contains("listening"), "{stderr}");
+    }
+}
+
+#[test]
+fn unknown_key_in_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "keepalive_idel = \"3s\"\n").unwrap();
+    let output = serve(&["--config", file.to_str().unwrap(), "--print-config"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("keepalive_idel"));
+}

@@ -1,0 +1,206 @@
+//! The real binary: SIGTERM stops accepting, writes every queued item to the file sink, closes
+//! connections as `shutdown`, and exits 0 within the grace period.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::binary;
+
+/// A `serve` process; killed on drop if still running.
+struct Serve {
+    child: Child,
+    stderr_lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Serve {
+    fn start(args: &[&str]) -> (Serve, u16) {
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start connwarden serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut serve = Serve {
+            child,
+            stderr_lines: rx,
+        };
+        let listening = serve.wait_log("listening");
+        let addr: std::net::SocketAddr = listening["addr"].as_str().unwrap().parse().unwrap();
+        (serve, addr.port())
+    }
+
+    /// The next JSON log line whose message is `message`.
+    fn wait_log(&mut self, message: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .stderr_lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {message:?} log line"));
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if value["message"] == message {
+                return value;
+            }
+        }
+    }
+
+    fn terminate(&self) {
+        // SAFETY: kill(2) on the pid of a child this struct owns and has not reaped.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0);
+    }
+
+    fn wait_exit(&mut self, bound: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {bound:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Receive and send queues of the established loopback connections on `port`, both ends.
+fn socket_queues(port: u16) -> Vec<(u64, u64)> {
+    let out = Command::new("ss")
+        .args([
+            "-Htn",
+            "state",
+            "established",
+            &format!("( sport = :{port} or dport = :{port} )"),
+        ])
+        .output()
+        .expect("run ss (install iproute2)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            Some((cols.next()?.parse().ok()?, cols.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn sigterm_writes_every_queued_item_to_the_file_sink_and_exits_zero() {
+    const ITEMS: usize = 30_000;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("sink.fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    // The sink writes into a pipe nobody drains yet: it stalls, and items pile up in the queue.
+    let mut drain = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let sink = format!("file:{}", fifo.display());
+    let (mut serve, port) = Serve::start(&["--sink", &sink, "--shutdown-grace", "20s"]);
+
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut payload = String::new();
+    for i in 0..ITEMS {
+        payload.push_str(&format!(
+            "{{\"ip\":\"198.51.100.{}\",\"seq\":{i}}}\n",
+            i % 250
+        ));
+    }
+    std::io::Write::write_all(&mut client, payload.as_bytes()).unwrap();
+    // Wait until the server has read every byte: both ends' queues empty.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let queues = socket_queues(port);
+        if queues.len() == 2 && queues.iter().all(|&(recv, send)| recv == 0 && send == 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not read everything: {queues:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    serve.terminate();
+    serve.wait_log("shutting down");
+    // Now drain the pipe until the server closes it.
+    let mut written = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut chunk = [0u8; 65536];
+    loop {
+        match drain.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => written.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
+            Err(e) => panic!("read fifo: {e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sink not closed within the grace"
+        );
+    }
+    let status = serve.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(written)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), ITEMS);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["item"]["seq"], i);
+        assert!(
+            line["conn_id"].as_u64().is_some()
+                && line["peer"].is_string()
+                && line["received_at"].is_string()
+        );
+    }
+}
+
+#[test]
+fn sigterm_closes_connections_as_shutdown_and_exits_zero() {
+    let (mut serve, port) = Serve::start(&[]);
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut client, b"{\"type\":\"hello\"}\n").unwrap();
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let mut hello = String::new();
+    reader.read_line(&mut hello).unwrap();
+    assert!(hello.contains("\"hello\""));
+    serve.terminate();
+    let closed = serve.wait_log("connection closed");
+    assert_eq!(closed["reason"], "shutdown");
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("shutting_down"), "{rest}");
+    assert!(serve.wait_exit(Duration::from_secs(15)).success());
+}
