@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Resident memory per idle connection: connwarden and the go-seed baseline, side by side in one
+# run, each holding N idle connections opened by the go-seed load generator (a separate process,
+# so the client's memory is not counted, and a client that is not ours).
+#
+# usage: bench/idle_memory.sh [N]        N idle connections (default 10000; one process may hold
+#                                        at most ~19,000 here: RLIMIT_NOFILE is 20,000)
+# env:   RUNS (3)  repetitions per server, the median is reported
+#        SEED (../shared/peers/go-seed)  the baseline's sources
+#        OUT  (bench/results/idle-memory-<time>)  logs and the CSV
+#
+# Per connection = (RSS holding N connections - RSS of the same process before the load) / N.
+# The kernel's socket memory is not in RSS; it is the same for both servers.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+N=${1:-10000}
+RUNS=${RUNS:-3}
+SEED=${SEED:-$ROOT/../shared/peers/go-seed}
+OUT=${OUT:-$ROOT/bench/results/idle-memory-$(date +%Y%m%d-%H%M%S)}
+BIN=$ROOT/bench/bin
+PORT=7710
+mkdir -p "$OUT" "$BIN"
+PIDS=()
+
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+log() { printf '%s\n' "$*" | tee -a "$OUT/summary.txt" >&2; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+established() { ss -Htn state established "( sport = :$PORT )" | wc -l; }
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+build() {
+  command -v go >/dev/null || { apt-get update -qq && apt-get install -y -qq golang-go >/dev/null; }
+  (cd "$SEED" && go build -o "$BIN/seed-server" ./server && go build -o "$BIN/seed-load" ./load)
+  (cd "$ROOT" && cargo build --release --quiet)
+}
+
+# measure NAME COMMAND...: prints bytes per connection
+measure() {
+  local name=$1; shift
+  "$@" >"$OUT/$name.server.out" 2>"$OUT/$name.server.err" &
+  local srv=$!; PIDS+=("$srv")
+  local i
+  for i in $(seq 1 200); do ss -Hltn "( sport = :$PORT )" | grep -q . && break; sleep 0.05; done
+  sleep 1
+  local base; base=$(rss_kib "$srv")
+  "$BIN/seed-load" idle -to "127.0.0.1:$PORT" -n "$N" -src-base 127.0.0.2 -sources 8 -parallel 128 -dial-timeout 5s \
+    >"$OUT/$name.load.out" 2>"$OUT/$name.load.err" &
+  local load=$!; PIDS+=("$load")
+  for i in $(seq 1 600); do grep -q '"ready"' "$OUT/$name.load.out" 2>/dev/null && break; sleep 0.1; done
+  for i in $(seq 1 300); do [ "$(established)" -ge "$((2 * N))" ] && break; sleep 0.1; done
+  sleep 2 # let the server finish its per-connection set-up
+  local live; live=$(( $(established) / 2 ))
+  local rss; rss=$(rss_kib "$srv")
+  kill -TERM "$load"; wait "$load" 2>/dev/null || true
+  kill -TERM "$srv"; wait "$srv" 2>/dev/null || true
+  if [ "$live" -ne "$N" ]; then log "$name: only $live of $N connections established"; fi
+  local per=$(( (rss - base) * 1024 / live ))
+  log "$name: base ${base} KiB, with $live idle connections ${rss} KiB -> $per bytes per connection"
+  echo "$per"
+}
+
+build
+log "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r); N=$N runs=$RUNS; results in $OUT"
+echo "server,run,bytes_per_conn" > "$OUT/idle-memory.csv"
+for run in $(seq 1 "$RUNS"); do
+  per=$(measure "connwarden-$run" env RUST_LOG=warn "$ROOT/target/release/connwarden" serve \
+    --listen "127.0.0.1:$PORT" --sink file:/dev/null --max-connections $((N + 1000)))
+  echo "connwarden,$run,$per" >> "$OUT/idle-memory.csv"
+  per=$(measure "go-seed-$run" "$BIN/seed-server" -listen "127.0.0.1:$PORT" -keepalive-period 45s -stats-every 0 -log-conns=false)
+  echo "go-seed,$run,$per" >> "$OUT/idle-memory.csv"
+done
+cw=$(awk -F, '$1=="connwarden" {print $3}' "$OUT/idle-memory.csv" | median)
+go=$(awk -F, '$1=="go-seed" {print $3}' "$OUT/idle-memory.csv" | median)
+log "median bytes per idle connection at N=$N: connwarden $cw, go-seed $go, ratio go/connwarden $(awk -v a="$go" -v b="$cw" 'BEGIN {printf "%.1f", a/b}')"
