@@ -33,13 +33,13 @@ trap cleanup EXIT
 
 log() { printf '%s\n' "$*" | tee -a "$OUT/summary.txt" >&2; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-established() { ss -Htn state established "( sport = :$PORT )" | wc -l; }
+established() { ss -Htn state established "( sport = :$PORT )" | wc -l; } # server side only
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 build() {
   command -v go >/dev/null || { apt-get update -qq && apt-get install -y -qq golang-go >/dev/null; }
   (cd "$SEED" && go build -o "$BIN/seed-server" ./server && go build -o "$BIN/seed-load" ./load)
-  (cd "$ROOT" && cargo build --release --quiet)
+  (cd "$ROOT" && cargo build --release --quiet 2>/dev/null || cargo build --release)
 }
 
 # measure NAME COMMAND...: prints bytes per connection
@@ -55,9 +55,9 @@ measure() {
     >"$OUT/$name.load.out" 2>"$OUT/$name.load.err" &
   local load=$!; PIDS+=("$load")
   for i in $(seq 1 600); do grep -q '"ready"' "$OUT/$name.load.out" 2>/dev/null && break; sleep 0.1; done
-  for i in $(seq 1 300); do [ "$(established)" -ge "$((2 * N))" ] && break; sleep 0.1; done
+  for i in $(seq 1 300); do [ "$(established)" -ge "$N" ] && break; sleep 0.1; done
   sleep 2 # let the server finish its per-connection set-up
-  local live; live=$(( $(established) / 2 ))
+  local live; live=$(established)
   local rss; rss=$(rss_kib "$srv")
   kill -TERM "$load"; wait "$load" 2>/dev/null || true
   kill -TERM "$srv"; wait "$srv" 2>/dev/null || true

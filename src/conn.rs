@@ -9,17 +9,26 @@
 //! Everything that can end the connection is checked in one loop: the server's shutdown, a
 //! kick, socket errors (classified into reset, keep-alive or user timeout), the heartbeat, the
 //! idle, write and age deadlines, the frame limit and the error budget.
+//!
+//! Memory per idle connection is the budget that matters most (a gateway holds hundreds of
+//! thousands), so the loop waits in one hand-written `poll` that stores no futures: socket
+//! readiness is polled on the stream itself, kicks and shutdown stages arrive through a waker
+//! slot on the registry entry, and the timer, the reply-slot wait and a backpressure wait are
+//! boxed only while they exist. An idle connection's task is a few hundred bytes.
 
+use std::future::{poll_fn, Future};
 use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BytesMut};
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, error::TrySendError, OwnedPermit};
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Sleep};
 
 use crate::close_reason::CloseReason;
 use crate::config::{Config, HeartbeatMode, Overflow};
@@ -36,8 +45,6 @@ const READ_CHUNK: usize = 4096;
 const OUT_HIGH_WATER: usize = 64 * 1024;
 /// Longest time spent flushing a last message (an error or `shutting_down`) before closing.
 const CLOSING_FLUSH: Duration = Duration::from_secs(1);
-/// A queue wait longer than this does not count as the peer's silence.
-const STALL_FORGIVEN: Duration = Duration::from_millis(10);
 
 /// Limits and timers that apply to every connection.
 #[derive(Clone, Debug)]
@@ -73,13 +80,72 @@ impl ConnParams {
     }
 }
 
+/// The server's lifecycle as connections see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(crate) enum Stage {
+    Running = 0,
+    /// First stage of shutdown: take no more items (what already arrived is still queued).
+    StopReading = 1,
+    /// Second stage: close now, after a brief flush.
+    Close = 2,
+}
+
 /// What every connection shares with the server.
 pub(crate) struct ConnShared {
     pub params: ConnParams,
-    /// First stage of shutdown: take no more items (already buffered objects are still queued).
-    pub stop_reading: CancellationToken,
-    /// Second stage: close now, after a brief flush.
-    pub close: CancellationToken,
+    stage: AtomicU8,
+}
+
+impl ConnShared {
+    pub fn new(params: ConnParams) -> ConnShared {
+        ConnShared {
+            params,
+            stage: AtomicU8::new(Stage::Running as u8),
+        }
+    }
+
+    /// Moves to `stage`; the caller then wakes every connection (`Registry::wake_all`).
+    pub fn enter(&self, stage: Stage) {
+        self.stage.fetch_max(stage as u8, Ordering::AcqRel);
+    }
+
+    fn stage(&self) -> Stage {
+        match self.stage.load(Ordering::Acquire) {
+            0 => Stage::Running,
+            1 => Stage::StopReading,
+            _ => Stage::Close,
+        }
+    }
+}
+
+/// What woke the connection's loop.
+enum Event {
+    Close,
+    Kicked,
+    StopReading,
+    Writable(io::Result<()>),
+    Unblocked(Unblocked),
+    Reply(Option<Outbound>),
+    Readable(io::Result<()>),
+    Deadline,
+}
+
+/// Why the connection takes no new item for now, with the (boxed) wait.
+enum Blocked {
+    /// An item waits for a slot in the reply channel: the client is not reading its acks.
+    ReplySlot {
+        item: Item,
+        wait: Pin<Box<dyn Future<Output = Option<OwnedPermit<Outbound>>> + Send>>,
+    },
+    /// A record waits for room in the queue (`backpressure`).
+    QueueRoom(Pin<Box<dyn Future<Output = Pushed<Record>> + Send>>),
+}
+
+/// The end of a [`Blocked`] wait.
+enum Unblocked {
+    ReplySlot(Option<OwnedPermit<Outbound>>),
+    QueueRoom(Pushed<Record>),
 }
 
 /// Serves one accepted connection until it ends, then records why in the registry.
@@ -90,7 +156,11 @@ pub(crate) async fn run(
     producer: Producer<Record>,
 ) {
     let mut conn = Connection::new(stream, Arc::clone(guard.info()), shared, producer);
-    let reason = conn.serve().await;
+    let reason = match conn.serve_until_close().await {
+        Ok(reason) => reason,
+        // Boxed: the flush's timer and futures exist only while closing.
+        Err(close) => Box::pin(conn.finish(close)).await,
+    };
     drop(conn);
     guard.close(reason);
 }
@@ -106,6 +176,16 @@ impl From<CloseReason> for Close {
         Close {
             reason,
             notice: None,
+        }
+    }
+}
+
+/// Tells the sender of a record the overflow policy dropped.
+fn settle(pushed: Pushed<Record>) {
+    match pushed {
+        Pushed::Queued => {}
+        Pushed::Rejected(record) | Pushed::Evicted(record) => {
+            record.reject(ErrorCode::QueueFull, "the server queue is full; item dropped");
         }
     }
 }
@@ -132,8 +212,10 @@ struct Connection {
     out: BytesMut,
     reply_tx: Option<mpsc::Sender<Outbound>>,
     reply_rx: Option<mpsc::Receiver<Outbound>>,
-    /// An item waiting for a reply slot.
-    stalled: Option<Item>,
+    /// Set while an item waits for a reply slot or for room in the queue.
+    blocked: Option<Box<Blocked>>,
+    /// The next deadline's timer, while there is one.
+    timer: Option<Pin<Box<Sleep>>>,
     heartbeat: bool,
     last_in: Instant,
     pings_sent: u32,
@@ -166,7 +248,8 @@ impl Connection {
             out: BytesMut::new(),
             reply_tx: None,
             reply_rx: None,
-            stalled: None,
+            blocked: None,
+            timer: None,
             last_in: now,
             pings_sent: 0,
             out_since: now,
@@ -176,56 +259,113 @@ impl Connection {
         }
     }
 
-    async fn serve(&mut self) -> CloseReason {
-        match self.serve_until_close().await {
-            Ok(reason) => reason,
-            Err(close) => self.finish(close).await,
-        }
-    }
-
     /// The loop. `Ok` is an orderly end with nothing left to send; `Err` closes after a notice.
     async fn serve_until_close(&mut self) -> Result<CloseReason, Close> {
         loop {
-            self.process_buffered().await?;
+            self.process_buffered()?;
             if self.eof && self.reply_rx.is_none() && self.out.is_empty() {
                 return Ok(self.orderly_reason());
             }
             let now = Instant::now();
             self.check_timers(now)?;
-            let deadline = self.next_deadline(now);
-            let room = self.out.len() < OUT_HIGH_WATER;
-            let want_read = self.reading && self.stalled.is_none() && room;
-            tokio::select! {
-                biased;
-                _ = self.shared.close.cancelled() => {
+            self.arm_timer();
+            match poll_fn(|cx| self.poll_event(cx)).await {
+                Event::Close => {
                     return Err(Close {
                         reason: CloseReason::Shutdown,
                         notice: notice(ErrorCode::ShuttingDown, "the server is shutting down; reconnect later"),
-                    });
+                    })
                 }
-                _ = self.info.kicked() => return Err(CloseReason::Kicked.into()),
-                _ = self.shared.stop_reading.cancelled(), if self.reading => {
-                    self.read_what_arrived().await?;
+                Event::Kicked => return Err(CloseReason::Kicked.into()),
+                Event::StopReading => {
+                    self.read_what_arrived()?;
                     self.reading = false;
                 }
-                ready = self.stream.writable(), if !self.out.is_empty() => {
+                Event::Writable(ready) => {
                     ready.map_err(|e| self.io_close(&e))?;
                     self.write_some()?;
                 }
-                permit = reserve(self.reply_tx.as_ref()), if self.stalled.is_some() => {
-                    let item = self.stalled.take().expect("branch runs only when stalled");
-                    self.enqueue(item, permit).await?;
+                Event::Unblocked(Unblocked::ReplySlot(permit)) => {
+                    let Some(Blocked::ReplySlot { item, .. }) = self.blocked.take().map(|b| *b) else {
+                        unreachable!("a reply slot is awaited only while blocked on one");
+                    };
+                    self.enqueue(item, permit);
                 }
-                reply = recv(self.reply_rx.as_mut()), if self.reply_rx.is_some() && room => match reply {
-                    Some(message) => self.send(&message),
-                    None => self.reply_rx = None,
-                },
-                ready = self.stream.readable(), if want_read => {
+                Event::Unblocked(Unblocked::QueueRoom(pushed)) => {
+                    self.blocked = None;
+                    // The server made the peer wait; that is not the peer's silence.
+                    self.last_in = Instant::now();
+                    settle(pushed);
+                }
+                Event::Reply(Some(message)) => self.send(&message),
+                Event::Reply(None) => self.reply_rx = None,
+                Event::Readable(ready) => {
                     ready.map_err(|e| self.io_close(&e))?;
                     self.read_some()?;
                 }
-                _ = tokio::time::sleep_until(deadline) => {}
+                Event::Deadline => {}
             }
+        }
+    }
+
+    /// Polls, in priority order, everything the loop waits for. Nothing here is stored between
+    /// polls except the boxed timer and reply-slot wait.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        self.info.register_control(cx.waker());
+        let stage = self.shared.stage();
+        if stage == Stage::Close {
+            return Poll::Ready(Event::Close);
+        }
+        if self.info.is_kicked() {
+            return Poll::Ready(Event::Kicked);
+        }
+        if stage == Stage::StopReading && self.reading {
+            return Poll::Ready(Event::StopReading);
+        }
+        if !self.out.is_empty() {
+            if let Poll::Ready(ready) = self.stream.poll_write_ready(cx) {
+                return Poll::Ready(Event::Writable(ready));
+            }
+        }
+        if let Some(blocked) = &mut self.blocked {
+            let unblocked = match blocked.as_mut() {
+                Blocked::ReplySlot { wait, .. } => wait.as_mut().poll(cx).map(Unblocked::ReplySlot),
+                Blocked::QueueRoom(wait) => wait.as_mut().poll(cx).map(Unblocked::QueueRoom),
+            };
+            if let Poll::Ready(unblocked) = unblocked {
+                return Poll::Ready(Event::Unblocked(unblocked));
+            }
+        }
+        let room = self.out.len() < OUT_HIGH_WATER;
+        if let (Some(rx), true) = (&mut self.reply_rx, room) {
+            if let Poll::Ready(reply) = rx.poll_recv(cx) {
+                return Poll::Ready(Event::Reply(reply));
+            }
+        }
+        if self.reading && self.blocked.is_none() && room {
+            if let Poll::Ready(ready) = self.stream.poll_read_ready(cx) {
+                return Poll::Ready(Event::Readable(ready));
+            }
+        }
+        if let Some(timer) = &mut self.timer {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Deadline);
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Points the timer at the next deadline, creating it on first need and dropping it when
+    /// no deadline is left.
+    fn arm_timer(&mut self) {
+        match (self.next_deadline(), &mut self.timer) {
+            (None, timer) => *timer = None,
+            (Some(at), Some(timer)) => {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+            }
+            (Some(at), timer) => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
         }
     }
 
@@ -285,13 +425,13 @@ impl Connection {
     /// At shutdown, takes the items that already arrived in the kernel's receive buffer, so that
     /// what a client sent before the shutdown began is queued and written, not dropped with the
     /// socket. Bounded, so a client that keeps sending cannot hold the shutdown.
-    async fn read_what_arrived(&mut self) -> Result<(), Close> {
+    fn read_what_arrived(&mut self) -> Result<(), Close> {
         const MAX_READS: usize = 256;
         for _ in 0..MAX_READS {
-            if self.eof || self.stalled.is_some() || !self.read_some()? {
+            if self.eof || self.blocked.is_some() || !self.read_some()? {
                 break;
             }
-            self.process_buffered().await?;
+            self.process_buffered()?;
         }
         Ok(())
     }
@@ -342,9 +482,9 @@ impl Connection {
         reason.into()
     }
 
-    /// Handles every complete object in the read buffer, unless an item waits for a reply slot.
-    async fn process_buffered(&mut self) -> Result<(), Close> {
-        while self.stalled.is_none() {
+    /// Handles every complete object in the read buffer, until one blocks.
+    fn process_buffered(&mut self) -> Result<(), Close> {
+        while self.blocked.is_none() {
             let frame = match self.decoder.decode(&mut self.read_buf) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -374,7 +514,7 @@ impl Connection {
                     id: None,
                 })?,
                 Frame::Object(bytes) => match protocol::parse(bytes) {
-                    Ok(Inbound::Item(item)) => self.accept(item).await?,
+                    Ok(Inbound::Item(item)) => self.accept(item),
                     Ok(Inbound::Hello) => self.hello(),
                     Ok(Inbound::Ping) => self.send(&Outbound::Pong),
                     Ok(Inbound::Pong) => {}
@@ -385,7 +525,7 @@ impl Connection {
         if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
             self.read_buf = BytesMut::new();
         }
-        if !self.reading && self.stalled.is_none() {
+        if !self.reading && self.blocked.is_none() {
             // No item will follow: let the queue close, and let the reply channel end once
             // every queued item has been answered.
             self.producer = None;
@@ -426,11 +566,11 @@ impl Connection {
     }
 
     /// Queues a valid item, first reserving its reply slot when it will need one.
-    async fn accept(&mut self, item: Item) -> Result<(), Close> {
+    fn accept(&mut self, item: Item) {
         let needs_reply =
             item.id.is_some() || self.shared.params.overflow != Overflow::Backpressure;
         if !needs_reply {
-            return self.enqueue(item, None).await;
+            return self.enqueue(item, None);
         }
         let capacity = self.shared.params.max_pending_replies;
         let tx = match &self.reply_tx {
@@ -442,20 +582,20 @@ impl Connection {
             }
         };
         match tx.try_reserve_owned() {
-            Ok(permit) => self.enqueue(item, Some(permit)).await,
-            Err(TrySendError::Full(_)) => {
-                self.stalled = Some(item);
-                Ok(())
+            Ok(permit) => self.enqueue(item, Some(permit)),
+            Err(TrySendError::Full(tx)) => {
+                self.blocked = Some(Box::new(Blocked::ReplySlot {
+                    item,
+                    wait: Box::pin(async move { tx.reserve_owned().await.ok() }),
+                }));
             }
             Err(TrySendError::Closed(_)) => unreachable!("the connection holds the receiver"),
         }
     }
 
-    async fn enqueue(
-        &mut self,
-        item: Item,
-        reply: Option<OwnedPermit<Outbound>>,
-    ) -> Result<(), Close> {
+    /// Offers the item to the queue. Under `backpressure` with a full queue, the connection is
+    /// blocked until there is room; the wait is boxed, so only a waiting connection pays for it.
+    fn enqueue(&mut self, item: Item, reply: Option<OwnedPermit<Outbound>>) {
         let Some(producer) = &self.producer else {
             unreachable!("the producer is dropped only when no item can follow");
         };
@@ -469,26 +609,14 @@ impl Connection {
             reply,
         };
         self.info.item();
-        let waited_from = Instant::now();
-        let pushed = tokio::select! {
-            pushed = producer.push(record) => pushed,
-            _ = self.shared.close.cancelled() => return Err(CloseReason::Shutdown.into()),
-            _ = self.info.kicked() => return Err(CloseReason::Kicked.into()),
-        };
-        match pushed {
-            Pushed::Queued => {}
-            Pushed::Rejected(record) | Pushed::Evicted(record) => {
-                record.reject(
-                    ErrorCode::QueueFull,
-                    "the server queue is full; item dropped",
-                );
+        match producer.try_push(record) {
+            Ok(pushed) => settle(pushed),
+            Err(record) => {
+                let producer = producer.clone();
+                let wait = Box::pin(async move { producer.push(record).await });
+                self.blocked = Some(Box::new(Blocked::QueueRoom(wait)));
             }
         }
-        if waited_from.elapsed() > STALL_FORGIVEN {
-            // The server made the peer wait; that is not the peer's silence.
-            self.last_in = Instant::now();
-        }
-        Ok(())
     }
 
     fn check_timers(&mut self, now: Instant) -> Result<(), Close> {
@@ -531,19 +659,20 @@ impl Connection {
         Ok(())
     }
 
-    fn next_deadline(&self, now: Instant) -> Instant {
+    fn next_deadline(&self) -> Option<Instant> {
         let params = &self.shared.params;
-        let mut next = now + Duration::from_secs(3600);
+        let mut next: Option<Instant> = None;
+        let mut earliest = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
         if !self.out.is_empty() {
-            next = next.min(self.out_since + params.write_timeout);
+            earliest(self.out_since + params.write_timeout);
         }
         if self.heartbeat {
             let interval = params.heartbeat_interval;
-            next = next.min(self.last_in + interval * (self.pings_sent + 1));
-            next = next.min(self.last_in + interval * params.heartbeat_misses);
+            earliest(self.last_in + interval * (self.pings_sent + 1));
+            earliest(self.last_in + interval * params.heartbeat_misses);
         }
         if let Some(idle) = params.idle_timeout {
-            next = next.min(self.last_in + idle);
+            earliest(self.last_in + idle);
         }
         if let Some(max_age) = params.max_age {
             let at = if self.max_age_noticed {
@@ -551,22 +680,29 @@ impl Connection {
             } else {
                 max_age
             };
-            next = next.min(self.started + at);
+            earliest(self.started + at);
         }
         next
     }
 }
 
-async fn reserve(tx: Option<&mpsc::Sender<Outbound>>) -> Option<OwnedPermit<Outbound>> {
-    match tx {
-        Some(tx) => tx.clone().reserve_owned().await.ok(),
-        None => std::future::pending().await,
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn recv(rx: Option<&mut mpsc::Receiver<Outbound>>) -> Option<Outbound> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
+    /// Every idle connection holds one such future: a regression here multiplies by the
+    /// number of connections (measured by `bench/idle_memory.sh`).
+    #[tokio::test]
+    async fn connection_task_stays_small() {
+        const BUDGET: usize = 640;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let registry = crate::registry::Registry::new();
+        let (producer, _consumer) = crate::queue::bounded::<Record>(4, Overflow::Backpressure);
+        let shared = Arc::new(ConnShared::new(ConnParams::from_config(&Config::default())));
+        let task = run(stream, registry.insert(peer, peer), shared, producer);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= BUDGET, "connection future is {size} bytes, budget {BUDGET}");
     }
 }

@@ -114,20 +114,29 @@ fn stats<T>(shared: &Shared<T>) -> QueueStats {
 impl<T> Producer<T> {
     /// Offers an item. Under `backpressure` this waits until there is room.
     pub async fn push(&self, item: T) -> Pushed<T> {
-        let shared = &*self.shared;
-        let outcome = match shared.overflow {
-            Overflow::Backpressure => {
-                let permit = shared
+        match self.try_push(item) {
+            Ok(outcome) => outcome,
+            Err(item) => {
+                let slot = self
+                    .shared
                     .space
                     .acquire()
                     .await
                     .expect("the semaphore is never closed");
-                // The slot is returned by the consumer once it pops the item.
-                permit.forget();
-                if shared.items.push(item).is_err() {
-                    unreachable!("a space permit guarantees a free slot");
-                }
-                Pushed::Queued
+                self.push_with_slot(slot, item)
+            }
+        }
+    }
+
+    /// Offers an item without waiting: `Err` hands it back when `backpressure` would wait.
+    pub fn try_push(&self, item: T) -> Result<Pushed<T>, T> {
+        let shared = &*self.shared;
+        let outcome = match shared.overflow {
+            Overflow::Backpressure => {
+                return match shared.space.try_acquire() {
+                    Ok(slot) => Ok(self.push_with_slot(slot, item)),
+                    Err(_) => Err(item),
+                };
             }
             Overflow::DropNewest => match shared.items.push(item) {
                 Ok(()) => Pushed::Queued,
@@ -151,7 +160,19 @@ impl<T> Producer<T> {
             }
         }
         shared.ready.notify_one();
-        outcome
+        Ok(outcome)
+    }
+
+    fn push_with_slot(&self, slot: tokio::sync::SemaphorePermit<'_>, item: T) -> Pushed<T> {
+        let shared = &*self.shared;
+        // The slot is returned by the consumer once it pops the item.
+        slot.forget();
+        if shared.items.push(item).is_err() {
+            unreachable!("a space permit guarantees a free slot");
+        }
+        shared.pushed.fetch_add(1, Ordering::Relaxed);
+        shared.ready.notify_one();
+        Pushed::Queued
     }
 
     pub fn stats(&self) -> QueueStats {

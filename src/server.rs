@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::close_reason::CloseReason;
 use crate::config::{Config, ConfigError};
-use crate::conn::{self, ConnParams, ConnShared};
+use crate::conn::{self, ConnParams, ConnShared, Stage};
 use crate::protocol::{ErrorCode, Outbound};
 use crate::queue::{self, Consumer, Monitor, Producer};
 use crate::record::Record;
@@ -195,11 +195,7 @@ impl Server {
 
         let monitor = consumer.monitor();
         let sink_task = tokio::spawn(sink::drain(consumer, sink));
-        let shared = Arc::new(ConnShared {
-            params: ConnParams::from_config(&config),
-            stop_reading: CancellationToken::new(),
-            close: CancellationToken::new(),
-        });
+        let shared = Arc::new(ConnShared::new(ConnParams::from_config(&config)));
         let stop_accepting = CancellationToken::new();
         let tracker = TaskTracker::new();
         let acceptor = Arc::new(Acceptor {
@@ -235,14 +231,16 @@ impl Server {
         for task in accept_tasks {
             let _ = task.await;
         }
-        shared.stop_reading.cancel();
+        shared.enter(Stage::StopReading);
+        registry.wake_all();
         // Keep a little of the grace for the connections' last flush.
         let reserve = (config.shutdown_grace / 4).min(Duration::from_secs(1));
         let mut sink_task = sink_task;
         let mut drained = tokio::time::timeout_at(deadline - reserve, &mut sink_task)
             .await
             .ok();
-        shared.close.cancel();
+        shared.enter(Stage::Close);
+        registry.wake_all();
         tracker.close();
         let closed = tokio::time::timeout_at(deadline, tracker.wait())
             .await

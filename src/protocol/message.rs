@@ -139,7 +139,12 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
 /// IPv4 or IPv6 address. A `"type"` of `hello`, `ping` or `pong` makes a control message; any
 /// other type, or none, leaves the object an item, so clients' own `type` fields keep working.
 pub fn parse(frame: Bytes) -> Result<Inbound, ItemError> {
-    let envelope: Envelope<'_> = serde_json::from_slice(&frame).map_err(|e| {
+    // Checked first and whole: serde_json skips the strings of ignored fields without checking
+    // their encoding, and the sink must only ever hold valid UTF-8.
+    let text = std::str::from_utf8(&frame).map_err(|e| {
+        ItemError::new(ErrorCode::InvalidJson, format!("not valid UTF-8: {e}"), None)
+    })?;
+    let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
         ItemError::new(
             ErrorCode::InvalidJson,
             format!("not a valid JSON object: {e}"),
