@@ -58,7 +58,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let asked = SocketOptions::from_config(&config);
         sockopt::apply(SockRef::from(&stream), &asked)?;
         let effective = sockopt::read_back(SockRef::from(&stream));
-        println!("own socket: {effective:?}; differs from asked: {:?}", effective.mismatches(&asked));
+        println!(
+            "own socket: {effective:?}; differs from asked: {:?}",
+            effective.mismatches(&asked)
+        );
     }
 
     let report = server

@@ -88,26 +88,49 @@ const MAX_KEEPALIVE_COUNT: u32 = 127;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{key} = {value:?} ({origin}): {reason}")]
+    /// A value that does not parse.
     InvalidValue {
+        /// The key, as spelled in the file.
         key: &'static str,
+        /// The value as given.
         value: String,
+        /// Where the value came from.
         origin: Origin,
+        /// What was expected.
         reason: String,
     },
     #[error("unknown key {key:?} ({origin}); known keys: {}", KEYS.join(", "))]
-    UnknownKey { key: String, origin: Origin },
+    /// A key no setting has (a typo would otherwise leave a default in force).
+    UnknownKey {
+        /// The key as given.
+        key: String,
+        /// Where it was given.
+        origin: Origin,
+    },
     #[error("{key}: {reason}")]
-    Contradiction { key: &'static str, reason: String },
+    /// Values that parse but contradict each other; `key` is the one to change.
+    Contradiction {
+        /// The key to change.
+        key: &'static str,
+        /// What contradicts what.
+        reason: String,
+    },
     #[error("cannot read config file {path}")]
+    /// The configuration file cannot be read.
     ReadFile {
+        /// The file named by `--config`.
         path: PathBuf,
         #[source]
+        /// Why it cannot be read.
         source: std::io::Error,
     },
     #[error("config file {path} is not valid TOML")]
+    /// The configuration file is not valid TOML.
     ParseFile {
+        /// The file named by `--config`.
         path: PathBuf,
         #[source]
+        /// Where and why parsing failed.
         source: toml::de::Error,
     },
 }
@@ -128,9 +151,13 @@ impl ConfigError {
 /// Where a setting came from, so an error can point at it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
+    /// The embedded default.
     Default,
+    /// The TOML file at this path.
     File(PathBuf),
+    /// This environment variable.
     Env(String),
+    /// This command-line flag.
     Flag(String),
 }
 
@@ -270,7 +297,9 @@ fn toml_values(
 pub enum UserTimeout {
     /// idle + interval × count: the same bound as keep-alive, for connections with data in flight.
     Auto,
+    /// No `TCP_USER_TIMEOUT`: the kernel retransmits for about 15 minutes (`tcp_retries2`).
     Off,
+    /// This timeout.
     Fixed(Duration),
 }
 
@@ -281,6 +310,7 @@ pub enum HeartbeatMode {
     Negotiated,
     /// For every client: one that never answers `ping` is closed.
     Required,
+    /// No heartbeat: only the kernel and the deadlines notice dead peers.
     Off,
 }
 
@@ -307,7 +337,9 @@ pub enum SinkSpec {
 /// Format of the log lines on standard error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
+    /// Human-readable lines.
     Text,
+    /// One JSON object per line.
     Json,
 }
 
@@ -315,8 +347,11 @@ pub enum LogFormat {
 /// and the connection is dropped after `count` unanswered probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Keepalive {
+    /// `TCP_KEEPIDLE`: silence before the first probe.
     pub idle: Duration,
+    /// `TCP_KEEPINTVL`: time between probes.
     pub interval: Duration,
+    /// `TCP_KEEPCNT`: unanswered probes before the kernel drops the connection.
     pub count: u32,
 }
 
@@ -330,29 +365,53 @@ impl Keepalive {
 /// The validated configuration of a server.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// Addresses to listen on.
     pub listen: Vec<SocketAddr>,
+    /// `SO_REUSEPORT`, so several processes can share a port.
     pub reuse_port: bool,
+    /// Accept queue length passed to `listen(2)`.
     pub backlog: u32,
+    /// `SO_RCVBUF` in bytes; `None` keeps kernel autotuning.
     pub recv_buffer: Option<usize>,
+    /// `SO_SNDBUF` in bytes; `None` keeps kernel autotuning.
     pub send_buffer: Option<usize>,
+    /// Kernel keep-alive probing.
     pub keepalive: Keepalive,
+    /// `TCP_USER_TIMEOUT`.
     pub user_timeout: UserTimeout,
+    /// `TCP_NODELAY`.
     pub nodelay: bool,
+    /// When the application heartbeat applies.
     pub heartbeat: HeartbeatMode,
+    /// Inbound silence after which the server sends `ping`.
     pub heartbeat_interval: Duration,
+    /// Silent intervals after which the connection is closed.
     pub heartbeat_misses: u32,
+    /// Close a connection with no inbound byte for this long; `None` is off.
     pub idle_timeout: Option<Duration>,
+    /// Close a connection whose pending output makes no progress for this long.
     pub write_timeout: Duration,
+    /// Age at which a connection is asked to reconnect; `None` is off.
     pub max_age: Option<Duration>,
+    /// Time a connection past `max_age` has before it is closed.
     pub max_age_grace: Duration,
+    /// Live connections; beyond it new peers get `server_full`.
     pub max_connections: usize,
+    /// Largest JSON object in bytes.
     pub max_frame: usize,
+    /// Refused items a connection may send before it is closed.
     pub error_budget: u32,
+    /// Replies (acks, errors) waiting for one connection before its reading pauses.
     pub max_pending_replies: usize,
+    /// Capacity of the queue between connections and sink, in items.
     pub queue: usize,
+    /// What a full queue does.
     pub overflow: Overflow,
+    /// Where items go.
     pub sink: SinkSpec,
+    /// Time from the shutdown signal to exit.
     pub shutdown_grace: Duration,
+    /// Format of the log lines.
     pub log_format: LogFormat,
 }
 

@@ -185,7 +185,10 @@ fn settle(pushed: Pushed<Record>) {
     match pushed {
         Pushed::Queued => {}
         Pushed::Rejected(record) | Pushed::Evicted(record) => {
-            record.reject(ErrorCode::QueueFull, "the server queue is full; item dropped");
+            record.reject(
+                ErrorCode::QueueFull,
+                "the server queue is full; item dropped",
+            );
         }
     }
 }
@@ -273,7 +276,10 @@ impl Connection {
                 Event::Close => {
                     return Err(Close {
                         reason: CloseReason::Shutdown,
-                        notice: notice(ErrorCode::ShuttingDown, "the server is shutting down; reconnect later"),
+                        notice: notice(
+                            ErrorCode::ShuttingDown,
+                            "the server is shutting down; reconnect later",
+                        ),
                     })
                 }
                 Event::Kicked => return Err(CloseReason::Kicked.into()),
@@ -286,7 +292,8 @@ impl Connection {
                     self.write_some()?;
                 }
                 Event::Unblocked(Unblocked::ReplySlot(permit)) => {
-                    let Some(Blocked::ReplySlot { item, .. }) = self.blocked.take().map(|b| *b) else {
+                    let Some(Blocked::ReplySlot { item, .. }) = self.blocked.take().map(|b| *b)
+                    else {
                         unreachable!("a reply slot is awaited only while blocked on one");
                     };
                     self.enqueue(item, permit);
@@ -696,13 +703,18 @@ mod tests {
     async fn connection_task_stays_small() {
         const BUDGET: usize = 640;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
         let registry = crate::registry::Registry::new();
         let (producer, _consumer) = crate::queue::bounded::<Record>(4, Overflow::Backpressure);
         let shared = Arc::new(ConnShared::new(ConnParams::from_config(&Config::default())));
         let task = run(stream, registry.insert(peer, peer), shared, producer);
         let size = std::mem::size_of_val(&task);
-        assert!(size <= BUDGET, "connection future is {size} bytes, budget {BUDGET}");
+        assert!(
+            size <= BUDGET,
+            "connection future is {size} bytes, budget {BUDGET}"
+        );
     }
 }

@@ -53,6 +53,7 @@ impl<T> Clone for Monitor<T> {
 }
 
 impl<T> Monitor<T> {
+    /// The queue's counters now.
     pub fn stats(&self) -> QueueStats {
         stats(&self.shared)
     }
@@ -61,15 +62,20 @@ impl<T> Monitor<T> {
 /// Counters of a queue, readable from any side.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueStats {
+    /// Items queued now.
     pub depth: usize,
+    /// Most items the queue holds.
     pub capacity: usize,
+    /// Items taken since start.
     pub pushed: u64,
+    /// Items dropped by the overflow policy since start.
     pub dropped: u64,
 }
 
 /// What became of a push.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pushed<T> {
+    /// The item is queued.
     Queued,
     /// `drop-newest` and the queue was full: this item was not taken.
     Rejected(T),
@@ -175,6 +181,7 @@ impl<T> Producer<T> {
         Pushed::Queued
     }
 
+    /// The queue's counters now.
     pub fn stats(&self) -> QueueStats {
         stats(&self.shared)
     }
@@ -235,6 +242,7 @@ impl<T> Consumer<T> {
         }
     }
 
+    /// The queue's counters now.
     pub fn stats(&self) -> QueueStats {
         stats(&self.shared)
     }

@@ -14,9 +14,13 @@ use crate::protocol::{ErrorCode, Outbound};
 /// `queue_full` / `sink_failed` error) is then sent without waiting, whatever the client does.
 #[derive(Debug)]
 pub struct Record {
+    /// The registry id of the connection the item came on.
     pub conn_id: u64,
+    /// The client's address.
     pub peer: SocketAddr,
+    /// When the server read the item.
     pub received_at: SystemTime,
+    /// The address in the item's `ip` key.
     pub ip: IpAddr,
     /// The client's object, unchanged.
     pub item: Bytes,

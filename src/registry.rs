@@ -38,9 +38,13 @@ struct Shared {
 /// One live connection. Counters are updated by the connection's task without a lock.
 #[derive(Debug)]
 pub struct ConnInfo {
+    /// Unique for the life of the server, starting at 1.
     pub id: u64,
+    /// The client's address.
     pub peer: SocketAddr,
+    /// The server's address the client connected to.
     pub local: SocketAddr,
+    /// When the connection was accepted.
     pub started_at: SystemTime,
     started: Instant,
     last_in_ms: AtomicU64,
@@ -119,16 +123,27 @@ impl ConnInfo {
 /// A copy of one connection's state.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ConnSnapshot {
+    /// The connection's registry id.
     pub id: u64,
+    /// The client's address.
     pub peer: SocketAddr,
+    /// The server's address the client connected to.
     pub local: SocketAddr,
+    /// When the connection was accepted.
     pub started_at: SystemTime,
+    /// Time since accept.
     pub age: Duration,
+    /// Time since the last byte received (or since accept).
     pub last_in_ago: Duration,
+    /// Time since the last byte sent (or since accept).
     pub last_out_ago: Duration,
+    /// Bytes received.
     pub bytes_in: u64,
+    /// Bytes sent.
     pub bytes_out: u64,
+    /// Items accepted.
     pub items: u64,
+    /// Items refused (each answered with an error).
     pub errors: u64,
 }
 
@@ -137,12 +152,19 @@ pub struct ConnSnapshot {
 pub struct ClosedConn {
     /// 0 for a connection refused before it was registered (`server_full`).
     pub id: u64,
+    /// The client's address.
     pub peer: SocketAddr,
+    /// Why the connection ended.
     pub reason: CloseReason,
+    /// Time from accept to close.
     pub duration: Duration,
+    /// Bytes received.
     pub bytes_in: u64,
+    /// Bytes sent.
     pub bytes_out: u64,
+    /// Items accepted.
     pub items: u64,
+    /// Items refused.
     pub errors: u64,
 }
 
@@ -159,6 +181,7 @@ impl Default for Registry {
 }
 
 impl Registry {
+    /// An empty registry.
     pub fn new() -> Registry {
         Registry {
             shared: Arc::new(Shared {
@@ -212,6 +235,7 @@ impl Registry {
         self.conns().len()
     }
 
+    /// True when no connection is live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -382,7 +406,9 @@ mod tests {
         let registry = Registry::new();
         let guard = registry.insert(addr(1), addr(2));
         let woken = Arc::new(Flag(AtomicBool::new(false)));
-        guard.info().register_control(&std::task::Waker::from(Arc::clone(&woken)));
+        guard
+            .info()
+            .register_control(&std::task::Waker::from(Arc::clone(&woken)));
         assert!(!guard.info().is_kicked());
         assert!(registry.kick(guard.info().id));
         assert!(guard.info().is_kicked());

@@ -38,12 +38,16 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
+    /// The configuration is invalid.
     Config(#[from] ConfigError),
     #[error(transparent)]
+    /// A listener could not be opened.
     Listen(#[from] ListenError),
     #[error(transparent)]
+    /// The sink could not be opened.
     Sink(#[from] SinkError),
     #[error("no listener to accept on")]
+    /// `run` was given no listener.
     NoListener,
 }
 
@@ -129,6 +133,7 @@ impl Server {
         }
     }
 
+    /// The validated configuration.
     pub fn config(&self) -> &Config {
         &self.config
     }

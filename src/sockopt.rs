@@ -20,9 +20,11 @@ use crate::config::{Config, Keepalive};
 /// Options that keep a connection's liveness bounded, applied to every connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketOptions {
+    /// Keep-alive idle, interval and count.
     pub keepalive: Keepalive,
     /// `TCP_USER_TIMEOUT`; `None` leaves the kernel's retransmission limit (`tcp_retries2`).
     pub user_timeout: Option<Duration>,
+    /// `TCP_NODELAY`: acks and pings leave at once.
     pub nodelay: bool,
     /// `SO_RCVBUF`; `None` keeps kernel autotuning.
     pub recv_buffer: Option<usize>,
@@ -46,17 +48,24 @@ impl SocketOptions {
 /// Options of the listening socket itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListenerOptions {
+    /// `SO_REUSEPORT`.
     pub reuse_port: bool,
+    /// Accept queue length passed to `listen(2)`.
     pub backlog: u32,
 }
 
 /// Which options this build can set and read back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Support {
+    /// `TCP_KEEPINTVL` can be set.
     pub keepalive_interval: bool,
+    /// `TCP_KEEPCNT` can be set.
     pub keepalive_count: bool,
+    /// `TCP_USER_TIMEOUT` can be set.
     pub user_timeout: bool,
+    /// `SO_REUSEPORT` can be set.
     pub reuse_port: bool,
+    /// Keep-alive idle, interval and count can be read back.
     pub read_back_keepalive: bool,
 }
 
@@ -96,8 +105,10 @@ impl Support {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set {option}")]
 pub struct SockoptError {
+    /// The option, as named in the system's headers.
     pub option: &'static str,
     #[source]
+    /// The system's answer.
     pub source: io::Error,
 }
 
@@ -210,35 +221,51 @@ pub fn bind_listener(
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr}: {stage} failed")]
 pub struct ListenError {
+    /// The address being opened.
     pub addr: SocketAddr,
+    /// The step that failed (`bind`, `listen`, an option's name).
     pub stage: &'static str,
     #[source]
+    /// The system's answer.
     pub source: io::Error,
 }
 
 /// The options in force on a socket, as `getsockopt` reports them. `None`: not readable here.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Effective {
+    /// `SO_KEEPALIVE`.
     pub keepalive: Option<bool>,
+    /// `TCP_KEEPIDLE`.
     pub keepalive_idle: Option<Duration>,
+    /// `TCP_KEEPINTVL`.
     pub keepalive_interval: Option<Duration>,
+    /// `TCP_KEEPCNT`.
     pub keepalive_count: Option<u32>,
+    /// `TCP_USER_TIMEOUT`; `None` also when it is off (0).
     pub user_timeout: Option<Duration>,
+    /// `TCP_NODELAY`.
     pub nodelay: Option<bool>,
+    /// `SO_RCVBUF` in bytes (Linux reports double the size asked, for bookkeeping).
     pub recv_buffer: Option<usize>,
+    /// `SO_SNDBUF` in bytes (Linux reports double the size asked, for bookkeeping).
     pub send_buffer: Option<usize>,
 }
 
 /// One option whose value in force is not the value asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mismatch {
+    /// The option's name.
     pub option: &'static str,
+    /// The value asked for.
     pub asked: String,
+    /// The value in force.
     pub effective: String,
 }
 
 /// Reads the liveness options back from a socket.
 pub fn read_back(socket: SockRef<'_>) -> Effective {
+    // Platforms without the readable options keep the `None`s below.
+    #[cfg_attr(not(any(full_keepalive, user_timeout)), allow(unused_mut))]
     let mut effective = Effective {
         keepalive: socket.keepalive().ok(),
         nodelay: socket.nodelay().ok(),
@@ -401,7 +428,9 @@ mod imp {
 /// The process's open-file limits after raising the soft limit to the hard one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileLimit {
+    /// The soft limit now in force.
     pub soft: u64,
+    /// The hard limit (only a privileged process can raise it).
     pub hard: u64,
 }
 

@@ -86,7 +86,9 @@ fn flags_beat_environment_which_beats_the_file() {
 
 #[test]
 fn invalid_values_and_contradictions_exit_2_naming_the_key() {
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    /// Flags, environment, and the name the error must mention.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (&["--queue", "0"], &[], "queue"),
         (&["--keepalive-idle", "soon"], &[], "--keepalive-idle"),
         (

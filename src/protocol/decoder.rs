@@ -23,6 +23,7 @@ pub enum Frame {
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("frame larger than {limit} bytes")]
 pub struct FrameTooLarge {
+    /// The configured `max_frame`, in bytes.
     pub limit: usize,
 }
 

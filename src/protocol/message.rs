@@ -27,6 +27,7 @@ pub enum Inbound {
 pub struct Item {
     /// The client's object, unchanged.
     pub raw: Bytes,
+    /// The address in the item's `ip` key.
     pub ip: IpAddr,
     /// The raw JSON of the item's `"id"` (a string or a number), echoed in its `ack`.
     pub id: Option<Bytes>,
@@ -35,17 +36,29 @@ pub struct Item {
 /// Stable error codes sent to clients in `{"type":"error","code":…}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
+    /// The frame is not a valid JSON object (or not valid UTF-8).
     InvalidJson,
+    /// An item has no `ip` key.
     MissingIp,
+    /// `ip` is not a string holding one IPv4 or IPv6 address, or is given twice.
     InvalidIp,
+    /// `id` is neither a string nor a number.
     InvalidId,
+    /// The client sent a type only the server sends (`ack`, `error`).
     UnexpectedType,
+    /// One object exceeded `max_frame`; the connection closes.
     FrameTooLarge,
+    /// The connection exceeded its error budget; it closes.
     TooManyErrors,
+    /// The overflow policy dropped this item.
     QueueFull,
+    /// The server holds `max_connections`; the new connection closes.
     ServerFull,
+    /// The sink could not store the item; it was not acknowledged.
     SinkFailed,
+    /// The connection reached its maximum age: reconnect before the grace ends.
     MaxAge,
+    /// The server is stopping; the connection closes.
     ShuttingDown,
 }
 
@@ -79,7 +92,9 @@ impl fmt::Display for ErrorCode {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ItemError {
+    /// The code sent to the client.
     pub code: ErrorCode,
+    /// A message for people.
     pub message: String,
     /// The item's `"id"`, when it could be read, so the client knows which item failed.
     pub id: Option<Bytes>,
@@ -142,7 +157,11 @@ pub fn parse(frame: Bytes) -> Result<Inbound, ItemError> {
     // Checked first and whole: serde_json skips the strings of ignored fields without checking
     // their encoding, and the sink must only ever hold valid UTF-8.
     let text = std::str::from_utf8(&frame).map_err(|e| {
-        ItemError::new(ErrorCode::InvalidJson, format!("not valid UTF-8: {e}"), None)
+        ItemError::new(
+            ErrorCode::InvalidJson,
+            format!("not valid UTF-8: {e}"),
+            None,
+        )
     })?;
     let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
         ItemError::new(
@@ -221,18 +240,27 @@ fn parse_ip(raw: &RawValue) -> Result<IpAddr, String> {
 pub enum Outbound {
     /// The sink has taken the item with this id.
     Ack {
+        /// The item's `id`, raw JSON as the client wrote it.
         id: Bytes,
     },
+    /// Something went wrong; see [`ErrorCode`].
     Error {
+        /// The stable code.
         code: ErrorCode,
+        /// A message for people.
         message: Cow<'static, str>,
+        /// The `id` of the item concerned, if it could be read.
         id: Option<Bytes>,
     },
+    /// Asks the client to answer (`pong`, or any byte) to prove it is alive.
     Ping,
+    /// Answer to the client's `ping`.
     Pong,
     /// Answer to `hello`: the heartbeat the server will enforce (0 when off) and the frame limit.
     Hello {
+        /// Interval of the server's pings in milliseconds; 0 when the heartbeat is off.
         heartbeat_ms: u64,
+        /// The server's `max_frame`, in bytes.
         max_frame: usize,
     },
 }

@@ -39,13 +39,20 @@ pub trait Sink: Send + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("cannot write to {sink}")]
+    /// An I/O error while writing or flushing.
     Io {
+        /// The sink's name (`stdout`, `file:PATH`).
         sink: String,
         #[source]
+        /// The I/O error.
         source: io::Error,
     },
     #[error("the receiver of {sink} is gone")]
-    Closed { sink: String },
+    /// The receiving side went away.
+    Closed {
+        /// The sink's name.
+        sink: String,
+    },
 }
 
 /// Opens the sink a configuration names.
@@ -59,7 +66,9 @@ pub async fn open(spec: &SinkSpec) -> Result<Box<dyn Sink>, SinkError> {
 /// What [`drain`] did, for the shutdown report.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DrainReport {
+    /// Records stored and acknowledged.
     pub written: u64,
+    /// Records the sink failed to store (each reported to its sender).
     pub failed: u64,
 }
 

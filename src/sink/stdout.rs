@@ -11,6 +11,7 @@ pub struct StdoutSink {
 }
 
 impl StdoutSink {
+    /// A sink on this process's standard output.
     pub fn new() -> StdoutSink {
         StdoutSink {
             out: tokio::io::stdout(),
