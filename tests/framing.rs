@@ -137,3 +137,30 @@ impl FlushNow for tokio::net::tcp::OwnedWriteHalf {
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test]
+async fn ipv4_and_ipv6_listeners_both_take_items() {
+    let mut config = test_config();
+    config.listen = vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()];
+    let (sink, mut records) = connwarden::sink::ChannelSink::new(16);
+    let server = connwarden::Server::builder(config)
+        .sink(sink)
+        .build()
+        .unwrap();
+    let listeners = server.bind().unwrap();
+    let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    assert!(addrs[0].is_ipv4() && addrs[1].is_ipv6());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(listeners, async {
+        let _ = stopped.await;
+    }));
+    for addr in &addrs {
+        let mut client = common::Client::connect(*addr).await;
+        client.send(b"{\"ip\":\"2001:db8::7\",\"id\":1}\n").await;
+        assert_eq!(client.line().await["type"], "ack");
+        let record = records.recv().await.unwrap();
+        assert_eq!(record.peer.is_ipv6(), addr.is_ipv6());
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
