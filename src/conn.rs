@@ -46,40 +46,6 @@ const OUT_HIGH_WATER: usize = 64 * 1024;
 /// Longest time spent flushing a last message (an error or `shutting_down`) before closing.
 const CLOSING_FLUSH: Duration = Duration::from_secs(1);
 
-/// Limits and timers that apply to every connection.
-#[derive(Clone, Debug)]
-pub(crate) struct ConnParams {
-    pub max_frame: usize,
-    pub error_budget: u32,
-    pub heartbeat: HeartbeatMode,
-    pub heartbeat_interval: Duration,
-    pub heartbeat_misses: u32,
-    pub idle_timeout: Option<Duration>,
-    pub write_timeout: Duration,
-    pub max_age: Option<Duration>,
-    pub max_age_grace: Duration,
-    pub max_pending_replies: usize,
-    pub overflow: Overflow,
-}
-
-impl ConnParams {
-    pub fn from_config(config: &Config) -> ConnParams {
-        ConnParams {
-            max_frame: config.max_frame,
-            error_budget: config.error_budget,
-            heartbeat: config.heartbeat,
-            heartbeat_interval: config.heartbeat_interval,
-            heartbeat_misses: config.heartbeat_misses,
-            idle_timeout: config.idle_timeout,
-            write_timeout: config.write_timeout,
-            max_age: config.max_age,
-            max_age_grace: config.max_age_grace,
-            max_pending_replies: config.max_pending_replies,
-            overflow: config.overflow,
-        }
-    }
-}
-
 /// The server's lifecycle as connections see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
@@ -91,14 +57,15 @@ pub(crate) enum Stage {
     Close = 2,
 }
 
-/// What every connection shares with the server.
+/// What every connection shares with the server: the limits and timers of the configuration,
+/// and the shutdown stage.
 pub(crate) struct ConnShared {
-    pub params: ConnParams,
+    pub params: Config,
     stage: AtomicU8,
 }
 
 impl ConnShared {
-    pub fn new(params: ConnParams) -> ConnShared {
+    pub fn new(params: Config) -> ConnShared {
         ConnShared {
             params,
             stage: AtomicU8::new(Stage::Running as u8),
@@ -709,7 +676,7 @@ mod tests {
         let (stream, peer) = listener.accept().await.unwrap();
         let registry = crate::registry::Registry::new();
         let (producer, _consumer) = crate::queue::bounded::<Record>(4, Overflow::Backpressure);
-        let shared = Arc::new(ConnShared::new(ConnParams::from_config(&Config::default())));
+        let shared = Arc::new(ConnShared::new(Config::default()));
         let task = run(stream, registry.insert(peer, peer), shared, producer);
         let size = std::mem::size_of_val(&task);
         assert!(

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::close_reason::CloseReason;
 use crate::config::{Config, ConfigError};
-use crate::conn::{self, ConnParams, ConnShared, Stage};
+use crate::conn::{self, ConnShared, Stage};
 use crate::protocol::{ErrorCode, Outbound};
 use crate::queue::{self, Consumer, Monitor, Producer};
 use crate::record::Record;
@@ -200,7 +200,7 @@ impl Server {
 
         let monitor = consumer.monitor();
         let sink_task = tokio::spawn(sink::drain(consumer, sink));
-        let shared = Arc::new(ConnShared::new(ConnParams::from_config(&config)));
+        let shared = Arc::new(ConnShared::new(config.clone()));
         let stop_accepting = CancellationToken::new();
         let tracker = TaskTracker::new();
         let acceptor = Arc::new(Acceptor {

@@ -43,6 +43,13 @@ async fn tiny_queue_with_backpressure_delivers_every_item_in_order() {
     server.shutdown().await;
 }
 
+/// `n` items with ids 0..n, one per line.
+fn items_with_ids(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("{{\"ip\":\"192.0.2.1\",\"id\":{i}}}\n"))
+        .collect()
+}
+
 #[tokio::test]
 async fn drop_newest_counts_drops_and_tells_the_sender() {
     const ITEMS: usize = 200;
@@ -52,11 +59,7 @@ async fn drop_newest_counts_drops_and_tells_the_sender() {
     let mut server = TestServer::start(config).await;
     let mut records = server.records.take().unwrap();
     let mut client = server.connect().await;
-    let mut batch = String::new();
-    for i in 0..ITEMS {
-        batch.push_str(&format!("{{\"ip\":\"192.0.2.1\",\"id\":{i}}}\n"));
-    }
-    client.send(batch.as_bytes()).await;
+    client.send(items_with_ids(ITEMS).as_bytes()).await;
     // Nobody reads the sink's channel yet, so the sink stalls and the queue overflows.
     wait_until(PROMPT, || server.queue.stats().dropped > 0).await;
     let reader = tokio::spawn(async move {
@@ -103,11 +106,7 @@ async fn drop_oldest_tells_the_sender_of_the_evicted_item() {
     let mut server = TestServer::start(config).await;
     let mut records = server.records.take().unwrap();
     let mut client = server.connect().await;
-    let mut batch = String::new();
-    for i in 0..ITEMS {
-        batch.push_str(&format!("{{\"ip\":\"192.0.2.1\",\"id\":{i}}}\n"));
-    }
-    client.send(batch.as_bytes()).await;
+    client.send(items_with_ids(ITEMS).as_bytes()).await;
     wait_until(PROMPT, || server.queue.stats().dropped > 0).await;
     let drainer = tokio::spawn(async move {
         let mut n = 0;
