@@ -37,11 +37,8 @@ fn serve(port: u16, extra: &[&str]) -> Child {
 /// Reads stderr until the "listening" line; false when the process ended first.
 fn wait_listening(child: &mut Child) -> bool {
     let stderr = child.stderr.take().unwrap();
-    let found = BufReader::new(stderr)
-        .lines()
-        .map_while(Result::ok)
-        .any(|line| line.contains("\"message\":\"listening\""));
-    found
+    let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+    lines.any(|line| line.contains("\"message\":\"listening\""))
 }
 
 struct Killed(Child);
