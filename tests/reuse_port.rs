@@ -3,10 +3,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use common::binary;
+use common::Serve;
 
 /// A port that was free a moment ago.
 fn free_port() -> u16 {
@@ -17,59 +16,43 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn serve(port: u16, extra: &[&str]) -> Child {
-    Command::new(binary())
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log-format",
-            "json",
-        ])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start serve")
-}
-
-/// Reads stderr until the "listening" line; false when the process ended first.
-fn wait_listening(child: &mut Child) -> bool {
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
-    lines.any(|line| line.contains("\"message\":\"listening\""))
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn serve(port: u16, extra: &[&str]) -> Serve {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["--listen", listen.as_str(), "--log-format", "json"];
+    args.extend_from_slice(extra);
+    Serve::spawn(&args)
 }
 
 #[test]
 fn two_processes_share_a_port_with_reuse_port() {
     let port = free_port();
     let mut first = serve(port, &["--reuse-port"]);
-    assert!(wait_listening(&mut first));
-    let _first = Killed(first);
+    assert!(first.wait_log("listening").is_some());
     let mut second = serve(port, &["--reuse-port"]);
-    assert!(wait_listening(&mut second));
-    let _second = Killed(second);
+    assert!(
+        second.wait_log("listening").is_some(),
+        "{}",
+        second.stderr_so_far()
+    );
+    assert!(
+        first.child.try_wait().unwrap().is_none(),
+        "first process still serving"
+    );
 }
 
 #[test]
 fn second_process_without_reuse_port_fails_naming_the_address() {
     let port = free_port();
     let mut first = serve(port, &[]);
-    assert!(wait_listening(&mut first));
-    let _first = Killed(first);
-    let output = serve(port, &[]).wait_with_output().unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(first.wait_log("listening").is_some());
+    let mut second = serve(port, &[]);
+    assert!(
+        second.wait_log("listening").is_none(),
+        "second process must not listen"
+    );
+    let status = second.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    let stderr = second.stderr_so_far();
     assert!(
         stderr.contains(&format!("cannot listen on 127.0.0.1:{port}: bind failed")),
         "{stderr}"

@@ -5,88 +5,19 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::OpenOptionsExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::binary;
+use common::Serve;
 
-/// A `serve` process; killed on drop if still running.
-struct Serve {
-    child: Child,
-    stderr_lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Serve {
-    fn start(args: &[&str]) -> (Serve, u16) {
-        let mut child = Command::new(binary())
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start connwarden serve");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut serve = Serve {
-            child,
-            stderr_lines: rx,
-        };
-        let listening = serve.wait_log("listening");
-        let addr: std::net::SocketAddr = listening["addr"].as_str().unwrap().parse().unwrap();
-        (serve, addr.port())
-    }
-
-    /// The next JSON log line whose message is `message`.
-    fn wait_log(&mut self, message: &str) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .stderr_lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no {message:?} log line"));
-            let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if value["message"] == message {
-                return value;
-            }
-        }
-    }
-
-    fn terminate(&self) {
-        // SAFETY: kill(2) on the pid of a child this struct owns and has not reaped.
-        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        assert_eq!(rc, 0);
-    }
-
-    fn wait_exit(&mut self, bound: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + bound;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process did not exit within {bound:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `serve` on an OS-chosen loopback port with JSON logs; returns it and the port.
+fn start(args: &[&str]) -> (Serve, u16) {
+    let mut all = vec!["--listen", "127.0.0.1:0", "--log-format", "json"];
+    all.extend_from_slice(args);
+    let mut serve = Serve::spawn(&all);
+    let listening = serve.wait_log("listening").expect("serve starts listening");
+    let addr: std::net::SocketAddr = listening["addr"].as_str().unwrap().parse().unwrap();
+    (serve, addr.port())
 }
 
 /// Receive and send queues of the established loopback connections on `port`, both ends.
@@ -124,7 +55,7 @@ fn sigterm_writes_every_queued_item_to_the_file_sink_and_exits_zero() {
         .open(&fifo)
         .unwrap();
     let sink = format!("file:{}", fifo.display());
-    let (mut serve, port) = Serve::start(&["--sink", &sink, "--shutdown-grace", "20s"]);
+    let (mut serve, port) = start(&["--sink", &sink, "--shutdown-grace", "20s"]);
 
     let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut payload = String::new();
@@ -150,7 +81,7 @@ fn sigterm_writes_every_queued_item_to_the_file_sink_and_exits_zero() {
     }
 
     serve.terminate();
-    serve.wait_log("shutting down");
+    serve.wait_log("shutting down").expect("shutdown begins");
     // Now drain the pipe until the server closes it.
     let mut written = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -189,7 +120,7 @@ fn sigterm_writes_every_queued_item_to_the_file_sink_and_exits_zero() {
 
 #[test]
 fn sigterm_closes_connections_as_shutdown_and_exits_zero() {
-    let (mut serve, port) = Serve::start(&[]);
+    let (mut serve, port) = start(&[]);
     let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     std::io::Write::write_all(&mut client, b"{\"type\":\"hello\"}\n").unwrap();
     let mut reader = BufReader::new(client.try_clone().unwrap());
@@ -197,7 +128,7 @@ fn sigterm_closes_connections_as_shutdown_and_exits_zero() {
     reader.read_line(&mut hello).unwrap();
     assert!(hello.contains("\"hello\""));
     serve.terminate();
-    let closed = serve.wait_log("connection closed");
+    let closed = serve.wait_log("connection closed").expect("a close line");
     assert_eq!(closed["reason"], "shutdown");
     let mut rest = String::new();
     reader.read_to_string(&mut rest).unwrap();

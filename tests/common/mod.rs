@@ -228,6 +228,103 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_connwarden")
 }
 
+/// A `connwarden serve` process whose standard error is read line by line on a thread (so the
+/// pipe never fills or closes under it); killed on drop if still running.
+pub struct Serve {
+    pub child: std::process::Child,
+    stderr_lines: std::sync::mpsc::Receiver<String>,
+    /// Lines already read by `wait_log`.
+    seen: Vec<String>,
+}
+
+impl Serve {
+    /// Starts `connwarden serve ARGS`.
+    pub fn spawn(args: &[&str]) -> Serve {
+        use std::io::BufRead;
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start connwarden serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                // Keep draining even when nobody listens any more.
+                let _ = tx.send(line);
+            }
+        });
+        Serve {
+            child,
+            stderr_lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next JSON log line whose message is `message`; `None` when the process's standard
+    /// error ends first. Fails after 10 s.
+    pub fn wait_log(&mut self, message: &str) -> Option<serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                    self.seen.push(line);
+                    if value["message"] == message {
+                        return Some(value);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("no {message:?} log line within 10 s")
+                }
+            }
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on the pid of a child this struct owns and has not reaped.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0);
+    }
+
+    /// Waits for the process to exit, failing after `bound`.
+    pub fn wait_exit(&mut self, bound: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + bound;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process did not exit within {bound:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Everything the process wrote to standard error so far (non-blocking).
+    pub fn stderr_so_far(&mut self) -> String {
+        self.seen.extend(self.stderr_lines.try_iter());
+        self.seen.join("\n")
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Two network namespaces joined by a veth pair: a server host at 10.231.0.1 and a client host
 /// at 10.231.0.2. Names are unique per process and fixture; `Drop` deletes both namespaces,
 /// which deletes the veth pair with them.
