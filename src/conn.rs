@@ -528,7 +528,8 @@ impl Connection {
     fn refuse(&mut self, error: ItemError) -> Result<(), Close> {
         self.errors += 1;
         self.info.error();
-        tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, code = error.code.as_str(), detail = %error.message, "item refused");
+        // `?`: the detail may quote the client's bytes, which must not forge log lines.
+        tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, code = error.code.as_str(), detail = ?error.message, "item refused");
         self.send(&error.into());
         if self.errors > self.shared.params.error_budget {
             return Err(Close {
