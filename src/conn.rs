@@ -16,7 +16,7 @@
 //! slot on the registry entry, and the timer, the reply-slot wait and a backpressure wait are
 //! boxed only while they exist. An idle connection's task is a few hundred bytes.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -116,20 +116,69 @@ enum Unblocked {
 }
 
 /// Serves one accepted connection until it ends, then records why in the registry.
-pub(crate) async fn run(
+pub(crate) fn run(
     stream: TcpStream,
-    mut guard: ConnGuard,
+    guard: ConnGuard,
     shared: Arc<ConnShared>,
     producer: Producer<Record>,
-) {
-    let mut conn = Connection::new(stream, Arc::clone(guard.info()), shared, producer);
-    let reason = match conn.serve_until_close().await {
-        Ok(reason) => reason,
-        // Boxed: the flush's timer and futures exist only while closing.
-        Err(close) => Box::pin(conn.finish(close)).await,
-    };
-    drop(conn);
-    guard.close(reason);
+) -> ConnTask {
+    ConnTask {
+        conn: Some(Connection::new(
+            stream,
+            Arc::clone(guard.info()),
+            shared,
+            producer,
+        )),
+        guard: Some(guard),
+        closing: None,
+    }
+}
+
+/// The connection's task, written by hand rather than as an `async fn`: the compiler would
+/// store the connection twice (as an argument and as a local), and every idle connection pays
+/// for the task's size.
+pub(crate) struct ConnTask {
+    conn: Option<Connection>,
+    guard: Option<ConnGuard>,
+    /// The last flush, once the connection decided to close.
+    closing: Option<Pin<Box<dyn Future<Output = CloseReason> + Send>>>,
+}
+
+impl ConnTask {
+    /// Removes the registry entry and records the close, now rather than when the task is freed.
+    fn close(&mut self, reason: CloseReason) -> Poll<()> {
+        self.conn = None;
+        if let Some(mut guard) = self.guard.take() {
+            guard.close(reason);
+        }
+        Poll::Ready(())
+    }
+}
+
+impl Future for ConnTask {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if let Some(closing) = &mut this.closing {
+            let reason = std::task::ready!(closing.as_mut().poll(cx));
+            this.closing = None;
+            return this.close(reason);
+        }
+        let Some(conn) = &mut this.conn else {
+            return Poll::Ready(());
+        };
+        match std::task::ready!(conn.poll_serve(cx)) {
+            Ok(reason) => this.close(reason),
+            Err(close) => {
+                let conn = this.conn.take().expect("checked above");
+                // Boxed: the flush's timer and futures exist only while closing.
+                this.closing = Some(Box::pin(conn.finish(close)));
+                // Poll once now, so the flush starts and registers its wake-ups.
+                Pin::new(this).poll(cx)
+            }
+        }
+    }
 }
 
 /// Why the loop stops, and what to tell the peer first.
@@ -230,26 +279,26 @@ impl Connection {
     }
 
     /// The loop. `Ok` is an orderly end with nothing left to send; `Err` closes after a notice.
-    async fn serve_until_close(&mut self) -> Result<CloseReason, Close> {
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Result<CloseReason, Close>> {
         loop {
             self.process_buffered()?;
             if self.eof && self.reply_rx.is_none() && self.out.is_empty() {
-                return Ok(self.orderly_reason());
+                return Poll::Ready(Ok(self.orderly_reason()));
             }
             let now = Instant::now();
             self.check_timers(now)?;
             self.arm_timer();
-            match poll_fn(|cx| self.poll_event(cx)).await {
+            match std::task::ready!(self.poll_event(cx)) {
                 Event::Close => {
-                    return Err(Close {
+                    return Poll::Ready(Err(Close {
                         reason: CloseReason::Shutdown,
                         notice: notice(
                             ErrorCode::ShuttingDown,
                             "the server is shutting down; reconnect later",
                         ),
-                    })
+                    }))
                 }
-                Event::Kicked => return Err(CloseReason::Kicked.into()),
+                Event::Kicked => return Poll::Ready(Err(CloseReason::Kicked.into())),
                 Event::StopReading => {
                     self.read_what_arrived()?;
                     self.reading = false;
@@ -344,7 +393,7 @@ impl Connection {
     }
 
     /// Sends the notice, if any, flushes briefly, and returns the reason.
-    async fn finish(&mut self, close: Close) -> CloseReason {
+    async fn finish(mut self, close: Close) -> CloseReason {
         if let Some(message) = &close.notice {
             self.send(message);
             let bound = CLOSING_FLUSH.min(self.shared.params.write_timeout);
@@ -669,7 +718,7 @@ mod tests {
     /// number of connections (measured by `bench/idle_memory.sh`).
     #[tokio::test]
     async fn connection_task_stays_small() {
-        const BUDGET: usize = 640;
+        const BUDGET: usize = 400;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap())
             .await

@@ -405,8 +405,8 @@ impl Acceptor {
         let guard = self.registry.insert(peer, local);
         let shared = Arc::clone(&self.shared);
         let producer = self.producer.clone();
-        self.tracker
-            .spawn(serve(stream, guard, shared, producer, slot));
+        let task = conn::run(stream, guard, shared, producer);
+        self.tracker.spawn(WithSlot { task, _slot: slot });
     }
 
     /// Tells a peer over the limit why, without waiting: a fresh socket's send buffer always
@@ -424,14 +424,21 @@ impl Acceptor {
     }
 }
 
-async fn serve(
-    stream: TcpStream,
-    guard: crate::registry::ConnGuard,
-    shared: Arc<ConnShared>,
-    producer: Producer<Record>,
+/// A connection's task holding its `max_connections` slot until it ends.
+struct WithSlot {
+    task: conn::ConnTask,
     _slot: OwnedSemaphorePermit,
-) {
-    conn::run(stream, guard, shared, producer).await;
+}
+
+impl Future for WithSlot {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        std::pin::Pin::new(&mut self.task).poll(cx)
+    }
 }
 
 fn refused(peer: SocketAddr, reason: CloseReason) -> ClosedConn {
