@@ -1,7 +1,9 @@
 //! The bounded queue between the connections and the sink, with its overflow policy.
 //!
-//! Storage is a lock-free ring ([`crossbeam_queue::ArrayQueue`]), so items from many connections
-//! pass without a global lock. Under `backpressure` a semaphore counts free slots: a producer
+//! Storage is a lock-free segmented queue ([`crossbeam_queue::SegQueue`]), so items from many
+//! connections pass without a global lock, and memory follows the depth: an idle server does not
+//! hold `capacity` empty slots. The bound is kept by counting. Under `backpressure` a semaphore
+//! counts free slots: a producer
 //! waits for one, which parks its connection's read loop, so TCP flow control slows that client
 //! and nothing is dropped. Under `drop-newest` the new item is handed back; under `drop-oldest`
 //! the evicted one is. Either way the caller tells the sender, and the drop is counted here.
@@ -12,13 +14,16 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::config::Overflow;
 
 struct Shared<T> {
-    items: ArrayQueue<T>,
+    items: SegQueue<T>,
+    capacity: usize,
+    /// Items queued (or about to be: a push counts before it stores).
+    len: AtomicUsize,
     /// Free slots; used under `backpressure` only.
     space: Semaphore,
     /// Wakes the consumer after a push or when the last producer leaves.
@@ -92,7 +97,9 @@ pub fn bounded<T>(capacity: usize, overflow: Overflow) -> (Producer<T>, Consumer
         0
     };
     let shared = Arc::new(Shared {
-        items: ArrayQueue::new(capacity),
+        items: SegQueue::new(),
+        capacity,
+        len: AtomicUsize::new(0),
         space: Semaphore::new(permits),
         ready: Notify::new(),
         producers: AtomicUsize::new(1),
@@ -111,7 +118,7 @@ pub fn bounded<T>(capacity: usize, overflow: Overflow) -> (Producer<T>, Consumer
 fn stats<T>(shared: &Shared<T>) -> QueueStats {
     QueueStats {
         depth: shared.items.len(),
-        capacity: shared.items.capacity(),
+        capacity: shared.capacity,
         pushed: shared.pushed.load(Ordering::Relaxed),
         dropped: shared.dropped.load(Ordering::Relaxed),
     }
@@ -144,14 +151,32 @@ impl<T> Producer<T> {
                     Err(_) => Err(item),
                 };
             }
-            Overflow::DropNewest => match shared.items.push(item) {
-                Ok(()) => Pushed::Queued,
-                Err(item) => Pushed::Rejected(item),
-            },
-            Overflow::DropOldest => match shared.items.force_push(item) {
-                None => Pushed::Queued,
-                Some(evicted) => Pushed::Evicted(evicted),
-            },
+            Overflow::DropNewest => {
+                let claimed = shared
+                    .len
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < shared.capacity).then_some(n + 1)
+                    });
+                if claimed.is_err() {
+                    Pushed::Rejected(item)
+                } else {
+                    shared.items.push(item);
+                    Pushed::Queued
+                }
+            }
+            Overflow::DropOldest => {
+                let full = shared.len.fetch_add(1, Ordering::AcqRel) >= shared.capacity;
+                // Evict first, so the queue never holds more than its capacity for long.
+                let evicted = if full { shared.items.pop() } else { None };
+                if evicted.is_some() {
+                    shared.len.fetch_sub(1, Ordering::AcqRel);
+                }
+                shared.items.push(item);
+                match evicted {
+                    Some(evicted) => Pushed::Evicted(evicted),
+                    None => Pushed::Queued,
+                }
+            }
         };
         match &outcome {
             Pushed::Queued => {
@@ -173,9 +198,8 @@ impl<T> Producer<T> {
         let shared = &*self.shared;
         // The slot is returned by the consumer once it pops the item.
         slot.forget();
-        if shared.items.push(item).is_err() {
-            unreachable!("a space permit guarantees a free slot");
-        }
+        shared.len.fetch_add(1, Ordering::AcqRel);
+        shared.items.push(item);
         shared.pushed.fetch_add(1, Ordering::Relaxed);
         shared.ready.notify_one();
         Pushed::Queued
@@ -228,6 +252,7 @@ impl<T> Consumer<T> {
                 }
             }
             if taken > 0 {
+                shared.len.fetch_sub(taken, Ordering::AcqRel);
                 if shared.overflow == Overflow::Backpressure {
                     shared.space.add_permits(taken);
                 }
