@@ -36,6 +36,7 @@
 //! | `queue` | `65536` | items between the connections and the sink |
 //! | `overflow` | `backpressure` | full queue: `backpressure`, `drop-newest` or `drop-oldest` |
 //! | `sink` | `stdout` | `stdout` or `file:PATH` (NDJSON, appended) |
+//! | `fsync` | `batch` | when a `file:` sink's acks wait for `fsync`: `batch` (group commit: one `fsync` covers every batch written while the previous one ran; writing goes on meanwhile), `always` (each batch is synced before the next is written) or `never` (ack once the kernel has the bytes; synced at shutdown) |
 //! | `shutdown_grace` | `10s` | time from SIGINT/SIGTERM to exit, queue drain included |
 //! | `log_format` | `text` | `text` or `json` |
 
@@ -75,6 +76,7 @@ pub const KEYS: &[&str] = &[
     "queue",
     "overflow",
     "sink",
+    "fsync",
     "shutdown_grace",
     "log_format",
 ];
@@ -303,6 +305,44 @@ pub enum UserTimeout {
     Fixed(Duration),
 }
 
+impl UserTimeout {
+    /// The timeout to set with this keep-alive; `None` when off.
+    pub fn resolve(self, keepalive: &Keepalive) -> Option<Duration> {
+        match self {
+            UserTimeout::Auto => Some(keepalive.bound()),
+            UserTimeout::Off => None,
+            UserTimeout::Fixed(d) => Some(d),
+        }
+    }
+}
+
+/// When the acks of a sink that can be synced (`file:`) wait for `fsync`.
+///
+/// An ack promises the item survives a crash of the server process in every mode; with
+/// `always` and `batch` it also survives a crash of the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncMode {
+    /// Each written batch is synced before the next one is written: the fewest items wait on
+    /// any one `fsync`, and the slowest.
+    Always,
+    /// Group commit: while one `fsync` runs, writing goes on; the next `fsync` covers every batch
+    /// written meanwhile, and each ack waits for the `fsync` that covers its item.
+    Batch,
+    /// Acks once the kernel has the bytes (`write` returned); the file is synced at shutdown.
+    Never,
+}
+
+impl FsyncMode {
+    /// The spelling in flags and files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsyncMode::Always => "always",
+            FsyncMode::Batch => "batch",
+            FsyncMode::Never => "never",
+        }
+    }
+}
+
 /// When the application heartbeat applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeartbeatMode {
@@ -409,6 +449,8 @@ pub struct Config {
     pub overflow: Overflow,
     /// Where items go.
     pub sink: SinkSpec,
+    /// When acks of a file sink wait for `fsync`.
+    pub fsync: FsyncMode,
     /// Time from the shutdown signal to exit.
     pub shutdown_grace: Duration,
     /// Format of the log lines.
@@ -444,6 +486,7 @@ impl Default for Config {
             queue: 65_536,
             overflow: Overflow::Backpressure,
             sink: SinkSpec::Stdout,
+            fsync: FsyncMode::Batch,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
         }
@@ -473,11 +516,7 @@ impl Config {
 
     /// The effective user timeout, `None` when off.
     pub fn effective_user_timeout(&self) -> Option<Duration> {
-        match self.user_timeout {
-            UserTimeout::Auto => Some(self.keepalive.bound()),
-            UserTimeout::Off => None,
-            UserTimeout::Fixed(d) => Some(d),
-        }
+        self.user_timeout.resolve(&self.keepalive)
     }
 
     /// Checks the rules that involve more than one key.
@@ -615,6 +654,7 @@ impl Config {
             "queue" => self.queue = parse!(parse_number),
             "overflow" => self.overflow = parse!(parse_overflow),
             "sink" => self.sink = parse!(parse_sink),
+            "fsync" => self.fsync = parse!(parse_fsync),
             "shutdown_grace" => self.shutdown_grace = parse!(parse_duration),
             "log_format" => self.log_format = parse!(parse_log_format),
             _ => unreachable!("every key in KEYS has an arm"),
@@ -667,6 +707,7 @@ impl Config {
                     SinkSpec::File(p) => format!("file:{}", p.display()),
                 }),
             ),
+            ("fsync", quoted(self.fsync.as_str())),
             ("shutdown_grace", dur(self.shutdown_grace)),
             (
                 "log_format",
@@ -729,7 +770,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("expected a duration such as 30s, 2m, 1h or 500ms ({e})"))
 }
 
-fn parse_optional_duration(text: &str) -> Result<Option<Duration>, String> {
+/// Parses a duration or `off`.
+pub fn parse_optional_duration(text: &str) -> Result<Option<Duration>, String> {
     match text.trim() {
         "off" | "none" => Ok(None),
         other => parse_duration(other)
@@ -738,7 +780,8 @@ fn parse_optional_duration(text: &str) -> Result<Option<Duration>, String> {
     }
 }
 
-fn parse_user_timeout(text: &str) -> Result<UserTimeout, String> {
+/// Parses `auto`, `off` or a duration.
+pub fn parse_user_timeout(text: &str) -> Result<UserTimeout, String> {
     match text.trim() {
         "auto" => Ok(UserTimeout::Auto),
         "off" => Ok(UserTimeout::Off),
@@ -748,7 +791,8 @@ fn parse_user_timeout(text: &str) -> Result<UserTimeout, String> {
     }
 }
 
-fn parse_bool(text: &str) -> Result<bool, String> {
+/// Parses `true` or `false`.
+pub fn parse_bool(text: &str) -> Result<bool, String> {
     match text.trim() {
         "true" | "yes" | "on" | "1" => Ok(true),
         "false" | "no" | "off" | "0" => Ok(false),
@@ -783,7 +827,8 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         .ok_or_else(|| "size too large".to_owned())
 }
 
-fn parse_buffer(text: &str) -> Result<Option<usize>, String> {
+/// Parses a size in bytes or `auto`.
+pub fn parse_buffer(text: &str) -> Result<Option<usize>, String> {
     match text.trim() {
         "auto" => Ok(None),
         other => parse_size(other)
@@ -817,6 +862,15 @@ fn parse_sink(text: &str) -> Result<SinkSpec, String> {
             Some(path) if !path.is_empty() => Ok(SinkSpec::File(PathBuf::from(path))),
             _ => Err("expected stdout or file:PATH".into()),
         },
+    }
+}
+
+fn parse_fsync(text: &str) -> Result<FsyncMode, String> {
+    match text.trim() {
+        "always" => Ok(FsyncMode::Always),
+        "batch" => Ok(FsyncMode::Batch),
+        "never" => Ok(FsyncMode::Never),
+        _ => Err("expected always, batch or never".into()),
     }
 }
 

@@ -199,7 +199,7 @@ impl Server {
         report_start(&config, &options, &listeners);
 
         let monitor = consumer.monitor();
-        let sink_task = tokio::spawn(sink::drain(consumer, sink));
+        let sink_task = tokio::spawn(sink::drain(consumer, sink, config.fsync));
         let shared = Arc::new(ConnShared::new(config.clone()));
         let stop_accepting = CancellationToken::new();
         let tracker = TaskTracker::new();

@@ -92,6 +92,9 @@ pub struct ServeArgs {
     /// Full queue: backpressure, drop-newest or drop-oldest [default: backpressure].
     #[arg(long, value_name = "POLICY")]
     overflow: Option<String>,
+    /// When a file sink's acks wait for fsync: batch (group commit), always or never [default: batch].
+    #[arg(long, value_name = "MODE")]
+    fsync: Option<String>,
     /// Time from SIGINT/SIGTERM to exit [default: 10s].
     #[arg(long, value_name = "DURATION")]
     shutdown_grace: Option<String>,
@@ -133,6 +136,7 @@ impl ServeArgs {
             ("max_pending_replies", &self.max_pending_replies),
             ("queue", &self.queue),
             ("overflow", &self.overflow),
+            ("fsync", &self.fsync),
             ("shutdown_grace", &self.shutdown_grace),
             ("log_format", &self.log_format),
         ];
