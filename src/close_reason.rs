@@ -1,6 +1,11 @@
 //! Why a connection ended: a closed set with one spelling, shared by logs, counters and tests.
 
 use std::fmt;
+use std::io;
+
+use socket2::SockRef;
+
+use crate::sockopt;
 
 /// The one reason a connection closed. Never parsed out of an error string: the code that
 /// decides to close names it.
@@ -37,6 +42,31 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// The reason a socket error on `socket` means, or `None` for an error no reason names.
+    /// `after_eof`: the peer had already closed its side, so a reset is its normal end.
+    ///
+    /// `ETIMEDOUT` is told apart by the socket's `TCP_INFO`: unanswered keep-alive probes, or
+    /// data left unacknowledged past `TCP_USER_TIMEOUT`.
+    pub fn from_io_error(
+        error: &io::Error,
+        socket: SockRef<'_>,
+        after_eof: bool,
+    ) -> Option<CloseReason> {
+        use io::ErrorKind::*;
+        Some(match error.kind() {
+            ConnectionReset | ConnectionAborted | BrokenPipe if after_eof => {
+                CloseReason::PeerClosed
+            }
+            ConnectionReset | ConnectionAborted | BrokenPipe => CloseReason::Reset,
+            TimedOut | HostUnreachable | NetworkUnreachable => match sockopt::timeout_cause(socket)
+            {
+                Some(sockopt::TimeoutCause::Retransmission) => CloseReason::UserTimeout,
+                Some(sockopt::TimeoutCause::Keepalive) | None => CloseReason::KeepaliveTimeout,
+            },
+            _ => return None,
+        })
+    }
+
     /// Every reason, for counters and reports.
     pub const ALL: [CloseReason; 14] = [
         CloseReason::PeerClosed,

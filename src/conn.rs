@@ -36,7 +36,6 @@ use crate::protocol::{self, Decoder, ErrorCode, Frame, Inbound, Item, ItemError,
 use crate::queue::{Producer, Pushed};
 use crate::record::Record;
 use crate::registry::{ConnGuard, ConnInfo};
-use crate::sockopt;
 
 /// Bytes asked of the kernel per read. Objects larger than this take several reads.
 const READ_CHUNK: usize = 4096;
@@ -487,22 +486,12 @@ impl Connection {
     /// Names a socket error. `ETIMEDOUT` (or an unreachable host reported while retrying) comes
     /// from the user timeout when sent data was unacknowledged, from keep-alive otherwise.
     fn io_close(&self, error: &io::Error) -> Close {
-        use io::ErrorKind::*;
-        let reason = match error.kind() {
-            ConnectionReset | ConnectionAborted | BrokenPipe if self.eof => CloseReason::PeerClosed,
-            ConnectionReset | ConnectionAborted | BrokenPipe => CloseReason::Reset,
-            TimedOut | HostUnreachable | NetworkUnreachable => {
-                match sockopt::timeout_cause(SockRef::from(&self.stream)) {
-                    Some(sockopt::TimeoutCause::Retransmission) => CloseReason::UserTimeout,
-                    Some(sockopt::TimeoutCause::Keepalive) | None => CloseReason::KeepaliveTimeout,
-                }
-            }
-            _ => {
+        CloseReason::from_io_error(error, SockRef::from(&self.stream), self.eof)
+            .unwrap_or_else(|| {
                 tracing::warn!(conn_id = self.info.id, error = %error, "unexpected socket error");
                 CloseReason::InternalError
-            }
-        };
-        reason.into()
+            })
+            .into()
     }
 
     /// Handles every complete object in the read buffer, until one blocks.

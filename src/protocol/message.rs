@@ -63,6 +63,27 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::MissingIp,
+        ErrorCode::InvalidIp,
+        ErrorCode::InvalidId,
+        ErrorCode::UnexpectedType,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::TooManyErrors,
+        ErrorCode::QueueFull,
+        ErrorCode::ServerFull,
+        ErrorCode::SinkFailed,
+        ErrorCode::MaxAge,
+        ErrorCode::ShuttingDown,
+    ];
+
+    /// The code with this spelling, if it is one.
+    pub fn from_wire(text: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|code| code.as_str() == text)
+    }
+
     /// The spelling on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -265,6 +286,89 @@ pub enum Outbound {
     },
 }
 
+/// A message from the server, as a client reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The sink has the item with this id (raw JSON, as the client wrote it).
+    Ack {
+        /// The item's `id`.
+        id: Bytes,
+    },
+    /// An item was refused, or the connection is about to close.
+    Error {
+        /// The code, when it is one this build knows.
+        code: Option<ErrorCode>,
+        /// The code as sent.
+        code_text: String,
+        /// A message for people.
+        message: String,
+        /// The `id` of the item concerned, if any.
+        id: Option<Bytes>,
+    },
+    /// The server checks the client is alive.
+    Ping,
+    /// Answer to the client's `ping`.
+    Pong,
+    /// Answer to the client's `hello`.
+    Hello {
+        /// The server's ping interval in milliseconds; 0 when its heartbeat is off.
+        heartbeat_ms: u64,
+        /// The largest object the server accepts, in bytes.
+        max_frame: usize,
+    },
+}
+
+/// A server message that cannot be understood.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unreadable server message: {0}")]
+pub struct ReplyError(String);
+
+#[derive(Deserialize)]
+struct WireReply<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    code: Option<Cow<'a, str>>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    heartbeat_ms: Option<u64>,
+    #[serde(default)]
+    max_frame: Option<usize>,
+}
+
+/// Interprets one object the server sent.
+pub fn parse_reply(frame: &[u8]) -> Result<Reply, ReplyError> {
+    let wire: WireReply<'_> =
+        serde_json::from_slice(frame).map_err(|e| ReplyError(e.to_string()))?;
+    let id = wire
+        .id
+        .map(|raw| Bytes::copy_from_slice(raw.get().as_bytes()));
+    Ok(match wire.kind.as_ref() {
+        "ack" => Reply::Ack {
+            id: id.ok_or_else(|| ReplyError("an ack without id".into()))?,
+        },
+        "error" => {
+            let code_text = wire.code.unwrap_or_default().into_owned();
+            Reply::Error {
+                code: ErrorCode::from_wire(&code_text),
+                code_text,
+                message: wire.message.unwrap_or_default(),
+                id,
+            }
+        }
+        "ping" => Reply::Ping,
+        "pong" => Reply::Pong,
+        "hello" => Reply::Hello {
+            heartbeat_ms: wire.heartbeat_ms.unwrap_or(0),
+            max_frame: wire.max_frame.unwrap_or(usize::MAX),
+        },
+        other => return Err(ReplyError(format!("unknown type {other:?}"))),
+    })
+}
+
 impl From<ItemError> for Outbound {
     fn from(error: ItemError) -> Outbound {
         Outbound::Error {
@@ -323,6 +427,55 @@ impl Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_outbound_message_reads_back_as_a_reply() {
+        let cases = [
+            (
+                Outbound::Ack {
+                    id: Bytes::from_static(b"17"),
+                },
+                Reply::Ack {
+                    id: Bytes::from_static(b"17"),
+                },
+            ),
+            (
+                Outbound::Error {
+                    code: ErrorCode::QueueFull,
+                    message: "full \"now\"".into(),
+                    id: Some(Bytes::from_static(b"\"a\"")),
+                },
+                Reply::Error {
+                    code: Some(ErrorCode::QueueFull),
+                    code_text: "queue_full".into(),
+                    message: "full \"now\"".into(),
+                    id: Some(Bytes::from_static(b"\"a\"")),
+                },
+            ),
+            (Outbound::Ping, Reply::Ping),
+            (Outbound::Pong, Reply::Pong),
+            (
+                Outbound::Hello {
+                    heartbeat_ms: 1500,
+                    max_frame: 4096,
+                },
+                Reply::Hello {
+                    heartbeat_ms: 1500,
+                    max_frame: 4096,
+                },
+            ),
+        ];
+        for (outbound, reply) in cases {
+            let mut line = BytesMut::new();
+            outbound.encode(&mut line);
+            assert_eq!(parse_reply(&line), Ok(reply));
+        }
+        assert!(parse_reply(br#"{"type":"nonsense"}"#).is_err());
+        assert!(parse_reply(br#"{"type":"ack"}"#).is_err());
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_wire(code.as_str()), Some(code));
+        }
+    }
 
     fn parse_str(s: &str) -> Result<Inbound, ItemError> {
         parse(Bytes::copy_from_slice(s.as_bytes()))

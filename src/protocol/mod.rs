@@ -2,10 +2,12 @@
 //!
 //! [`Decoder`] cuts complete objects out of a byte buffer without parsing them; [`parse`] turns
 //! one object into an [`Inbound`] message or an [`ItemError`]; [`Outbound`] encodes what the
-//! server sends. Nothing here does I/O.
+//! server sends and [`parse_reply`] reads it back on the client's side. Nothing here does I/O.
 
 mod decoder;
 mod message;
 
 pub use decoder::{Decoder, Frame, FrameTooLarge};
-pub use message::{parse, ErrorCode, Inbound, Item, ItemError, Outbound};
+pub use message::{
+    parse, parse_reply, ErrorCode, Inbound, Item, ItemError, Outbound, Reply, ReplyError,
+};
