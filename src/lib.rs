@@ -23,6 +23,7 @@
 #![warn(clippy::unwrap_used)]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod close_reason;
 pub mod config;
 mod conn;

@@ -1,5 +1,6 @@
 //! Command-line parsing, logging set-up and exit codes.
 
+mod send;
 mod serve;
 
 use std::process::ExitCode;
@@ -17,7 +18,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Accept connections, ingest JSON items into the sink, close dead peers within bounds.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
+    /// Deliver items (NDJSON or bare addresses) to a server, reconnecting and resending.
+    Send(Box<send::SendArgs>),
 }
 
 /// Exit status for a configuration error, so scripts can tell it from a runtime failure.
@@ -26,10 +29,11 @@ const EXIT_CONFIG: u8 = 2;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args).map(|()| ExitCode::SUCCESS),
+        Command::Send(args) => send::run(*args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("connwarden: error: {error:#}");
             if error
@@ -47,13 +51,34 @@ pub fn main() -> ExitCode {
 /// Logs go to standard error (standard output may be the sink), as text or JSON lines.
 /// `RUST_LOG` filters them (default `info`).
 fn init_logging(format: connwarden::config::LogFormat) {
+    init_logging_with(format, None);
+}
+
+/// Like [`init_logging`]; with a progress bar, each log line hides the bar while it is written.
+fn init_logging_with(format: connwarden::config::LogFormat, bar: Option<indicatif::ProgressBar>) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(move || StderrBesideBar(bar.clone()));
     match format {
         connwarden::config::LogFormat::Text => builder.with_ansi(false).init(),
         connwarden::config::LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Standard error, written with the progress bar (if any) out of the way.
+struct StderrBesideBar(Option<indicatif::ProgressBar>);
+
+impl std::io::Write for StderrBesideBar {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &self.0 {
+            Some(bar) => bar.suspend(|| std::io::stderr().write(buf)),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }

@@ -81,7 +81,9 @@ impl ErrorCode {
 
     /// The code with this spelling, if it is one.
     pub fn from_wire(text: &str) -> Option<ErrorCode> {
-        ErrorCode::ALL.into_iter().find(|code| code.as_str() == text)
+        ErrorCode::ALL
+            .into_iter()
+            .find(|code| code.as_str() == text)
     }
 
     /// The spelling on the wire.

@@ -1,0 +1,334 @@
+//! `connwarden send`: read items (NDJSON objects or bare addresses, one per line) and deliver
+//! them with the client library.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::BytesMut;
+use clap::Args;
+use connwarden::client::{
+    BackoffPolicy, Client, ClientConfig, ClientError, OutItem, Progress, Summary,
+};
+use connwarden::config::{self, LogFormat, UserTimeout};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::time::Instant;
+
+/// Flags of `send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Server address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000")]
+    to: String,
+    /// Number items and wait for every ack; unacknowledged items are sent again after a
+    /// reconnect. Without it an item is done once written.
+    #[arg(long)]
+    ack: bool,
+    /// Items in flight (sent and not yet acknowledged), at most.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    window: usize,
+    /// Items per second, at most [default: as fast as the server takes them].
+    #[arg(long, value_name = "PER_SEC")]
+    rate: Option<f64>,
+    /// Input: a file of NDJSON objects or addresses, one per line, or - for standard input.
+    #[arg(value_name = "FILE|-", default_value = "-")]
+    input: String,
+    /// Longest wait for a connection and the server's hello [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    connect_timeout: Option<Duration>,
+    /// TCP_KEEPIDLE of the client's socket [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    keepalive_idle: Option<Duration>,
+    /// TCP_KEEPINTVL [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    keepalive_interval: Option<Duration>,
+    /// TCP_KEEPCNT [default: 3].
+    #[arg(long, value_name = "N")]
+    keepalive_count: Option<u32>,
+    /// TCP_USER_TIMEOUT: auto (idle + interval x count), a duration, or off [default: auto].
+    #[arg(long, value_name = "auto|off|DURATION", value_parser = user_timeout)]
+    user_timeout: Option<UserTimeout>,
+    /// Inbound silence after which the client pings the server [default: 15s].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    heartbeat_interval: Option<Duration>,
+    /// Silent intervals after which the connection is given up [default: 3].
+    #[arg(long, value_name = "N")]
+    heartbeat_misses: Option<u32>,
+    /// First reconnect delay ceiling (full jitter below it) [default: 100ms].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    backoff_initial: Option<Duration>,
+    /// Largest reconnect delay ceiling [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    backoff_max: Option<Duration>,
+    /// Give up after this long without a working connection, or off [default: off].
+    #[arg(long, value_name = "DURATION", value_parser = optional_duration)]
+    give_up: Option<Option<Duration>>,
+    /// SO_RCVBUF in bytes, set before connect, or auto [default: auto].
+    #[arg(long, value_name = "SIZE", value_parser = buffer)]
+    recv_buffer: Option<Option<usize>>,
+    /// SO_SNDBUF in bytes, set before connect, or auto [default: auto].
+    #[arg(long, value_name = "SIZE", value_parser = buffer)]
+    send_buffer: Option<Option<usize>>,
+    /// Log format: text or json.
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = log_format)]
+    log_format: LogFormat,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    config::parse_duration(text)
+}
+fn optional_duration(text: &str) -> Result<Option<Duration>, String> {
+    config::parse_optional_duration(text)
+}
+fn user_timeout(text: &str) -> Result<UserTimeout, String> {
+    config::parse_user_timeout(text)
+}
+fn buffer(text: &str) -> Result<Option<usize>, String> {
+    config::parse_buffer(text)
+}
+fn log_format(text: &str) -> Result<LogFormat, String> {
+    match text {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected text or json".into()),
+    }
+}
+
+impl SendArgs {
+    fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        anyhow::ensure!(self.window > 0, "--window must be at least 1");
+        if let Some(rate) = self.rate {
+            anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be above 0");
+        }
+        let mut config = ClientConfig::new(self.to.clone());
+        config.ack = self.ack;
+        config.window = self.window;
+        let defaults = BackoffPolicy::default();
+        config.backoff = BackoffPolicy {
+            initial: self.backoff_initial.unwrap_or(defaults.initial),
+            max: self.backoff_max.unwrap_or(defaults.max),
+            give_up: self.give_up.unwrap_or(defaults.give_up),
+        };
+        set(&mut config.connect_timeout, self.connect_timeout);
+        set(&mut config.keepalive.idle, self.keepalive_idle);
+        set(&mut config.keepalive.interval, self.keepalive_interval);
+        set(&mut config.keepalive.count, self.keepalive_count);
+        set(&mut config.user_timeout, self.user_timeout);
+        set(&mut config.heartbeat_interval, self.heartbeat_interval);
+        set(&mut config.heartbeat_misses, self.heartbeat_misses);
+        set(&mut config.recv_buffer, self.recv_buffer);
+        set(&mut config.send_buffer, self.send_buffer);
+        anyhow::ensure!(
+            config.heartbeat_misses > 0,
+            "--heartbeat-misses must be at least 1"
+        );
+        anyhow::ensure!(
+            !config.heartbeat_interval.is_zero(),
+            "--heartbeat-interval must be above 0"
+        );
+        Ok(config)
+    }
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *field = value;
+    }
+}
+
+/// Lines of the input the client refused before sending, by error code.
+#[derive(Default)]
+struct Refused {
+    by_code: BTreeMap<String, u64>,
+}
+
+pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
+    let config = args.client_config()?;
+    let bar = std::io::stderr().is_terminal().then(progress_bar);
+    super::init_logging_with(args.log_format, bar.clone());
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
+    runtime.block_on(async move {
+        let input: Box<dyn AsyncRead + Unpin + Send> = if args.input == "-" {
+            Box::new(tokio::io::stdin())
+        } else {
+            let path = PathBuf::from(&args.input);
+            Box::new(
+                tokio::fs::File::open(&path)
+                    .await
+                    .with_context(|| format!("cannot open {}", path.display()))?,
+            )
+        };
+        tracing::info!(to = %config.addr, ack = config.ack, window = config.window, liveness_bound_ms = config.liveness_bound().as_millis() as u64, "sending");
+        let started = Instant::now();
+        let client = Client::start(config);
+        let ticker = bar.clone().map(|bar| tokio::spawn(tick(bar, client.progress())));
+        let read = feed(input, &client, args.rate).await;
+        let result = client.finish().await;
+        if let Some(ticker) = ticker {
+            ticker.abort();
+        }
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        let refused = read?;
+        report(result, refused, started.elapsed(), args.ack)
+    })
+}
+
+/// Reads lines, checks each, and hands the good ones to the client at the requested rate.
+async fn feed(
+    mut input: Box<dyn AsyncRead + Unpin + Send>,
+    client: &Client,
+    rate: Option<f64>,
+) -> anyhow::Result<Refused> {
+    let mut refused = Refused::default();
+    let mut buf = BytesMut::with_capacity(256 * 1024);
+    let mut line_number = 0u64;
+    let mut handed = 0u64;
+    let started = Instant::now();
+    loop {
+        if buf.capacity() - buf.len() < 64 * 1024 {
+            buf.reserve(256 * 1024);
+        }
+        let n = input
+            .read_buf(&mut buf)
+            .await
+            .context("cannot read the input")?;
+        let at_end = n == 0;
+        loop {
+            let line = match buf.iter().position(|b| *b == b'\n') {
+                Some(newline) => buf.split_to(newline + 1).freeze(),
+                None if at_end && !buf.is_empty() => buf.split().freeze(),
+                None => break,
+            };
+            line_number += 1;
+            match OutItem::from_line(line) {
+                Ok(Some(item)) => {
+                    if let Some(rate) = rate {
+                        let due = started + Duration::from_secs_f64(handed as f64 / rate);
+                        tokio::time::sleep_until(due).await;
+                    }
+                    if client.send(item).await.is_err() {
+                        // The client stopped (gave up); `finish` says why.
+                        return Ok(refused);
+                    }
+                    handed += 1;
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(line = line_number, code = %error.code, message = %error.message, "line refused");
+                    *refused.by_code.entry(error.code.to_string()).or_default() += 1;
+                }
+            }
+        }
+        if at_end {
+            return Ok(refused);
+        }
+    }
+}
+
+fn report(
+    result: Result<Summary, ClientError>,
+    refused: Refused,
+    elapsed: Duration,
+    ack: bool,
+) -> anyhow::Result<ExitCode> {
+    let (summary, failure) = match result {
+        Ok(summary) => (summary, None),
+        Err(ClientError::GaveUp {
+            summary,
+            addr,
+            after,
+            last,
+            unsettled,
+        }) => {
+            let message = format!(
+                "gave up on {addr} after {}: {last}; {unsettled} items not delivered",
+                humantime::format_duration(after)
+            );
+            (*summary, Some(message))
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let mut rejected = refused.by_code;
+    for (code, count) in &summary.rejected {
+        *rejected.entry(code.clone()).or_default() += count;
+    }
+    let rejected_total: u64 = rejected.values().sum();
+    let delivered = if ack {
+        summary.acknowledged
+    } else {
+        summary.written
+    };
+    let rate = delivered as f64 / elapsed.as_secs_f64().max(1e-9);
+    let codes: Vec<String> = rejected.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+    eprintln!(
+        "sent {} items, {} {}, resent {}, rejected {}{} over {} connections in {:.2} s ({:.0} items/s)",
+        summary.sent,
+        if ack { "acknowledged" } else { "written" },
+        delivered,
+        summary.resent,
+        rejected_total,
+        if codes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", codes.join(", "))
+        },
+        summary.connections,
+        elapsed.as_secs_f64(),
+        rate,
+    );
+    if let Some(message) = failure {
+        eprintln!("connwarden: error: {message}");
+        return Ok(ExitCode::FAILURE);
+    }
+    let all_delivered = delivered + summary.rejected.values().sum::<u64>() == summary.taken;
+    Ok(if all_delivered && rejected_total == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+            .expect("the template is valid"),
+    );
+    bar
+}
+
+/// Refreshes the progress line from the client's counters.
+async fn tick(bar: ProgressBar, progress: Arc<Progress>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(200));
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        interval.tick().await;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let done = load(&progress.acknowledged) + load(&progress.written);
+        let now = Instant::now();
+        let rate = (done - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-9);
+        last = (now, done);
+        bar.set_message(format!(
+            "sent {} · done {} · resent {} · rejected {} · {:.0}/s · {}",
+            load(&progress.sent),
+            done,
+            load(&progress.resent),
+            load(&progress.rejected),
+            rate,
+            if progress.connected.load(Ordering::Relaxed) {
+                "connected"
+            } else {
+                "reconnecting"
+            }
+        ));
+        bar.tick();
+    }
+}

@@ -1,0 +1,115 @@
+//! Opening a connection: resolve, create the socket, set its options with the server's code,
+//! connect within a timeout.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::{TcpSocket, TcpStream};
+
+use super::ClientConfig;
+use crate::sockopt::{self, SocketOptions, SockoptError};
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The address does not resolve.
+    #[error("cannot resolve {addr}")]
+    Resolve {
+        /// The address as configured.
+        addr: String,
+        #[source]
+        /// The resolver's answer.
+        source: io::Error,
+    },
+    /// The address resolves to nothing.
+    #[error("{addr} resolves to no address")]
+    NoAddress {
+        /// The address as configured.
+        addr: String,
+    },
+    /// A socket option could not be set.
+    #[error("cannot prepare a socket for {addr}")]
+    Sockopt {
+        /// The address tried.
+        addr: SocketAddr,
+        #[source]
+        /// The option that failed.
+        source: SockoptError,
+    },
+    /// The connection was refused, unreachable, or not established in time.
+    #[error("cannot connect to {addr}")]
+    Connect {
+        /// The address tried.
+        addr: SocketAddr,
+        #[source]
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Connects to the first address of `config.addr` that answers.
+pub(super) async fn connect(config: &ClientConfig) -> Result<TcpStream, DialError> {
+    let resolved = tokio::time::timeout(
+        config.connect_timeout,
+        tokio::net::lookup_host(config.addr.as_str()),
+    )
+    .await
+    .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))
+    .map_err(|source| DialError::Resolve {
+        addr: config.addr.clone(),
+        source,
+    })?;
+    let options = config.socket_options();
+    let mut last = None;
+    for addr in resolved {
+        match connect_one(addr, &options, config.connect_timeout).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| DialError::NoAddress {
+        addr: config.addr.clone(),
+    }))
+}
+
+async fn connect_one(
+    addr: SocketAddr,
+    options: &SocketOptions,
+    timeout: Duration,
+) -> Result<TcpStream, DialError> {
+    let connect_error = |source| DialError::Connect { addr, source };
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(connect_error)?;
+    // Buffers before `connect`, so the window scale negotiated in the handshake fits them;
+    // liveness options before the first byte, so no instant of the connection is unbounded.
+    let prepare = sockopt::apply_buffers(SockRef::from(&socket), options)
+        .and_then(|()| sockopt::apply(SockRef::from(&socket), options));
+    prepare.map_err(|source| DialError::Sockopt { addr, source })?;
+    match tokio::time::timeout(timeout, socket.connect(addr)).await {
+        Ok(connected) => connected.map_err(connect_error),
+        Err(_) => Err(connect_error(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "not established within {}",
+                humantime::format_duration(timeout)
+            ),
+        ))),
+    }
+}
+
+/// Reads the options back from a connected socket and warns about each the kernel changed.
+pub(super) fn check_options(stream: &TcpStream, asked: &SocketOptions) {
+    let effective = sockopt::read_back(SockRef::from(stream));
+    let mismatches = effective.mismatches(asked);
+    if mismatches.is_empty() {
+        tracing::info!(effective = ?effective, "client socket options in force");
+    }
+    for mismatch in mismatches {
+        tracing::warn!(option = mismatch.option, asked = %mismatch.asked, effective = %mismatch.effective, "the kernel changed a socket option");
+    }
+}

@@ -1,0 +1,349 @@
+//! One connection of a client: greet, send from the window, settle acks, keep the heartbeat,
+//! and name the reason it ended.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use socket2::SockRef;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::dial::DialError;
+use super::{ClientConfig, Delivery, Progress};
+use crate::close_reason::CloseReason;
+use crate::protocol::{parse_reply, Decoder, ErrorCode, Frame, Reply};
+
+/// Output the client gathers before writing; also the most it holds unwritten.
+const OUT_TARGET: usize = 64 * 1024;
+/// Largest server message the client reads (the server's are a few hundred bytes).
+const MAX_REPLY: usize = 64 * 1024;
+/// Items taken from the input in one go, between two looks at the socket.
+const INPUT_BATCH: usize = 256;
+
+/// Why a connection (or an attempt) ended.
+#[derive(Debug)]
+pub enum EndReason {
+    /// Every item is settled and no more will come.
+    Finished,
+    /// No connection could be made.
+    Dial(DialError),
+    /// The connection died or was closed, for this reason.
+    Lost(CloseReason),
+    /// The server refused to go on with this code: `server_full`, `shutting_down`, `max_age`,
+    /// or an item refused for a passing reason (`queue_full`, `sink_failed`), which is resent.
+    Refused(ErrorCode),
+    /// The server said something the client cannot read.
+    Protocol(String),
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndReason::Finished => f.write_str("finished"),
+            EndReason::Dial(error) => {
+                write!(f, "{error}")?;
+                if let Some(source) = std::error::Error::source(error) {
+                    write!(f, ": {source}")?;
+                }
+                Ok(())
+            }
+            EndReason::Lost(reason) => f.write_str(reason.as_str()),
+            EndReason::Refused(code) => write!(f, "server sent {code}"),
+            EndReason::Protocol(what) => write!(f, "protocol error: {what}"),
+        }
+    }
+}
+
+/// How a session ended.
+#[derive(Debug)]
+pub struct SessionEnd {
+    /// Why.
+    pub reason: EndReason,
+    /// The server answered `hello`: the connection worked, so the backoff starts over.
+    pub greeted: bool,
+}
+
+impl SessionEnd {
+    pub(super) fn failed(error: DialError) -> SessionEnd {
+        SessionEnd {
+            reason: EndReason::Dial(error),
+            greeted: false,
+        }
+    }
+
+    /// A connection that ended in good order (its age reached, every in-flight item settled)
+    /// is replaced without waiting.
+    pub(super) fn reconnect_at_once(&self) -> bool {
+        self.greeted && matches!(self.reason, EndReason::Refused(ErrorCode::MaxAge))
+    }
+}
+
+/// Runs one connection until it ends; see [`EndReason`].
+pub(super) async fn run(
+    stream: TcpStream,
+    config: &ClientConfig,
+    delivery: &mut Delivery,
+) -> SessionEnd {
+    let mut session = Session {
+        config,
+        out: BytesMut::with_capacity(OUT_TARGET),
+        read_buf: BytesMut::with_capacity(8 * 1024),
+        decoder: Decoder::new(MAX_REPLY),
+        greeted: false,
+        server_max_frame: usize::MAX,
+        last_inbound: Instant::now(),
+        silent_intervals: 0,
+        draining: false,
+        closing_code: None,
+        eof: false,
+    };
+    delivery.window.rewind();
+    let hello = format!(
+        "{{\"type\":\"hello\",\"client\":{}}}\n",
+        serde_json::Value::from(config.name.as_str())
+    );
+    session.out.put_slice(hello.as_bytes());
+    let (reader, mut writer) = stream.into_split();
+    let reason = session.drive(reader, &mut writer, delivery).await;
+    if matches!(reason, EndReason::Finished) {
+        // Our side is done: the server sees end of stream and closes in good order.
+        let _ = writer.shutdown().await;
+    }
+    SessionEnd {
+        reason,
+        greeted: session.greeted,
+    }
+}
+
+struct Session<'c> {
+    config: &'c ClientConfig,
+    /// Bytes to write: hello, pings, pongs and items.
+    out: BytesMut,
+    read_buf: BytesMut,
+    decoder: Decoder,
+    greeted: bool,
+    server_max_frame: usize,
+    last_inbound: Instant,
+    /// Heartbeat intervals gone by without an inbound byte.
+    silent_intervals: u32,
+    /// The server asked for a new connection (`max_age`): send nothing new, wait for the acks
+    /// of what is in flight, then reconnect.
+    draining: bool,
+    /// The last connection-level error the server sent, which names the close that follows.
+    closing_code: Option<ErrorCode>,
+    eof: bool,
+}
+
+impl Session<'_> {
+    async fn drive(
+        &mut self,
+        mut reader: OwnedReadHalf,
+        writer: &mut tokio::net::tcp::OwnedWriteHalf,
+        delivery: &mut Delivery,
+    ) -> EndReason {
+        let connected_at = Instant::now();
+        loop {
+            if self.greeted && !self.draining {
+                self.fill(delivery);
+            }
+            if delivery.done() && self.out.is_empty() {
+                return EndReason::Finished;
+            }
+            if self.draining && delivery.window.in_flight() == 0 && self.out.is_empty() {
+                return EndReason::Refused(ErrorCode::MaxAge);
+            }
+            let heartbeat_at =
+                self.last_inbound + self.config.heartbeat_interval * (self.silent_intervals + 1);
+            let greet_by = connected_at + self.config.connect_timeout;
+            let take_input = delivery.input_open && delivery.window.has_room() && !self.draining;
+            tokio::select! {
+                biased;
+                read = reader.read_buf(&mut self.read_buf) => match read {
+                    Ok(0) => {
+                        self.eof = true;
+                        return self.closed_by_server();
+                    }
+                    Ok(_) => {
+                        self.last_inbound = Instant::now();
+                        self.silent_intervals = 0;
+                        if let Some(end) = self.handle_replies(delivery) {
+                            return end;
+                        }
+                    }
+                    Err(error) => return self.io_end(&error, reader.as_ref()),
+                },
+                written = writer.write_buf(&mut self.out), if !self.out.is_empty() => {
+                    if let Err(error) = written {
+                        return self.io_end(&error, reader.as_ref());
+                    }
+                    if self.out.is_empty() && !self.config.ack {
+                        let settled = delivery.window.settle_sent() as u64;
+                        delivery.summary.written += settled;
+                        Progress::add(&delivery.progress.written, settled);
+                    }
+                }
+                item = delivery.input.recv(), if take_input => match item {
+                    Some(object) => {
+                        take(delivery, object);
+                        for _ in 1..INPUT_BATCH {
+                            if !delivery.window.has_room() {
+                                break;
+                            }
+                            match delivery.input.try_recv() {
+                                Ok(object) => take(delivery, object),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => delivery.input_open = false,
+                },
+                () = tokio::time::sleep_until(heartbeat_at) => {
+                    self.silent_intervals += 1;
+                    if self.silent_intervals >= self.config.heartbeat_misses.max(1) {
+                        return EndReason::Lost(CloseReason::HeartbeatTimeout);
+                    }
+                    self.out.put_slice(b"{\"type\":\"ping\"}\n");
+                }
+                () = tokio::time::sleep_until(greet_by), if !self.greeted => {
+                    return EndReason::Protocol(format!(
+                        "no hello from the server within {}",
+                        humantime::format_duration(self.config.connect_timeout)
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Moves unsent items of the window into the output.
+    fn fill(&mut self, delivery: &mut Delivery) {
+        if self.out.len() >= OUT_TARGET || !delivery.window.has_unsent() {
+            return;
+        }
+        let filled = delivery
+            .window
+            .fill(&mut self.out, OUT_TARGET, self.server_max_frame);
+        delivery.summary.sent += filled.items;
+        delivery.summary.resent += filled.resent;
+        Progress::add(&delivery.progress.sent, filled.items);
+        Progress::add(&delivery.progress.resent, filled.resent);
+        for seq in filled.too_large {
+            delivery.refuse(
+                seq,
+                ErrorCode::FrameTooLarge.as_str(),
+                "larger than the server's max_frame",
+            );
+        }
+    }
+
+    /// Handles every complete message read; `Some` ends the session.
+    fn handle_replies(&mut self, delivery: &mut Delivery) -> Option<EndReason> {
+        loop {
+            let frame = match self.decoder.decode(&mut self.read_buf) {
+                Ok(Some(Frame::Object(frame))) => frame,
+                Ok(Some(Frame::Junk(junk))) => {
+                    return Some(EndReason::Protocol(format!(
+                        "not JSON: {:?}",
+                        String::from_utf8_lossy(&junk[..junk.len().min(80)])
+                    )))
+                }
+                Ok(None) => return None,
+                Err(too_large) => {
+                    return Some(EndReason::Protocol(format!(
+                        "a message over {} bytes",
+                        too_large.limit
+                    )))
+                }
+            };
+            let reply = match parse_reply(&frame) {
+                Ok(reply) => reply,
+                Err(error) => return Some(EndReason::Protocol(error.to_string())),
+            };
+            if let Some(end) = self.handle_reply(reply, delivery) {
+                return Some(end);
+            }
+        }
+    }
+
+    fn handle_reply(&mut self, reply: Reply, delivery: &mut Delivery) -> Option<EndReason> {
+        match reply {
+            Reply::Hello { max_frame, .. } => {
+                self.greeted = true;
+                self.server_max_frame = max_frame;
+                delivery.progress.connected.store(true, Ordering::Relaxed);
+            }
+            Reply::Ping => self.out.put_slice(b"{\"type\":\"pong\"}\n"),
+            Reply::Pong => {}
+            Reply::Ack { id } => match sequence(&id) {
+                Some(seq) => {
+                    if delivery.window.settle(seq) == super::window::Settled::Now {
+                        delivery.summary.acknowledged += 1;
+                        Progress::add(&delivery.progress.acknowledged, 1);
+                    }
+                }
+                None => {
+                    tracing::warn!(id = %String::from_utf8_lossy(&id), "ack for an id this client never sent")
+                }
+            },
+            Reply::Error {
+                code,
+                code_text,
+                message,
+                id,
+            } => {
+                let seq = id.as_deref().and_then(sequence);
+                match (code, seq) {
+                    // Passing trouble on the server: the item was not stored; resend it (and
+                    // what follows, in order) on a new connection, after the backoff.
+                    (Some(code @ (ErrorCode::QueueFull | ErrorCode::SinkFailed)), Some(_)) => {
+                        tracing::warn!(code = %code, message, "the server could not store an item; it will be sent again");
+                        return Some(EndReason::Refused(code));
+                    }
+                    (_, Some(seq)) => delivery.refuse(seq, &code_text, &message),
+                    (Some(ErrorCode::MaxAge), None) => self.draining = true,
+                    (Some(code @ (ErrorCode::ServerFull | ErrorCode::ShuttingDown)), None) => {
+                        return Some(EndReason::Refused(code));
+                    }
+                    (code, None) => {
+                        tracing::warn!(code = %code_text, message, "error from the server");
+                        self.closing_code = code;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The server closed its side; the reason is the last error it sent, if it said one.
+    fn closed_by_server(&self) -> EndReason {
+        match self.closing_code {
+            Some(ErrorCode::FrameTooLarge) => EndReason::Lost(CloseReason::FrameTooLarge),
+            Some(ErrorCode::TooManyErrors) => EndReason::Lost(CloseReason::ProtocolError),
+            Some(code) => EndReason::Refused(code),
+            None => EndReason::Lost(CloseReason::PeerClosed),
+        }
+    }
+
+    fn io_end(&self, error: &std::io::Error, stream: &TcpStream) -> EndReason {
+        match CloseReason::from_io_error(error, SockRef::from(stream), self.eof) {
+            Some(reason) => EndReason::Lost(reason),
+            None => {
+                tracing::warn!(error = %error, "unexpected socket error");
+                EndReason::Lost(CloseReason::InternalError)
+            }
+        }
+    }
+}
+
+fn take(delivery: &mut Delivery, object: Bytes) {
+    delivery.window.push(object);
+    delivery.summary.taken += 1;
+    Progress::add(&delivery.progress.taken, 1);
+}
+
+/// The sequence number in an echoed `id`.
+fn sequence(id: &[u8]) -> Option<u64> {
+    std::str::from_utf8(id).ok()?.parse().ok()
+}
