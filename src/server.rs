@@ -306,7 +306,7 @@ fn report_start(config: &Config, options: &SocketOptions, listeners: &[TcpListen
             send_buffer = effective.send_buffer,
             "listening"
         );
-        warn_mismatches(&effective, options, "listener");
+        sockopt::warn_mismatches(&effective, options, "listener");
     }
     let missing = sockopt::SUPPORT.missing();
     if !missing.is_empty() {
@@ -334,18 +334,6 @@ fn report_start(config: &Config, options: &SocketOptions, listeners: &[TcpListen
         }
         Ok(None) => {}
         Err(error) => tracing::warn!(error = %error, "cannot raise the open-file limit"),
-    }
-}
-
-fn warn_mismatches(effective: &sockopt::Effective, asked: &SocketOptions, socket: &'static str) {
-    for mismatch in effective.mismatches(asked) {
-        tracing::warn!(
-            socket,
-            option = mismatch.option,
-            asked = %mismatch.asked,
-            effective = %mismatch.effective,
-            "the kernel changed a socket option"
-        );
     }
 }
 
@@ -395,7 +383,7 @@ impl Acceptor {
             return;
         }
         if !self.checked_first.swap(true, Ordering::Relaxed) {
-            warn_mismatches(
+            sockopt::warn_mismatches(
                 &sockopt::read_back(SockRef::from(&stream)),
                 &self.options,
                 "accepted",

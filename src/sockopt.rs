@@ -251,6 +251,47 @@ pub struct Effective {
     pub send_buffer: Option<usize>,
 }
 
+impl std::fmt::Display for Effective {
+    /// One line for logs: `keepalive on idle 30s interval 10s count 3, user_timeout 60s, …`;
+    /// `?` marks what this platform cannot read.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn show<T: std::fmt::Display>(value: Option<T>) -> String {
+            value.map_or_else(|| "?".to_owned(), |v| v.to_string())
+        }
+        let secs = |d: Option<Duration>| show(d.map(|d| humantime::format_duration(d)));
+        write!(
+            f,
+            "keepalive {} idle {} interval {} count {}, user_timeout {}, nodelay {}, rcvbuf {}, sndbuf {}",
+            match self.keepalive {
+                Some(true) => "on",
+                Some(false) => "off",
+                None => "?",
+            },
+            secs(self.keepalive_idle),
+            secs(self.keepalive_interval),
+            show(self.keepalive_count),
+            self.user_timeout
+                .map_or_else(|| "off".to_owned(), |d| humantime::format_duration(d).to_string()),
+            show(self.nodelay),
+            show(self.recv_buffer),
+            show(self.send_buffer),
+        )
+    }
+}
+
+/// Logs a warning for each option of `socket` the kernel changed or refused.
+pub fn warn_mismatches(effective: &Effective, asked: &SocketOptions, socket: &'static str) {
+    for mismatch in effective.mismatches(asked) {
+        tracing::warn!(
+            socket,
+            option = mismatch.option,
+            asked = %mismatch.asked,
+            effective = %mismatch.effective,
+            "the kernel changed a socket option"
+        );
+    }
+}
+
 /// One option whose value in force is not the value asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mismatch {

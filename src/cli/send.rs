@@ -67,14 +67,14 @@ pub struct SendArgs {
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     backoff_max: Option<Duration>,
     /// Give up after this long without a working connection, or off [default: off].
-    #[arg(long, value_name = "DURATION", value_parser = optional_duration)]
-    give_up: Option<Option<Duration>>,
+    #[arg(long, value_name = "DURATION")]
+    give_up: Option<String>,
     /// SO_RCVBUF in bytes, set before connect, or auto [default: auto].
-    #[arg(long, value_name = "SIZE", value_parser = buffer)]
-    recv_buffer: Option<Option<usize>>,
+    #[arg(long, value_name = "SIZE")]
+    recv_buffer: Option<String>,
     /// SO_SNDBUF in bytes, set before connect, or auto [default: auto].
-    #[arg(long, value_name = "SIZE", value_parser = buffer)]
-    send_buffer: Option<Option<usize>>,
+    #[arg(long, value_name = "SIZE")]
+    send_buffer: Option<String>,
     /// Log format: text or json.
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = log_format)]
     log_format: LogFormat,
@@ -83,14 +83,18 @@ pub struct SendArgs {
 fn duration(text: &str) -> Result<Duration, String> {
     config::parse_duration(text)
 }
-fn optional_duration(text: &str) -> Result<Option<Duration>, String> {
-    config::parse_optional_duration(text)
-}
 fn user_timeout(text: &str) -> Result<UserTimeout, String> {
     config::parse_user_timeout(text)
 }
-fn buffer(text: &str) -> Result<Option<usize>, String> {
-    config::parse_buffer(text)
+/// Parses an optional flag whose value may be "off"/"auto" (clap reserves `Option<Option<T>>`).
+fn parse_flag<T>(
+    flag: &str,
+    text: &Option<String>,
+    parse: fn(&str) -> Result<T, String>,
+) -> anyhow::Result<Option<T>> {
+    text.as_deref()
+        .map(|t| parse(t).map_err(|reason| anyhow::anyhow!("--{flag} {t:?}: {reason}")))
+        .transpose()
 }
 fn log_format(text: &str) -> Result<LogFormat, String> {
     match text {
@@ -113,7 +117,8 @@ impl SendArgs {
         config.backoff = BackoffPolicy {
             initial: self.backoff_initial.unwrap_or(defaults.initial),
             max: self.backoff_max.unwrap_or(defaults.max),
-            give_up: self.give_up.unwrap_or(defaults.give_up),
+            give_up: parse_flag("give-up", &self.give_up, config::parse_optional_duration)?
+                .unwrap_or(defaults.give_up),
         };
         set(&mut config.connect_timeout, self.connect_timeout);
         set(&mut config.keepalive.idle, self.keepalive_idle);
@@ -122,8 +127,14 @@ impl SendArgs {
         set(&mut config.user_timeout, self.user_timeout);
         set(&mut config.heartbeat_interval, self.heartbeat_interval);
         set(&mut config.heartbeat_misses, self.heartbeat_misses);
-        set(&mut config.recv_buffer, self.recv_buffer);
-        set(&mut config.send_buffer, self.send_buffer);
+        set(
+            &mut config.recv_buffer,
+            parse_flag("recv-buffer", &self.recv_buffer, config::parse_buffer)?,
+        );
+        set(
+            &mut config.send_buffer,
+            parse_flag("send-buffer", &self.send_buffer, config::parse_buffer)?,
+        );
         anyhow::ensure!(
             config.heartbeat_misses > 0,
             "--heartbeat-misses must be at least 1"
@@ -222,7 +233,7 @@ async fn feed(
                 }
                 Ok(None) => {}
                 Err(error) => {
-                    tracing::warn!(line = line_number, code = %error.code, message = %error.message, "line refused");
+                    tracing::warn!(line = line_number, code = %error.code, detail = %error.message, "line refused");
                     *refused.by_code.entry(error.code.to_string()).or_default() += 1;
                 }
             }
@@ -250,7 +261,7 @@ fn report(
         }) => {
             let message = format!(
                 "gave up on {addr} after {}: {last}; {unsettled} items not delivered",
-                humantime::format_duration(after)
+                humantime::format_duration(Duration::from_millis(after.as_millis() as u64))
             );
             (*summary, Some(message))
         }

@@ -102,14 +102,10 @@ async fn connect_one(
     }
 }
 
-/// Reads the options back from a connected socket and warns about each the kernel changed.
+/// Reads the options back from a connected socket, logs them, and warns about each the kernel
+/// changed.
 pub(super) fn check_options(stream: &TcpStream, asked: &SocketOptions) {
     let effective = sockopt::read_back(SockRef::from(stream));
-    let mismatches = effective.mismatches(asked);
-    if mismatches.is_empty() {
-        tracing::info!(effective = ?effective, "client socket options in force");
-    }
-    for mismatch in mismatches {
-        tracing::warn!(option = mismatch.option, asked = %mismatch.asked, effective = %mismatch.effective, "the kernel changed a socket option");
-    }
+    tracing::info!(effective = %effective, "client socket options in force");
+    sockopt::warn_mismatches(&effective, asked, "client");
 }

@@ -182,7 +182,7 @@ pub struct Summary {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No working connection for the give-up time.
-    #[error("gave up on {addr} after {}: {last}; {unsettled} items not delivered", humantime::format_duration(*.after))]
+    #[error("gave up on {addr} after {}: {last}; {unsettled} items not delivered", humantime::format_duration(Duration::from_millis(.after.as_millis() as u64)))]
     GaveUp {
         /// The server.
         addr: String,
@@ -264,7 +264,7 @@ impl Delivery {
 
     fn refuse(&mut self, seq: u64, code: &str, message: &str) {
         if self.window.settle(seq) == window::Settled::Now {
-            tracing::warn!(item = seq, code, message, "item refused");
+            tracing::warn!(item = seq, code, detail = message, "item refused");
             *self.summary.rejected.entry(code.to_owned()).or_default() += 1;
             Progress::add(&self.progress.rejected, 1);
         }
@@ -313,9 +313,15 @@ async fn deliver(
             tracing::info!(addr = %config.addr, reason = %end.reason, unsettled = delivery.window.len(), "reconnecting");
             continue;
         }
+        let waiting = delivery.window.len() + delivery.input.len();
         match backoff.next_delay() {
             Some(delay) => {
-                tracing::warn!(addr = %config.addr, reason = %end.reason, unsettled = delivery.window.len(), retry_in_ms = delay.as_millis() as u64, "connection lost");
+                let retry_in_ms = delay.as_millis() as u64;
+                if matches!(end.reason, EndReason::Dial(_)) {
+                    tracing::warn!(addr = %config.addr, reason = %end.reason, waiting, retry_in_ms, "cannot connect");
+                } else {
+                    tracing::warn!(addr = %config.addr, reason = %end.reason, waiting, retry_in_ms, "connection lost");
+                }
                 tokio::time::sleep(delay).await;
             }
             None => {
@@ -323,7 +329,7 @@ async fn deliver(
                     addr: config.addr.clone(),
                     after: backoff.failing_for(),
                     last: end.reason.to_string(),
-                    unsettled: delivery.window.len() + delivery.input.len(),
+                    unsettled: waiting,
                     summary: Box::new(delivery.summary),
                 });
             }

@@ -298,7 +298,7 @@ impl Session<'_> {
                     // Passing trouble on the server: the item was not stored; resend it (and
                     // what follows, in order) on a new connection, after the backoff.
                     (Some(code @ (ErrorCode::QueueFull | ErrorCode::SinkFailed)), Some(_)) => {
-                        tracing::warn!(code = %code, message, "the server could not store an item; it will be sent again");
+                        tracing::warn!(code = %code, detail = message, "the server could not store an item; it will be sent again");
                         return Some(EndReason::Refused(code));
                     }
                     (_, Some(seq)) => delivery.refuse(seq, &code_text, &message),
@@ -307,7 +307,7 @@ impl Session<'_> {
                         return Some(EndReason::Refused(code));
                     }
                     (code, None) => {
-                        tracing::warn!(code = %code_text, message, "error from the server");
+                        tracing::warn!(code = %code_text, detail = message, "error from the server");
                         self.closing_code = code;
                     }
                 }

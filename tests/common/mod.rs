@@ -228,27 +228,48 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_connwarden")
 }
 
-/// A `connwarden serve` process whose standard error is read line by line on a thread (so the
+/// A `connwarden serve` process (see [`Proc`]).
+pub type Serve = Proc;
+
+/// A `connwarden` process whose standard error is read line by line on a thread (so the
 /// pipe never fills or closes under it); killed on drop if still running.
-pub struct Serve {
+pub struct Proc {
     pub child: std::process::Child,
     stderr_lines: std::sync::mpsc::Receiver<String>,
     /// Lines already read by `wait_log`.
     seen: Vec<String>,
 }
 
-impl Serve {
+impl Proc {
     /// Starts `connwarden serve ARGS`.
-    pub fn spawn(args: &[&str]) -> Serve {
+    pub fn spawn(args: &[&str]) -> Proc {
+        let mut command = Command::new(binary());
+        command.arg("serve").args(args);
+        Proc::start(command)
+    }
+
+    /// Starts `connwarden ARGS` inside network namespace `ns` (`ip netns exec`).
+    pub fn spawn_in_netns(ns: &str, args: &[&str]) -> Proc {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns, binary()]).args(args);
+        Proc::start(command)
+    }
+
+    /// Starts `connwarden ARGS`.
+    pub fn connwarden(args: &[&str]) -> Proc {
+        let mut command = Command::new(binary());
+        command.args(args);
+        Proc::start(command)
+    }
+
+    fn start(mut command: Command) -> Proc {
         use std::io::BufRead;
-        let mut child = Command::new(binary())
-            .arg("serve")
-            .args(args)
+        let mut child = command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .expect("start connwarden serve");
+            .expect("start connwarden");
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -260,7 +281,7 @@ impl Serve {
                 let _ = tx.send(line);
             }
         });
-        Serve {
+        Proc {
             child,
             stderr_lines: rx,
             seen: Vec::new(),
@@ -270,7 +291,12 @@ impl Serve {
     /// The next JSON log line whose message is `message`; `None` when the process's standard
     /// error ends first. Fails after 10 s.
     pub fn wait_log(&mut self, message: &str) -> Option<serde_json::Value> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        self.wait_log_within(message, Duration::from_secs(10))
+    }
+
+    /// Like [`Proc::wait_log`], failing after `bound`.
+    pub fn wait_log_within(&mut self, message: &str, bound: Duration) -> Option<serde_json::Value> {
+        let deadline = std::time::Instant::now() + bound;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.stderr_lines.recv_timeout(left) {
@@ -283,7 +309,10 @@ impl Serve {
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    panic!("no {message:?} log line within 10 s")
+                    panic!(
+                        "no {message:?} log line within {bound:?}; stderr so far:\n{}",
+                        self.seen.join("\n")
+                    )
                 }
             }
         }
@@ -318,7 +347,7 @@ impl Serve {
     }
 }
 
-impl Drop for Serve {
+impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -331,6 +360,7 @@ impl Drop for Serve {
 pub struct NetnsPair {
     pub server_ns: String,
     pub client_ns: String,
+    pub server_if: String,
     pub client_if: String,
 }
 
@@ -362,9 +392,10 @@ impl NetnsPair {
         let pair = NetnsPair {
             server_ns: format!("cwt-s-{tag}"),
             client_ns: format!("cwt-c-{tag}"),
+            server_if: format!("cws{tag}"),
             client_if: format!("cwc{tag}"),
         };
-        let server_if = format!("cws{tag}");
+        let server_if = pair.server_if.clone();
         assert!(
             server_if.len() <= 15,
             "interface name too long: {server_if}"
@@ -458,14 +489,20 @@ impl NetnsPair {
     /// Cuts the client host off: its end of the link goes down, so nothing it would send or
     /// answer reaches the server, and nothing the server sends reaches it.
     pub fn client_link_down(&self) {
-        ip(&[
-            "-n",
-            &self.client_ns,
-            "link",
-            "set",
-            &self.client_if,
-            "down",
-        ]);
+        self.set_link(&self.client_ns, &self.client_if, "down");
+    }
+
+    /// Cuts the server host off (its end of the link goes down), or brings it back.
+    pub fn server_link(&self, up: bool) {
+        self.set_link(
+            &self.server_ns,
+            &self.server_if,
+            if up { "up" } else { "down" },
+        );
+    }
+
+    fn set_link(&self, ns: &str, dev: &str, state: &str) {
+        ip(&["-n", ns, "link", "set", dev, state]);
     }
 }
 

@@ -1,0 +1,374 @@
+//! Acknowledged delivery end to end: the `send` process against `serve` processes that die and
+//! come back, every fsync mode, refused input lines, and a slow consumer closed by the server.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{test_config, wait_until, Proc, TestServer, PROMPT};
+use connwarden::client::{Client, ClientConfig, OutItem};
+use connwarden::CloseReason;
+
+/// Writes `n` items, item `i` being `{"ip":…,"n":i}`.
+fn write_items(path: &Path, n: u64) {
+    let mut text = String::with_capacity(n as usize * 40);
+    for i in 0..n {
+        text.push_str(&format!(
+            "{{\"ip\":\"10.{}.{}.{}\",\"n\":{i}}}\n",
+            (i >> 16) & 255,
+            (i >> 8) & 255,
+            i & 255
+        ));
+    }
+    std::fs::write(path, text).expect("write items");
+}
+
+/// What a file sink holds: the count of each delivery id, and lines that are not records
+/// (a line torn by SIGKILL in the middle of a write).
+struct SinkContents {
+    ids: HashMap<u64, u64>,
+    records: u64,
+    torn_lines: u64,
+}
+
+fn read_sink(path: &Path) -> SinkContents {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut contents = SinkContents {
+        ids: HashMap::new(),
+        records: 0,
+        torn_lines: 0,
+    };
+    for line in text.lines() {
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
+            contents.torn_lines += 1;
+            continue;
+        };
+        let item = &record["item"];
+        let id = item["id"].as_u64().expect("every item has the client's id");
+        // The client numbers items in input order: id and payload must match.
+        assert_eq!(item["n"].as_u64(), Some(id), "id {id} on the wrong item");
+        *contents.ids.entry(id).or_default() += 1;
+        contents.records += 1;
+    }
+    contents
+}
+
+fn count_lines(path: &Path) -> u64 {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|c| **c == b'\n').count() as u64)
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn serve_file(addr: &str, sink: &Path, fsync: &str) -> Proc {
+    let sink = format!("file:{}", sink.display());
+    let mut server = Proc::spawn(&[
+        "--listen",
+        addr,
+        "--sink",
+        &sink,
+        "--fsync",
+        fsync,
+        "--log-format",
+        "json",
+    ]);
+    server.wait_log("listening").expect("server listening");
+    server
+}
+
+/// The `send` summary line ("sent … items, acknowledged …").
+fn summary_line(send: &mut Proc) -> String {
+    send.stderr_so_far()
+        .lines()
+        .find(|l| l.starts_with("sent "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn sigkill_and_restart_of_the_server_lose_no_item() {
+    const ITEMS: u64 = 200_000;
+    const WINDOW: u64 = 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("items.ndjson");
+    let sink = dir.path().join("sink.ndjson");
+    write_items(&input, ITEMS);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut server = serve_file(&addr, &sink, "batch");
+    // A paced sender (about 5 s in all), so the kill lands well inside the run.
+    let mut send = Proc::connwarden(&[
+        "send",
+        "--to",
+        &addr,
+        "--ack",
+        "--window",
+        &WINDOW.to_string(),
+        "--rate",
+        "40000",
+        "--backoff-initial",
+        "50ms",
+        "--backoff-max",
+        "500ms",
+        "--give-up",
+        "60s",
+        "--log-format",
+        "json",
+        input.to_str().expect("utf-8 path"),
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while count_lines(&sink) < ITEMS / 4 {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.child.kill().expect("SIGKILL the server");
+    server.child.wait().expect("reap the server");
+    let lost = send
+        .wait_log("connection lost")
+        .expect("the client notices the server died");
+    assert!(
+        ["peer_closed", "reset"].contains(&lost["reason"].as_str().unwrap_or("")),
+        "{lost}"
+    );
+    let at_kill = read_sink(&sink).records;
+    assert!(at_kill < ITEMS, "the kill came after the end");
+    let _restarted = serve_file(&addr, &sink, "batch");
+    let status = send.wait_exit(Duration::from_secs(60));
+    let summary = summary_line(&mut send);
+    assert!(status.success(), "send failed: {summary}");
+
+    let contents = read_sink(&sink);
+    let missing: Vec<u64> = (0..ITEMS)
+        .filter(|id| !contents.ids.contains_key(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} ids missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let duplicates = contents.records - ITEMS;
+    assert!(
+        duplicates <= WINDOW,
+        "{duplicates} duplicates, more than the window"
+    );
+    assert!(
+        contents.torn_lines <= 1,
+        "{} torn lines",
+        contents.torn_lines
+    );
+    assert!(
+        summary.contains(&format!("acknowledged {ITEMS}"))
+            && summary.contains("over 2 connections"),
+        "{summary}"
+    );
+    eprintln!(
+        "killed at {at_kill} records; {duplicates} duplicates, {} torn line(s); {summary}",
+        contents.torn_lines
+    );
+}
+
+#[test]
+fn every_fsync_mode_acknowledges_every_item_once_stored() {
+    const ITEMS: u64 = 20_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("items.ndjson");
+    write_items(&input, ITEMS);
+    for mode in ["always", "batch", "never"] {
+        let sink = dir.path().join(format!("sink-{mode}.ndjson"));
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut server = serve_file(&addr, &sink, mode);
+        let mut send = Proc::connwarden(&[
+            "send",
+            "--to",
+            &addr,
+            "--ack",
+            "--log-format",
+            "json",
+            input.to_str().expect("utf-8 path"),
+        ]);
+        let status = send.wait_exit(Duration::from_secs(60));
+        let summary = summary_line(&mut send);
+        assert!(status.success(), "fsync {mode}: {summary}");
+        // Every ack came after the write: the file already holds every item.
+        let contents = read_sink(&sink);
+        assert_eq!(
+            (contents.records, contents.ids.len() as u64),
+            (ITEMS, ITEMS),
+            "fsync {mode}"
+        );
+        server.terminate();
+        assert!(server.wait_exit(PROMPT).success());
+    }
+}
+
+#[test]
+fn refused_lines_are_reported_with_their_number_and_the_rest_is_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("mixed.txt");
+    std::fs::write(
+        &input,
+        "192.0.2.1\n{\"ip\":\"192.0.2.2\",\"x\":1}\n999.1.1.1\n\n{\"ip\":\"192.0.2.3\"\n2001:db8::7\n{\"x\":1}\n",
+    )
+    .expect("write input");
+    let sink = dir.path().join("sink.ndjson");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _server = serve_file(&addr, &sink, "batch");
+    let mut send = Proc::connwarden(&[
+        "send",
+        "--to",
+        &addr,
+        "--ack",
+        "--log-format",
+        "json",
+        input.to_str().expect("utf-8 path"),
+    ]);
+    let status = send.wait_exit(Duration::from_secs(30));
+    let stderr = send.stderr_so_far();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "refused lines make the exit non-zero"
+    );
+    let refused: Vec<(u64, String)> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "line refused")
+        .map(|v| {
+            (
+                v["line"].as_u64().unwrap(),
+                v["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            (3, "invalid_ip".to_owned()),
+            (5, "invalid_json".to_owned()),
+            (7, "missing_ip".to_owned())
+        ]
+    );
+    assert!(
+        summary_line(&mut send).contains(
+            "acknowledged 3, resent 0, rejected 3 (invalid_ip: 1, invalid_json: 1, missing_ip: 1)"
+        ),
+        "{stderr}"
+    );
+    let ips: Vec<String> = std::fs::read_to_string(&sink)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["item"]["ip"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ips, ["192.0.2.1", "192.0.2.2", "2001:db8::7"]);
+}
+
+#[test]
+fn send_gives_up_after_the_limit_and_says_so() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("one.txt");
+    std::fs::write(&input, "192.0.2.1\n").unwrap();
+    let mut send = Proc::connwarden(&[
+        "send",
+        "--to",
+        &addr,
+        "--ack",
+        "--backoff-initial",
+        "10ms",
+        "--backoff-max",
+        "50ms",
+        "--give-up",
+        "500ms",
+        input.to_str().unwrap(),
+    ]);
+    let status = send.wait_exit(PROMPT);
+    let stderr = send.stderr_so_far();
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("gave up on") && stderr.contains("1 items not delivered"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn library_client_delivers_every_item_in_order_with_acks() {
+    let mut server = TestServer::start(test_config()).await;
+    let client = Client::start(ClientConfig::new(server.addr.to_string()));
+    // The channel sink holds few records: read them while the client sends.
+    let sending = tokio::spawn(async move {
+        for i in 0..5000u32 {
+            let item = format!("{{\"ip\":\"192.0.2.{}\",\"n\":{i}}}", i % 250);
+            client
+                .send(OutItem::from_json(item.into()).unwrap())
+                .await
+                .unwrap();
+        }
+        client.finish().await
+    });
+    for i in 0..5000u64 {
+        let record = server.next_record().await;
+        let item: serde_json::Value = serde_json::from_slice(&record.item).unwrap();
+        assert_eq!(
+            (item["id"].as_u64(), item["n"].as_u64()),
+            (Some(i), Some(i))
+        );
+    }
+    let summary = tokio::time::timeout(PROMPT, sending)
+        .await
+        .expect("finished in time")
+        .unwrap()
+        .expect("delivered");
+    assert_eq!((summary.acknowledged, summary.resent), (5000, 0));
+    let closed = server.next_close().await;
+    assert_eq!(closed.reason, CloseReason::PeerClosed);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_consumer_is_closed_as_write_timeout_and_keeps_what_was_acknowledged() {
+    let mut config = test_config();
+    config.write_timeout = Duration::from_millis(500);
+    config.send_buffer = Some(4096);
+    let mut server = TestServer::start(config).await;
+    // A small receive window and nobody reading: the acks and pings back up on the server.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let (_unread, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        for chunk in 0..2000u64 {
+            let mut text = String::new();
+            for i in chunk * 100..(chunk + 1) * 100 {
+                text.push_str(&format!("{{\"ip\":\"192.0.2.1\",\"id\":{i}}}\n"));
+            }
+            if write.write_all(text.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let closed = server.next_close().await;
+    assert_eq!(closed.reason, CloseReason::WriteTimeout);
+    writer.abort();
+    wait_until(PROMPT, || server.registry.is_empty()).await;
+    // Every item the server took from this client (each one acknowledged once stored, whether
+    // or not the client read the ack) is in the sink, in order, none missing.
+    assert!(closed.items > 0);
+    for expected in 0..closed.items {
+        let record = server.next_record().await;
+        assert_eq!(record.id.as_deref(), Some(expected.to_string().as_bytes()));
+    }
+    let report = server.shutdown().await;
+    assert_eq!((report.written, report.failed), (closed.items, 0));
+}
