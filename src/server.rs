@@ -117,6 +117,8 @@ pub struct ShutdownReport {
     pub written: u64,
     /// Records the sink failed to store (each reported to its sender).
     pub failed: u64,
+    /// `fsync` calls made: with group commit, far fewer than records.
+    pub syncs: u64,
     /// Records still queued when the grace period ran out.
     pub abandoned: usize,
     /// Connections still open when the grace period ran out.
@@ -267,6 +269,7 @@ impl Server {
         let report = ShutdownReport {
             written: drain_report.written,
             failed: drain_report.failed,
+            syncs: drain_report.syncs,
             abandoned: monitor.stats().depth,
             connections_left: if closed { 0 } else { registry.len() },
         };
@@ -280,6 +283,7 @@ impl Server {
             tracing::info!(
                 written = report.written,
                 failed = report.failed,
+                syncs = report.syncs,
                 "shutdown complete"
             );
         }

@@ -83,6 +83,8 @@ pub struct DrainReport {
     pub written: u64,
     /// Records the sink failed to store (each reported to its sender).
     pub failed: u64,
+    /// Syncs (`fsync`) completed or failed.
+    pub syncs: u64,
 }
 
 /// Records written but not yet covered by a finished `fsync`, at most; beyond it the drain stops
@@ -128,6 +130,7 @@ pub async fn drain(
                 if in_flight.is_some() =>
             {
                 in_flight = None;
+                report.syncs += 1;
                 settle(&mut syncing, result, &mut report, &*sink);
             }
             more = consumer.pop_batch(MAX_BATCH, &mut batch), if may_write => {
@@ -146,6 +149,7 @@ pub async fn drain(
     }
     if fsync == FsyncMode::Never {
         if let Some(sync) = sink.sync() {
+            report.syncs += 1;
             if let Err(error) = sync.await {
                 log_failure(&*sink, &error, 0);
             }
