@@ -258,7 +258,7 @@ impl std::fmt::Display for Effective {
         fn show<T: std::fmt::Display>(value: Option<T>) -> String {
             value.map_or_else(|| "?".to_owned(), |v| v.to_string())
         }
-        let secs = |d: Option<Duration>| show(d.map(|d| humantime::format_duration(d)));
+        let secs = |d: Option<Duration>| show(d.map(humantime::format_duration));
         write!(
             f,
             "keepalive {} idle {} interval {} count {}, user_timeout {}, nodelay {}, rcvbuf {}, sndbuf {}",

@@ -193,3 +193,138 @@ pub(crate) fn encode_batch(batch: &[Record]) -> Vec<u8> {
     }
     buf
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::*;
+    use crate::config::Overflow;
+    use crate::protocol::Outbound;
+    use crate::queue::{self, Producer};
+
+    /// A sink that records what happens, and whose every `fsync` waits for the test to let it
+    /// finish.
+    #[derive(Clone, Default)]
+    struct GatedSink {
+        events: Arc<Mutex<Vec<String>>>,
+        gates: Arc<Mutex<Vec<oneshot::Sender<()>>>>,
+    }
+
+    impl Sink for GatedSink {
+        fn write_batch<'a>(&'a mut self, batch: &'a [Record]) -> SinkFuture<'a> {
+            let ids: Vec<String> = batch
+                .iter()
+                .map(|r| String::from_utf8_lossy(r.id.as_deref().unwrap_or(b"")).into_owned())
+                .collect();
+            self.events
+                .lock()
+                .unwrap()
+                .push(format!("write {}", ids.join(",")));
+            Box::pin(async { Ok(()) })
+        }
+
+        fn sync(&mut self) -> Option<SinkFuture<'static>> {
+            let (release, released) = oneshot::channel();
+            self.gates.lock().unwrap().push(release);
+            self.events.lock().unwrap().push("sync".into());
+            Some(Box::pin(async move {
+                let _ = released.await;
+                Ok(())
+            }))
+        }
+
+        fn name(&self) -> String {
+            "gated".into()
+        }
+    }
+
+    impl GatedSink {
+        fn events(&self) -> Vec<String> {
+            self.events.lock().unwrap().clone()
+        }
+
+        fn release_sync(&self) {
+            let gate = self.gates.lock().unwrap().remove(0);
+            gate.send(()).unwrap();
+        }
+    }
+
+    /// Queues the item `id`, whose ack (or error) arrives on `replies`.
+    async fn push(producer: &Producer<Record>, replies: &mpsc::Sender<Outbound>, id: u64) {
+        let mut record = Record::new(
+            1,
+            "127.0.0.1:9".parse().unwrap(),
+            "192.0.2.1".parse().unwrap(),
+            Bytes::from_static(br#"{"ip":"192.0.2.1"}"#),
+            Some(Bytes::from(id.to_string())),
+        );
+        record.reply = Some(replies.clone().reserve_owned().await.unwrap());
+        producer.push(record).await;
+    }
+
+    /// Waits until `event` has happened `times` times.
+    async fn wait_for(sink: &GatedSink, event: &str, times: usize) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sink.events().iter().filter(|e| *e == event).count() < times {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {event:?} in {:?}",
+                sink.events()
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn group_commit_writes_on_while_fsync_runs_and_acks_only_after_it() {
+        let (producer, consumer) = queue::bounded(64, Overflow::Backpressure);
+        let (replies, mut acks) = mpsc::channel(64);
+        let sink = GatedSink::default();
+        let drain = tokio::spawn(drain(consumer, Box::new(sink.clone()), FsyncMode::Batch));
+
+        push(&producer, &replies, 1).await;
+        wait_for(&sink, "sync", 1).await;
+        // The first fsync is still running: the next item is written at once, not acked.
+        push(&producer, &replies, 2).await;
+        wait_for(&sink, "write 2", 1).await;
+        assert!(acks.try_recv().is_err(), "no ack before its fsync");
+        sink.release_sync();
+        assert_eq!(acks.recv().await, Some(Outbound::Ack { id: "1".into() }));
+        // Item 2 waits for the second fsync, which covers it.
+        wait_for(&sink, "sync", 2).await;
+        assert!(acks.try_recv().is_err());
+        sink.release_sync();
+        assert_eq!(acks.recv().await, Some(Outbound::Ack { id: "2".into() }));
+        drop(producer);
+        let report = drain.await.unwrap();
+        assert_eq!((report.written, report.failed, report.syncs), (2, 0, 2));
+        assert_eq!(sink.events(), ["write 1", "sync", "write 2", "sync"]);
+    }
+
+    #[tokio::test]
+    async fn fsync_always_writes_nothing_while_a_sync_runs() {
+        let (producer, consumer) = queue::bounded(64, Overflow::Backpressure);
+        let (replies, mut acks) = mpsc::channel(64);
+        let sink = GatedSink::default();
+        let drain = tokio::spawn(drain(consumer, Box::new(sink.clone()), FsyncMode::Always));
+
+        push(&producer, &replies, 1).await;
+        wait_for(&sink, "sync", 1).await;
+        push(&producer, &replies, 2).await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(sink.events(), ["write 1", "sync"], "item 2 waits");
+        sink.release_sync();
+        assert_eq!(acks.recv().await, Some(Outbound::Ack { id: "1".into() }));
+        wait_for(&sink, "sync", 2).await;
+        sink.release_sync();
+        assert_eq!(acks.recv().await, Some(Outbound::Ack { id: "2".into() }));
+        drop(producer);
+        assert_eq!(drain.await.unwrap().syncs, 2);
+    }
+}
