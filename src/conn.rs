@@ -319,7 +319,10 @@ impl Connection {
                     self.last_in = Instant::now();
                     settle(pushed);
                 }
-                Event::Reply(Some(message)) => self.send(&message),
+                Event::Reply(Some(message)) => {
+                    self.send(&message);
+                    self.take_ready_replies();
+                }
                 Event::Reply(None) => self.reply_rx = None,
                 Event::Readable(ready) => {
                     ready.map_err(|e| self.io_close(&e))?;
@@ -473,6 +476,20 @@ impl Connection {
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
             Err(e) => Err(self.io_close(&e)),
+        }
+    }
+
+    /// Appends every reply already waiting (up to the output high-water mark), so that the
+    /// acks of a whole sink batch leave in one write instead of one write each.
+    fn take_ready_replies(&mut self) {
+        let Some(rx) = &mut self.reply_rx else {
+            return;
+        };
+        while self.out.len() < OUT_HIGH_WATER {
+            match rx.try_recv() {
+                Ok(message) => message.encode(&mut self.out),
+                Err(_) => break,
+            }
         }
     }
 

@@ -163,7 +163,12 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let config = args.client_config()?;
     let bar = std::io::stderr().is_terminal().then(progress_bar);
     super::init_logging_with(args.log_format, bar.clone());
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
+    // One connection's work: one thread. Feeding and delivering on the same thread spares a
+    // cross-thread wake-up per handful of items (measured: most of the system time otherwise).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the Tokio runtime")?;
     runtime.block_on(async move {
         let input: Box<dyn AsyncRead + Unpin + Send> = if args.input == "-" {
             Box::new(tokio::io::stdin())

@@ -158,7 +158,7 @@ impl Session<'_> {
             let heartbeat_at =
                 self.last_inbound + self.config.heartbeat_interval * (self.silent_intervals + 1);
             let greet_by = connected_at + self.config.connect_timeout;
-            let take_input = delivery.input_open && delivery.window.has_room() && !self.draining;
+            let take_input = delivery.input_open && delivery.window.wants_more() && !self.draining;
             tokio::select! {
                 biased;
                 read = reader.read_buf(&mut self.read_buf) => match read {

@@ -63,6 +63,12 @@ impl Window {
         self.slots.len() < self.capacity
     }
 
+    /// Whether the window is worth refilling: empty, or at least a quarter free. Taking items
+    /// one ack at a time would turn every ack into a tiny write on each side.
+    pub fn wants_more(&self) -> bool {
+        self.slots.is_empty() || self.slots.len() + self.capacity.div_ceil(4) <= self.capacity
+    }
+
     /// No item is waiting for anything.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
