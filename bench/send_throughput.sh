@@ -7,8 +7,8 @@
 #        SENDERS ("1 4")   sender counts to try
 #        OUT (bench/results/send-throughput-<time>)   logs, sink files, summary
 #
-# Items/s = all items of all senders / wall time from the first sender's start to the last
-# sender's exit (every item acknowledged, with --ack). The sink file is on the disk under OUT
+# Items/s = all items of all senders / wall time from the first sender's start until every item
+# is in the sink file (with --ack, that is when the last sender exits: every item acknowledged). The sink file is on the disk under OUT
 # (fsync means something there, unlike tmpfs), and is deleted after each run.
 set -euo pipefail
 
@@ -52,6 +52,9 @@ one_run() {
     pids+=($!)
   done
   for s in "${pids[@]}"; do wait "$s" || { echo "send failed, see $OUT/send-$mode.log" >&2; exit 1; }; done
+  # With --ack every item is in the file already; without, the last ones may still be on
+  # their way to the sink: the run ends when the file has them all (at most 60 s more).
+  for _ in $(seq 6000); do [ "$(wc -l <"$sink")" -ge $((ITEMS * senders)) ] && break; sleep 0.01; done
   end=$(now)
   kill -TERM "$SERVER"; wait "$SERVER" || true; SERVER=
   local lines; lines=$(wc -l <"$sink")

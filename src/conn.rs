@@ -449,10 +449,14 @@ impl Connection {
 
     /// At shutdown, takes the items that already arrived in the kernel's receive buffer, so that
     /// what a client sent before the shutdown began is queued and written, not dropped with the
-    /// socket. Bounded, so a client that keeps sending cannot hold the shutdown.
+    /// socket. Bounded by the receive buffer's size, so a client that keeps sending cannot hold
+    /// the shutdown.
     fn read_what_arrived(&mut self) -> Result<(), Close> {
-        const MAX_READS: usize = 256;
-        for _ in 0..MAX_READS {
+        // At most a receive buffer's worth: all that can have arrived, and a bound.
+        let budget = SockRef::from(&self.stream)
+            .recv_buffer_size()
+            .unwrap_or(1 << 20);
+        for _ in 0..=budget / READ_CHUNK {
             if self.eof || self.blocked.is_some() || !self.read_some()? {
                 break;
             }

@@ -25,7 +25,8 @@ fn write_items(path: &Path, n: u64) {
     std::fs::write(path, text).expect("write items");
 }
 
-/// What a file sink holds: the count of each delivery id, and lines that are not records
+/// What a file sink holds: the count of each item (by its input number, which is also its
+/// delivery id when acks are on), and lines that are not records
 /// (a line torn by SIGKILL in the middle of a write).
 struct SinkContents {
     ids: HashMap<u64, u64>,
@@ -46,9 +47,12 @@ fn read_sink(path: &Path) -> SinkContents {
             continue;
         };
         let item = &record["item"];
-        let id = item["id"].as_u64().expect("every item has the client's id");
-        // The client numbers items in input order: id and payload must match.
-        assert_eq!(item["n"].as_u64(), Some(id), "id {id} on the wrong item");
+        let n = item["n"].as_u64().expect("every item has its input number");
+        // With acks, the client numbers items in input order: id and payload must match.
+        if let Some(id) = item.get("id") {
+            assert_eq!(id.as_u64(), Some(n), "id {id} on item {n}");
+        }
+        let id = n;
         *contents.ids.entry(id).or_default() += 1;
         contents.records += 1;
     }
@@ -172,6 +176,86 @@ fn sigkill_and_restart_of_the_server_lose_no_item() {
     eprintln!(
         "killed at {at_kill} records; {duplicates} duplicates, {} torn line(s); {summary}",
         contents.torn_lines
+    );
+}
+
+#[test]
+fn max_age_rotates_connections_without_resending_anything() {
+    const ITEMS: u64 = 6000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("items.ndjson");
+    let sink = dir.path().join("sink.ndjson");
+    write_items(&input, ITEMS);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let sink_arg = format!("file:{}", sink.display());
+    let _server = {
+        let mut server = Proc::spawn(&[
+            "--listen",
+            &addr,
+            "--sink",
+            &sink_arg,
+            "--max-age",
+            "1s",
+            "--max-age-grace",
+            "5s",
+            "--log-format",
+            "json",
+        ]);
+        server.wait_log("listening").expect("server listening");
+        server
+    };
+    // About 3 s of sending: the server asks for a new connection every second.
+    let mut send = Proc::connwarden(&[
+        "send",
+        "--to",
+        &addr,
+        "--ack",
+        "--rate",
+        "2000",
+        "--log-format",
+        "json",
+        input.to_str().expect("utf-8 path"),
+    ]);
+    let status = send.wait_exit(Duration::from_secs(30));
+    let summary = summary_line(&mut send);
+    assert!(status.success(), "{summary}");
+    // The client stopped sending on `max_age`, waited for its in-flight acks, then reconnected:
+    // nothing was in flight when a connection ended, so nothing was sent twice.
+    let connections: u64 = summary
+        .split(" over ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("connection count in the summary");
+    assert!(connections >= 3, "{summary}");
+    assert!(summary.contains(", resent 0,"), "{summary}");
+    let contents = read_sink(&sink);
+    assert_eq!(
+        (contents.records, contents.ids.len() as u64),
+        (ITEMS, ITEMS)
+    );
+}
+
+#[test]
+fn without_acks_the_client_exits_only_once_the_server_has_read_everything() {
+    const ITEMS: u64 = 200_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("items.ndjson");
+    let sink = dir.path().join("sink.ndjson");
+    write_items(&input, ITEMS);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut server = serve_file(&addr, &sink, "never");
+    let mut send = Proc::connwarden(&["send", "--to", &addr, input.to_str().expect("utf-8 path")]);
+    let status = send.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{}", summary_line(&mut send));
+    // The client closed its side and waited for the server's close: every byte was read by
+    // then, so a shutdown right away still stores every item.
+    server.terminate();
+    assert!(server.wait_exit(PROMPT).success());
+    let contents = read_sink(&sink);
+    assert_eq!(
+        (contents.records, contents.ids.len() as u64),
+        (ITEMS, ITEMS)
     );
 }
 

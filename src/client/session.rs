@@ -3,11 +3,12 @@
 
 use std::fmt;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -106,11 +107,10 @@ pub(super) async fn run(
         serde_json::Value::from(config.name.as_str())
     );
     session.out.put_slice(hello.as_bytes());
-    let (reader, mut writer) = stream.into_split();
-    let reason = session.drive(reader, &mut writer, delivery).await;
+    let (mut reader, mut writer) = stream.into_split();
+    let reason = session.drive(&mut reader, &mut writer, delivery).await;
     if matches!(reason, EndReason::Finished) {
-        // Our side is done: the server sees end of stream and closes in good order.
-        let _ = writer.shutdown().await;
+        close_in_good_order(&mut reader, &mut writer, config.connect_timeout).await;
     }
     SessionEnd {
         reason,
@@ -140,8 +140,8 @@ struct Session<'c> {
 impl Session<'_> {
     async fn drive(
         &mut self,
-        mut reader: OwnedReadHalf,
-        writer: &mut tokio::net::tcp::OwnedWriteHalf,
+        reader: &mut OwnedReadHalf,
+        writer: &mut OwnedWriteHalf,
         delivery: &mut Delivery,
     ) -> EndReason {
         let connected_at = Instant::now();
@@ -334,6 +334,33 @@ impl Session<'_> {
                 EndReason::Lost(CloseReason::InternalError)
             }
         }
+    }
+}
+
+/// Ends our side (the server sees end of stream) and waits, within `bound`, for the server to
+/// close its own: then it has read every byte we wrote. Without acks, that is the only sign
+/// that items still in the kernels' buffers reached the server.
+async fn close_in_good_order(
+    reader: &mut OwnedReadHalf,
+    writer: &mut OwnedWriteHalf,
+    bound: Duration,
+) {
+    if writer.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let until_eof = async {
+        while let Ok(n) = reader.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(bound, until_eof).await.is_err() {
+        tracing::warn!(
+            bound_ms = bound.as_millis() as u64,
+            "the server did not close after our last item"
+        );
     }
 }
 
