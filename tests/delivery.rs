@@ -97,21 +97,54 @@ fn summary_line(send: &mut Proc) -> String {
         .to_owned()
 }
 
+/// A temporary directory with `items` input items, a sink path and a free loopback address.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    input: std::path::PathBuf,
+    sink: std::path::PathBuf,
+    addr: String,
+}
+
+impl Fixture {
+    fn new(items: u64) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let input = dir.path().join("items.ndjson");
+        let sink = dir.path().join("sink.ndjson");
+        write_items(&input, items);
+        Fixture {
+            input,
+            sink,
+            addr: format!("127.0.0.1:{}", free_port()),
+            _dir: dir,
+        }
+    }
+
+    fn input(&self) -> &str {
+        self.input.to_str().expect("utf-8 path")
+    }
+}
+
+/// Asserts the sink holds each of the `items` items exactly once.
+fn assert_each_item_once(sink: &Path, items: u64) {
+    let contents = read_sink(sink);
+    assert_eq!(
+        (contents.records, contents.ids.len() as u64),
+        (items, items)
+    );
+}
+
 #[test]
 fn sigkill_and_restart_of_the_server_lose_no_item() {
     const ITEMS: u64 = 200_000;
     const WINDOW: u64 = 1024;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let input = dir.path().join("items.ndjson");
-    let sink = dir.path().join("sink.ndjson");
-    write_items(&input, ITEMS);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut server = serve_file(&addr, &sink, "batch");
+    let fixture = Fixture::new(ITEMS);
+    let (input, sink, addr) = (fixture.input(), &fixture.sink, &fixture.addr);
+    let mut server = serve_file(addr, sink, "batch");
     // A paced sender (about 5 s in all), so the kill lands well inside the run.
     let mut send = Proc::connwarden(&[
         "send",
         "--to",
-        &addr,
+        addr,
         "--ack",
         "--window",
         &WINDOW.to_string(),
@@ -125,10 +158,10 @@ fn sigkill_and_restart_of_the_server_lose_no_item() {
         "60s",
         "--log-format",
         "json",
-        input.to_str().expect("utf-8 path"),
+        input,
     ]);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while count_lines(&sink) < ITEMS / 4 {
+    while count_lines(sink) < ITEMS / 4 {
         assert!(std::time::Instant::now() < deadline, "no progress");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -141,14 +174,14 @@ fn sigkill_and_restart_of_the_server_lose_no_item() {
         ["peer_closed", "reset"].contains(&lost["reason"].as_str().unwrap_or("")),
         "{lost}"
     );
-    let at_kill = read_sink(&sink).records;
+    let at_kill = read_sink(sink).records;
     assert!(at_kill < ITEMS, "the kill came after the end");
-    let _restarted = serve_file(&addr, &sink, "batch");
+    let _restarted = serve_file(addr, sink, "batch");
     let status = send.wait_exit(Duration::from_secs(60));
     let summary = summary_line(&mut send);
     assert!(status.success(), "send failed: {summary}");
 
-    let contents = read_sink(&sink);
+    let contents = read_sink(sink);
     let missing: Vec<u64> = (0..ITEMS)
         .filter(|id| !contents.ids.contains_key(id))
         .collect();
@@ -182,16 +215,13 @@ fn sigkill_and_restart_of_the_server_lose_no_item() {
 #[test]
 fn max_age_rotates_connections_without_resending_anything() {
     const ITEMS: u64 = 6000;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let input = dir.path().join("items.ndjson");
-    let sink = dir.path().join("sink.ndjson");
-    write_items(&input, ITEMS);
-    let addr = format!("127.0.0.1:{}", free_port());
+    let fixture = Fixture::new(ITEMS);
+    let (input, sink, addr) = (fixture.input(), &fixture.sink, &fixture.addr);
     let sink_arg = format!("file:{}", sink.display());
     let _server = {
         let mut server = Proc::spawn(&[
             "--listen",
-            &addr,
+            addr,
             "--sink",
             &sink_arg,
             "--max-age",
@@ -208,13 +238,13 @@ fn max_age_rotates_connections_without_resending_anything() {
     let mut send = Proc::connwarden(&[
         "send",
         "--to",
-        &addr,
+        addr,
         "--ack",
         "--rate",
         "2000",
         "--log-format",
         "json",
-        input.to_str().expect("utf-8 path"),
+        input,
     ]);
     let status = send.wait_exit(Duration::from_secs(30));
     let summary = summary_line(&mut send);
@@ -229,34 +259,23 @@ fn max_age_rotates_connections_without_resending_anything() {
         .expect("connection count in the summary");
     assert!(connections >= 3, "{summary}");
     assert!(summary.contains(", resent 0,"), "{summary}");
-    let contents = read_sink(&sink);
-    assert_eq!(
-        (contents.records, contents.ids.len() as u64),
-        (ITEMS, ITEMS)
-    );
+    assert_each_item_once(sink, ITEMS);
 }
 
 #[test]
 fn without_acks_the_client_exits_only_once_the_server_has_read_everything() {
     const ITEMS: u64 = 200_000;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let input = dir.path().join("items.ndjson");
-    let sink = dir.path().join("sink.ndjson");
-    write_items(&input, ITEMS);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut server = serve_file(&addr, &sink, "never");
-    let mut send = Proc::connwarden(&["send", "--to", &addr, input.to_str().expect("utf-8 path")]);
+    let fixture = Fixture::new(ITEMS);
+    let (input, sink, addr) = (fixture.input(), &fixture.sink, &fixture.addr);
+    let mut server = serve_file(addr, sink, "never");
+    let mut send = Proc::connwarden(&["send", "--to", addr, input]);
     let status = send.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "{}", summary_line(&mut send));
     // The client closed its side and waited for the server's close: every byte was read by
     // then, so a shutdown right away still stores every item.
     server.terminate();
     assert!(server.wait_exit(PROMPT).success());
-    let contents = read_sink(&sink);
-    assert_eq!(
-        (contents.records, contents.ids.len() as u64),
-        (ITEMS, ITEMS)
-    );
+    assert_each_item_once(sink, ITEMS);
 }
 
 #[test]
