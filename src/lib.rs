@@ -27,6 +27,7 @@ pub mod client;
 pub mod close_reason;
 pub mod config;
 mod conn;
+pub mod doctor;
 pub mod protocol;
 pub mod queue;
 pub mod record;

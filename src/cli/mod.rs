@@ -1,5 +1,7 @@
 //! Command-line parsing, logging set-up and exit codes.
 
+mod config_flags;
+mod doctor;
 mod send;
 mod serve;
 
@@ -21,6 +23,8 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Deliver items (NDJSON or bare addresses) to a server, reconnecting and resending.
     Send(Box<send::SendArgs>),
+    /// Show the socket options in force and the detection bounds; --measure times them for real.
+    Doctor(Box<doctor::DoctorArgs>),
 }
 
 /// Exit status for a configuration error, so scripts can tell it from a runtime failure.
@@ -31,6 +35,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Send(args) => send::run(*args),
+        Command::Doctor(args) => doctor::run(*args),
     };
     match result {
         Ok(code) => code,
@@ -54,10 +59,23 @@ fn init_logging(format: connwarden::config::LogFormat) {
     init_logging_with(format, None);
 }
 
+/// Like [`init_logging`], with another level than `info` when `RUST_LOG` is not set.
+fn init_logging_default(format: connwarden::config::LogFormat, level: &str) {
+    init_logging_filtered(format, None, level);
+}
+
 /// Like [`init_logging`]; with a progress bar, each log line hides the bar while it is written.
 fn init_logging_with(format: connwarden::config::LogFormat, bar: Option<indicatif::ProgressBar>) {
+    init_logging_filtered(format, bar, "info");
+}
+
+fn init_logging_filtered(
+    format: connwarden::config::LogFormat,
+    bar: Option<indicatif::ProgressBar>,
+    level: &str,
+) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(move || StderrBesideBar(bar.clone()));

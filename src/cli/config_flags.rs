@@ -1,0 +1,153 @@
+//! The configuration flags shared by `serve` and `doctor`: one spelling per key, layered over
+//! the environment and the `--config` file by [`connwarden::config::Config::load`].
+
+use std::path::PathBuf;
+
+use clap::Args;
+use connwarden::config::{Config, ConfigError, Settings};
+
+/// Help text on the layering, for the commands that take [`ConfigFlags`].
+pub const LAYERS_HELP: &str = "Every flag can also be set as CONNWARDEN_<KEY> (for example CONNWARDEN_KEEPALIVE_IDLE=20s) or in the --config file (keepalive_idle = \"20s\"). Durations: 30s, 2m, 1h, 500ms.";
+
+/// The configuration flags `serve` and `doctor` share. Each may also be set as `CONNWARDEN_<KEY>` in the environment or as
+/// `<key>` in the `--config` file; flags win over the environment, the environment over the file.
+#[derive(Debug, Args)]
+pub struct ConfigFlags {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (repeatable) [default: 0.0.0.0:7000].
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<String>,
+    /// Where items go: stdout or file:PATH [default: stdout].
+    #[arg(long, value_name = "SINK")]
+    sink: Option<String>,
+    /// Set SO_REUSEPORT so several processes can share the port.
+    #[arg(long)]
+    reuse_port: bool,
+    /// Accept queue length for listen(2) [default: 1024].
+    #[arg(long, value_name = "N")]
+    backlog: Option<String>,
+    /// SO_RCVBUF in bytes, or auto [default: auto].
+    #[arg(long, value_name = "SIZE")]
+    recv_buffer: Option<String>,
+    /// SO_SNDBUF in bytes, or auto [default: auto].
+    #[arg(long, value_name = "SIZE")]
+    send_buffer: Option<String>,
+    /// TCP_KEEPIDLE: silence before the first keep-alive probe [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    keepalive_idle: Option<String>,
+    /// TCP_KEEPINTVL: time between probes [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    keepalive_interval: Option<String>,
+    /// TCP_KEEPCNT: unanswered probes before the peer is dead [default: 3].
+    #[arg(long, value_name = "N")]
+    keepalive_count: Option<String>,
+    /// TCP_USER_TIMEOUT: auto (idle + interval x count), a duration, or off [default: auto].
+    #[arg(long, value_name = "auto|off|DURATION")]
+    user_timeout: Option<String>,
+    /// TCP_NODELAY [default: true].
+    #[arg(long, value_name = "BOOL")]
+    nodelay: Option<String>,
+    /// Application heartbeat: negotiated (clients that sent hello), required, or off [default: negotiated].
+    #[arg(long, value_name = "MODE")]
+    heartbeat: Option<String>,
+    /// Inbound silence after which the server sends ping [default: 15s].
+    #[arg(long, value_name = "DURATION")]
+    heartbeat_interval: Option<String>,
+    /// Silent intervals after which the connection is closed [default: 3].
+    #[arg(long, value_name = "N")]
+    heartbeat_misses: Option<String>,
+    /// Close connections silent this long, or off [default: off].
+    #[arg(long, value_name = "DURATION")]
+    idle_timeout: Option<String>,
+    /// Close a peer that takes no pending output for this long [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    write_timeout: Option<String>,
+    /// Ask connections this old to reconnect, or off [default: off].
+    #[arg(long, value_name = "DURATION")]
+    max_age: Option<String>,
+    /// Time a connection past max-age has before it is closed [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    max_age_grace: Option<String>,
+    /// Live connections; beyond, new peers get server_full [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<String>,
+    /// Largest JSON object in bytes [default: 64KiB].
+    #[arg(long, value_name = "SIZE")]
+    max_frame: Option<String>,
+    /// Bad items a connection may send before it is closed [default: 100].
+    #[arg(long, value_name = "N")]
+    error_budget: Option<String>,
+    /// Replies waiting for one connection before its reading pauses [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_pending_replies: Option<String>,
+    /// Items between connections and the sink [default: 65536].
+    #[arg(long, value_name = "N")]
+    queue: Option<String>,
+    /// Full queue: backpressure, drop-newest or drop-oldest [default: backpressure].
+    #[arg(long, value_name = "POLICY")]
+    overflow: Option<String>,
+    /// When a file sink's acks wait for fsync: batch (group commit), always or never [default: batch].
+    #[arg(long, value_name = "MODE")]
+    fsync: Option<String>,
+    /// Time from SIGINT/SIGTERM to exit [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    shutdown_grace: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+}
+
+impl ConfigFlags {
+    /// The flags that were given, as the top configuration layer.
+    pub fn settings(&self) -> Result<Settings, connwarden::config::ConfigError> {
+        let mut settings = Settings::default();
+        for addr in &self.listen {
+            settings.set_flag("listen", addr.as_str())?;
+        }
+        if self.reuse_port {
+            settings.set_flag("reuse_port", "true")?;
+        }
+        let valued = [
+            ("sink", &self.sink),
+            ("backlog", &self.backlog),
+            ("recv_buffer", &self.recv_buffer),
+            ("send_buffer", &self.send_buffer),
+            ("keepalive_idle", &self.keepalive_idle),
+            ("keepalive_interval", &self.keepalive_interval),
+            ("keepalive_count", &self.keepalive_count),
+            ("user_timeout", &self.user_timeout),
+            ("nodelay", &self.nodelay),
+            ("heartbeat", &self.heartbeat),
+            ("heartbeat_interval", &self.heartbeat_interval),
+            ("heartbeat_misses", &self.heartbeat_misses),
+            ("idle_timeout", &self.idle_timeout),
+            ("write_timeout", &self.write_timeout),
+            ("max_age", &self.max_age),
+            ("max_age_grace", &self.max_age_grace),
+            ("max_connections", &self.max_connections),
+            ("max_frame", &self.max_frame),
+            ("error_budget", &self.error_budget),
+            ("max_pending_replies", &self.max_pending_replies),
+            ("queue", &self.queue),
+            ("overflow", &self.overflow),
+            ("fsync", &self.fsync),
+            ("shutdown_grace", &self.shutdown_grace),
+            ("log_format", &self.log_format),
+        ];
+        for (key, value) in valued {
+            if let Some(value) = value {
+                settings.set_flag(key, value.as_str())?;
+            }
+        }
+        Ok(settings)
+    }
+}
+
+impl ConfigFlags {
+    /// The configuration: defaults < `--config` file < environment < these flags.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(self.config.as_deref(), self.settings()?)
+    }
+}

@@ -1,0 +1,339 @@
+//! `connwarden doctor`: the options in force, the kernel's defaults, the worst case of each
+//! failure mode, warnings; with `--measure`, the failure modes made to happen and timed.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use connwarden::doctor::{self, Inspection};
+
+use super::config_flags::{ConfigFlags, LAYERS_HELP};
+
+/// Exit status when `--measure` cannot run here (no root, no namespaces, not Linux).
+const EXIT_UNSUPPORTED: u8 = 2;
+
+/// Flags of `doctor`.
+#[derive(Debug, Args)]
+#[command(after_help = LAYERS_HELP)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    flags: ConfigFlags,
+    /// Print JSON (documented in docs/DOCTOR.md) instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Make each failure mode happen in network namespaces and time it (Linux, root).
+    #[arg(long)]
+    measure: bool,
+    /// With --measure: how far past its bound a measurement may land and still pass.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = connwarden::config::parse_duration)]
+    tolerance: Duration,
+}
+
+/// The whole report, as `--json` prints it.
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    #[serde(flatten)]
+    inspection: &'a Inspection,
+    #[cfg(target_os = "linux")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    measurement: Option<&'a doctor::measure::MeasureReport>,
+}
+
+pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let config = args.flags.load()?;
+    super::init_logging_default(config.log_format, "warn");
+    let inspection = doctor::inspect(&config).context("doctor")?;
+    if !args.measure {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json_report(&inspection, None))?
+            );
+        } else {
+            print_inspection(&inspection);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.json {
+        print_inspection(&inspection);
+    }
+    measure(&config, &inspection, &args)
+}
+
+#[cfg(target_os = "linux")]
+fn json_report<'a>(
+    inspection: &'a Inspection,
+    measurement: Option<&'a doctor::measure::MeasureReport>,
+) -> Report<'a> {
+    Report {
+        inspection,
+        measurement,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn json_report<'a>(inspection: &'a Inspection, _: Option<()>) -> Report<'a> {
+    Report { inspection }
+}
+
+#[cfg(target_os = "linux")]
+fn measure(
+    config: &connwarden::Config,
+    inspection: &Inspection,
+    args: &DoctorArgs,
+) -> anyhow::Result<ExitCode> {
+    use connwarden::doctor::measure::MeasureError;
+    let binary = std::env::current_exe().context("cannot find the connwarden executable")?;
+    let tag = std::process::id().to_string();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
+    let outcome = runtime.block_on(async {
+        let interrupted = interrupted()?;
+        if !args.json {
+            eprintln!("\nmeasuring in network namespaces cwd-s-{tag} / cwd-c-{tag} …");
+        }
+        tokio::select! {
+            result = doctor::measure::measure(config, args.tolerance, &binary, &tag) => Ok(Some(result)),
+            () = interrupted => Ok::<_, anyhow::Error>(None),
+        }
+    })?;
+    // Every namespace, link, server and client process is gone once the measurement is
+    // dropped (above, on every path).
+    drop(runtime);
+    match outcome {
+        None => {
+            eprintln!("connwarden: doctor --measure interrupted; namespaces cwd-s-{tag} and cwd-c-{tag} removed");
+            Ok(ExitCode::from(130))
+        }
+        Some(Err(error)) if error.is_unsupported() => {
+            eprintln!("connwarden: error: {error}");
+            Ok(ExitCode::from(EXIT_UNSUPPORTED))
+        }
+        Some(Err(MeasureError::Run { what })) => Err(anyhow::anyhow!(what)),
+        Some(Err(error)) => Err(error.into()),
+        Some(Ok(report)) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json_report(inspection, Some(&report)))?
+                );
+            } else {
+                print_measurements(&report);
+            }
+            Ok(if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn measure(_: &connwarden::Config, _: &Inspection, _: &DoctorArgs) -> anyhow::Result<ExitCode> {
+    eprintln!(
+        "connwarden: error: doctor --measure needs Linux network namespaces; this is {}",
+        std::env::consts::OS
+    );
+    Ok(ExitCode::from(EXIT_UNSUPPORTED))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+#[cfg(target_os = "linux")]
+fn interrupted() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("  {}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+fn or_dash(value: &Option<String>) -> String {
+    value.clone().unwrap_or_else(|| "-".into())
+}
+
+fn millis(ms: Option<u64>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(0) => "immediate".into(),
+        Some(ms) if ms % 1000 == 0 => format!("{} s", ms / 1000),
+        Some(ms) => format!("{:.1} s", ms as f64 / 1000.0),
+    }
+}
+
+fn print_inspection(inspection: &Inspection) {
+    println!("socket options (loopback connection made with this configuration)");
+    let rows: Vec<Vec<String>> = inspection
+        .options
+        .iter()
+        .map(|o| {
+            vec![
+                o.option.to_string(),
+                o.asked.clone(),
+                or_dash(&o.server),
+                or_dash(&o.client),
+                or_dash(&o.kernel_default),
+                if o.ok { "ok" } else { "CHANGED" }.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["option", "asked", "server", "client", "kernel default", ""],
+        &rows,
+    );
+
+    let k = &inspection.kernel;
+    let num = |n: Option<u64>| n.map_or_else(|| "-".into(), |n| n.to_string());
+    let triple =
+        |t: Option<[u64; 3]>| t.map_or_else(|| "-".into(), |[a, b, c]| format!("{a} {b} {c}"));
+    println!("\nkernel");
+    let kernel_rows = vec![
+        vec![
+            "net.ipv4.tcp_keepalive_time / intvl / probes".into(),
+            format!(
+                "{} / {} / {}",
+                num(k.tcp_keepalive_time),
+                num(k.tcp_keepalive_intvl),
+                num(k.tcp_keepalive_probes)
+            ),
+        ],
+        vec![
+            "net.ipv4.tcp_retries2".into(),
+            format!(
+                "{} (~{} of retransmissions)",
+                num(k.tcp_retries2),
+                millis(k.retransmission_bound().map(|d| d.as_millis() as u64))
+            ),
+        ],
+        vec![
+            "net.ipv4.tcp_rmem / tcp_wmem".into(),
+            format!("{} / {}", triple(k.tcp_rmem), triple(k.tcp_wmem)),
+        ],
+        vec![
+            "net.core.rmem_max / wmem_max".into(),
+            format!("{} / {}", num(k.rmem_max), num(k.wmem_max)),
+        ],
+        vec!["net.core.somaxconn".into(), num(k.somaxconn)],
+        vec!["fs.nr_open".into(), num(k.nr_open)],
+        vec![
+            "open files (this process): soft / hard".into(),
+            format!("{} / {}", num(k.nofile_soft), num(k.nofile_hard)),
+        ],
+        vec![
+            "nf_conntrack_tcp_timeout_established".into(),
+            k.conntrack_established_timeout
+                .map_or_else(|| "- (conntrack not loaded)".into(), |s| format!("{s} s")),
+        ],
+    ];
+    table(&["setting", "value"], &kernel_rows);
+
+    println!("\nworst case until the server notices");
+    let rows: Vec<Vec<String>> = inspection
+        .bounds
+        .iter()
+        .map(|b| {
+            vec![
+                b.failure.to_string(),
+                millis(b.bound_ms),
+                b.reason.to_string(),
+                b.mechanism.clone(),
+            ]
+        })
+        .collect();
+    table(&["failure", "bound", "close reason", "mechanism"], &rows);
+
+    if inspection.warnings.is_empty() {
+        println!("\nno warnings");
+    } else {
+        println!("\nwarnings");
+        for warning in &inspection.warnings {
+            println!("  - [{}] {}", warning.code, warning.message);
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn print_measurements(report: &doctor::measure::MeasureReport) {
+    println!(
+        "\nmeasured (network namespaces {} / {}, now removed)",
+        report.namespaces[0], report.namespaces[1]
+    );
+    let rows: Vec<Vec<String>> = report
+        .measurements
+        .iter()
+        .map(|m| match &m.skipped {
+            Some(why) => vec![
+                m.failure.to_string(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                format!("skipped: {why}"),
+            ],
+            None => vec![
+                m.failure.to_string(),
+                m.measured_ms.map_or_else(
+                    || "no close".into(),
+                    |ms| format!("{:.2} s", ms as f64 / 1000.0),
+                ),
+                format!(
+                    "{} + {}",
+                    millis(Some(m.bound_ms)),
+                    millis(Some(m.tolerance_ms))
+                ),
+                m.reason.unwrap_or("-").to_string(),
+                if m.pass {
+                    "pass".into()
+                } else {
+                    format!("FAIL (expected {})", m.expected.join(" or "))
+                },
+            ],
+        })
+        .collect();
+    table(
+        &[
+            "failure",
+            "measured",
+            "bound + tolerance",
+            "close reason",
+            "result",
+        ],
+        &rows,
+    );
+    println!(
+        "\n{}",
+        if report.passed {
+            "every failure mode was noticed within its bound"
+        } else {
+            "some failure modes were not noticed within their bounds"
+        }
+    );
+}
