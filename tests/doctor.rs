@@ -1,0 +1,294 @@
+//! `connwarden doctor`: read-back checked against the configuration and `sysctl`, warnings,
+//! and `--measure` in network namespaces (pass, cleanup after success and after an interrupt,
+//! exit 2 without root).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{binary, Proc};
+
+fn doctor_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(binary())
+        .arg("doctor")
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run doctor");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("doctor --json prints JSON")
+}
+
+fn sysctl(key: &str) -> String {
+    let out = Command::new("sysctl")
+        .args(["-n", key])
+        .output()
+        .expect("run sysctl (procps)");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn option<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["option"] == name)
+        .unwrap_or_else(|| panic!("no {name} row"))
+}
+
+#[test]
+fn read_back_matches_the_configuration_on_both_ends_and_kernel_matches_sysctl() {
+    let report = doctor_json(&[
+        "--keepalive-idle",
+        "7s",
+        "--keepalive-interval",
+        "3s",
+        "--keepalive-count",
+        "4",
+        "--user-timeout",
+        "23s",
+        "--recv-buffer",
+        "65536",
+    ]);
+    for (name, value) in [
+        ("SO_KEEPALIVE", "true"),
+        ("TCP_KEEPIDLE", "7s"),
+        ("TCP_KEEPINTVL", "3s"),
+        ("TCP_KEEPCNT", "4"),
+        ("TCP_USER_TIMEOUT", "23s"),
+        ("TCP_NODELAY", "true"),
+    ] {
+        let row = option(&report, name);
+        assert_eq!(row["asked"], value, "{row}");
+        assert_eq!(row["server"], value, "{row}");
+        assert_eq!(row["client"], value, "{row}");
+        assert_eq!(row["ok"], true, "{row}");
+    }
+    // Linux keeps double the buffer asked, for its bookkeeping.
+    let rcvbuf = option(&report, "SO_RCVBUF");
+    assert_eq!(rcvbuf["server"], "131072");
+    assert_eq!(rcvbuf["client"], "131072");
+
+    let kernel = &report["kernel"];
+    for (field, key) in [
+        ("tcp_keepalive_time", "net.ipv4.tcp_keepalive_time"),
+        ("tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_intvl"),
+        ("tcp_keepalive_probes", "net.ipv4.tcp_keepalive_probes"),
+        ("tcp_retries2", "net.ipv4.tcp_retries2"),
+        ("somaxconn", "net.core.somaxconn"),
+        ("nr_open", "fs.nr_open"),
+    ] {
+        assert_eq!(kernel[field].to_string(), sysctl(key), "{field}");
+    }
+    let rmem: Vec<String> = kernel["tcp_rmem"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    assert_eq!(rmem.join(" "), sysctl("net.ipv4.tcp_rmem"));
+
+    let bound = |failure: &str| {
+        report["bounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["failure"] == failure)
+            .unwrap()["bound_ms"]
+            .as_u64()
+    };
+    assert_eq!(bound("idle_dead_peer"), Some(19_000));
+    assert_eq!(bound("dead_peer_with_unacked_data"), Some(23_000));
+    assert_eq!(bound("frozen_peer"), Some(45_000));
+}
+
+#[test]
+fn settings_that_defeat_their_purpose_are_named() {
+    let codes = |args: &[&str]| -> Vec<String> {
+        doctor_json(args)["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["code"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let defaults = codes(&[]);
+    assert!(
+        !defaults.iter().any(|c| c.starts_with("keepalive_idle")),
+        "{defaults:?}"
+    );
+    let bad = codes(&[
+        "--keepalive-idle",
+        "10m",
+        "--user-timeout",
+        "off",
+        "--heartbeat",
+        "off",
+        "--max-connections",
+        "1000000",
+    ]);
+    for code in [
+        "keepalive_idle_above_middlebox_timeouts",
+        "user_timeout_off",
+        "frozen_peer_undetected",
+        "nofile_below_max_connections",
+    ] {
+        assert!(bad.iter().any(|c| c == code), "{code} missing from {bad:?}");
+    }
+    let short = codes(&[
+        "--keepalive-idle",
+        "20s",
+        "--keepalive-interval",
+        "5s",
+        "--keepalive-count",
+        "3",
+        "--user-timeout",
+        "10s",
+    ]);
+    assert!(
+        short
+            .iter()
+            .any(|c| c == "user_timeout_below_keepalive_bound"),
+        "{short:?}"
+    );
+}
+
+fn namespaces_of(pid: u32) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| name.ends_with(&format!("-{pid}")) && name.starts_with("cwd-"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Processes whose command line names the doctor's client namespace (its killed client).
+fn processes_in(ns: &str) -> usize {
+    let out = Command::new("pgrep")
+        .args(["-f", ns])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+const SHORT: [&str; 8] = [
+    "--keepalive-idle",
+    "2s",
+    "--keepalive-interval",
+    "1s",
+    "--keepalive-count",
+    "3",
+    "--heartbeat-interval",
+    "1s",
+];
+
+#[test]
+fn measure_notices_every_failure_mode_within_its_bound_and_leaves_nothing() {
+    let started = std::time::Instant::now();
+    let out = Command::new(binary())
+        .args(["doctor", "--measure", "--json"])
+        .args(SHORT)
+        .output()
+        .expect("run doctor --measure");
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}; stderr: {stderr}"));
+    let measurement = &report["measurement"];
+    for m in measurement["measurements"].as_array().unwrap() {
+        eprintln!(
+            "{}: {} ms (bound {} ms) {}",
+            m["failure"], m["measured_ms"], m["bound_ms"], m["reason"]
+        );
+        assert_eq!(m["pass"], true, "{m}");
+        assert!(m["skipped"].is_null(), "{m}");
+    }
+    assert_eq!(measurement["measurements"].as_array().unwrap().len(), 4);
+    assert_eq!(measurement["passed"], true);
+    assert!(out.status.success(), "{stderr}");
+    assert!(elapsed < Duration::from_secs(60), "took {elapsed:?}");
+    let [server_ns, client_ns] = ["cwd-s-", "cwd-c-"].map(|prefix| {
+        measurement["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n.as_str().unwrap().starts_with(prefix))
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    });
+    let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        !listed.contains(&server_ns) && !listed.contains(&client_ns),
+        "{listed}"
+    );
+    assert_eq!(processes_in(&client_ns), 0);
+}
+
+#[test]
+fn an_interrupted_measure_removes_what_it_created() {
+    let mut doctor = Proc::connwarden(&["doctor", "--measure"]);
+    let pid = doctor.child.id();
+    // Wait until the namespaces exist (the measurement is then under way), then interrupt.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while namespaces_of(pid).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no namespaces appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The killed-client phase starts a process in the client namespace; give it a moment to
+    // exist, so the interrupt has something to clean.
+    let client_ns = format!("cwd-c-{pid}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while processes_in(&client_ns) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
+    let status = doctor.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(130), "{}", doctor.stderr_so_far());
+    assert!(
+        namespaces_of(pid).is_empty(),
+        "left behind: {:?}",
+        namespaces_of(pid)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while processes_in(&client_ns) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a client process survived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(&format!("cwdc{pid}")));
+}
+
+#[test]
+fn measure_without_root_says_why_and_exits_2() {
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(binary())
+        .args(["doctor", "--measure"])
+        .output()
+        .expect("run setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("needs root"), "{stderr}");
+}
