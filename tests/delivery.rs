@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{test_config, wait_until, Proc, TestServer, PROMPT};
+use common::{poll_until, test_config, wait_until, Proc, TestServer, PROMPT};
 use connwarden::client::{Client, ClientConfig, OutItem};
 use connwarden::CloseReason;
 
@@ -160,11 +160,11 @@ fn sigkill_and_restart_of_the_server_lose_no_item() {
         "json",
         input,
     ]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while count_lines(sink) < ITEMS / 4 {
-        assert!(std::time::Instant::now() < deadline, "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_until(
+        Duration::from_secs(30),
+        "a quarter of the items stored",
+        || count_lines(sink) >= ITEMS / 4,
+    );
     server.child.kill().expect("SIGKILL the server");
     server.child.wait().expect("reap the server");
     let lost = send

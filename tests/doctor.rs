@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{binary, Proc};
+use common::{binary, poll_until, Proc};
 
 fn doctor_json(args: &[&str]) -> serde_json::Value {
     let out = Command::new(binary())
@@ -243,22 +243,12 @@ fn measure_notices_every_failure_mode_within_its_bound_and_leaves_nothing() {
 fn an_interrupted_measure_removes_what_it_created() {
     let mut doctor = Proc::connwarden(&["doctor", "--measure"]);
     let pid = doctor.child.id();
-    // Wait until the namespaces exist (the measurement is then under way), then interrupt.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while namespaces_of(pid).len() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no namespaces appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // The killed-client phase starts a process in the client namespace; give it a moment to
-    // exist, so the interrupt has something to clean.
+    // Interrupt once the namespaces exist: from then on there are namespaces, links, servers
+    // and (for a moment) a client process to clean.
+    poll_until(Duration::from_secs(10), "the namespaces", || {
+        namespaces_of(pid).len() == 2
+    });
     let client_ns = format!("cwd-c-{pid}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while processes_in(&client_ns) == 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
     let status = doctor.wait_exit(Duration::from_secs(20));
@@ -268,14 +258,9 @@ fn an_interrupted_measure_removes_what_it_created() {
         "left behind: {:?}",
         namespaces_of(pid)
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while processes_in(&client_ns) > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a client process survived"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_until(Duration::from_secs(5), "the client process gone", || {
+        processes_in(&client_ns) == 0
+    });
     let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&links.stdout).contains(&format!("cwdc{pid}")));
 }

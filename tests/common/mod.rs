@@ -147,6 +147,19 @@ pub async fn next_close(
 }
 
 /// Polls a condition every few milliseconds until it holds, failing after `bound`.
+/// Polls `condition` (every 20 ms, from a plain thread) until it holds; fails naming `what`
+/// after `bound`.
+pub fn poll_until(bound: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + bound;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} not within {bound:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub async fn wait_until(bound: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + bound;
     while !condition() {
