@@ -13,13 +13,16 @@
 //! | [`close_reason`] | the closed set of reasons a connection ends |
 //! | [`queue`] | the bounded queue and its overflow policy |
 //! | [`record`] | an item with its connection, peer and receive time, and its way back to the sender |
-//! | [`sink`] | where records go (stdout, file, your channel); acks after the write |
+//! | [`sink`] | where records go (stdout, file, your channel); acks after the write and `fsync` |
 //! | [`server`] | listeners, accept loop, limits, shutdown |
+//! | [`client`] | the client: same liveness, reconnect with backoff, acked window, resend |
+//! | [`doctor`] | options read back, kernel defaults, bounds, warnings; measured in namespaces |
 //!
 //! To embed the server, build a [`Server`] from a [`Config`], give it a [`sink::ChannelSink`]
 //! to receive items in your own code, and run it on listeners from [`Server::bind`] (or your
 //! own). To give your own `TcpStream` the same liveness, call [`sockopt::apply`] on it and check
-//! [`sockopt::read_back`]. See `examples/embed_server.rs`.
+//! [`sockopt::read_back`]. See `examples/embed_server.rs`. To deliver items with acks and
+//! resends, start a [`client::Client`]; see `examples/send_items.rs`.
 #![warn(clippy::unwrap_used)]
 #![warn(missing_docs)]
 
