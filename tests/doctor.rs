@@ -277,3 +277,63 @@ fn measure_without_root_says_why_and_exits_2() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("needs root"), "{stderr}");
 }
+
+#[test]
+fn the_kernel_runs_the_keepalive_timer_doctor_reports() {
+    // What `ss -tno` shows for a live connection of `serve` must agree with what doctor reads
+    // back for the same options: a keep-alive timer counting down from the configured idle.
+    let mut serve = Proc::spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--keepalive-idle",
+        "7s",
+        "--keepalive-interval",
+        "3s",
+        "--log-format",
+        "json",
+    ]);
+    let listening = serve.wait_log("listening").expect("serve listens");
+    let addr: std::net::SocketAddr = listening["addr"].as_str().unwrap().parse().unwrap();
+    let _client = std::net::TcpStream::connect(addr).expect("connect");
+    let filter = format!("( sport = :{} )", addr.port());
+    let mut timer = String::new();
+    poll_until(
+        Duration::from_secs(10),
+        "the accepted connection in ss",
+        || {
+            let out = Command::new("ss")
+                .args(["-Htno", "state", "established", &filter])
+                .output()
+                .expect("run ss (iproute2)");
+            timer = String::from_utf8_lossy(&out.stdout).into_owned();
+            timer.contains("timer:(keepalive")
+        },
+    );
+    // iproute2 prints the time left as `7sec`, `6.996ms` (6 s 996 ms) or `996ms`.
+    let field = timer
+        .split("timer:(keepalive,")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no keep-alive timer in {timer:?}"));
+    let left = ss_seconds(field).unwrap_or_else(|| panic!("unreadable timer {field:?}"));
+    assert!(left > 0.0 && left <= 7.0, "{timer}");
+    let report = doctor_json(&["--keepalive-idle", "7s", "--keepalive-interval", "3s"]);
+    assert_eq!(option(&report, "TCP_KEEPIDLE")["server"], "7s");
+}
+
+/// Seconds in an `ss` timer field (`7sec`, `6.996ms`, `996ms`, `1min`).
+fn ss_seconds(field: &str) -> Option<f64> {
+    if let Some(secs) = field.strip_suffix("sec") {
+        return secs.parse().ok();
+    }
+    if let Some(mins) = field.strip_suffix("min") {
+        return mins.parse::<f64>().ok().map(|m| m * 60.0);
+    }
+    let ms = field.strip_suffix("ms")?;
+    match ms.split_once('.') {
+        Some((secs, millis)) => {
+            Some(secs.parse::<f64>().ok()? + millis.parse::<f64>().ok()? / 1000.0)
+        }
+        None => ms.parse::<f64>().ok().map(|m| m / 1000.0),
+    }
+}
