@@ -1,5 +1,6 @@
 //! Command-line parsing, logging set-up and exit codes.
 
+mod bench;
 mod config_flags;
 mod doctor;
 mod send;
@@ -25,6 +26,8 @@ enum Command {
     Send(Box<send::SendArgs>),
     /// Show the socket options in force and the detection bounds; --measure times them for real.
     Doctor(Box<doctor::DoctorArgs>),
+    /// Put load on a server: idle connections, floods, churn.
+    Bench(bench::BenchArgs),
 }
 
 /// Exit status for a configuration error, so scripts can tell it from a runtime failure.
@@ -36,6 +39,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Send(args) => send::run(*args),
         Command::Doctor(args) => doctor::run(*args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

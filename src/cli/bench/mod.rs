@@ -1,0 +1,202 @@
+//! `connwarden bench`: a load generator in the binary. `idle` holds many connections, `flood`
+//! sends items as fast as the server takes them, `churn` connects, sends one item and closes,
+//! over and over. Latencies go into HDR histograms; a progress bar shows on a terminal; `--json`
+//! prints one object for scripts (`bench/compare.sh`).
+
+mod churn;
+mod flood;
+mod idle;
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// `bench` and its workloads.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Debug, Subcommand)]
+enum Workload {
+    /// Open N connections and hold them idle.
+    Idle(idle::IdleArgs),
+    /// Each connection sends M items as fast as it can.
+    Flood(flood::FloodArgs),
+    /// Connect, send one item, close; K times, concurrently.
+    Churn(churn::ChurnArgs),
+}
+
+/// What every workload takes: where to, from where, and how to report.
+#[derive(Debug, Args)]
+struct Target {
+    /// The server.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000")]
+    to: SocketAddr,
+    /// Loopback source addresses to spread connections over (127.0.0.2, 127.0.0.3, …), so that
+    /// source ports never run out; 0 lets the kernel choose. Only for a loopback target.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    sources: u8,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Target {
+    /// The source address of connection `n`, if sources are spread.
+    fn source(&self, n: u64) -> Option<SocketAddr> {
+        if self.sources == 0 || !self.to.ip().is_loopback() {
+            return None;
+        }
+        let host = 2 + (n % u64::from(self.sources)) as u8;
+        Some(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)),
+            0,
+        ))
+    }
+
+    /// Connects connection `n`.
+    async fn connect(&self, n: u64) -> std::io::Result<TcpStream> {
+        let socket = match self.to {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        if let Some(source) = self.source(n) {
+            socket.bind(source)?;
+        }
+        let stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(self.to))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    super::init_logging_default(connwarden::config::LogFormat::Text, "warn");
+    // Many connections need many descriptors.
+    let _ = connwarden::sockopt::raise_nofile_limit();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
+    runtime.block_on(async move {
+        match args.workload {
+            Workload::Idle(args) => idle::run(args).await,
+            Workload::Flood(args) => flood::run(args).await,
+            Workload::Churn(args) => churn::run(args).await,
+        }
+    })
+}
+
+/// A progress bar on a terminal, hidden otherwise.
+fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(len)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {what} ({{per_sec}})"
+        ))
+        .expect("the template is valid"),
+    );
+    bar
+}
+
+/// A histogram of microseconds, 1 µs to 1 h, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+/// Percentiles of a histogram of microseconds, in milliseconds, for reports.
+#[derive(Debug, Default, serde::Serialize)]
+struct Percentiles {
+    count: u64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+}
+
+impl Percentiles {
+    fn of(histogram: &Histogram<u64>) -> Percentiles {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Percentiles {
+            count: histogram.len(),
+            p50_ms: ms(histogram.value_at_quantile(0.5)),
+            p90_ms: ms(histogram.value_at_quantile(0.9)),
+            p99_ms: ms(histogram.value_at_quantile(0.99)),
+            p999_ms: ms(histogram.value_at_quantile(0.999)),
+            max_ms: ms(histogram.max()),
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms ({} samples)",
+            self.p50_ms, self.p90_ms, self.p99_ms, self.p999_ms, self.max_ms, self.count
+        )
+    }
+}
+
+/// Prints `report` as JSON, or `text` lines.
+fn emit(json: bool, report: &impl serde::Serialize, text: &[String]) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        for line in text {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// Errors counted by kind, for reports.
+#[derive(Debug, Default, serde::Serialize)]
+struct Errors(std::collections::BTreeMap<String, u64>);
+
+impl Errors {
+    fn add(&mut self, error: &std::io::Error) {
+        *self.0.entry(format!("{:?}", error.kind())).or_default() += 1;
+    }
+
+    fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+
+    fn merge(&mut self, other: Errors) {
+        for (kind, n) in other.0 {
+            *self.0.entry(kind).or_default() += n;
+        }
+    }
+
+    fn line(&self) -> String {
+        if self.0.is_empty() {
+            "no errors".into()
+        } else {
+            let kinds: Vec<String> = self.0.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+            format!("errors: {}", kinds.join(", "))
+        }
+    }
+}
+
+/// One item, `{"ip":…,"n":…}`, with an `id` when acks are wanted.
+fn item_line(out: &mut Vec<u8>, n: u64, id: Option<u64>) {
+    use std::io::Write;
+    let ip = Ipv4Addr::from(0x0a00_0000 | (n as u32 & 0x00ff_ffff));
+    match id {
+        Some(id) => writeln!(out, "{{\"id\":{id},\"ip\":\"{ip}\",\"n\":{n}}}"),
+        None => writeln!(out, "{{\"ip\":\"{ip}\",\"n\":{n}}}"),
+    }
+    .expect("writing to a Vec cannot fail");
+}
