@@ -44,8 +44,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The server's address the client connected to.
     pub local: SocketAddr,
-    /// When the connection was accepted.
-    pub started_at: SystemTime,
+    /// When the connection was accepted (the wall-clock time is derived from it, to keep the
+    /// entry small: every byte here is paid once per idle connection).
     started: Instant,
     last_in_ms: AtomicU64,
     last_out_ms: AtomicU64,
@@ -60,6 +60,11 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
+    /// When the connection was accepted.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     fn since_start(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.started).as_millis() as u64
     }
@@ -108,7 +113,7 @@ impl ConnInfo {
             id: self.id,
             peer: self.peer,
             local: self.local,
-            started_at: self.started_at,
+            started_at: SystemTime::now() - age,
             age,
             last_in_ago: ago(&self.last_in_ms),
             last_out_ago: ago(&self.last_out_ms),
@@ -210,7 +215,6 @@ impl Registry {
             id,
             peer,
             local,
-            started_at: SystemTime::now(),
             started: Instant::now(),
             last_in_ms: AtomicU64::new(0),
             last_out_ms: AtomicU64::new(0),
