@@ -1,4 +1,6 @@
-//! `bench churn`: connect, send one item, wait for its ack, close; K times, from many workers.
+//! `bench churn`: connect, send one item, close; K times, from many workers. A cycle ends when
+//! the server has answered: its ack (with `--ack`), or its own close after reading our end of
+//! stream (so it works against servers that do not ack, such as the Go baseline).
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +23,9 @@ pub struct ChurnArgs {
     /// Cycles in progress at once.
     #[arg(long, value_name = "N", default_value_t = 64)]
     concurrency: u64,
+    /// Give the item an id and wait for its ack before closing.
+    #[arg(long)]
+    ack: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -52,7 +57,7 @@ pub async fn run(args: ChurnArgs) -> anyhow::Result<ExitCode> {
                     break;
                 }
                 let began = Instant::now();
-                match cycle(&args.target, n).await {
+                match cycle(&args.target, n, args.ack).await {
                     Ok(()) => {
                         completed += 1;
                         latency.saturating_record(began.elapsed().as_micros() as u64);
@@ -101,17 +106,25 @@ pub async fn run(args: ChurnArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// One cycle: connect, send an item with an id, read its ack, close.
-async fn cycle(target: &Target, n: u64) -> std::io::Result<()> {
+/// One cycle: connect, send an item, then read its ack and close (`ack`), or close our side and
+/// read until the server closes.
+async fn cycle(target: &Target, n: u64, ack: bool) -> std::io::Result<()> {
     let stream = target.connect(n).await?;
     let (read, mut write) = stream.into_split();
     let mut line = Vec::with_capacity(64);
-    item_line(&mut line, n, Some(n));
+    item_line(&mut line, n, ack.then_some(n));
     write.write_all(&line).await?;
-    let mut reply = String::new();
-    BufReader::new(read).read_line(&mut reply).await?;
-    if !reply.contains("\"type\":\"ack\"") {
-        return Err(std::io::Error::other(format!("no ack: {}", reply.trim())));
+    let mut reader = BufReader::new(read);
+    if ack {
+        let mut reply = String::new();
+        reader.read_line(&mut reply).await?;
+        if !reply.contains("\"type\":\"ack\"") {
+            return Err(std::io::Error::other(format!("no ack: {}", reply.trim())));
+        }
+        return write.shutdown().await;
     }
-    write.shutdown().await
+    write.shutdown().await?;
+    let mut rest = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut rest).await?;
+    Ok(())
 }

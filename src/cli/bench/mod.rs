@@ -41,10 +41,13 @@ struct Target {
     /// The server.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000")]
     to: SocketAddr,
-    /// Loopback source addresses to spread connections over (127.0.0.2, 127.0.0.3, …), so that
-    /// source ports never run out; 0 lets the kernel choose. Only for a loopback target.
+    /// Source addresses to spread connections over (--source-base, then the next ones), so
+    /// that source ports never run out; 0 lets the kernel choose.
     #[arg(long, value_name = "N", default_value_t = 0)]
     sources: u8,
+    /// First source address for --sources; the last octet is incremented.
+    #[arg(long, value_name = "IPV4", default_value = "127.0.0.2")]
+    source_base: Ipv4Addr,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
