@@ -73,6 +73,10 @@ impl Target {
             SocketAddr::V6(_) => TcpSocket::new_v6()?,
         };
         if let Some(source) = self.source(n) {
+            // Linux: pick the port at connect(), not at bind(): bind() alone cannot reuse
+            // ports in TIME_WAIT, and churn would run out of them.
+            #[cfg(target_os = "linux")]
+            bind_address_no_port(&socket)?;
             socket.bind(source)?;
         }
         let stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(self.to))
@@ -82,6 +86,28 @@ impl Target {
             })??;
         stream.set_nodelay(true)?;
         Ok(stream)
+    }
+}
+
+/// Sets `IP_BIND_ADDRESS_NO_PORT`.
+#[cfg(target_os = "linux")]
+fn bind_address_no_port(socket: &TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, an int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -152,16 +178,20 @@ impl Percentiles {
     }
 }
 
-/// Prints `report` as JSON, or `text` lines.
+/// Prints `report` as JSON, or `text` lines. A closed standard output (`| head`) is not an
+/// error worth a panic.
 fn emit(json: bool, report: &impl serde::Serialize, text: &[String]) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string(report)?);
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = if json {
+        writeln!(out, "{}", serde_json::to_string(report)?)
     } else {
-        for line in text {
-            println!("{line}");
-        }
+        text.iter().try_for_each(|line| writeln!(out, "{line}"))
+    };
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Errors counted by kind, for reports.
