@@ -130,7 +130,7 @@ async fn one_connection(args: &FloodArgs, c: u64, bar: &indicatif::ProgressBar) 
         latency: histogram(),
         errors: Errors::default(),
     };
-    let stream = match args.target.connect(c).await {
+    let stream = match args.target.connect(c, false).await {
         Ok(stream) => stream,
         Err(error) => {
             result.errors.add(&error);

@@ -60,7 +60,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<ExitCode> {
         attempts.spawn(async move {
             let _permit = permit;
             let began = Instant::now();
-            let mut stream = target.connect(n).await?;
+            let mut stream = target.connect(n, false).await?;
             if hello {
                 use tokio::io::AsyncWriteExt;
                 stream

@@ -66,17 +66,19 @@ impl Target {
         ))
     }
 
-    /// Connects connection `n`.
-    async fn connect(&self, n: u64) -> std::io::Result<TcpStream> {
+    /// Connects connection `n`. `reuse_time_wait` (churn): choose the source port at
+    /// `connect()` (`IP_BIND_ADDRESS_NO_PORT`), where TIME_WAIT ports can be reused; otherwise
+    /// at `bind()`, which gives each source address its own 64k ports (idle, flood).
+    async fn connect(&self, n: u64, reuse_time_wait: bool) -> std::io::Result<TcpStream> {
         let socket = match self.to {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
             SocketAddr::V6(_) => TcpSocket::new_v6()?,
         };
         if let Some(source) = self.source(n) {
-            // Linux: pick the port at connect(), not at bind(): bind() alone cannot reuse
-            // ports in TIME_WAIT, and churn would run out of them.
             #[cfg(target_os = "linux")]
-            bind_address_no_port(&socket)?;
+            if reuse_time_wait {
+                bind_address_no_port(&socket)?;
+            }
             socket.bind(source)?;
         }
         let stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(self.to))
