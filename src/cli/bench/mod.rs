@@ -56,14 +56,12 @@ struct Target {
 impl Target {
     /// The source address of connection `n`, if sources are spread.
     fn source(&self, n: u64) -> Option<SocketAddr> {
-        if self.sources == 0 || !self.to.ip().is_loopback() {
+        if self.sources == 0 || !self.to.is_ipv4() {
             return None;
         }
-        let host = 2 + (n % u64::from(self.sources)) as u8;
-        Some(SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)),
-            0,
-        ))
+        let [a, b, c, d] = self.source_base.octets();
+        let host = d.wrapping_add((n % u64::from(self.sources)) as u8);
+        Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, host)), 0))
     }
 
     /// Connects connection `n`. `reuse_time_wait` (churn): choose the source port at
