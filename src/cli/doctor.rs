@@ -88,7 +88,7 @@ fn measure(
     let tag = std::process::id().to_string();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
     let outcome = runtime.block_on(async {
-        let interrupted = interrupted()?;
+        let interrupted = super::stop_signal()?;
         if !args.json {
             eprintln!("\nmeasuring in network namespaces cwd-s-{tag} / cwd-c-{tag} …");
         }
@@ -136,20 +136,6 @@ fn measure(_: &connwarden::Config, _: &Inspection, _: &DoctorArgs) -> anyhow::Re
         std::env::consts::OS
     );
     Ok(ExitCode::from(EXIT_UNSUPPORTED))
-}
-
-/// Resolves on SIGINT or SIGTERM.
-#[cfg(target_os = "linux")]
-fn interrupted() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-    })
 }
 
 /// Left-aligned columns, two spaces apart.

@@ -26,7 +26,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     super::init_logging(config.log_format);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
     runtime.block_on(async move {
-        let shutdown = shutdown_signal()?;
+        let shutdown = super::stop_signal()?;
         let server = Server::builder(config).build()?;
         let listeners = server.bind()?;
         let report = server.run(listeners, shutdown).await?;
@@ -37,28 +37,4 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
         Ok(())
     })
-}
-
-/// A future that resolves on SIGINT or SIGTERM (Ctrl-C elsewhere). The handlers are installed
-/// here, before the server listens, so a signal that arrives once clients can connect always
-/// leads to an orderly shutdown rather than the default "terminate at once".
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-        Ok(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = interrupt.recv() => {}
-            }
-        })
-    }
-    #[cfg(not(unix))]
-    {
-        Ok(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-    }
 }

@@ -93,7 +93,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<ExitCode> {
     );
     match args.hold {
         Some(hold) => tokio::time::sleep(hold).await,
-        None => stopped().await,
+        None => super::super::stop_signal()?.await,
     }
     let closed_by_server = held.iter().filter(|s| is_closed(s)).count() as u64;
     let report = Report {
@@ -157,23 +157,4 @@ fn is_closed(stream: &tokio::net::TcpStream) -> bool {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
         Err(_) => true,
     }
-}
-
-/// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere).
-async fn stopped() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
