@@ -157,6 +157,20 @@ impl Progress {
     fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// The counters now, with the refusals by code (which only the delivery task keeps).
+    fn summary(&self, rejected: &BTreeMap<String, u64>) -> Summary {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Summary {
+            taken: load(&self.taken),
+            sent: load(&self.sent),
+            resent: load(&self.resent),
+            acknowledged: load(&self.acknowledged),
+            written: load(&self.written),
+            rejected: rejected.clone(),
+            connections: load(&self.connections),
+        }
+    }
 }
 
 /// What a client did, when it finished.
@@ -252,7 +266,8 @@ struct Delivery {
     window: Window,
     input: mpsc::Receiver<Bytes>,
     input_open: bool,
-    summary: Summary,
+    /// Items refused for good, by code; every other count is in `progress`.
+    rejected: BTreeMap<String, u64>,
     progress: Arc<Progress>,
 }
 
@@ -265,7 +280,7 @@ impl Delivery {
     fn refuse(&mut self, seq: u64, code: &str, message: &str) {
         if self.window.settle(seq) == window::Settled::Now {
             tracing::warn!(item = seq, code, detail = message, "item refused");
-            *self.summary.rejected.entry(code.to_owned()).or_default() += 1;
+            *self.rejected.entry(code.to_owned()).or_default() += 1;
             Progress::add(&self.progress.rejected, 1);
         }
     }
@@ -280,7 +295,7 @@ async fn deliver(
         window: Window::new(config.window, config.ack),
         input,
         input_open: true,
-        summary: Summary::default(),
+        rejected: BTreeMap::new(),
         progress,
     };
     let mut backoff = Backoff::new(config.backoff);
@@ -292,7 +307,6 @@ async fn deliver(
                     dial::check_options(&stream, &config.socket_options());
                     checked_options = true;
                 }
-                delivery.summary.connections += 1;
                 Progress::add(&delivery.progress.connections, 1);
                 let end = session::run(stream, &config, &mut delivery).await;
                 delivery.progress.connected.store(false, Ordering::Relaxed);
@@ -307,7 +321,7 @@ async fn deliver(
             if !matches!(end.reason, EndReason::Finished) {
                 tracing::info!(reason = %end.reason, "connection ended after the last item was settled");
             }
-            return Ok(delivery.summary);
+            return Ok(delivery.progress.summary(&delivery.rejected));
         }
         if end.reconnect_at_once() {
             tracing::info!(addr = %config.addr, reason = %end.reason, unsettled = delivery.window.len(), "reconnecting");
@@ -330,7 +344,7 @@ async fn deliver(
                     after: backoff.failing_for(),
                     last: end.reason.to_string(),
                     unsettled: waiting,
-                    summary: Box::new(delivery.summary),
+                    summary: Box::new(delivery.progress.summary(&delivery.rejected)),
                 });
             }
         }

@@ -99,7 +99,6 @@ pub(super) async fn run(
         silent_intervals: 0,
         draining: false,
         closing_code: None,
-        eof: false,
     };
     delivery.window.rewind();
     let hello = format!(
@@ -134,7 +133,6 @@ struct Session<'c> {
     draining: bool,
     /// The last connection-level error the server sent, which names the close that follows.
     closing_code: Option<ErrorCode>,
-    eof: bool,
 }
 
 impl Session<'_> {
@@ -162,10 +160,7 @@ impl Session<'_> {
             tokio::select! {
                 biased;
                 read = reader.read_buf(&mut self.read_buf) => match read {
-                    Ok(0) => {
-                        self.eof = true;
-                        return self.closed_by_server();
-                    }
+                    Ok(0) => return self.closed_by_server(),
                     Ok(_) => {
                         self.last_inbound = Instant::now();
                         self.silent_intervals = 0;
@@ -181,7 +176,6 @@ impl Session<'_> {
                     }
                     if self.out.is_empty() && !self.config.ack {
                         let settled = delivery.window.settle_sent() as u64;
-                        delivery.summary.written += settled;
                         Progress::add(&delivery.progress.written, settled);
                     }
                 }
@@ -225,8 +219,6 @@ impl Session<'_> {
         let filled = delivery
             .window
             .fill(&mut self.out, OUT_TARGET, self.server_max_frame);
-        delivery.summary.sent += filled.items;
-        delivery.summary.resent += filled.resent;
         Progress::add(&delivery.progress.sent, filled.items);
         Progress::add(&delivery.progress.resent, filled.resent);
         for seq in filled.too_large {
@@ -279,7 +271,6 @@ impl Session<'_> {
             Reply::Ack { id } => match sequence(&id) {
                 Some(seq) => {
                     if delivery.window.settle(seq) == super::window::Settled::Now {
-                        delivery.summary.acknowledged += 1;
                         Progress::add(&delivery.progress.acknowledged, 1);
                     }
                 }
@@ -327,7 +318,8 @@ impl Session<'_> {
     }
 
     fn io_end(&self, error: &std::io::Error, stream: &TcpStream) -> EndReason {
-        match CloseReason::from_io_error(error, SockRef::from(stream), self.eof) {
+        // An error after end of stream cannot reach here: end of stream ends the session.
+        match CloseReason::from_io_error(error, SockRef::from(stream), false) {
             Some(reason) => EndReason::Lost(reason),
             None => {
                 tracing::warn!(error = %error, "unexpected socket error");
@@ -366,7 +358,6 @@ async fn close_in_good_order(
 
 fn take(delivery: &mut Delivery, object: Bytes) {
     delivery.window.push(object);
-    delivery.summary.taken += 1;
     Progress::add(&delivery.progress.taken, 1);
 }
 
