@@ -874,7 +874,8 @@ fn parse_fsync(text: &str) -> Result<FsyncMode, String> {
     }
 }
 
-fn parse_log_format(text: &str) -> Result<LogFormat, String> {
+/// Parses `text` or `json`.
+pub fn parse_log_format(text: &str) -> Result<LogFormat, String> {
     match text.trim() {
         "text" => Ok(LogFormat::Text),
         "json" => Ok(LogFormat::Json),

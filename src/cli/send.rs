@@ -40,31 +40,31 @@ pub struct SendArgs {
     #[arg(value_name = "FILE|-", default_value = "-")]
     input: String,
     /// Longest wait for a connection and the server's hello [default: 5s].
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     connect_timeout: Option<Duration>,
     /// TCP_KEEPIDLE of the client's socket [default: 30s].
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     keepalive_idle: Option<Duration>,
     /// TCP_KEEPINTVL [default: 10s].
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     keepalive_interval: Option<Duration>,
     /// TCP_KEEPCNT [default: 3].
     #[arg(long, value_name = "N")]
     keepalive_count: Option<u32>,
     /// TCP_USER_TIMEOUT: auto (idle + interval x count), a duration, or off [default: auto].
-    #[arg(long, value_name = "auto|off|DURATION", value_parser = user_timeout)]
+    #[arg(long, value_name = "auto|off|DURATION", value_parser = config::parse_user_timeout)]
     user_timeout: Option<UserTimeout>,
     /// Inbound silence after which the client pings the server [default: 15s].
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     heartbeat_interval: Option<Duration>,
     /// Silent intervals after which the connection is given up [default: 3].
     #[arg(long, value_name = "N")]
     heartbeat_misses: Option<u32>,
     /// First reconnect delay ceiling (full jitter below it) [default: 100ms].
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     backoff_initial: Option<Duration>,
     /// Largest reconnect delay ceiling [default: 10s].
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     backoff_max: Option<Duration>,
     /// Give up after this long without a working connection, or off [default: off].
     #[arg(long, value_name = "DURATION")]
@@ -76,16 +76,10 @@ pub struct SendArgs {
     #[arg(long, value_name = "SIZE")]
     send_buffer: Option<String>,
     /// Log format: text or json.
-    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = log_format)]
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = config::parse_log_format)]
     log_format: LogFormat,
 }
 
-fn duration(text: &str) -> Result<Duration, String> {
-    config::parse_duration(text)
-}
-fn user_timeout(text: &str) -> Result<UserTimeout, String> {
-    config::parse_user_timeout(text)
-}
 /// Parses an optional flag whose value may be "off"/"auto" (clap reserves `Option<Option<T>>`).
 fn parse_flag<T>(
     flag: &str,
@@ -95,13 +89,6 @@ fn parse_flag<T>(
     text.as_deref()
         .map(|t| parse(t).map_err(|reason| anyhow::anyhow!("--{flag} {t:?}: {reason}")))
         .transpose()
-}
-fn log_format(text: &str) -> Result<LogFormat, String> {
-    match text {
-        "text" => Ok(LogFormat::Text),
-        "json" => Ok(LogFormat::Json),
-        _ => Err("expected text or json".into()),
-    }
 }
 
 impl SendArgs {
@@ -257,17 +244,11 @@ fn report(
 ) -> anyhow::Result<ExitCode> {
     let (summary, failure) = match result {
         Ok(summary) => (summary, None),
-        Err(ClientError::GaveUp {
-            summary,
-            addr,
-            after,
-            last,
-            unsettled,
-        }) => {
-            let message = format!(
-                "gave up on {addr} after {}: {last}; {unsettled} items not delivered",
-                humantime::format_duration(Duration::from_millis(after.as_millis() as u64))
-            );
+        Err(error @ ClientError::GaveUp { .. }) => {
+            let message = error.to_string();
+            let ClientError::GaveUp { summary, .. } = error else {
+                unreachable!("matched above")
+            };
             (*summary, Some(message))
         }
         Err(error) => return Err(error.into()),
