@@ -42,7 +42,7 @@ struct Report<'a> {
 
 pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let config = args.flags.load()?;
-    super::init_logging_default(config.log_format, "warn");
+    super::init_logging(config.log_format, "warn", None);
     let inspection = doctor::inspect(&config).context("doctor")?;
     if !args.measure {
         if args.json {

@@ -58,25 +58,13 @@ pub fn main() -> ExitCode {
 }
 
 /// Logs go to standard error (standard output may be the sink), as text or JSON lines.
-/// `RUST_LOG` filters them (default `info`).
-fn init_logging(format: connwarden::config::LogFormat) {
-    init_logging_with(format, None);
-}
-
-/// Like [`init_logging`], with another level than `info` when `RUST_LOG` is not set.
-fn init_logging_default(format: connwarden::config::LogFormat, level: &str) {
-    init_logging_filtered(format, None, level);
-}
-
-/// Like [`init_logging`]; with a progress bar, each log line hides the bar while it is written.
-fn init_logging_with(format: connwarden::config::LogFormat, bar: Option<indicatif::ProgressBar>) {
-    init_logging_filtered(format, bar, "info");
-}
-
-fn init_logging_filtered(
+/// `RUST_LOG` filters them; without it, `level` (`info` for `serve` and `send`, `warn` for the
+/// tools whose output is their report). With a progress bar, each log line hides the bar while
+/// it is written.
+fn init_logging(
     format: connwarden::config::LogFormat,
-    bar: Option<indicatif::ProgressBar>,
     level: &str,
+    bar: Option<indicatif::ProgressBar>,
 ) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));

@@ -23,7 +23,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         print!("{}", config.to_toml());
         return Ok(());
     }
-    super::init_logging(config.log_format);
+    super::init_logging(config.log_format, "info", None);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
     runtime.block_on(async move {
         let shutdown = super::stop_signal()?;
