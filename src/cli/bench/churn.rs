@@ -118,7 +118,10 @@ async fn cycle(target: &Target, n: u64, ack: bool) -> std::io::Result<()> {
     if ack {
         let mut reply = String::new();
         reader.read_line(&mut reply).await?;
-        if !reply.contains("\"type\":\"ack\"") {
+        if !matches!(
+            connwarden::protocol::parse_reply(reply.as_bytes()),
+            Ok(connwarden::protocol::Reply::Ack { .. })
+        ) {
             return Err(std::io::Error::other(format!("no ack: {}", reply.trim())));
         }
         return write.shutdown().await;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
+use connwarden::protocol::Reply;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
@@ -154,29 +155,32 @@ async fn one_connection(args: &FloodArgs, c: u64, bar: &indicatif::ProgressBar) 
         let mut latency = histogram();
         let mut batch: Option<(u64, Instant)> = None;
         while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("\"type\":\"ack\"") {
-                let id: u64 = line
-                    .rsplit(':')
-                    .next()
-                    .and_then(|t| t.trim_end_matches('}').parse().ok())
-                    .unwrap_or(0);
-                while batch.is_none_or(|(end, _)| id >= end) {
-                    match sent_at_rx.recv().await {
-                        Some(next) => batch = Some(next),
-                        None => break,
+            match connwarden::protocol::parse_reply(line.as_bytes()) {
+                Ok(Reply::Ack { id }) => {
+                    let id: u64 = std::str::from_utf8(&id)
+                        .ok()
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(0);
+                    while batch.is_none_or(|(end, _)| id >= end) {
+                        match sent_at_rx.recv().await {
+                            Some(next) => batch = Some(next),
+                            None => break,
+                        }
+                    }
+                    if let Some((_, at)) = batch {
+                        latency.saturating_record(at.elapsed().as_micros() as u64);
+                    }
+                    acked += 1;
+                    reader_window.add_permits(1);
+                    if ack {
+                        reader_bar.inc(1);
                     }
                 }
-                if let Some((_, at)) = batch {
-                    latency.saturating_record(at.elapsed().as_micros() as u64);
+                Ok(Reply::Error { .. }) => {
+                    refused += 1;
+                    reader_window.add_permits(1);
                 }
-                acked += 1;
-                reader_window.add_permits(1);
-                if ack {
-                    reader_bar.inc(1);
-                }
-            } else if line.contains("\"type\":\"error\"") {
-                refused += 1;
-                reader_window.add_permits(1);
+                _ => {}
             }
         }
         (acked, refused, latency)
