@@ -168,9 +168,17 @@ impl Lab {
 
     /// Takes the client host's link down (or up): nothing it sends or answers gets through.
     pub fn client_link(&self, up: bool) -> Result<(), MeasureError> {
-        let state = if up { "up" } else { "down" };
-        ip(&["-n", &self.client_ns, "link", "set", &self.client_if, state])
+        set_link(&self.client_ns, &self.client_if, up)
     }
+
+    /// Takes the server host's link down (or up).
+    pub fn server_link(&self, up: bool) -> Result<(), MeasureError> {
+        set_link(&self.server_ns, &self.server_if, up)
+    }
+}
+
+fn set_link(ns: &str, dev: &str, up: bool) -> Result<(), MeasureError> {
+    ip(&["-n", ns, "link", "set", dev, if up { "up" } else { "down" }])
 }
 
 impl Drop for Lab {

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use connwarden::doctor::measure::Lab;
 use connwarden::registry::ClosedConn;
 use connwarden::server::ShutdownReport;
 use connwarden::sink::{ChannelSink, Sink};
@@ -367,32 +368,21 @@ impl Drop for Proc {
     }
 }
 
-/// Two network namespaces joined by a veth pair: a server host at 10.231.0.1 and a client host
-/// at 10.231.0.2. Names are unique per process and fixture; `Drop` deletes both namespaces,
+/// Two network namespaces joined by a veth pair, the library's own fixture
+/// ([`connwarden::doctor::measure::Lab`]): a server host at 10.232.0.1 and a client host at
+/// 10.232.0.2. Names are unique per process and fixture; dropping it deletes both namespaces,
 /// which deletes the veth pair with them.
-pub struct NetnsPair {
-    pub server_ns: String,
-    pub client_ns: String,
-    pub server_if: String,
-    pub client_if: String,
-}
+pub struct NetnsPair(Lab);
 
-pub const NETNS_SERVER_IP: &str = "10.231.0.1";
-pub const NETNS_CLIENT_IP: &str = "10.231.0.2";
+pub const NETNS_SERVER_IP: &str = "10.232.0.1";
 
 static NETNS_SEQ: AtomicU32 = AtomicU32::new(0);
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip (install iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+impl std::ops::Deref for NetnsPair {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.0
+    }
 }
 
 impl NetnsPair {
@@ -402,76 +392,7 @@ impl NetnsPair {
             std::process::id(),
             NETNS_SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        let pair = NetnsPair {
-            server_ns: format!("cwt-s-{tag}"),
-            client_ns: format!("cwt-c-{tag}"),
-            server_if: format!("cws{tag}"),
-            client_if: format!("cwc{tag}"),
-        };
-        let server_if = pair.server_if.clone();
-        assert!(
-            server_if.len() <= 15,
-            "interface name too long: {server_if}"
-        );
-        ip(&["netns", "add", &pair.server_ns]);
-        // From here on, Drop removes whatever was made.
-        ip(&["netns", "add", &pair.client_ns]);
-        ip(&[
-            "link",
-            "add",
-            &server_if,
-            "netns",
-            &pair.server_ns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &pair.client_if,
-            "netns",
-            &pair.client_ns,
-        ]);
-        ip(&[
-            "-n",
-            &pair.server_ns,
-            "addr",
-            "add",
-            &format!("{NETNS_SERVER_IP}/30"),
-            "dev",
-            &server_if,
-        ]);
-        ip(&[
-            "-n",
-            &pair.client_ns,
-            "addr",
-            "add",
-            &format!("{NETNS_CLIENT_IP}/30"),
-            "dev",
-            &pair.client_if,
-        ]);
-        for (ns, dev) in [
-            (&pair.server_ns, &server_if),
-            (&pair.client_ns, &pair.client_if),
-        ] {
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-        }
-        pair
-    }
-
-    /// Runs `f` on a thread that has entered namespace `ns`; sockets it creates live there.
-    pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{ns}");
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns only changes this thread's network namespace; the fd is valid for
-            // the call. The thread ends after `f`, so no other code runs in the namespace.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("namespace thread")
+        NetnsPair(Lab::create(&tag).expect("create network namespaces (root, iproute2)"))
     }
 
     /// A listener in the server namespace, ready for Tokio.
@@ -479,9 +400,8 @@ impl NetnsPair {
         let addr: SocketAddr = format!("{NETNS_SERVER_IP}:{port}")
             .parse()
             .expect("address");
-        let listener = NetnsPair::in_ns(&self.server_ns, move || {
-            std::net::TcpListener::bind(addr).expect("bind in netns")
-        });
+        let listener = Lab::in_ns(&self.server_ns, move || std::net::TcpListener::bind(addr))
+            .expect("bind in netns");
         listener.set_nonblocking(true).expect("nonblocking");
         TcpListener::from_std(listener).expect("register listener")
     }
@@ -491,10 +411,10 @@ impl NetnsPair {
         let addr: SocketAddr = format!("{NETNS_SERVER_IP}:{port}")
             .parse()
             .expect("address");
-        let stream = NetnsPair::in_ns(&self.client_ns, move || {
+        let stream = Lab::in_ns(&self.client_ns, move || {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-                .expect("connect in netns")
-        });
+        })
+        .expect("connect in netns");
         stream.set_nonblocking(true).expect("nonblocking");
         TcpStream::from_std(stream).expect("register stream")
     }
@@ -502,27 +422,11 @@ impl NetnsPair {
     /// Cuts the client host off: its end of the link goes down, so nothing it would send or
     /// answer reaches the server, and nothing the server sends reaches it.
     pub fn client_link_down(&self) {
-        self.set_link(&self.client_ns, &self.client_if, "down");
+        self.client_link(false).expect("client link down");
     }
 
     /// Cuts the server host off (its end of the link goes down), or brings it back.
     pub fn server_link(&self, up: bool) {
-        self.set_link(
-            &self.server_ns,
-            &self.server_if,
-            if up { "up" } else { "down" },
-        );
-    }
-
-    fn set_link(&self, ns: &str, dev: &str, state: &str) {
-        ip(&["-n", ns, "link", "set", dev, state]);
-    }
-}
-
-impl Drop for NetnsPair {
-    fn drop(&mut self) {
-        for ns in [&self.server_ns, &self.client_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
+        self.0.server_link(up).expect("server link");
     }
 }
