@@ -534,8 +534,8 @@ impl Config {
         if self.max_connections == 0 {
             return fail("max_connections", "must be at least 1".into());
         }
-        if self.max_frame < 16 {
-            return fail("max_frame", "must be at least 16 bytes".into());
+        if self.max_frame < 16 || self.max_frame > crate::protocol::MAX_FRAME_LIMIT {
+            return fail("max_frame", "must be between 16 bytes and 1 GiB".into());
         }
         if self.max_pending_replies == 0 {
             return fail("max_pending_replies", "must be at least 1".into());

@@ -423,13 +423,7 @@ impl Connection {
         self.read_buf.reserve(READ_CHUNK);
         match self.stream.try_read_buf(&mut self.read_buf) {
             Ok(0) => {
-                if self.decoder.is_mid_frame() {
-                    tracing::debug!(
-                        conn_id = self.info.id,
-                        pending = self.read_buf.len(),
-                        "peer closed in the middle of an object"
-                    );
-                }
+                // What is left in the buffer is answered by `process_buffered`.
                 self.eof = true;
                 self.reading = false;
                 Ok(false)
@@ -517,7 +511,12 @@ impl Connection {
     /// Handles every complete object in the read buffer, until one blocks.
     fn process_buffered(&mut self) -> Result<(), Close> {
         while self.blocked.is_none() {
-            let frame = match self.decoder.decode(&mut self.read_buf) {
+            let decoded = if self.eof {
+                self.decoder.decode_eof(&mut self.read_buf)
+            } else {
+                self.decoder.decode(&mut self.read_buf)
+            };
+            let frame = match decoded {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(too_large) => {
@@ -543,6 +542,11 @@ impl Connection {
                         "expected a JSON object, got {} bytes that cannot start one",
                         bytes.len()
                     ),
+                    id: None,
+                })?,
+                Frame::Truncated(truncated) => self.refuse(ItemError {
+                    code: ErrorCode::Truncated,
+                    message: truncated.to_string(),
                     id: None,
                 })?,
                 Frame::Object(bytes) => match protocol::parse(bytes) {

@@ -241,6 +241,10 @@ impl Session<'_> {
                         String::from_utf8_lossy(&junk[..junk.len().min(80)])
                     )))
                 }
+                // Only `decode_eof` returns it; the session reads no further after end of stream.
+                Ok(Some(Frame::Truncated(truncated))) => {
+                    return Some(EndReason::Protocol(truncated.to_string()))
+                }
                 Ok(None) => return None,
                 Err(too_large) => {
                     return Some(EndReason::Protocol(format!(

@@ -1,21 +1,66 @@
-//! Finds the boundaries of JSON objects in a byte stream.
+//! Finds the boundaries of JSON objects in a byte stream, and makes each object one line.
 //!
 //! Objects may be separated by whitespace (newline-delimited JSON) or by nothing at all (Go's
 //! `json.Marshal` output written back to back), and may arrive split at any byte. The decoder
 //! tracks only nesting and string state, resumes where it stopped when more bytes arrive, and
 //! never looks further than `max_frame` into an unfinished object, so a peer cannot make it
 //! buffer without bound. Whether the object is valid JSON is decided later, by [`super::parse`].
+//!
+//! While it scans, the decoder also removes the whitespace between an object's tokens, in
+//! place and in the same pass: a pretty-printed object (`jq .`, `json.dumps(…, indent=2)`,
+//! CRLF line ends) becomes one line, so every record a sink writes stays one NDJSON line. Only
+//! space, tab, CR and LF outside strings are removed; strings, escapes, number text, key order
+//! and raw UTF-8 (U+2028 included) are kept byte for byte. Whitespace between two bytes that
+//! would otherwise join into one token (`1 2`, `tru e`, `- 1`) is kept as one space, so an
+//! object that is not valid JSON stays invalid and is refused, never "repaired". An object
+//! sent compact is not copied at all.
+
+use std::fmt;
 
 use bytes::{Buf, Bytes, BytesMut};
+
+/// The largest `max_frame` a decoder enforces (1 GiB): offsets into the pending frame are kept
+/// in 32 bits, so that the decoder every connection holds stays small.
+pub const MAX_FRAME_LIMIT: usize = 1 << 30;
 
 /// One unit cut from the stream.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {
-    /// The bytes from a `{` to its matching `}`.
+    /// The bytes from a `{` to its matching `}`, without the whitespace between tokens.
     Object(Bytes),
     /// Bytes that cannot begin an object, up to and including the next newline (or up to the
-    /// next `{`): answered with `invalid_json`, after which decoding goes on.
+    /// next `{`, or the end of the stream): answered with `invalid_json`, after which decoding
+    /// goes on.
     Junk(Bytes),
+    /// The stream ended inside an object; what had arrived of it is discarded. Only
+    /// [`Decoder::decode_eof`] returns it.
+    Truncated(Truncated),
+}
+
+/// What the end of a stream cut short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Truncated {
+    /// Bytes of the unfinished object as they arrived, whitespace included.
+    pub discarded: usize,
+    /// Objects and arrays still open when the stream ended (at least 1).
+    pub depth: u32,
+    /// True when the stream ended inside a string.
+    pub in_string: bool,
+}
+
+impl fmt::Display for Truncated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inside = if self.in_string {
+            "inside a string of an unfinished object"
+        } else {
+            "inside an unfinished object"
+        };
+        write!(
+            f,
+            "the stream ended {inside} (depth {}); {} bytes discarded",
+            self.depth, self.discarded
+        )
+    }
 }
 
 /// An object (or a run of junk) longer than the limit: the stream cannot be resynchronised
@@ -30,29 +75,40 @@ pub struct FrameTooLarge {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Between,
-    Object {
-        depth: u32,
-        in_string: bool,
-        escaped: bool,
-    },
+    Object(ObjectScan),
     Junk,
+}
+
+/// Where the scan of an unfinished object stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct ObjectScan {
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    /// Whitespace was dropped since the last byte kept.
+    spaced: bool,
 }
 
 /// Incremental, bounded splitter of a JSON object stream.
 #[derive(Debug)]
 pub struct Decoder {
     max_frame: usize,
-    /// Bytes of the pending frame already scanned.
-    scanned: usize,
+    /// Bytes of the pending frame already scanned (at most `max_frame + 1`).
+    scanned: u32,
+    /// Bytes of the pending object kept so far: its compacted length. The object is compacted
+    /// in place, so `buf[..kept]` is the object so far and `buf[kept..scanned]` is spare room.
+    kept: u32,
     state: State,
 }
 
 impl Decoder {
-    /// A decoder that refuses frames longer than `max_frame` bytes.
+    /// A decoder that refuses frames longer than `max_frame` bytes (as received, whitespace
+    /// included; at most [`MAX_FRAME_LIMIT`]).
     pub fn new(max_frame: usize) -> Decoder {
         Decoder {
-            max_frame,
+            max_frame: max_frame.min(MAX_FRAME_LIMIT),
             scanned: 0,
+            kept: 0,
             state: State::Between,
         }
     }
@@ -68,21 +124,16 @@ impl Decoder {
         if self.state == State::Between {
             let blanks = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
             buf.advance(blanks);
-            match buf.first() {
+            self.state = match buf.first() {
                 None => return Ok(None),
-                Some(b'{') => {
-                    self.state = State::Object {
-                        depth: 0,
-                        in_string: false,
-                        escaped: false,
-                    };
-                }
-                Some(_) => self.state = State::Junk,
-            }
+                Some(b'{') => State::Object(ObjectScan::default()),
+                Some(_) => State::Junk,
+            };
             self.scanned = 0;
+            self.kept = 0;
         }
         let end = match self.state {
-            State::Object { .. } => self.scan_object(buf),
+            State::Object(scan) => self.scan_object(scan, buf),
             State::Junk => self.scan_junk(buf),
             State::Between => unreachable!("state set above"),
         };
@@ -91,84 +142,135 @@ impl Decoder {
                 limit: self.max_frame,
             }),
             Some(len) => {
-                let bytes = buf.split_to(len).freeze();
+                let mut bytes = buf.split_to(len);
                 let frame = match self.state {
-                    State::Junk => Frame::Junk(bytes),
-                    _ => Frame::Object(bytes),
+                    State::Junk => Frame::Junk(bytes.freeze()),
+                    _ => {
+                        bytes.truncate(self.kept as usize);
+                        Frame::Object(bytes.freeze())
+                    }
                 };
                 self.state = State::Between;
-                self.scanned = 0;
                 Ok(Some(frame))
             }
-            None if self.scanned > self.max_frame => Err(FrameTooLarge {
+            None if self.scanned as usize > self.max_frame => Err(FrameTooLarge {
                 limit: self.max_frame,
             }),
             None => Ok(None),
         }
     }
 
-    /// Returns the object's length once its closing brace is in `buf`.
-    fn scan_object(&mut self, buf: &[u8]) -> Option<usize> {
-        let State::Object {
-            mut depth,
-            mut in_string,
-            mut escaped,
-        } = self.state
-        else {
-            unreachable!("called in the object state");
+    /// Like [`decode`](Self::decode), for when the stream has ended: once the complete frames
+    /// are taken, what is left is returned too, as a [`Frame::Junk`] (a segment without its
+    /// newline) or a [`Frame::Truncated`] (an unfinished object, discarded). `buf` is empty
+    /// once this returns `Ok(None)`.
+    pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameTooLarge> {
+        if let Some(frame) = self.decode(buf)? {
+            return Ok(Some(frame));
+        }
+        let frame = match self.state {
+            State::Between => return Ok(None),
+            State::Junk => Frame::Junk(buf.split().freeze()),
+            State::Object(scan) => {
+                let discarded = buf.len();
+                buf.clear();
+                Frame::Truncated(Truncated {
+                    discarded,
+                    depth: scan.depth,
+                    in_string: scan.in_string,
+                })
+            }
         };
+        self.state = State::Between;
+        Ok(Some(frame))
+    }
+
+    /// Scans on from where the last call stopped, moving each byte that is kept to its place
+    /// in the compacted object. Returns the object's length as received once its closing brace
+    /// is in `buf`.
+    fn scan_object(&mut self, mut scan: ObjectScan, buf: &mut [u8]) -> Option<usize> {
         let limit = buf.len().min(self.max_frame + 1);
+        let mut kept = self.kept as usize;
+        let mut at = self.scanned as usize;
         let mut found = None;
-        for (i, &byte) in buf.iter().enumerate().take(limit).skip(self.scanned) {
-            if in_string {
+        while at < limit {
+            let byte = buf[at];
+            at += 1;
+            if scan.in_string {
+                if scan.escaped {
+                    scan.escaped = false;
+                } else if byte == b'\\' {
+                    scan.escaped = true;
+                } else if byte == b'"' {
+                    scan.in_string = false;
+                }
+            } else {
                 match byte {
-                    _ if escaped => escaped = false,
-                    b'\\' => escaped = true,
-                    b'"' => in_string = false,
+                    b' ' | b'\t' | b'\n' | b'\r' => {
+                        scan.spaced = true;
+                        continue;
+                    }
+                    b'"' => scan.in_string = true,
+                    b'{' | b'[' => scan.depth += 1,
+                    b'}' | b']' => {
+                        scan.depth = scan.depth.saturating_sub(1);
+                        if scan.depth == 0 {
+                            found = Some(at);
+                        }
+                    }
+                    _ if scan.spaced && joins(buf[kept - 1], byte) => {
+                        // Keep one space: without it, two tokens would read as one.
+                        buf[kept] = b' ';
+                        kept += 1;
+                    }
                     _ => {}
                 }
-                continue;
+                scan.spaced = false;
             }
-            match byte {
-                b'"' => in_string = true,
-                b'{' | b'[' => depth += 1,
-                b'}' | b']' => {
-                    depth = depth.saturating_sub(1);
-                    if depth == 0 {
-                        found = Some(i + 1);
-                        break;
-                    }
-                }
-                _ => {}
+            if kept + 1 != at {
+                buf[kept] = byte;
+            }
+            kept += 1;
+            if found.is_some() {
+                break;
             }
         }
-        self.state = State::Object {
-            depth,
-            in_string,
-            escaped,
-        };
-        self.scanned = found.unwrap_or(limit);
+        self.state = State::Object(scan);
+        self.scanned = at as u32;
+        self.kept = kept as u32;
         found
     }
 
     /// Junk runs to the end of its line, or up to the next `{`.
     fn scan_junk(&mut self, buf: &[u8]) -> Option<usize> {
         let limit = buf.len().min(self.max_frame + 1);
-        let found = buf[..limit]
+        let scanned = self.scanned as usize;
+        let found = buf[scanned..limit]
             .iter()
-            .skip(self.scanned)
             .position(|&b| b == b'\n' || b == b'{')
             .map(|p| {
-                let at = self.scanned + p;
+                let at = scanned + p;
                 if buf[at] == b'\n' {
                     at + 1
                 } else {
                     at
                 }
             });
-        self.scanned = found.unwrap_or(limit);
+        self.scanned = found.unwrap_or(limit) as u32;
         found
     }
+}
+
+/// True when `before` and `after`, written side by side, could be read as one token: both are
+/// bytes of a literal (a number, `true`, `false`, `null`, or bytes that are not JSON at all).
+fn joins(before: u8, after: u8) -> bool {
+    let literal = |b: u8| {
+        !matches!(
+            b,
+            b'{' | b'}' | b'[' | b']' | b':' | b',' | b'"' | b' ' | b'\t' | b'\n' | b'\r'
+        )
+    };
+    literal(before) && literal(after)
 }
 
 #[cfg(test)]
@@ -264,10 +366,115 @@ mod tests {
         assert_eq!(d.decode(&mut buf), Ok(None));
         assert!(d.is_mid_frame());
         buf.extend_from_slice(b"2.3.4\"}");
-        assert_eq!(
-            d.decode(&mut buf),
-            Ok(Some(object("{\"ip\": \"1.2.3.4\"}")))
-        );
+        assert_eq!(d.decode(&mut buf), Ok(Some(object("{\"ip\":\"1.2.3.4\"}"))));
         assert!(!d.is_mid_frame());
+    }
+    /// Feeds `stream` in pieces of `step` bytes, then ends it; every frame, in order.
+    fn frames_in_steps(stream: &[u8], step: usize, max_frame: usize) -> Vec<Frame> {
+        let mut d = Decoder::new(max_frame);
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for piece in stream.chunks(step) {
+            buf.extend_from_slice(piece);
+            frames.extend(decode_all(&mut d, &mut buf));
+        }
+        while let Some(frame) = d.decode_eof(&mut buf).unwrap() {
+            frames.push(frame);
+        }
+        assert!(buf.is_empty());
+        frames
+    }
+
+    #[test]
+    fn whitespace_between_tokens_is_removed_and_nothing_else() {
+        let pretty = "{\r\n  \"ip\" : \"192.0.2.1\",\n\t\"n\": 123456789012345678901234567890 ,\n  \"s\": \"a b\\n\\u00e9 \u{2028}\\\" }\",\n  \"list\": [ 1 , -2.5e+3, true, null, { } , [ ] ]\n}";
+        let compact = "{\"ip\":\"192.0.2.1\",\"n\":123456789012345678901234567890,\"s\":\"a b\\n\\u00e9 \u{2028}\\\" }\",\"list\":[1,-2.5e+3,true,null,{},[]]}";
+        for step in 1..=pretty.len() {
+            assert_eq!(
+                frames_in_steps(pretty.as_bytes(), step, 1024),
+                vec![object(compact)],
+                "step {step}"
+            );
+        }
+        assert_eq!(
+            frames_in_steps(compact.as_bytes(), 7, 1024),
+            vec![object(compact)]
+        );
+    }
+
+    #[test]
+    fn whitespace_that_separates_two_literals_stays_so_invalid_stays_invalid() {
+        for (sent, kept) in [
+            ("{\"a\": 1 2}", "{\"a\":1 2}"),
+            ("{\"a\":tru\n\te}", "{\"a\":tru e}"),
+            ("{\"a\": -  1}", "{\"a\":- 1}"),
+            ("{\"a\": \"x\" \"y\"}", "{\"a\":\"x\"\"y\"}"),
+            ("{\"a\": [1 ,2 ]}", "{\"a\":[1,2]}"),
+        ] {
+            assert_eq!(frames_in_steps(sent.as_bytes(), 1, 64), vec![object(kept)]);
+        }
+    }
+
+    #[test]
+    fn max_frame_counts_bytes_as_received() {
+        let sent = "{\"a\":         1}";
+        assert_eq!(sent.len(), 16);
+        let mut buf = BytesMut::from(sent.as_bytes());
+        assert_eq!(
+            Decoder::new(15).decode(&mut buf),
+            Err(FrameTooLarge { limit: 15 })
+        );
+        assert_eq!(
+            frames_in_steps(sent.as_bytes(), 3, 16),
+            vec![object("{\"a\":1}")]
+        );
+    }
+
+    #[test]
+    fn end_of_stream_inside_an_object_reports_what_was_discarded() {
+        assert_eq!(
+            frames_in_steps(b"{\"ip\":\"1.1.1.1\"}\n{\"ip\": \"2.2", 4, 64),
+            vec![
+                object("{\"ip\":\"1.1.1.1\"}"),
+                Frame::Truncated(Truncated {
+                    discarded: 11,
+                    depth: 1,
+                    in_string: true
+                })
+            ]
+        );
+        assert_eq!(
+            frames_in_steps(b"{\"a\":[{\"b\":1}, ", 64, 64),
+            vec![Frame::Truncated(Truncated {
+                discarded: 15,
+                depth: 2,
+                in_string: false
+            })]
+        );
+    }
+
+    #[test]
+    fn end_of_stream_after_junk_or_whitespace() {
+        assert_eq!(
+            frames_in_steps(b"{\"ip\":\"1.1.1.1\"} \n\t ", 5, 64),
+            vec![object("{\"ip\":\"1.1.1.1\"}")]
+        );
+        // A top-level array: its brackets and commas are junk, the objects in it are objects.
+        assert_eq!(
+            frames_in_steps(b"[{\"ip\":\"1.1.1.1\"}, oops", 5, 64),
+            vec![
+                Frame::Junk(Bytes::from_static(b"[")),
+                object("{\"ip\":\"1.1.1.1\"}"),
+                Frame::Junk(Bytes::from_static(b", oops")),
+            ]
+        );
+        let mut d = Decoder::new(64);
+        assert_eq!(d.decode_eof(&mut BytesMut::new()), Ok(None));
+    }
+
+    #[test]
+    fn decoder_stays_small() {
+        // Every connection holds one.
+        assert!(std::mem::size_of::<Decoder>() <= 24);
     }
 }

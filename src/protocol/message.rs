@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 /// A message from a client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inbound {
-    /// A data item, kept byte for byte as it came.
+    /// A data item, kept byte for byte as it came (less whitespace between tokens).
     Item(Item),
     /// The client announces itself; the server then enforces the heartbeat (when `negotiated`).
     Hello,
@@ -25,7 +25,8 @@ pub enum Inbound {
 /// A valid item.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Item {
-    /// The client's object, unchanged.
+    /// The client's object as it came, less the whitespace between its tokens (see
+    /// [`super::Decoder`]).
     pub raw: Bytes,
     /// The address in the item's `ip` key.
     pub ip: IpAddr,
@@ -60,11 +61,13 @@ pub enum ErrorCode {
     MaxAge,
     /// The server is stopping; the connection closes.
     ShuttingDown,
+    /// The stream ended inside an object; what had arrived of it was discarded.
+    Truncated,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidJson,
         ErrorCode::MissingIp,
         ErrorCode::InvalidIp,
@@ -77,6 +80,7 @@ impl ErrorCode {
         ErrorCode::SinkFailed,
         ErrorCode::MaxAge,
         ErrorCode::ShuttingDown,
+        ErrorCode::Truncated,
     ];
 
     /// The code with this spelling, if it is one.
@@ -101,6 +105,7 @@ impl ErrorCode {
             ErrorCode::SinkFailed => "sink_failed",
             ErrorCode::MaxAge => "max_age",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Truncated => "truncated",
         }
     }
 }

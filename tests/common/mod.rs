@@ -276,11 +276,22 @@ impl Proc {
         Proc::start(command)
     }
 
-    fn start(mut command: Command) -> Proc {
+    /// Starts `connwarden serve ARGS` with its standard output in `child.stdout`.
+    pub fn spawn_with_stdout(args: &[&str]) -> Proc {
+        let mut command = Command::new(binary());
+        command.arg("serve").args(args);
+        Proc::start_with(command, std::process::Stdio::piped())
+    }
+
+    fn start(command: Command) -> Proc {
+        Proc::start_with(command, std::process::Stdio::null())
+    }
+
+    fn start_with(mut command: Command, stdout: std::process::Stdio) -> Proc {
         use std::io::BufRead;
         let mut child = command
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
+            .stdout(stdout)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start connwarden");
@@ -428,5 +439,68 @@ impl NetnsPair {
     /// Cuts the server host off (its end of the link goes down), or brings it back.
     pub fn server_link(&self, up: bool) {
         self.0.server_link(up).expect("server link");
+    }
+}
+
+/// JSON text written the ways clients write it, token by token, so that number text and
+/// escapes stay exactly as they were.
+pub mod json_text {
+    /// The tokens of a compact JSON text: strings whole, punctuation, and literals.
+    pub fn tokens(compact: &str) -> Vec<&str> {
+        let bytes = compact.as_bytes();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let start = at;
+            match bytes[at] {
+                b'"' => {
+                    at += 1;
+                    while bytes[at] != b'"' {
+                        at += if bytes[at] == b'\\' { 2 } else { 1 };
+                    }
+                    at += 1;
+                }
+                b'{' | b'}' | b'[' | b']' | b':' | b',' => at += 1,
+                _ => {
+                    while !b"{}[]:,\"".contains(&bytes[at]) {
+                        at += 1;
+                    }
+                }
+            }
+            out.push(&compact[start..at]);
+        }
+        out
+    }
+
+    /// Pretty-prints `compact` token by token (so number text and escapes stay as they are), with
+    /// `indent` spaces per level and `newline` between lines.
+    pub fn pretty(compact: &str, indent: &str, newline: &str) -> String {
+        let mut out = String::new();
+        let mut depth = 0;
+        let line = |out: &mut String, depth: usize| {
+            out.push_str(newline);
+            out.push_str(&indent.repeat(depth));
+        };
+        for token in tokens(compact) {
+            match token {
+                "{" | "[" => {
+                    out.push_str(token);
+                    depth += 1;
+                    line(&mut out, depth);
+                }
+                "}" | "]" => {
+                    depth -= 1;
+                    line(&mut out, depth);
+                    out.push_str(token);
+                }
+                "," => {
+                    out.push_str(token);
+                    line(&mut out, depth);
+                }
+                ":" => out.push_str(": "),
+                _ => out.push_str(token),
+            }
+        }
+        out
     }
 }
