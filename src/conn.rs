@@ -32,7 +32,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::close_reason::CloseReason;
 use crate::config::{Config, HeartbeatMode, Overflow};
-use crate::protocol::{self, Decoder, ErrorCode, Frame, Inbound, Item, ItemError, Outbound};
+use crate::protocol::{self, Decoder, ErrorCode, Inbound, Item, ItemError, Outbound};
 use crate::queue::{Producer, Pushed};
 use crate::record::Record;
 use crate::registry::{ConnGuard, ConnInfo};
@@ -535,27 +535,12 @@ impl Connection {
                     });
                 }
             };
-            match frame {
-                Frame::Junk(bytes) => self.refuse(ItemError {
-                    code: ErrorCode::InvalidJson,
-                    message: format!(
-                        "expected a JSON object, got {} bytes that cannot start one",
-                        bytes.len()
-                    ),
-                    id: None,
-                })?,
-                Frame::Truncated(truncated) => self.refuse(ItemError {
-                    code: ErrorCode::Truncated,
-                    message: truncated.to_string(),
-                    id: None,
-                })?,
-                Frame::Object(bytes) => match protocol::parse(bytes) {
-                    Ok(Inbound::Item(item)) => self.accept(item),
-                    Ok(Inbound::Hello) => self.hello(),
-                    Ok(Inbound::Ping) => self.send(&Outbound::Pong),
-                    Ok(Inbound::Pong) => {}
-                    Err(error) => self.refuse(error)?,
-                },
+            match protocol::interpret(frame) {
+                Ok(Inbound::Item(item)) => self.accept(item),
+                Ok(Inbound::Hello) => self.hello(),
+                Ok(Inbound::Ping) => self.send(&Outbound::Pong),
+                Ok(Inbound::Pong) => {}
+                Err(error) => self.refuse(error)?,
             }
         }
         if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {

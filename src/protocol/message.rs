@@ -9,6 +9,8 @@ use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use super::Frame;
+
 /// A message from a client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inbound {
@@ -176,6 +178,27 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
     }
 }
 
+/// What one frame from a client means: an object is [`parse`]d; junk and a truncated object
+/// are refused with their codes. Every frame gets an answer: a message, or an error to send.
+pub fn interpret(frame: Frame) -> Result<Inbound, ItemError> {
+    match frame {
+        Frame::Object(bytes) => parse(bytes),
+        Frame::Junk(bytes) => Err(ItemError::new(
+            ErrorCode::InvalidJson,
+            format!(
+                "expected a JSON object, got {} bytes that cannot start one",
+                bytes.len()
+            ),
+            None,
+        )),
+        Frame::Truncated(truncated) => Err(ItemError::new(
+            ErrorCode::Truncated,
+            truncated.to_string(),
+            None,
+        )),
+    }
+}
+
 /// Interprets one object cut by the [`super::Decoder`].
 ///
 /// The `ip` key is matched case-insensitively (Go clients send `"IP"`) and must hold one valid
@@ -199,18 +222,19 @@ pub fn parse(frame: Bytes) -> Result<Inbound, ItemError> {
         )
     })?;
     let id = envelope.id.map(|raw| frame.slice_ref(raw.get().as_bytes()));
-    if let Some(control) = control_message(envelope.kind, &id)? {
+    let id_valid = id
+        .as_ref()
+        .is_none_or(|raw| matches!(raw.first(), Some(b'"' | b'-' | b'0'..=b'9')));
+    // Only an id that is a string or a number is ever echoed: it is one token, one line.
+    if let Some(control) = control_message(envelope.kind, id.as_ref().filter(|_| id_valid))? {
         return Ok(control);
     }
-    if let Some(raw) = &id {
-        let valid = matches!(raw.first(), Some(b'"' | b'-' | b'0'..=b'9'));
-        if !valid {
-            return Err(ItemError::new(
-                ErrorCode::InvalidId,
-                "id must be a string or a number",
-                None,
-            ));
-        }
+    if !id_valid {
+        return Err(ItemError::new(
+            ErrorCode::InvalidId,
+            "id must be a string or a number",
+            None,
+        ));
     }
     let ip = match (envelope.ip, envelope.ip_keys) {
         (None, _) => {
@@ -235,7 +259,7 @@ pub fn parse(frame: Bytes) -> Result<Inbound, ItemError> {
 
 fn control_message(
     kind: Option<&RawValue>,
-    id: &Option<Bytes>,
+    id: Option<&Bytes>,
 ) -> Result<Option<Inbound>, ItemError> {
     let Some(kind) = kind else {
         return Ok(None);
@@ -250,7 +274,7 @@ fn control_message(
         "ack" | "error" => Err(ItemError::new(
             ErrorCode::UnexpectedType,
             format!("\"{kind}\" is sent by the server, not to it"),
-            id.clone(),
+            id.cloned(),
         )),
         _ => Ok(None),
     }
@@ -526,6 +550,14 @@ mod tests {
     fn error_carries_the_id_when_readable() {
         let err = parse_str(r#"{"ip":"nope","id":"a-1"}"#).unwrap_err();
         assert_eq!(err.id.as_deref(), Some(&br#""a-1""#[..]));
+    }
+
+    #[test]
+    fn only_a_string_or_number_id_is_echoed() {
+        let err = parse_str(r#"{"type":"ack","id":7}"#).unwrap_err();
+        assert_eq!(err.id.as_deref(), Some(&b"7"[..]));
+        let err = parse_str("{\"type\":\"ack\",\"id\":{\n\"a\":1}}").unwrap_err();
+        assert_eq!((err.code, err.id), (ErrorCode::UnexpectedType, None));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The wire protocol: a stream of JSON objects (see `docs/PROTOCOL.md`).
 //!
 //! [`Decoder`] cuts complete objects out of a byte buffer without parsing them, each made one
-//! line (the whitespace between its tokens removed in the same pass); [`parse`] turns
-//! one object into an [`Inbound`] message or an [`ItemError`]; [`Outbound`] encodes what the
+//! line (the whitespace between its tokens removed in the same pass); [`interpret`] turns
+//! one frame into an [`Inbound`] message or an [`ItemError`]; [`Outbound`] encodes what the
 //! server sends and [`parse_reply`] reads it back on the client's side. Nothing here does I/O.
 
 mod decoder;
@@ -10,5 +10,5 @@ mod message;
 
 pub use decoder::{Decoder, Frame, FrameTooLarge, Truncated, MAX_FRAME_LIMIT};
 pub use message::{
-    parse, parse_reply, ErrorCode, Inbound, Item, ItemError, Outbound, Reply, ReplyError,
+    interpret, parse, parse_reply, ErrorCode, Inbound, Item, ItemError, Outbound, Reply, ReplyError,
 };
