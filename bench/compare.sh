@@ -10,6 +10,9 @@
 #        DEAD_CONNS (10000)        idle connections whose link goes down at once
 #        SCALE_CONNS (100000), SCALE_PROCS (6)   the scale run: connections, server processes
 #        SEED (../shared/peers/go-seed), OUT (bench/results/compare-<time>)
+#        CW_BEFORE (unset)         a connwarden binary built from an earlier commit: the flood
+#                                  stage then also runs it, interleaved run by run with this
+#                                  build, and adds a row "this build / before" (the budget check)
 #
 # Both servers get a discarding sink and no per-connection logs where the figure does not need
 # them. The dead-peer stages run in network namespaces (root, iproute2); the sysctls they raise
@@ -22,6 +25,7 @@ SEED=${SEED:-$ROOT/../shared/peers/go-seed}
 OUT=${OUT:-$ROOT/bench/results/compare-$(date +%Y%m%d-%H%M%S)}
 BIN=$ROOT/bench/bin
 CW=$ROOT/target/release/connwarden
+CW_BEFORE=${CW_BEFORE:-}
 RUNS=${RUNS:-3}
 MEM_COUNTS=${MEM_COUNTS:-"1000 5000 15000"}
 FLOOD_CONNS=${FLOOD_CONNS:-"4 64"}
@@ -54,7 +58,7 @@ trap 'exit 130' INT TERM
 log() { printf '%s\n' "$*" | tee -a "$OUT/summary.txt" >&2; }
 row() { printf '%s\n' "$*" | tee -a "$OUT/table.md"; }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "n/a"}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b + 0 == 0) print "n/a"; else printf "%.1f", a / b}'; }
+ratio() { awk -v a="$1" -v b="$2" -v p="${3:-1}" 'BEGIN {if (b + 0 == 0) print "n/a"; else printf "%.*f", p, a / b}'; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 fds() { ls "/proc/$1/fd" | wc -l; }
 wait_port() { # wait_port PORT [NETNS]
@@ -79,9 +83,10 @@ build() {
 }
 
 # start_cw NAME ARGS...: connwarden serve on 127.0.0.1:$PORT, final counters in its JSON log.
+# SERVE_BIN overrides the binary (the flood stage's "before" server).
 start_cw() {
   local name=$1; shift
-  RUST_LOG=warn,connwarden::server=info "$CW" serve --listen "127.0.0.1:$PORT" --sink file:/dev/null \
+  RUST_LOG=warn,connwarden::server=info "${SERVE_BIN:-$CW}" serve --listen "127.0.0.1:$PORT" --sink file:/dev/null \
     --log-format json "$@" >/dev/null 2>"$OUT/$name.err" &
   SRV=$!; PIDS+=("$SRV"); wait_port "$PORT"
 }
@@ -108,10 +113,15 @@ stage_memory() {
   done
 }
 
-# flood_run SERVER CLIENT CONNS RUN: prints "items_per_s received sent"
+# flood_run SERVER CLIENT CONNS RUN: prints "items_per_s received sent". SERVER: cw, go, or
+# before (connwarden from $CW_BEFORE).
 flood_run() {
   local server=$1 client=$2 conns=$3 run=$4 name="flood-$1-$2-$3-$4" sent secs received
-  if [ "$server" = cw ]; then start_cw "$name"; else start_go "$name"; fi
+  case $server in
+    cw) start_cw "$name" ;;
+    before) SERVE_BIN=$CW_BEFORE start_cw "$name" ;;
+    go) start_go "$name" ;;
+  esac
   if [ "$client" = go ]; then
     "$BIN/seed-load" flood -to "127.0.0.1:$PORT" -conns "$conns" -items "$FLOOD_ITEMS" >"$OUT/$name.load" 2>&1
     sent=$(sed 's/.*"sent":\([0-9]*\).*/\1/' "$OUT/$name.load")
@@ -125,27 +135,35 @@ flood_run() {
     secs=$(sed 's/.*"seconds":\([0-9.e+-]*\).*/\1/' "$OUT/$name.load")
   fi
   stop
-  if [ "$server" = cw ]; then received=$(received_cw "$name"); else received=$(received_go "$name"); fi
+  if [ "$server" = go ]; then received=$(received_go "$name"); else received=$(received_cw "$name"); fi
   awk -v r="$received" -v s="$secs" -v n="$sent" 'BEGIN {printf "%.0f %d %d\n", r / s, r, n}'
 }
 
+# Runs are interleaved (run 1 of every server, then run 2, …) so that the machine's drift
+# reaches every server alike.
 stage_flood() {
   log "== flood: items received intact per second, and items lost (sent - received intact)"
-  local conns client server run rates lost med cwm gom
+  local conns client server run servers=(cw go) rate received sent
+  [ -n "$CW_BEFORE" ] && servers+=(before)
   for conns in $FLOOD_CONNS; do
     for client in go cw; do
-      for server in cw go; do
-        rates=(); lost=()
-        for run in $(seq "$RUNS"); do
+      declare -A rates=() lost=() med=() lostmed=()
+      for run in $(seq "$RUNS"); do
+        for server in "${servers[@]}"; do
           read -r rate received sent < <(flood_run "$server" "$client" "$conns" "$run")
-          rates+=("$rate"); lost+=($((sent - received)))
+          rates[$server]+="$rate "; lost[$server]+="$((sent - received)) "
         done
-        med=$(printf '%s\n' "${rates[@]}" | median)
-        log "flood conns=$conns client=$client server=$server: items/s ${rates[*]} (median $med), lost ${lost[*]}"
-        eval "flood_${server}_rate=$med flood_${server}_lost=$(printf '%s\n' "${lost[@]}" | median)"
       done
-      cwm=$flood_cw_rate gom=$flood_go_rate
-      row "| items/s received intact, $conns connections, $client load generator | $cwm (lost $flood_cw_lost) | $gom (lost $flood_go_lost) | $(ratio "$cwm" "$gom")× |"
+      for server in "${servers[@]}"; do
+        med[$server]=$(printf '%s\n' ${rates[$server]} | median)
+        lostmed[$server]=$(printf '%s\n' ${lost[$server]} | median)
+        log "flood conns=$conns client=$client server=$server: items/s ${rates[$server]}(median ${med[$server]}), lost ${lost[$server]}"
+      done
+      row "| items/s received intact, $conns connections, $client load generator | ${med[cw]} (lost ${lostmed[cw]}) | ${med[go]} (lost ${lostmed[go]}) | $(ratio "${med[cw]}" "${med[go]}")× |"
+      if [ -n "$CW_BEFORE" ]; then
+        row "| — this build / before ($(basename "$CW_BEFORE")): ${med[cw]} / ${med[before]} items/s (lost ${lostmed[before]} before) | | | $(ratio "${med[cw]}" "${med[before]}" 3)× |"
+      fi
+      unset rates lost med lostmed
     done
   done
 }

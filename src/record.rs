@@ -22,7 +22,9 @@ pub struct Record {
     pub received_at: SystemTime,
     /// The address in the item's `ip` key.
     pub ip: IpAddr,
-    /// The client's object, unchanged.
+    /// The client's object as one line: its bytes with the whitespace between tokens removed,
+    /// everything else (key order, escapes, number text) as sent (see `docs/PROTOCOL.md`,
+    /// "Records in the sink"). [`Record::new`] keeps what it is given.
     pub item: Bytes,
     /// The raw JSON of the item's `"id"`, if it had one.
     pub id: Option<Bytes>,
@@ -62,7 +64,7 @@ impl Record {
         }
     }
 
-    /// Appends the record as one NDJSON line: the client's object under `item`, byte for byte,
+    /// Appends the record as one NDJSON line: the item under `item`, as [`Record::item`] holds it,
     /// next to the connection id, the peer and the receive time.
     pub fn write_ndjson(&self, dst: &mut Vec<u8>) {
         let received_at = humantime::format_rfc3339_micros(self.received_at);

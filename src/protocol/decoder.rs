@@ -194,39 +194,52 @@ impl Decoder {
         let mut at = self.scanned as usize;
         let mut found = None;
         while at < limit {
+            if scan.in_string {
+                // Most of an item is string bytes: jump to the next quote or backslash, the only
+                // bytes that matter inside a string, and keep the run as it is.
+                let run_end = if scan.escaped {
+                    scan.escaped = false;
+                    at + 1
+                } else {
+                    match memchr::memchr2(b'"', b'\\', &buf[at..limit]) {
+                        Some(p) => {
+                            scan.escaped = buf[at + p] == b'\\';
+                            scan.in_string = scan.escaped;
+                            at + p + 1
+                        }
+                        None => limit,
+                    }
+                };
+                if kept != at {
+                    buf.copy_within(at..run_end, kept);
+                }
+                kept += run_end - at;
+                at = run_end;
+                continue;
+            }
             let byte = buf[at];
             at += 1;
-            if scan.in_string {
-                if scan.escaped {
-                    scan.escaped = false;
-                } else if byte == b'\\' {
-                    scan.escaped = true;
-                } else if byte == b'"' {
-                    scan.in_string = false;
+            match byte {
+                b' ' | b'\t' | b'\n' | b'\r' => {
+                    scan.spaced = true;
+                    continue;
                 }
-            } else {
-                match byte {
-                    b' ' | b'\t' | b'\n' | b'\r' => {
-                        scan.spaced = true;
-                        continue;
+                b'"' => scan.in_string = true,
+                b'{' | b'[' => scan.depth += 1,
+                b'}' | b']' => {
+                    scan.depth = scan.depth.saturating_sub(1);
+                    if scan.depth == 0 {
+                        found = Some(at);
                     }
-                    b'"' => scan.in_string = true,
-                    b'{' | b'[' => scan.depth += 1,
-                    b'}' | b']' => {
-                        scan.depth = scan.depth.saturating_sub(1);
-                        if scan.depth == 0 {
-                            found = Some(at);
-                        }
-                    }
-                    _ if scan.spaced && joins(buf[kept - 1], byte) => {
-                        // Keep one space: without it, two tokens would read as one.
-                        buf[kept] = b' ';
-                        kept += 1;
-                    }
-                    _ => {}
                 }
-                scan.spaced = false;
+                _ if scan.spaced && joins(buf[kept - 1], byte) => {
+                    // Keep one space: without it, two tokens would read as one.
+                    buf[kept] = b' ';
+                    kept += 1;
+                }
+                _ => {}
             }
+            scan.spaced = false;
             if kept + 1 != at {
                 buf[kept] = byte;
             }
@@ -245,17 +258,14 @@ impl Decoder {
     fn scan_junk(&mut self, buf: &[u8]) -> Option<usize> {
         let limit = buf.len().min(self.max_frame + 1);
         let scanned = self.scanned as usize;
-        let found = buf[scanned..limit]
-            .iter()
-            .position(|&b| b == b'\n' || b == b'{')
-            .map(|p| {
-                let at = scanned + p;
-                if buf[at] == b'\n' {
-                    at + 1
-                } else {
-                    at
-                }
-            });
+        let found = memchr::memchr2(b'\n', b'{', &buf[scanned..limit]).map(|p| {
+            let at = scanned + p;
+            if buf[at] == b'\n' {
+                at + 1
+            } else {
+                at
+            }
+        });
         self.scanned = found.unwrap_or(limit) as u32;
         found
     }

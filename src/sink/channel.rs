@@ -9,6 +9,9 @@ use crate::record::Record;
 /// A sink that sends each record to an `mpsc` channel. A record is acknowledged once the
 /// channel has taken it; a full channel makes the sink wait, which fills the queue, which
 /// applies the overflow policy: a slow receiver slows the clients instead of losing items.
+///
+/// Each [`Record::item`] holds the client's object as the file and stdout sinks write it: one
+/// line, the whitespace between its tokens removed, everything else as sent.
 pub struct ChannelSink {
     tx: mpsc::Sender<Record>,
 }
