@@ -143,7 +143,7 @@ flood_run() {
 # reaches every server alike.
 stage_flood() {
   log "== flood: items received intact per second, and items lost (sent - received intact)"
-  local conns client server run servers=(cw go) rate received sent
+  local conns client server run servers=(cw go) rate received sent paired
   [ -n "$CW_BEFORE" ] && servers+=(before)
   for conns in $FLOOD_CONNS; do
     for client in go cw; do
@@ -161,7 +161,12 @@ stage_flood() {
       done
       row "| items/s received intact, $conns connections, $client load generator | ${med[cw]} (lost ${lostmed[cw]}) | ${med[go]} (lost ${lostmed[go]}) | $(ratio "${med[cw]}" "${med[go]}")× |"
       if [ -n "$CW_BEFORE" ]; then
-        row "| — this build / before ($(basename "$CW_BEFORE")): ${med[cw]} / ${med[before]} items/s (lost ${lostmed[before]} before) | | | $(ratio "${med[cw]}" "${med[before]}" 3)× |"
+        # Runs n of both builds ran next to each other: the median of those pairs' ratios is
+        # the figure least moved by the machine's drift.
+        paired=$(paste <(printf '%s\n' ${rates[cw]}) <(printf '%s\n' ${rates[before]}) |
+          awk '{printf "%.4f\n", $1 / $2}' | median)
+        log "flood conns=$conns client=$client this build / before, run by run: $(paste -d/ <(printf '%s\n' ${rates[cw]}) <(printf '%s\n' ${rates[before]}) | tr '\n' ' ')"
+        row "| — this build / before ($(basename "$CW_BEFORE")): ${med[cw]} / ${med[before]} items/s (lost ${lostmed[before]} before); median of paired runs $paired× | | | $(ratio "${med[cw]}" "${med[before]}" 3)× |"
       fi
       unset rates lost med lostmed
     done
