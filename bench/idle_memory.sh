@@ -8,6 +8,8 @@
 # env:   RUNS (3)  repetitions per server, the median is reported
 #        SEED (../shared/peers/go-seed)  the baseline's sources
 #        OUT  (bench/results/idle-memory-<time>)  logs and the CSV
+#        CW_BEFORE (unset)  a connwarden binary from an earlier commit: measured too, in the same
+#                           runs, for the budget check "memory per idle connection must not grow"
 #
 # Per connection = (RSS holding N connections - RSS of the same process before the load) / N.
 # The kernel's socket memory is not in RSS; it is the same for both servers.
@@ -76,7 +78,16 @@ for run in $(seq 1 "$RUNS"); do
   echo "connwarden,$run,$per" >> "$OUT/idle-memory.csv"
   per=$(measure "go-seed-$run" "$BIN/seed-server" -listen "127.0.0.1:$PORT" -keepalive-period 45s -stats-every 0 -log-conns=false)
   echo "go-seed,$run,$per" >> "$OUT/idle-memory.csv"
+  if [ -n "${CW_BEFORE:-}" ]; then
+    per=$(measure "before-$run" env RUST_LOG=warn "$CW_BEFORE" serve \
+      --listen "127.0.0.1:$PORT" --sink file:/dev/null --max-connections $((N + 1000)))
+    echo "before,$run,$per" >> "$OUT/idle-memory.csv"
+  fi
 done
 cw=$(awk -F, '$1=="connwarden" {print $3}' "$OUT/idle-memory.csv" | median)
 go=$(awk -F, '$1=="go-seed" {print $3}' "$OUT/idle-memory.csv" | median)
 log "median bytes per idle connection at N=$N: connwarden $cw, go-seed $go, ratio go/connwarden $(awk -v a="$go" -v b="$cw" 'BEGIN {printf "%.1f", a/b}')"
+if [ -n "${CW_BEFORE:-}" ]; then
+  before=$(awk -F, '$1=="before" {print $3}' "$OUT/idle-memory.csv" | median)
+  log "median bytes per idle connection at N=$N: this build $cw, before ($CW_BEFORE) $before"
+fi
