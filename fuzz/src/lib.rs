@@ -71,13 +71,15 @@ pub fn parse_frame(data: &[u8]) {
             assert!(is_object, "an item that is not a JSON object");
             assert_eq!(item.raw, data, "the item is the frame, unchanged");
             let members = members(data).expect("an object");
-            let holds_ip = members.iter().any(|(key, value)| {
-                key.eq_ignore_ascii_case("ip")
+            let holds_ip = members.iter().any(|(Name(key), value)| {
+                key.eq_ignore_ascii_case(b"ip")
                     && serde_json::from_str::<String>(value.get())
                         .is_ok_and(|text| text.parse() == Ok(item.ip))
             });
             assert!(holds_ip, "no ip key holds {}", item.ip);
-            let id = members.get("id").map(|raw| raw.get().as_bytes());
+            let id = members
+                .get(&Name(b"id".to_vec()))
+                .map(|raw| raw.get().as_bytes());
             assert_eq!(item.id.as_deref(), id, "the id is the object's, as written");
             if let Some(id) = id {
                 assert!(matches!(id[0], b'"' | b'-' | b'0'..=b'9'), "id {id:?}");
@@ -121,7 +123,7 @@ pub fn sink_line(data: &[u8]) {
                 assert!(!line.contains(&b'\r'), "a CR in {:?}", lossy(&line));
                 let record = members(&line)
                     .unwrap_or_else(|| panic!("record {:?} is not JSON", lossy(&line)));
-                let item = record["item"].get().as_bytes();
+                let item = record[&Name(b"item".to_vec())].get().as_bytes();
                 assert_eq!(item, strip_whitespace(sent), "the item is what was sent");
                 if let Ok(sent) = serde_json::from_slice::<Value>(sent) {
                     let item: Value = serde_json::from_slice(item).expect("the same numbers");
@@ -336,8 +338,32 @@ fn is_json(bytes: &[u8]) -> bool {
 }
 
 /// The members of a JSON object, values as written (a repeated key keeps its last value).
-fn members(bytes: &[u8]) -> Option<BTreeMap<String, &RawValue>> {
+fn members(bytes: &[u8]) -> Option<BTreeMap<Name, &RawValue>> {
     serde_json::from_slice(bytes).ok()
+}
+
+/// A key, escapes decoded, as bytes: JSON allows a lone surrogate (`"\\uD800"`) in a key,
+/// which no `String` can hold.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Name(Vec<u8>);
+
+impl<'de> serde::Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl serde::de::Visitor<'_> for NameVisitor {
+            type Value = Name;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_bytes<E>(self, key: &[u8]) -> Result<Name, E> {
+                Ok(Name(key.to_vec()))
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Name, E> {
+                Ok(Name(key.as_bytes().to_vec()))
+            }
+        }
+        deserializer.deserialize_bytes(NameVisitor)
+    }
 }
 
 /// The length of the object at the start of `bytes` (up to the brace that closes it, by the

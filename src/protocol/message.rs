@@ -159,13 +159,13 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut envelope = Envelope::default();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    if key.eq_ignore_ascii_case("ip") {
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    if key.eq_ignore_ascii_case(b"ip") {
                         envelope.ip = Some(map.next_value()?);
                         envelope.ip_keys += 1;
-                    } else if key == "type" {
+                    } else if *key == *b"type" {
                         envelope.kind = Some(map.next_value()?);
-                    } else if key == "id" {
+                    } else if *key == *b"id" {
                         envelope.id = Some(map.next_value()?);
                     } else {
                         map.next_value::<IgnoredAny>()?;
@@ -175,6 +175,36 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
             }
         }
         deserializer.deserialize_map(EnvelopeVisitor)
+    }
+}
+
+/// An object's key, escapes decoded, as bytes: a key holding a lone UTF-16 surrogate
+/// (`"\\uD800"`) is grammatical JSON that a `str` cannot hold; such a key is one the server does
+/// not look at, and the item is kept, as it is when the surrogate is in a value.
+struct Key<'de>(Cow<'de, [u8]>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_bytes<E>(self, key: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+            fn visit_bytes<E>(self, key: &[u8]) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(key.to_vec())))
+            }
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(key.as_bytes())))
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(key.as_bytes().to_vec())))
+            }
+        }
+        deserializer.deserialize_bytes(KeyVisitor)
     }
 }
 
@@ -550,6 +580,19 @@ mod tests {
     fn error_carries_the_id_when_readable() {
         let err = parse_str(r#"{"ip":"nope","id":"a-1"}"#).unwrap_err();
         assert_eq!(err.id.as_deref(), Some(&br#""a-1""#[..]));
+    }
+
+    #[test]
+    fn a_lone_surrogate_is_kept_in_a_key_as_in_a_value() {
+        for text in [
+            r#"{"ip":"1.1.1.1","\uD9D1x":true}"#,
+            r#"{"ip":"1.1.1.1","x":"\uD9D1"}"#,
+            r#"{"\u0069p":"1.1.1.1"}"#,
+        ] {
+            assert!(matches!(parse_str(text), Ok(Inbound::Item(_))), "{text}");
+        }
+        let err = parse_str(r#"{"ip":"1.1.1.1","\uD9D1":1,"\uD9D1":2,"IP":"::1"}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidIp);
     }
 
     #[test]
