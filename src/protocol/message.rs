@@ -159,13 +159,15 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut envelope = Envelope::default();
-                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-                    if key.eq_ignore_ascii_case(b"ip") {
+                while let Some(key) = map.next_key::<&'de RawValue>()? {
+                    let name = key_name(key);
+                    let name = name.as_deref().unwrap_or_default();
+                    if name.eq_ignore_ascii_case("ip") {
                         envelope.ip = Some(map.next_value()?);
                         envelope.ip_keys += 1;
-                    } else if *key == *b"type" {
+                    } else if name == "type" {
                         envelope.kind = Some(map.next_value()?);
-                    } else if *key == *b"id" {
+                    } else if name == "id" {
                         envelope.id = Some(map.next_value()?);
                     } else {
                         map.next_value::<IgnoredAny>()?;
@@ -178,33 +180,19 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
     }
 }
 
-/// An object's key, escapes decoded, as bytes: a key holding a lone UTF-16 surrogate
-/// (`"\\uD800"`) is grammatical JSON that a `str` cannot hold; such a key is one the server does
-/// not look at, and the item is kept, as it is when the surrogate is in a value.
-struct Key<'de>(Cow<'de, [u8]>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object key")
-            }
-            fn visit_borrowed_bytes<E>(self, key: &'de [u8]) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Borrowed(key)))
-            }
-            fn visit_bytes<E>(self, key: &[u8]) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(key.to_vec())))
-            }
-            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Borrowed(key.as_bytes())))
-            }
-            fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(key.as_bytes().to_vec())))
-            }
-        }
-        deserializer.deserialize_bytes(KeyVisitor)
+/// The name of an object's key, read from its raw text: without escapes (the usual case) it is
+/// borrowed as it is; with escapes it is decoded. `None` for a key holding an escaped lone UTF-16
+/// surrogate (`"\\uD800"`), which JSON's grammar allows and no `str` can hold: such a key is
+/// none the server looks at, and the item is kept, as it is when the surrogate is in a value.
+/// (Reading keys as raw text also keeps serde_json's check that strings hold no raw control
+/// character, which its byte-string reading skips.)
+fn key_name(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    let inner = &text[1..text.len() - 1];
+    if inner.contains('\\') {
+        serde_json::from_str(text).ok()
+    } else {
+        Some(Cow::Borrowed(inner))
     }
 }
 
@@ -588,11 +576,18 @@ mod tests {
             r#"{"ip":"1.1.1.1","\uD9D1x":true}"#,
             r#"{"ip":"1.1.1.1","x":"\uD9D1"}"#,
             r#"{"\u0069p":"1.1.1.1"}"#,
+            r#"{"\u0069p":"1.1.1.1","\uD800\n":1}"#,
         ] {
             assert!(matches!(parse_str(text), Ok(Inbound::Item(_))), "{text}");
         }
         let err = parse_str(r#"{"ip":"1.1.1.1","\uD9D1":1,"\uD9D1":2,"IP":"::1"}"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidIp);
+        let err = parse_str("{\"ip\":\"1.1.1.1\",\"a\u{1}b\":1}").unwrap_err();
+        assert_eq!(
+            err.code,
+            ErrorCode::InvalidJson,
+            "a raw control character in a key"
+        );
     }
 
     #[test]
