@@ -379,6 +379,7 @@ mod tests {
         assert_eq!(d.decode(&mut buf), Ok(Some(object("{\"ip\":\"1.2.3.4\"}"))));
         assert!(!d.is_mid_frame());
     }
+
     /// Feeds `stream` in pieces of `step` bytes, then ends it; every frame, in order.
     fn frames_in_steps(stream: &[u8], step: usize, max_frame: usize) -> Vec<Frame> {
         let mut d = Decoder::new(max_frame);
