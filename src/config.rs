@@ -39,6 +39,9 @@
 //! | `fsync` | `batch` | when a `file:` sink's acks wait for `fsync`: `batch` (group commit: one `fsync` covers every batch written while the previous one ran; writing goes on meanwhile), `always` (each batch is synced before the next is written) or `never` (ack once the kernel has the bytes; synced at shutdown) |
 //! | `shutdown_grace` | `10s` | time from SIGINT/SIGTERM to exit, queue drain included |
 //! | `log_format` | `text` | `text` or `json` |
+//! | `admin` | `127.0.0.1:9464` | address of the admin API and `/metrics` (never a data port), or `off` |
+//! | `admin_token_file` | `off` | file holding the admin API's bearer token; without it the API is open to whoever reaches its address |
+//! | `closed_history` | `10000` | closed connections kept for `GET /closed` (0 keeps none) |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -79,6 +82,9 @@ pub const KEYS: &[&str] = &[
     "fsync",
     "shutdown_grace",
     "log_format",
+    "admin",
+    "admin_token_file",
+    "closed_history",
 ];
 
 /// Linux caps `TCP_KEEPIDLE` and `TCP_KEEPINTVL` at this many seconds (`MAX_TCP_KEEPIDLE`).
@@ -455,6 +461,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Format of the log lines.
     pub log_format: LogFormat,
+    /// Address of the admin API; `None` is off.
+    pub admin: Option<SocketAddr>,
+    /// File holding the admin API's bearer token; `None` leaves the API without one.
+    pub admin_token_file: Option<PathBuf>,
+    /// Closed connections kept for the admin API's `/closed`.
+    pub closed_history: usize,
 }
 
 impl Default for Config {
@@ -489,6 +501,9 @@ impl Default for Config {
             fsync: FsyncMode::Batch,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            admin_token_file: None,
+            closed_history: crate::registry::DEFAULT_CLOSED_HISTORY,
         }
     }
 }
@@ -591,6 +606,21 @@ impl Config {
                 }
             }
         }
+        if let Some(admin) = self.admin {
+            let clash = self.listen.iter().any(|data| {
+                data.port() == admin.port()
+                    && admin.port() != 0
+                    && (data.ip() == admin.ip()
+                        || data.ip().is_unspecified()
+                        || admin.ip().is_unspecified())
+            });
+            if clash {
+                return fail(
+                    "admin",
+                    format!("{admin} is a data port (listen); the admin API needs an address of its own"),
+                );
+            }
+        }
         if self.write_timeout.is_zero() {
             return fail("write_timeout", "must be above 0".into());
         }
@@ -657,6 +687,9 @@ impl Config {
             "fsync" => self.fsync = parse!(parse_fsync),
             "shutdown_grace" => self.shutdown_grace = parse!(parse_duration),
             "log_format" => self.log_format = parse!(parse_log_format),
+            "admin" => self.admin = parse!(parse_admin),
+            "admin_token_file" => self.admin_token_file = parse!(parse_optional_path),
+            "closed_history" => self.closed_history = parse!(parse_number),
             _ => unreachable!("every key in KEYS has an arm"),
         }
         Ok(())
@@ -716,6 +749,24 @@ impl Config {
                     LogFormat::Json => "json",
                 }),
             ),
+            (
+                "admin",
+                quoted(
+                    &self
+                        .admin
+                        .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+                ),
+            ),
+            (
+                "admin_token_file",
+                quoted(
+                    &self
+                        .admin_token_file
+                        .as_ref()
+                        .map_or_else(|| "off".to_owned(), |p| p.display().to_string()),
+                ),
+            ),
+            ("closed_history", self.closed_history.to_string()),
         ];
         debug_assert_eq!(lines.len(), KEYS.len());
         lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect()
@@ -871,6 +922,25 @@ fn parse_fsync(text: &str) -> Result<FsyncMode, String> {
         "batch" => Ok(FsyncMode::Batch),
         "never" => Ok(FsyncMode::Never),
         _ => Err("expected always, batch or never".into()),
+    }
+}
+
+/// Parses an address or `off`.
+fn parse_admin(text: &str) -> Result<Option<SocketAddr>, String> {
+    match text.trim() {
+        "off" => Ok(None),
+        other => other
+            .parse()
+            .map(Some)
+            .map_err(|_| "expected an address such as 127.0.0.1:9464, or off".into()),
+    }
+}
+
+/// Parses a path or `off`.
+fn parse_optional_path(text: &str) -> Result<Option<PathBuf>, String> {
+    match text.trim() {
+        "off" | "" => Ok(None),
+        other => Ok(Some(PathBuf::from(other))),
     }
 }
 

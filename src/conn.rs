@@ -32,6 +32,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::close_reason::CloseReason;
 use crate::config::{Config, HeartbeatMode, Overflow};
+use crate::metrics::Metrics;
 use crate::protocol::{self, Decoder, ErrorCode, Inbound, Item, ItemError, Outbound};
 use crate::queue::{Producer, Pushed};
 use crate::record::Record;
@@ -60,13 +61,15 @@ pub(crate) enum Stage {
 /// and the shutdown stage.
 pub(crate) struct ConnShared {
     pub params: Config,
+    pub metrics: Arc<Metrics>,
     stage: AtomicU8,
 }
 
 impl ConnShared {
-    pub fn new(params: Config) -> ConnShared {
+    pub fn new(params: Config, metrics: Arc<Metrics>) -> ConnShared {
         ConnShared {
             params,
+            metrics,
             stage: AtomicU8::new(Stage::Running as u8),
         }
     }
@@ -136,20 +139,29 @@ pub(crate) fn run(
 /// The connection's task, written by hand rather than as an `async fn`: the compiler would
 /// store the connection twice (as an argument and as a local), and every idle connection pays
 /// for the task's size.
+///
+/// The registry entry goes before the socket, on every path (fields drop in declaration order):
+/// the registry reads `TCP_INFO` by descriptor only while the entry is in the map, so the
+/// descriptor must not be closed, and reused by the kernel, before the entry is gone.
 pub(crate) struct ConnTask {
-    conn: Option<Connection>,
     guard: Option<ConnGuard>,
-    /// The last flush, once the connection decided to close.
-    closing: Option<Pin<Box<dyn Future<Output = CloseReason> + Send>>>,
+    conn: Option<Connection>,
+    /// The last flush, once the connection decided to close; it gives the connection back, so
+    /// that the socket outlives the registry entry.
+    closing: Option<Closing>,
 }
 
+/// The boxed last flush: it ends with the reason and gives the connection back.
+type Closing = Pin<Box<dyn Future<Output = (CloseReason, Connection)> + Send>>;
+
 impl ConnTask {
-    /// Removes the registry entry and records the close, now rather than when the task is freed.
+    /// Removes the registry entry and records the close, then closes the socket: now rather
+    /// than when the task is freed.
     fn close(&mut self, reason: CloseReason) -> Poll<()> {
-        self.conn = None;
         if let Some(mut guard) = self.guard.take() {
             guard.close(reason);
         }
+        self.conn = None;
         Poll::Ready(())
     }
 }
@@ -160,8 +172,9 @@ impl Future for ConnTask {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         if let Some(closing) = &mut this.closing {
-            let reason = std::task::ready!(closing.as_mut().poll(cx));
+            let (reason, conn) = std::task::ready!(closing.as_mut().poll(cx));
             this.closing = None;
+            this.conn = Some(conn);
             return this.close(reason);
         }
         let Some(conn) = &mut this.conn else {
@@ -196,10 +209,11 @@ impl From<CloseReason> for Close {
 }
 
 /// Tells the sender of a record the overflow policy dropped.
-fn settle(pushed: Pushed<Record>) {
+fn settle(pushed: Pushed<Record>, metrics: &Metrics) {
     match pushed {
         Pushed::Queued => {}
         Pushed::Rejected(record) | Pushed::Evicted(record) => {
+            metrics.item_refused(ErrorCode::QueueFull);
             record.reject(
                 ErrorCode::QueueFull,
                 "the server queue is full; item dropped",
@@ -253,9 +267,11 @@ impl Connection {
         producer: Producer<Record>,
     ) -> Connection {
         let params = &shared.params;
+        let heartbeat = params.heartbeat == HeartbeatMode::Required;
+        info.heartbeat(heartbeat, 0);
         Connection {
             decoder: Decoder::new(params.max_frame),
-            heartbeat: params.heartbeat == HeartbeatMode::Required,
+            heartbeat,
             stream,
             info,
             shared,
@@ -316,7 +332,7 @@ impl Connection {
                     self.blocked = None;
                     // The server made the peer wait; that is not the peer's silence.
                     self.last_in = self.stamp(Instant::now());
-                    settle(pushed);
+                    settle(pushed, &self.shared.metrics);
                 }
                 Event::Reply(Some(message)) => {
                     self.send(&message);
@@ -393,8 +409,9 @@ impl Connection {
         }
     }
 
-    /// Sends the notice, if any, flushes briefly, and returns the reason.
-    async fn finish(mut self, close: Close) -> CloseReason {
+    /// Sends the notice, if any, flushes briefly, and returns the reason with the connection,
+    /// whose socket the caller closes after the registry entry is gone.
+    async fn finish(mut self, close: Close) -> (CloseReason, Connection) {
         if let Some(message) = &close.notice {
             self.send(message);
             let bound = CLOSING_FLUSH.min(self.shared.params.write_timeout);
@@ -407,7 +424,7 @@ impl Connection {
             };
             let _ = tokio::time::timeout(bound, flush).await;
         }
-        close.reason
+        (close.reason, self)
     }
 
     fn orderly_reason(&self) -> CloseReason {
@@ -431,8 +448,12 @@ impl Connection {
             Ok(n) => {
                 let now = Instant::now();
                 self.info.received(n, now.into_std());
+                self.shared.metrics.bytes_received(n);
                 self.last_in = self.stamp(now);
-                self.pings_sent = 0;
+                if self.pings_sent != 0 {
+                    self.pings_sent = 0;
+                    self.info.heartbeat(self.heartbeat, 0);
+                }
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
@@ -464,6 +485,7 @@ impl Connection {
                 let now = Instant::now();
                 self.out.advance(n);
                 self.info.sent(n, now.into_std());
+                self.shared.metrics.bytes_sent(n);
                 self.out_since = self.stamp(now);
                 if self.out.is_empty() {
                     // An idle connection keeps no output buffer.
@@ -510,6 +532,26 @@ impl Connection {
 
     /// Handles every complete object in the read buffer, until one blocks.
     fn process_buffered(&mut self) -> Result<(), Close> {
+        let mut items = 0;
+        let result = self.process_frames(&mut items);
+        // Counted once per read rather than once per item: one shared atomic add.
+        self.shared.metrics.items_received(items);
+        result?;
+        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
+            self.read_buf = BytesMut::new();
+        }
+        if !self.reading && self.blocked.is_none() {
+            // No item will follow: let the queue close, and let the reply channel end once
+            // every queued item has been answered.
+            self.producer = None;
+            self.reply_tx = None;
+        }
+        Ok(())
+    }
+
+    /// Decodes and handles frames until the buffer holds no complete one or an item blocks;
+    /// counts the items accepted in `items`.
+    fn process_frames(&mut self, items: &mut u64) -> Result<(), Close> {
         while self.blocked.is_none() {
             let decoded = if self.eof {
                 self.decoder.decode_eof(&mut self.read_buf)
@@ -520,6 +562,7 @@ impl Connection {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(too_large) => {
+                    self.shared.metrics.item_refused(ErrorCode::FrameTooLarge);
                     tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, limit = too_large.limit, "object larger than max_frame");
                     return Err(Close {
                         reason: CloseReason::FrameTooLarge,
@@ -536,21 +579,15 @@ impl Connection {
                 }
             };
             match protocol::interpret(frame) {
-                Ok(Inbound::Item(item)) => self.accept(item),
+                Ok(Inbound::Item(item)) => {
+                    *items += 1;
+                    self.accept(item);
+                }
                 Ok(Inbound::Hello) => self.hello(),
                 Ok(Inbound::Ping) => self.send(&Outbound::Pong),
                 Ok(Inbound::Pong) => {}
                 Err(error) => self.refuse(error)?,
             }
-        }
-        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
-            self.read_buf = BytesMut::new();
-        }
-        if !self.reading && self.blocked.is_none() {
-            // No item will follow: let the queue close, and let the reply channel end once
-            // every queued item has been answered.
-            self.producer = None;
-            self.reply_tx = None;
         }
         Ok(())
     }
@@ -559,6 +596,7 @@ impl Connection {
         let params = &self.shared.params;
         if params.heartbeat != HeartbeatMode::Off {
             self.heartbeat = true;
+            self.info.heartbeat(true, self.pings_sent);
         }
         let heartbeat_ms = if self.heartbeat {
             params.heartbeat_interval.as_millis() as u64
@@ -575,6 +613,7 @@ impl Connection {
     fn refuse(&mut self, error: ItemError) -> Result<(), Close> {
         self.errors += 1;
         self.info.error();
+        self.shared.metrics.item_refused(error.code);
         // `?`: the detail may quote the client's bytes, which must not forge log lines.
         tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, code = error.code.as_str(), detail = ?error.message, "item refused");
         self.send(&error.into());
@@ -632,7 +671,7 @@ impl Connection {
         };
         self.info.item();
         match producer.try_push(record) {
-            Ok(pushed) => settle(pushed),
+            Ok(pushed) => settle(pushed, &self.shared.metrics),
             Err(record) => {
                 let producer = producer.clone();
                 let wait = Box::pin(async move { producer.push(record).await });
@@ -669,6 +708,7 @@ impl Connection {
             }
             if silence >= params.heartbeat_interval * (self.pings_sent + 1) {
                 self.pings_sent += 1;
+                self.info.heartbeat(true, self.pings_sent);
                 self.send(&Outbound::Ping);
             }
         }
@@ -740,7 +780,9 @@ mod tests {
         let (stream, peer) = listener.accept().await.unwrap();
         let registry = crate::registry::Registry::new();
         let (producer, _consumer) = crate::queue::bounded::<Record>(4, Overflow::Backpressure);
-        let shared = Arc::new(ConnShared::new(Config::default()));
+        let config = Config::default();
+        let metrics = Arc::new(Metrics::new(&config));
+        let shared = Arc::new(ConnShared::new(config, metrics));
         let task = run(stream, registry.insert(peer, peer), shared, producer);
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task: {size} bytes");

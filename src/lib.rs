@@ -9,12 +9,14 @@
 //! | [`sockopt`] | keep-alive idle/interval/count, `TCP_USER_TIMEOUT`, buffers: set and read back |
 //! | [`protocol`] | the bounded JSON-object stream decoder, messages, error codes |
 //! | `conn` | one connection's task: reads, heartbeat, deadlines, writes, one close reason |
-//! | [`registry`] | live connections; a guard that removes the entry and records the close |
+//! | [`registry`] | live and recently closed connections; a guard that removes the entry and records the close |
+//! | [`metrics`] | Prometheus metrics: detection delay by close reason, items, queue, sink |
 //! | [`close_reason`] | the closed set of reasons a connection ends |
 //! | [`queue`] | the bounded queue and its overflow policy |
 //! | [`record`] | an item with its connection, peer and receive time, and its way back to the sender |
 //! | [`sink`] | where records go (stdout, file, your channel); acks after the write and `fsync` |
 //! | [`server`] | listeners, accept loop, limits, shutdown |
+//! | [`admin`] | the admin API: connections, kicks, closes, `/metrics`, health and readiness |
 //! | [`client`] | the client: same liveness, reconnect with backoff, acked window, resend |
 //! | [`doctor`] | options read back, kernel defaults, bounds, warnings; measured in namespaces |
 //!
@@ -26,11 +28,13 @@
 #![warn(clippy::unwrap_used)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod client;
 pub mod close_reason;
 pub mod config;
 mod conn;
 pub mod doctor;
+pub mod metrics;
 pub mod protocol;
 pub mod queue;
 pub mod record;

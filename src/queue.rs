@@ -57,6 +57,14 @@ impl<T> Clone for Monitor<T> {
     }
 }
 
+impl<T> std::fmt::Debug for Monitor<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
 impl<T> Monitor<T> {
     /// The queue's counters now.
     pub fn stats(&self) -> QueueStats {

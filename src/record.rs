@@ -79,11 +79,13 @@ impl Record {
         dst.extend_from_slice(b"}\n");
     }
 
-    /// The sink has the item: send its ack, if it asked for one.
-    pub fn acknowledge(self) {
+    /// The sink has the item: send its ack, if it asked for one. True when an ack was sent.
+    pub fn acknowledge(self) -> bool {
         if let (Some(permit), Some(id)) = (self.reply, self.id) {
             permit.send(Outbound::Ack { id });
+            return true;
         }
+        false
     }
 
     /// The item was not stored: tell its sender why.

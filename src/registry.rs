@@ -1,20 +1,35 @@
-//! The live connections: the one source that logs, counters, the admin API and `doctor` read.
+//! The live connections and the recently closed ones: the one source that logs, metrics, the
+//! admin API and `doctor` read.
 //!
 //! A connection enters through [`Registry::insert`], which returns a [`ConnGuard`]. The guard's
-//! `Drop` removes the entry and records the close (one log line, one counter, one event), so the
-//! entry goes away on every exit path: a normal return, an error, a panic or a cancelled task.
-//! The map's lock is taken at open and close only; per-item counters are atomics on the entry.
+//! `Drop` removes the entry and records the close (one log line, one counter, one event, one
+//! entry in the closed history, one observation of the detection delay), so the entry goes away
+//! on every exit path: a normal return, an error, a panic or a cancelled task. The map's lock is
+//! taken at open and close, and briefly by readers; per-item counters are atomics on the entry.
+//!
+//! `TCP_INFO` is read only while the entry is in the map, under the map's lock: the server
+//! removes an entry before it closes the socket, so a descriptor read here is never one the
+//! kernel already gave to another connection. Readers take the lock for a bounded chunk of
+//! entries at a time ([`TCP_INFO_CHUNK`]), so opens and closes never wait long behind them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use atomic_waker::AtomicWaker;
 use tokio::sync::broadcast;
 
 use crate::close_reason::CloseReason;
+use crate::metrics::Metrics;
+use crate::sockopt::TcpInfo;
+
+/// Entries whose `TCP_INFO` is read per hold of the map's lock: about a millisecond of work.
+pub const TCP_INFO_CHUNK: usize = 512;
+
+/// Closed connections kept by default for [`Registry::closed`], as NATS keeps for `/connz`.
+pub const DEFAULT_CLOSED_HISTORY: usize = 10_000;
 
 /// Capacity of the close-event channel: a subscriber that lags this far behind loses events
 /// (and is told so by `broadcast`), the server never waits for it.
@@ -32,6 +47,12 @@ struct Shared {
     next_id: AtomicU64,
     opened: AtomicU64,
     closed: [AtomicU64; CloseReason::ALL.len()],
+    refused: [AtomicU64; CloseReason::ALL.len()],
+    /// The most recent closes, newest last, at most `history_limit`.
+    history: Mutex<VecDeque<ClosedConn>>,
+    history_limit: AtomicUsize,
+    /// Where closes are observed as metrics, once a server attached them.
+    metrics: OnceLock<Arc<Metrics>>,
     events: broadcast::Sender<ClosedConn>,
 }
 
@@ -54,6 +75,12 @@ pub struct ConnInfo {
     items: AtomicU64,
     errors: AtomicU64,
     kicked: AtomicBool,
+    /// True once the application heartbeat applies to this connection.
+    heartbeat: AtomicBool,
+    /// `ping`s sent since the peer was last heard (saturates at 255).
+    pings_outstanding: AtomicU8,
+    /// The socket's descriptor, for `TCP_INFO` (-1 when unknown or on other platforms).
+    fd: AtomicI32,
     /// Wakes the connection's task for a kick or a shutdown stage: a waker slot rather than a
     /// stored future, so an idle connection pays 16 bytes for it.
     control: AtomicWaker,
@@ -93,6 +120,14 @@ impl ConnInfo {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records the heartbeat's state: whether it applies, and the pings sent since the peer
+    /// was last heard.
+    pub fn heartbeat(&self, applies: bool, pings_outstanding: u32) {
+        self.heartbeat.store(applies, Ordering::Relaxed);
+        let pings = pings_outstanding.min(u8::MAX as u32) as u8;
+        self.pings_outstanding.store(pings, Ordering::Relaxed);
+    }
+
     /// True once the connection was kicked through [`Registry::kick`].
     pub fn is_kicked(&self) -> bool {
         self.kicked.load(Ordering::Acquire)
@@ -121,8 +156,32 @@ impl ConnInfo {
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             items: self.items.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            heartbeat: self.heartbeat.load(Ordering::Relaxed),
+            pings_outstanding: self.pings_outstanding.load(Ordering::Relaxed),
         }
     }
+
+    /// Reads the socket's `TCP_INFO`. The caller holds the map's lock and found this entry in
+    /// it, so the descriptor is still this connection's.
+    fn tcp_info(&self) -> Option<TcpInfo> {
+        read_tcp_info(self.fd.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn read_tcp_info(fd: i32) -> Option<TcpInfo> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the descriptor is open for the duration of the call (see `ConnInfo::tcp_info`);
+    // `getsockopt` on it neither closes nor takes it.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    crate::sockopt::tcp_info(socket2::SockRef::from(&borrowed))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn read_tcp_info(_fd: i32) -> Option<TcpInfo> {
+    None
 }
 
 /// A copy of one connection's state.
@@ -150,19 +209,32 @@ pub struct ConnSnapshot {
     pub items: u64,
     /// Items refused (each answered with an error).
     pub errors: u64,
+    /// True once the application heartbeat applies (required, or negotiated by `hello`).
+    pub heartbeat: bool,
+    /// `ping`s sent since the peer was last heard.
+    pub pings_outstanding: u8,
 }
 
-/// A closed connection, as logged and broadcast.
+/// A closed connection, as logged, broadcast and kept in the closed history.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ClosedConn {
     /// 0 for a connection refused before it was registered (`server_full`).
     pub id: u64,
     /// The client's address.
     pub peer: SocketAddr,
+    /// The server's address the client connected to.
+    pub local: SocketAddr,
     /// Why the connection ended.
     pub reason: CloseReason,
+    /// When the connection was accepted.
+    pub started_at: SystemTime,
+    /// When it closed.
+    pub closed_at: SystemTime,
     /// Time from accept to close.
     pub duration: Duration,
+    /// Time from the last byte received (or from accept, if none came) to the close: for a
+    /// dead peer, how long it took to find out.
+    pub detection_delay: Duration,
     /// Bytes received.
     pub bytes_in: u64,
     /// Bytes sent.
@@ -194,6 +266,10 @@ impl Registry {
                 next_id: AtomicU64::new(1),
                 opened: AtomicU64::new(0),
                 closed: std::array::from_fn(|_| AtomicU64::new(0)),
+                refused: std::array::from_fn(|_| AtomicU64::new(0)),
+                history: Mutex::new(VecDeque::new()),
+                history_limit: AtomicUsize::new(DEFAULT_CLOSED_HISTORY),
+                metrics: OnceLock::new(),
                 events: broadcast::channel(CLOSE_EVENTS).0,
             }),
         }
@@ -201,11 +277,40 @@ impl Registry {
 
     fn conns(&self) -> MutexGuard<'_, HashMap<u64, Arc<ConnInfo>>> {
         // A panic while the lock is held cannot leave the map half-updated (each critical
-        // section is a single insert or remove), so a poisoned lock is still usable.
-        self.shared
-            .conns
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        // section is a single insert or remove, or reads), so a poisoned lock is still usable.
+        lock(&self.shared.conns)
+    }
+
+    /// Keeps the `limit` most recent closes for [`Registry::closed`] (0 keeps none).
+    pub fn set_closed_history(&self, limit: usize) {
+        self.shared.history_limit.store(limit, Ordering::Relaxed);
+        let mut history = lock(&self.shared.history);
+        while history.len() > limit {
+            history.pop_front();
+        }
+        if limit == 0 {
+            *history = VecDeque::new();
+        }
+    }
+
+    /// Observes every close from now on in `metrics` (detection delay, lifetime). A registry
+    /// reports to one set of metrics: later calls are ignored.
+    pub fn attach_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.shared.metrics.set(metrics);
+    }
+
+    /// Registers a new connection on `socket`, whose `TCP_INFO` the registry reads while the
+    /// connection is live. The caller keeps the socket open for as long as the guard lives.
+    #[cfg(unix)]
+    pub fn insert_socket(
+        &self,
+        socket: &impl std::os::fd::AsRawFd,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> ConnGuard {
+        let guard = self.insert(peer, local);
+        guard.info.fd.store(socket.as_raw_fd(), Ordering::Relaxed);
+        guard
     }
 
     /// Registers a new connection. Dropping the guard removes it.
@@ -223,6 +328,9 @@ impl Registry {
             items: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             kicked: AtomicBool::new(false),
+            heartbeat: AtomicBool::new(false),
+            pings_outstanding: AtomicU8::new(0),
+            fd: AtomicI32::new(-1),
             control: AtomicWaker::new(),
         });
         self.conns().insert(id, Arc::clone(&info));
@@ -246,8 +354,7 @@ impl Registry {
 
     /// Copies of every live connection, by id.
     pub fn snapshot(&self) -> Vec<ConnSnapshot> {
-        let infos: Vec<Arc<ConnInfo>> = self.conns().values().cloned().collect();
-        let mut out: Vec<ConnSnapshot> = infos.iter().map(|i| i.snapshot()).collect();
+        let mut out: Vec<ConnSnapshot> = self.entries().iter().map(|i| i.snapshot()).collect();
         out.sort_by_key(|s| s.id);
         out
     }
@@ -256,6 +363,64 @@ impl Registry {
     pub fn get(&self, id: u64) -> Option<ConnSnapshot> {
         let info = self.conns().get(&id).cloned();
         info.map(|i| i.snapshot())
+    }
+
+    /// Every live entry, in no order. The lock is held only to clone the handles.
+    fn entries(&self) -> Vec<Arc<ConnInfo>> {
+        self.conns().values().cloned().collect()
+    }
+
+    /// Copies of every live connection with its `TCP_INFO`, in no order. This makes a system
+    /// call per connection: call it off the runtime's worker threads (`spawn_blocking`).
+    pub fn snapshot_with_tcp_info(&self) -> Vec<(ConnSnapshot, Option<TcpInfo>)> {
+        let entries = self.entries();
+        self.with_tcp_info(entries.iter().map(|info| info.snapshot()).collect())
+    }
+
+    /// Adds `TCP_INFO` to each of `snapshots` still live, a chunk of entries per hold of the
+    /// lock; a connection that closed meanwhile keeps `None`. A system call per connection.
+    pub fn with_tcp_info(
+        &self,
+        snapshots: Vec<ConnSnapshot>,
+    ) -> Vec<(ConnSnapshot, Option<TcpInfo>)> {
+        let mut out = Vec::with_capacity(snapshots.len());
+        let mut snapshots = snapshots.into_iter().peekable();
+        while snapshots.peek().is_some() {
+            let conns = self.conns();
+            for snapshot in snapshots.by_ref().take(TCP_INFO_CHUNK) {
+                let info = conns.get(&snapshot.id).and_then(|entry| entry.tcp_info());
+                out.push((snapshot, info));
+            }
+        }
+        out
+    }
+
+    /// `TCP_INFO` of one live connection.
+    pub fn tcp_info(&self, id: u64) -> Option<TcpInfo> {
+        self.conns().get(&id).and_then(|entry| entry.tcp_info())
+    }
+
+    /// Keep-alive probes sent and unanswered, summed over the live connections, and how many
+    /// connections have at least one: the kernel's own view of peers that went quiet. A system
+    /// call per connection, a chunk of entries per hold of the lock.
+    pub fn keepalive_probes(&self) -> (u64, u64) {
+        let ids: Vec<u64> = self.conns().keys().copied().collect();
+        let (mut probes, mut probing) = (0u64, 0u64);
+        for chunk in ids.chunks(TCP_INFO_CHUNK) {
+            let conns = self.conns();
+            for id in chunk {
+                if let Some(info) = conns.get(id).and_then(|entry| entry.tcp_info()) {
+                    probes += u64::from(info.probes);
+                    probing += u64::from(info.probes > 0);
+                }
+            }
+        }
+        (probes, probing)
+    }
+
+    /// The most recent closes, oldest first.
+    pub fn closed(&self) -> Vec<ClosedConn> {
+        lock(&self.shared.history).iter().cloned().collect()
     }
 
     /// Asks a connection to close with reason `kicked`. False when no such connection is live.
@@ -284,7 +449,18 @@ impl Registry {
 
     /// Connections closed with `reason` since start (refused ones included).
     pub fn closed_total(&self, reason: CloseReason) -> u64 {
+        self.shared.closed[reason.index()].load(Ordering::Relaxed) + self.refused_total(reason)
+    }
+
+    /// Registered connections closed with `reason` since start (refused ones not included).
+    pub fn closed_registered_total(&self, reason: CloseReason) -> u64 {
         self.shared.closed[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Connections refused at accept with `reason` (`server_full`, `internal_error`), never
+    /// registered.
+    pub fn refused_total(&self, reason: CloseReason) -> u64 {
+        self.shared.refused[reason.index()].load(Ordering::Relaxed)
     }
 
     /// Close events from now on.
@@ -292,15 +468,29 @@ impl Registry {
         self.shared.events.subscribe()
     }
 
-    /// Logs, counts and broadcasts one close. The guard calls it; the server calls it for
-    /// connections refused before registration.
+    /// Logs, counts and broadcasts one close, keeps it in the closed history and observes it in
+    /// the metrics. The guard calls it; the server calls it for connections refused before
+    /// registration (id 0), which are counted apart and not kept in the history.
     pub fn record_close(&self, closed: ClosedConn) {
-        self.shared.closed[closed.reason.index()].fetch_add(1, Ordering::Relaxed);
+        let refused = closed.id == 0;
+        let counters = if refused {
+            &self.shared.refused
+        } else {
+            &self.shared.closed
+        };
+        counters[closed.reason.index()].fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = self.shared.metrics.get() {
+            metrics.observe_close(&closed);
+        }
+        if !refused {
+            self.remember(&closed);
+        }
         tracing::info!(
             conn_id = closed.id,
             peer = %closed.peer,
             reason = closed.reason.as_str(),
             duration_ms = closed.duration.as_millis() as u64,
+            detection_delay_ms = closed.detection_delay.as_millis() as u64,
             bytes_in = closed.bytes_in,
             bytes_out = closed.bytes_out,
             items = closed.items,
@@ -310,6 +500,26 @@ impl Registry {
         // No subscriber is the normal case: the error only says nobody listens.
         let _ = self.shared.events.send(closed);
     }
+
+    fn remember(&self, closed: &ClosedConn) {
+        let limit = self.shared.history_limit.load(Ordering::Relaxed);
+        if limit == 0 {
+            return;
+        }
+        let mut history = lock(&self.shared.history);
+        if history.len() >= limit {
+            history.pop_front();
+        }
+        history.push_back(closed.clone());
+    }
+}
+
+/// Locks `mutex`, using it even if a panic poisoned it: no critical section here can leave
+/// its data half-updated.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Owns a connection's registry entry; removes it and records the close when dropped.
@@ -345,8 +555,12 @@ impl Drop for ConnGuard {
         self.registry.record_close(ClosedConn {
             id: snapshot.id,
             peer: snapshot.peer,
+            local: snapshot.local,
             reason,
+            started_at: snapshot.started_at,
+            closed_at: snapshot.started_at + snapshot.age,
             duration: snapshot.age,
+            detection_delay: snapshot.last_in_ago,
             bytes_in: snapshot.bytes_in,
             bytes_out: snapshot.bytes_out,
             items: snapshot.items,

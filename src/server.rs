@@ -5,6 +5,9 @@
 //! already buffered are still queued); let the sink drain the queue, so queued items are stored
 //! and acknowledged while their connections are still open; then close every connection with
 //! reason `shutdown` after a brief flush of its last acks and a `shutting_down` notice.
+//!
+//! With `admin` set, the admin API ([`crate::admin`]) serves on its own listener from before the
+//! first accept to the end of shutdown; `/readyz` says "draining" from the first stage on.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,9 +23,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, AdminHandle, Readiness, Token, TokenError};
 use crate::close_reason::CloseReason;
 use crate::config::{Config, ConfigError};
 use crate::conn::{self, ConnShared, Stage};
+use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, Outbound};
 use crate::queue::{self, Consumer, Monitor, Producer};
 use crate::record::Record;
@@ -33,6 +38,8 @@ use crate::sockopt::{self, ListenError, ListenerOptions, SocketOptions};
 /// Longest time spent waiting before retrying `accept` after it failed, for example with
 /// `EMFILE`: retrying at once would spin a core while descriptors are exhausted.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How often histogram samples are folded into buckets between scrapes, bounding their memory.
+const METRICS_UPKEEP: Duration = Duration::from_secs(1);
 
 /// Errors that stop a server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +56,18 @@ pub enum ServerError {
     #[error("no listener to accept on")]
     /// `run` was given no listener.
     NoListener,
+    #[error(transparent)]
+    /// The admin token file cannot be used.
+    AdminToken(#[from] TokenError),
+    #[error("cannot listen on the admin address {addr}")]
+    /// The admin listener could not be opened.
+    AdminListen {
+        /// The `admin` address.
+        addr: SocketAddr,
+        #[source]
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Builds a [`Server`].
@@ -87,16 +106,27 @@ impl ServerBuilder {
         self
     }
 
-    /// Validates the configuration and creates the queue.
+    /// Validates the configuration, reads the admin token, creates the queue and the metrics.
     pub fn build(self) -> Result<Server, ServerError> {
         self.config.validate()?;
+        let token = match &self.config.admin_token_file {
+            Some(path) => Some(Token::from_file(path)?),
+            None => None,
+        };
         let (producer, consumer) = queue::bounded(self.config.queue, self.config.overflow);
+        let registry = self.registry.unwrap_or_default();
+        let metrics = Arc::new(Metrics::new(&self.config));
+        registry.attach_metrics(Arc::clone(&metrics));
+        registry.set_closed_history(self.config.closed_history);
         Ok(Server {
             config: self.config,
             sink: self.sink,
-            registry: self.registry.unwrap_or_default(),
+            registry,
             producer,
             consumer,
+            metrics,
+            readiness: Arc::new(Readiness::default()),
+            token,
         })
     }
 }
@@ -108,6 +138,9 @@ pub struct Server {
     registry: Registry,
     producer: Producer<Record>,
     consumer: Consumer<Record>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    token: Option<Token>,
 }
 
 /// What shutdown achieved.
@@ -150,6 +183,23 @@ impl Server {
         self.consumer.monitor()
     }
 
+    /// The server's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// What the admin API needs, to mount [`admin::router`] on an application of one's own
+    /// (then set `admin` to `None`, so that `run` does not serve it too).
+    pub fn admin_handle(&self) -> AdminHandle {
+        AdminHandle {
+            registry: self.registry.clone(),
+            metrics: Arc::clone(&self.metrics),
+            queue: self.consumer.monitor(),
+            readiness: Arc::clone(&self.readiness),
+            token: self.token.clone(),
+        }
+    }
+
     /// Opens a listener on every configured address, with every socket option set before
     /// `listen`. Needs a Tokio runtime.
     pub fn bind(&self) -> Result<Vec<TcpListener>, ServerError> {
@@ -186,13 +236,23 @@ impl Server {
         if listeners.is_empty() {
             return Err(ServerError::NoListener);
         }
+        let admin_handle = self.admin_handle();
         let Server {
             config,
             sink,
             registry,
             producer,
             consumer,
+            metrics,
+            readiness,
+            token: _,
         } = self;
+        let stop_admin = CancellationToken::new();
+        let admin_task = match config.admin {
+            Some(addr) => Some(start_admin(addr, admin_handle, stop_admin.clone()).await?),
+            None => None,
+        };
+        let _stop_admin_on_exit = stop_admin.clone().drop_guard();
         let sink = match sink {
             Some(sink) => sink,
             None => sink::open(&config.sink).await?,
@@ -201,8 +261,12 @@ impl Server {
         report_start(&config, &options, &listeners);
 
         let monitor = consumer.monitor();
-        let sink_task = tokio::spawn(sink::drain(consumer, sink, config.fsync));
-        let shared = Arc::new(ConnShared::new(config.clone()));
+        let drain_metrics = Arc::clone(&metrics);
+        let fsync = config.fsync;
+        let sink_task =
+            tokio::spawn(async move { sink::drain(consumer, sink, fsync, &drain_metrics).await });
+        let upkeep = tokio::spawn(upkeep(Arc::clone(&metrics), stop_admin.clone()));
+        let shared = Arc::new(ConnShared::new(config.clone(), metrics));
         let stop_accepting = CancellationToken::new();
         let tracker = TaskTracker::new();
         let acceptor = Arc::new(Acceptor {
@@ -225,8 +289,10 @@ impl Server {
             })
             .collect();
         drop(acceptor);
+        readiness.set_ready();
 
         shutdown.await;
+        readiness.set_draining();
         let deadline = Instant::now() + config.shutdown_grace;
         tracing::info!(
             live = registry.len(),
@@ -287,7 +353,42 @@ impl Server {
                 "shutdown complete"
             );
         }
+        stop_admin.cancel();
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
+        let _ = upkeep.await;
         Ok(report)
+    }
+}
+
+/// Binds the admin listener and serves the admin API on it until `stop`.
+async fn start_admin(
+    addr: SocketAddr,
+    handle: AdminHandle,
+    stop: CancellationToken,
+) -> Result<JoinHandle<()>, ServerError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::AdminListen { addr, source })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    admin::describe(bound, &handle.token);
+    Ok(tokio::spawn(async move {
+        if let Err(error) = admin::serve(listener, handle, stop.cancelled_owned()).await {
+            tracing::error!(error = %error, "admin API stopped");
+        }
+    }))
+}
+
+/// Folds histogram samples into buckets every [`METRICS_UPKEEP`], until `stop`.
+async fn upkeep(metrics: Arc<Metrics>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(METRICS_UPKEEP);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => metrics.run_upkeep(),
+            _ = stop.cancelled() => return,
+        }
     }
 }
 
@@ -382,8 +483,9 @@ impl Acceptor {
         if let Err(error) = sockopt::apply(SockRef::from(&stream), &self.options) {
             // Without its options the connection's liveness would not be bounded.
             tracing::error!(peer = %peer, option = error.option, error = %error.source, "cannot set socket option; closing");
+            let local = stream.local_addr().unwrap_or(peer);
             self.registry
-                .record_close(refused(peer, CloseReason::InternalError));
+                .record_close(refused(peer, local, CloseReason::InternalError));
             return;
         }
         if !self.checked_first.swap(true, Ordering::Relaxed) {
@@ -394,6 +496,9 @@ impl Acceptor {
             );
         }
         let local = stream.local_addr().unwrap_or(peer);
+        #[cfg(unix)]
+        let guard = self.registry.insert_socket(&stream, peer, local);
+        #[cfg(not(unix))]
         let guard = self.registry.insert(peer, local);
         let shared = Arc::clone(&self.shared);
         let producer = self.producer.clone();
@@ -411,8 +516,9 @@ impl Acceptor {
         }
         .to_line();
         let _ = stream.try_write(&line);
+        let local = stream.local_addr().unwrap_or(peer);
         self.registry
-            .record_close(refused(peer, CloseReason::ServerFull));
+            .record_close(refused(peer, local, CloseReason::ServerFull));
     }
 }
 
@@ -433,12 +539,17 @@ impl Future for WithSlot {
     }
 }
 
-fn refused(peer: SocketAddr, reason: CloseReason) -> ClosedConn {
+fn refused(peer: SocketAddr, local: SocketAddr, reason: CloseReason) -> ClosedConn {
+    let now = std::time::SystemTime::now();
     ClosedConn {
         id: 0,
         peer,
+        local,
         reason,
+        started_at: now,
+        closed_at: now,
         duration: Duration::ZERO,
+        detection_delay: Duration::ZERO,
         bytes_in: 0,
         bytes_out: 0,
         items: 0,

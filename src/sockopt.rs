@@ -405,6 +405,56 @@ pub enum TimeoutCause {
     Retransmission,
 }
 
+/// What `TCP_INFO` says of a connection, for the admin API, the metrics and close reasons.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TcpInfo {
+    /// The kernel's TCP state (`established`, `close_wait`, …).
+    pub state: &'static str,
+    /// Smoothed round-trip time, microseconds.
+    pub rtt_us: u32,
+    /// Round-trip time variation, microseconds.
+    pub rttvar_us: u32,
+    /// Consecutive retransmission timeouts of the segment now unacknowledged (`tcpi_retransmits`).
+    pub retransmits: u8,
+    /// Segments retransmitted over the connection's life (`tcpi_total_retrans`).
+    pub total_retrans: u32,
+    /// Segments sent and not yet acknowledged (`tcpi_unacked`).
+    pub unacked: u32,
+    /// Keep-alive (or zero-window) probes sent without an answer (`tcpi_probes`).
+    pub probes: u8,
+    /// Exponential backoff of the retransmission timer (`tcpi_backoff`).
+    pub backoff: u8,
+    /// Bytes queued and not yet sent (`tcpi_notsent_bytes`).
+    pub notsent_bytes: u32,
+    /// Bytes sent and not yet acknowledged: sent minus acknowledged.
+    pub unacked_bytes: u64,
+}
+
+impl TcpInfo {
+    /// The bytes of `tcpi_state` as the kernel names them.
+    fn state_name(state: u8) -> &'static str {
+        match state {
+            1 => "established",
+            2 => "syn_sent",
+            3 => "syn_recv",
+            4 => "fin_wait1",
+            5 => "fin_wait2",
+            6 => "time_wait",
+            7 => "close",
+            8 => "close_wait",
+            9 => "last_ack",
+            10 => "listen",
+            11 => "closing",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Reads `TCP_INFO`; `None` where the platform has none or the call fails.
+pub fn tcp_info(socket: SockRef<'_>) -> Option<TcpInfo> {
+    imp::tcp_info(socket)
+}
+
 /// Tells, from `TCP_INFO`, which timer dropped a connection that failed with `ETIMEDOUT`.
 ///
 /// The kernel purges the send queue when it drops the connection, so the count of unacknowledged
@@ -412,7 +462,14 @@ pub enum TimeoutCause {
 /// (`tcpi_probes`) and of consecutive retransmission timeouts (`tcpi_retransmits`), and the
 /// byte counters. `None` where `TCP_INFO` cannot be read.
 pub fn timeout_cause(socket: SockRef<'_>) -> Option<TimeoutCause> {
-    imp::timeout_cause(socket)
+    let info = tcp_info(socket)?;
+    let probing = info.probes > 0 && info.retransmits == 0;
+    let data_in_flight = info.retransmits > 0 || info.unacked > 0 || info.unacked_bytes > 0;
+    Some(if !probing && data_in_flight {
+        TimeoutCause::Retransmission
+    } else {
+        TimeoutCause::Keepalive
+    })
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -421,9 +478,9 @@ mod imp {
 
     use socket2::SockRef;
 
-    use super::TimeoutCause;
+    use super::TcpInfo;
 
-    pub(super) fn timeout_cause(socket: SockRef<'_>) -> Option<TimeoutCause> {
+    pub(super) fn tcp_info(socket: SockRef<'_>) -> Option<TcpInfo> {
         let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
         // SAFETY: `info` is a writable buffer of `len` bytes that outlives the call; the kernel
@@ -443,14 +500,17 @@ mod imp {
         }
         // SAFETY: zero-initialised above and possibly overwritten by the kernel: valid either way.
         let info = unsafe { info.assume_init() };
-        let probing = info.tcpi_probes > 0 && info.tcpi_retransmits == 0;
-        let data_in_flight = info.tcpi_retransmits > 0
-            || info.tcpi_unacked > 0
-            || info.tcpi_bytes_sent > info.tcpi_bytes_acked;
-        Some(if !probing && data_in_flight {
-            TimeoutCause::Retransmission
-        } else {
-            TimeoutCause::Keepalive
+        Some(TcpInfo {
+            state: TcpInfo::state_name(info.tcpi_state),
+            rtt_us: info.tcpi_rtt,
+            rttvar_us: info.tcpi_rttvar,
+            retransmits: info.tcpi_retransmits,
+            total_retrans: info.tcpi_total_retrans,
+            unacked: info.tcpi_unacked,
+            probes: info.tcpi_probes,
+            backoff: info.tcpi_backoff,
+            notsent_bytes: info.tcpi_notsent_bytes,
+            unacked_bytes: info.tcpi_bytes_sent.saturating_sub(info.tcpi_bytes_acked),
         })
     }
 }
@@ -459,9 +519,9 @@ mod imp {
 mod imp {
     use socket2::SockRef;
 
-    use super::TimeoutCause;
+    use super::TcpInfo;
 
-    pub(super) fn timeout_cause(_socket: SockRef<'_>) -> Option<TimeoutCause> {
+    pub(super) fn tcp_info(_socket: SockRef<'_>) -> Option<TcpInfo> {
         None
     }
 }

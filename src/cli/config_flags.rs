@@ -97,6 +97,15 @@ pub struct ConfigFlags {
     /// Log format: text or json [default: text].
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// Address of the admin API and /metrics, or off [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR|off")]
+    admin: Option<String>,
+    /// File holding the admin API's bearer token (never the token itself on the command line) [default: off].
+    #[arg(long, value_name = "PATH")]
+    admin_token_file: Option<String>,
+    /// Closed connections kept for GET /closed [default: 10000].
+    #[arg(long, value_name = "N")]
+    closed_history: Option<String>,
 }
 
 impl ConfigFlags {
@@ -135,6 +144,9 @@ impl ConfigFlags {
             ("fsync", &self.fsync),
             ("shutdown_grace", &self.shutdown_grace),
             ("log_format", &self.log_format),
+            ("admin", &self.admin),
+            ("admin_token_file", &self.admin_token_file),
+            ("closed_history", &self.closed_history),
         ];
         for (key, value) in valued {
             if let Some(value) = value {

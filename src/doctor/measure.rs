@@ -290,6 +290,11 @@ async fn start_server(
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| run_error(format!("register listener: {e}")))?;
     let (sink, mut records) = ChannelSink::new(64);
+    // The measurement reads the registry directly; an admin listener would only take a port.
+    let config = Config {
+        admin: None,
+        ..config
+    };
     let server = Server::builder(config)
         .sink(sink)
         .build()

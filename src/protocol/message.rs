@@ -85,6 +85,11 @@ impl ErrorCode {
         ErrorCode::Truncated,
     ];
 
+    /// Position in [`ErrorCode::ALL`], for per-code counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The code with this spelling, if it is one.
     pub fn from_wire(text: &str) -> Option<ErrorCode> {
         ErrorCode::ALL

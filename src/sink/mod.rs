@@ -14,12 +14,14 @@ mod stdout;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::time::{Instant, SystemTime};
 
 pub use channel::ChannelSink;
 pub use file::FileSink;
 pub use stdout::StdoutSink;
 
 use crate::config::{FsyncMode, SinkSpec};
+use crate::metrics::Metrics;
 use crate::protocol::ErrorCode;
 use crate::queue::Consumer;
 use crate::record::Record;
@@ -98,8 +100,13 @@ pub async fn drain(
     mut consumer: Consumer<Record>,
     mut sink: Box<dyn Sink>,
     fsync: FsyncMode,
+    metrics: &Metrics,
 ) -> DrainReport {
-    let mut report = DrainReport::default();
+    let mut report = Settled {
+        report: DrainReport::default(),
+        metrics,
+    };
+    let mut sync_started = Instant::now();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Written, waiting for an `fsync` to start; and covered by the `fsync` in flight.
     let mut unsynced: Vec<Record> = Vec::new();
@@ -111,6 +118,7 @@ pub async fn drain(
             match sink.sync() {
                 Some(sync) => {
                     in_flight = Some(sync);
+                    sync_started = Instant::now();
                     std::mem::swap(&mut syncing, &mut unsynced);
                 }
                 None => settle(&mut unsynced, Ok(()), &mut report, &*sink),
@@ -130,7 +138,8 @@ pub async fn drain(
                 if in_flight.is_some() =>
             {
                 in_flight = None;
-                report.syncs += 1;
+                report.report.syncs += 1;
+                metrics.fsync(sync_started.elapsed());
                 settle(&mut syncing, result, &mut report, &*sink);
             }
             more = consumer.pop_batch(MAX_BATCH, &mut batch), if may_write => {
@@ -139,6 +148,9 @@ pub async fn drain(
                     continue;
                 }
                 let result = sink.write_batch(&batch).await;
+                if result.is_ok() {
+                    metrics.sink_batch(batch.len());
+                }
                 match (result, fsync) {
                     (Ok(()), FsyncMode::Never) => settle(&mut batch, Ok(()), &mut report, &*sink),
                     (Ok(()), _) => unsynced.append(&mut batch),
@@ -149,30 +161,53 @@ pub async fn drain(
     }
     if fsync == FsyncMode::Never {
         if let Some(sync) = sink.sync() {
-            report.syncs += 1;
-            if let Err(error) = sync.await {
-                log_failure(&*sink, &error, 0);
+            report.report.syncs += 1;
+            let started = Instant::now();
+            match sync.await {
+                Ok(()) => metrics.fsync(started.elapsed()),
+                Err(error) => {
+                    metrics.sink_error();
+                    log_failure(&*sink, &error, 0);
+                }
             }
         }
     }
-    report
+    report.report
+}
+
+/// The drain's report, and the metrics each settled record is counted in.
+struct Settled<'m> {
+    report: DrainReport,
+    metrics: &'m Metrics,
 }
 
 /// Acknowledges `records` if `result` is `Ok`, or reports the failure to each sender.
 fn settle(
     records: &mut Vec<Record>,
     result: Result<(), SinkError>,
-    report: &mut DrainReport,
+    settled: &mut Settled<'_>,
     sink: &dyn Sink,
 ) {
     let count = records.len() as u64;
+    let metrics = settled.metrics;
     match result {
         Ok(()) => {
-            report.written += count;
-            records.drain(..).for_each(Record::acknowledge);
+            settled.report.written += count;
+            // One clock read for the batch: its acks leave together.
+            let now = SystemTime::now();
+            for record in records.drain(..) {
+                let latency = now.duration_since(record.received_at).unwrap_or_default();
+                if record.acknowledge() {
+                    metrics.acknowledged(latency);
+                }
+            }
         }
         Err(error) => {
-            report.failed += count;
+            settled.report.failed += count;
+            metrics.sink_error();
+            for _ in 0..count {
+                metrics.item_refused(ErrorCode::SinkFailed);
+            }
             log_failure(sink, &error, count);
             records.drain(..).for_each(|r| {
                 r.reject(ErrorCode::SinkFailed, "the sink could not store this item")
@@ -284,7 +319,10 @@ mod tests {
         let (producer, consumer) = queue::bounded(64, Overflow::Backpressure);
         let (replies, mut acks) = mpsc::channel(64);
         let sink = GatedSink::default();
-        let drain = tokio::spawn(drain(consumer, Box::new(sink.clone()), FsyncMode::Batch));
+        let metrics = Arc::new(Metrics::new(&crate::Config::default()));
+        let gated: Box<dyn Sink> = Box::new(sink.clone());
+        let drain =
+            tokio::spawn(async move { drain(consumer, gated, FsyncMode::Batch, &metrics).await });
 
         push(&producer, &replies, 1).await;
         wait_for(&sink, "sync", 1).await;
@@ -310,7 +348,10 @@ mod tests {
         let (producer, consumer) = queue::bounded(64, Overflow::Backpressure);
         let (replies, mut acks) = mpsc::channel(64);
         let sink = GatedSink::default();
-        let drain = tokio::spawn(drain(consumer, Box::new(sink.clone()), FsyncMode::Always));
+        let metrics = Arc::new(Metrics::new(&crate::Config::default()));
+        let gated: Box<dyn Sink> = Box::new(sink.clone());
+        let drain =
+            tokio::spawn(async move { drain(consumer, gated, FsyncMode::Always, &metrics).await });
 
         push(&producer, &replies, 1).await;
         wait_for(&sink, "sync", 1).await;

@@ -26,6 +26,8 @@ pub fn test_config() -> Config {
     Config {
         listen: vec!["127.0.0.1:0".parse().expect("valid address")],
         shutdown_grace: Duration::from_secs(5),
+        // Tests run side by side: none may take the fixed admin port.
+        admin: None,
         ..Config::default()
     }
 }
@@ -289,6 +291,11 @@ impl Proc {
 
     fn start_with(mut command: Command, stdout: std::process::Stdio) -> Proc {
         use std::io::BufRead;
+        // Servers run side by side in the tests: each admin API on a port of its own choosing,
+        // unless the test names one (a flag wins over the environment).
+        if std::env::var_os("CONNWARDEN_ADMIN").is_none() {
+            command.env("CONNWARDEN_ADMIN", "127.0.0.1:0");
+        }
         let mut child = command
             .stdin(std::process::Stdio::null())
             .stdout(stdout)

@@ -1,0 +1,445 @@
+//! `GET /connections` and `GET /closed`: parameters, filters, sorting and paging.
+//!
+//! Parameters are parsed by hand from the query's pairs, so that each mistake gets a message
+//! that names the parameter and what it accepts, and a misspelt parameter is an error rather
+//! than a filter silently not applied.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::view::{Closed, Connection, Page};
+use crate::close_reason::CloseReason;
+use crate::registry::{ConnSnapshot, Registry};
+use crate::sockopt::TcpInfo;
+
+/// Entries per page when `limit` is not given.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Most entries per page.
+pub const MAX_LIMIT: usize = 10_000;
+
+/// A parameter that does not parse; becomes a 400 answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadParameter(pub String);
+
+/// What a connection listing is ordered by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortKey {
+    /// Registry id: the order of accept.
+    Id,
+    /// Time since accept.
+    Age,
+    /// Time since the last byte received.
+    Idle,
+    /// Bytes received.
+    BytesIn,
+    /// Bytes sent.
+    BytesOut,
+    /// Items accepted.
+    Items,
+    /// Items refused.
+    Errors,
+    /// Smoothed round-trip time (`TCP_INFO`).
+    Rtt,
+    /// Unacknowledged segments (`TCP_INFO`).
+    Unacked,
+}
+
+impl SortKey {
+    const NAMES: &'static [(&'static str, SortKey)] = &[
+        ("id", SortKey::Id),
+        ("age", SortKey::Age),
+        ("idle", SortKey::Idle),
+        ("bytes_in", SortKey::BytesIn),
+        ("bytes_out", SortKey::BytesOut),
+        ("items", SortKey::Items),
+        ("errors", SortKey::Errors),
+        ("rtt", SortKey::Rtt),
+        ("unacked", SortKey::Unacked),
+    ];
+
+    fn parse(text: &str) -> Result<SortKey, BadParameter> {
+        SortKey::NAMES
+            .iter()
+            .find(|(name, _)| *name == text)
+            .map(|(_, key)| *key)
+            .ok_or_else(|| {
+                let names: Vec<&str> = SortKey::NAMES.iter().map(|(n, _)| *n).collect();
+                BadParameter(format!(
+                    "sort={text:?}: expected one of {}",
+                    names.join(", ")
+                ))
+            })
+    }
+
+    /// True when the key is read from `TCP_INFO`, so every connection's must be read to sort.
+    fn needs_tcp_info(self) -> bool {
+        matches!(self, SortKey::Rtt | SortKey::Unacked)
+    }
+}
+
+/// A peer filter: one address, one address and port, or a network in CIDR notation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerFilter {
+    /// This address and port.
+    Exact(SocketAddr),
+    /// Any port of this network (a bare address is a /32 or /128).
+    Net(IpNet),
+}
+
+impl PeerFilter {
+    fn parse(text: &str) -> Result<PeerFilter, BadParameter> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(PeerFilter::Exact(addr));
+        }
+        if let Ok(ip) = text.parse::<IpAddr>() {
+            return Ok(PeerFilter::Net(IpNet::from(ip)));
+        }
+        text.parse::<IpNet>().map(PeerFilter::Net).map_err(|_| {
+            BadParameter(format!(
+                "peer={text:?}: expected an address (192.0.2.7), an address and port (192.0.2.7:5000) or a network (192.0.2.0/24)"
+            ))
+        })
+    }
+
+    fn matches(&self, peer: SocketAddr) -> bool {
+        match self {
+            PeerFilter::Exact(addr) => *addr == peer,
+            PeerFilter::Net(net) => net.contains(&canonical(peer.ip())),
+        }
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it carries, so `192.0.2.0/24` matches a
+/// client seen on a dual-stack listener.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Paging: `offset` and `limit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Paging {
+    /// Entries skipped.
+    pub offset: usize,
+    /// Most entries returned.
+    pub limit: usize,
+}
+
+/// The parameters of `GET /connections`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnQuery {
+    /// Order.
+    pub sort: SortKey,
+    /// Largest first.
+    pub descending: bool,
+    /// Only connections from here.
+    pub peer: Option<PeerFilter>,
+    /// Only connections silent at least this long.
+    pub min_idle: Option<Duration>,
+    /// Only connections in this TCP state (`established`, `close_wait`, …).
+    pub state: Option<String>,
+    /// Which page.
+    pub paging: Paging,
+}
+
+/// The parameters of `GET /closed`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClosedQuery {
+    /// Only closes with this reason.
+    pub reason: Option<CloseReason>,
+    /// Only connections from here.
+    pub peer: Option<PeerFilter>,
+    /// Which page (newest first).
+    pub paging: Paging,
+}
+
+/// The query's pairs, each taken once by the parser that knows it.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn take(&mut self, name: &str) -> Result<Option<String>, BadParameter> {
+        let mut found = None;
+        let mut i = 0;
+        while i < self.0.len() {
+            if self.0[i].0 == name {
+                if found.is_some() {
+                    return Err(BadParameter(format!("{name} is given twice")));
+                }
+                found = Some(self.0.remove(i).1);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(found)
+    }
+
+    fn finish(self, known: &str) -> Result<(), BadParameter> {
+        match self.0.first() {
+            Some((name, _)) => Err(BadParameter(format!(
+                "unknown parameter {name:?}; known: {known}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn paging(&mut self) -> Result<Paging, BadParameter> {
+        let number = |name: &str, text: String| {
+            text.parse::<usize>()
+                .map_err(|_| BadParameter(format!("{name}={text:?}: expected a whole number")))
+        };
+        let limit = match self.take("limit")? {
+            Some(text) => number("limit", text)?,
+            None => DEFAULT_LIMIT,
+        };
+        if limit == 0 || limit > MAX_LIMIT {
+            return Err(BadParameter(format!(
+                "limit={limit}: expected 1 to {MAX_LIMIT}"
+            )));
+        }
+        let offset = match self.take("offset")? {
+            Some(text) => number("offset", text)?,
+            None => 0,
+        };
+        Ok(Paging { offset, limit })
+    }
+
+    fn peer(&mut self) -> Result<Option<PeerFilter>, BadParameter> {
+        self.take("peer")?
+            .map(|text| PeerFilter::parse(&text))
+            .transpose()
+    }
+}
+
+impl ConnQuery {
+    /// Parses the query's pairs.
+    pub fn parse(pairs: Vec<(String, String)>) -> Result<ConnQuery, BadParameter> {
+        let mut params = Params(pairs);
+        let sort = match params.take("sort")? {
+            Some(text) => SortKey::parse(&text)?,
+            None => SortKey::Id,
+        };
+        let descending = match params.take("order")?.as_deref() {
+            None => sort != SortKey::Id,
+            Some("desc") => true,
+            Some("asc") => false,
+            Some(other) => {
+                return Err(BadParameter(format!(
+                    "order={other:?}: expected asc or desc"
+                )))
+            }
+        };
+        let peer = params.peer()?;
+        let min_idle = params
+            .take("min_idle")?
+            .map(|text| {
+                crate::config::parse_duration(&text)
+                    .map_err(|e| BadParameter(format!("min_idle={text:?}: {e}")))
+            })
+            .transpose()?;
+        let state = params.take("state")?;
+        let paging = params.paging()?;
+        params.finish("sort, order, peer, min_idle, state, limit, offset")?;
+        Ok(ConnQuery {
+            sort,
+            descending,
+            peer,
+            min_idle,
+            state,
+            paging,
+        })
+    }
+
+    /// Runs the listing against `registry`. Reads `TCP_INFO` of every connection when the sort
+    /// or the state filter needs it, else only of the page: call it off the runtime's workers.
+    pub fn run(&self, registry: &Registry) -> Page<Connection> {
+        let mut snapshots: Vec<ConnSnapshot> = registry
+            .snapshot()
+            .into_iter()
+            .filter(|s| self.peer.is_none_or(|p| p.matches(s.peer)))
+            .filter(|s| self.min_idle.is_none_or(|min| s.last_in_ago >= min))
+            .collect();
+        if self.sort.needs_tcp_info() || self.state.is_some() {
+            let mut rows = registry.with_tcp_info(snapshots);
+            if let Some(state) = &self.state {
+                rows.retain(|(_, tcp)| tcp.is_some_and(|t| t.state == state.as_str()));
+            }
+            rows.sort_by(|(a, ta), (b, tb)| self.compare(a, ta.as_ref(), b, tb.as_ref()));
+            let total = rows.len();
+            let items = page(rows, self.paging)
+                .map(|(s, tcp)| Connection::new(&s, tcp))
+                .collect();
+            return Page {
+                total,
+                offset: self.paging.offset,
+                items,
+            };
+        }
+        snapshots.sort_by(|a, b| self.compare(a, None, b, None));
+        let total = snapshots.len();
+        let page: Vec<ConnSnapshot> = page(snapshots, self.paging).collect();
+        let items = registry
+            .with_tcp_info(page)
+            .iter()
+            .map(|(s, tcp)| Connection::new(s, *tcp))
+            .collect();
+        Page {
+            total,
+            offset: self.paging.offset,
+            items,
+        }
+    }
+
+    /// Orders two connections by the sort key; `TCP_INFO` only where the key needs it.
+    fn compare(
+        &self,
+        a: &ConnSnapshot,
+        ta: Option<&TcpInfo>,
+        b: &ConnSnapshot,
+        tb: Option<&TcpInfo>,
+    ) -> std::cmp::Ordering {
+        let tcp = |t: Option<&TcpInfo>, f: fn(&TcpInfo) -> u64| t.map(f);
+        let order = match self.sort {
+            SortKey::Id => a.id.cmp(&b.id),
+            SortKey::Age => a.age.cmp(&b.age),
+            SortKey::Idle => a.last_in_ago.cmp(&b.last_in_ago),
+            SortKey::BytesIn => a.bytes_in.cmp(&b.bytes_in),
+            SortKey::BytesOut => a.bytes_out.cmp(&b.bytes_out),
+            SortKey::Items => a.items.cmp(&b.items),
+            SortKey::Errors => a.errors.cmp(&b.errors),
+            SortKey::Rtt => tcp(ta, |t| t.rtt_us.into()).cmp(&tcp(tb, |t| t.rtt_us.into())),
+            SortKey::Unacked => tcp(ta, |t| t.unacked.into()).cmp(&tcp(tb, |t| t.unacked.into())),
+        };
+        // Ties keep the order of accept, so pages do not overlap.
+        let order = if self.descending {
+            order.reverse()
+        } else {
+            order
+        };
+        order.then(a.id.cmp(&b.id))
+    }
+}
+
+impl ClosedQuery {
+    /// Parses the query's pairs.
+    pub fn parse(pairs: Vec<(String, String)>) -> Result<ClosedQuery, BadParameter> {
+        let mut params = Params(pairs);
+        let reason = params
+            .take("reason")?
+            .map(|text| {
+                CloseReason::ALL
+                    .into_iter()
+                    .find(|r| r.as_str() == text)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> =
+                            CloseReason::ALL.iter().map(|r| r.as_str()).collect();
+                        BadParameter(format!(
+                            "reason={text:?}: expected one of {}",
+                            names.join(", ")
+                        ))
+                    })
+            })
+            .transpose()?;
+        let peer = params.peer()?;
+        let paging = params.paging()?;
+        params.finish("reason, peer, limit, offset")?;
+        Ok(ClosedQuery {
+            reason,
+            peer,
+            paging,
+        })
+    }
+
+    /// The matching closes, newest first.
+    pub fn run(&self, registry: &Registry) -> Page<Closed> {
+        let matching: Vec<Closed> = registry
+            .closed()
+            .iter()
+            .rev()
+            .filter(|c| self.reason.is_none_or(|r| c.reason == r))
+            .filter(|c| self.peer.is_none_or(|p| p.matches(c.peer)))
+            .map(Closed::from)
+            .collect();
+        let total = matching.len();
+        Page {
+            total,
+            offset: self.paging.offset,
+            items: page(matching, self.paging).collect(),
+        }
+    }
+}
+
+fn page<T>(rows: Vec<T>, paging: Paging) -> impl Iterator<Item = T> {
+    rows.into_iter().skip(paging.offset).take(paging.limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(query: &[(&str, &str)]) -> Vec<(String, String)> {
+        query
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn parses_every_parameter() {
+        let query = ConnQuery::parse(pairs(&[
+            ("sort", "idle"),
+            ("peer", "10.0.0.0/8"),
+            ("min_idle", "30s"),
+            ("state", "established"),
+            ("limit", "5"),
+            ("offset", "10"),
+        ]))
+        .unwrap();
+        assert_eq!(query.sort, SortKey::Idle);
+        assert!(query.descending, "a measure sorts largest first by default");
+        assert_eq!(query.min_idle, Some(Duration::from_secs(30)));
+        assert_eq!(
+            query.paging,
+            Paging {
+                offset: 10,
+                limit: 5
+            }
+        );
+        assert!(query.peer.unwrap().matches("10.1.2.3:4".parse().unwrap()));
+        assert!(!query.peer.unwrap().matches("11.1.2.3:4".parse().unwrap()));
+    }
+
+    #[test]
+    fn mistakes_name_the_parameter() {
+        for (query, needle) in [
+            (vec![("sort", "colour")], "sort=\"colour\""),
+            (vec![("limit", "0")], "limit=0"),
+            (vec![("limit", "10001")], "limit=10001"),
+            (vec![("limt", "5")], "unknown parameter \"limt\""),
+            (vec![("peer", "nowhere")], "peer=\"nowhere\""),
+            (vec![("min_idle", "30")], "min_idle=\"30\""),
+            (vec![("order", "up")], "order=\"up\""),
+            (vec![("limit", "1"), ("limit", "2")], "twice"),
+        ] {
+            let error = ConnQuery::parse(pairs(&query)).unwrap_err().to_string();
+            assert!(error.contains(needle), "{error:?} lacks {needle:?}");
+        }
+        let error = ClosedQuery::parse(pairs(&[("reason", "tired")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("keepalive_timeout"), "{error}");
+    }
+
+    #[test]
+    fn mapped_ipv6_peers_match_ipv4_networks() {
+        let filter = PeerFilter::parse("192.0.2.0/24").unwrap();
+        assert!(filter.matches("[::ffff:192.0.2.9]:5000".parse().unwrap()));
+        let exact = PeerFilter::parse("192.0.2.9:5000").unwrap();
+        assert!(exact.matches("192.0.2.9:5000".parse().unwrap()));
+        assert!(!exact.matches("192.0.2.9:5001".parse().unwrap()));
+    }
+}

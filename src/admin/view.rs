@@ -1,0 +1,205 @@
+//! The JSON the admin API answers with, one shape per resource. The same types read it back in
+//! `connwarden conns`, `kick` and `closed`, so the two sides cannot drift apart.
+//!
+//! Durations are seconds as decimals (`age_s: 12.345`), times RFC 3339 in UTC, counters whole
+//! numbers.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::registry::{ClosedConn, ConnSnapshot};
+use crate::sockopt::TcpInfo;
+
+/// One live connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    /// Registry id, unique for the server's life.
+    pub id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The server's address the client connected to.
+    pub local: SocketAddr,
+    /// When the connection was accepted.
+    pub started_at: String,
+    /// Seconds since accept.
+    pub age_s: f64,
+    /// Seconds since the last byte received (or since accept).
+    pub idle_in_s: f64,
+    /// Seconds since the last byte sent (or since accept).
+    pub idle_out_s: f64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Items accepted.
+    pub items: u64,
+    /// Items refused.
+    pub errors: u64,
+    /// The application heartbeat.
+    pub heartbeat: Heartbeat,
+    /// The kernel's view, read when the request was served; `null` where `TCP_INFO` is not
+    /// available (other platforms) or the connection closed meanwhile.
+    pub tcp: Option<Tcp>,
+}
+
+/// The application heartbeat of one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Whether it applies (`heartbeat = required`, or negotiated by the client's `hello`).
+    pub negotiated: bool,
+    /// `ping`s sent since the peer was last heard.
+    pub pings_outstanding: u8,
+}
+
+/// What `TCP_INFO` says of one connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tcp {
+    /// `established`, `close_wait`, …
+    pub state: String,
+    /// Smoothed round-trip time, microseconds.
+    pub rtt_us: u32,
+    /// Round-trip time variation, microseconds.
+    pub rttvar_us: u32,
+    /// Consecutive retransmission timeouts of the oldest unacknowledged segment.
+    pub retransmits: u8,
+    /// Segments retransmitted over the connection's life.
+    pub total_retrans: u32,
+    /// Segments sent and not yet acknowledged.
+    pub unacked: u32,
+    /// Bytes sent and not yet acknowledged.
+    pub unacked_bytes: u64,
+    /// Keep-alive probes sent and unanswered.
+    pub probes: u8,
+    /// Backoff of the retransmission timer.
+    pub backoff: u8,
+    /// Bytes queued in the kernel, not yet sent.
+    pub notsent_bytes: u32,
+}
+
+/// One closed connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Closed {
+    /// Registry id.
+    pub id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The server's address the client connected to.
+    pub local: SocketAddr,
+    /// Why it closed (`keepalive_timeout`, `kicked`, …; see `docs/OPERATIONS.md`).
+    pub reason: String,
+    /// When it was accepted.
+    pub started_at: String,
+    /// When it closed.
+    pub closed_at: String,
+    /// Seconds from accept to close.
+    pub lifetime_s: f64,
+    /// Seconds from the last byte received (or accept) to the close.
+    pub detection_delay_s: f64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Items accepted.
+    pub items: u64,
+    /// Items refused.
+    pub errors: u64,
+}
+
+/// A page of a listing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// Entries that matched the filters, on every page.
+    pub total: usize,
+    /// Entries skipped before this page.
+    pub offset: usize,
+    /// This page's entries.
+    pub items: Vec<T>,
+}
+
+/// The one shape of every error the admin API answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// A stable code and a message for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// `bad_request`, `unauthorized`, `not_found`, `method_not_allowed`, `internal`.
+    pub code: String,
+    /// What went wrong, and what would be right.
+    pub message: String,
+}
+
+fn seconds(d: Duration) -> f64 {
+    // Millisecond precision: what the registry keeps, and what a person reads.
+    (d.as_millis() as f64) / 1000.0
+}
+
+/// RFC 3339 in UTC, to the millisecond.
+pub fn timestamp(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+impl Connection {
+    /// The view of a snapshot, with its `TCP_INFO` if read.
+    pub fn new(snapshot: &ConnSnapshot, tcp: Option<TcpInfo>) -> Connection {
+        Connection {
+            id: snapshot.id,
+            peer: snapshot.peer,
+            local: snapshot.local,
+            started_at: timestamp(snapshot.started_at),
+            age_s: seconds(snapshot.age),
+            idle_in_s: seconds(snapshot.last_in_ago),
+            idle_out_s: seconds(snapshot.last_out_ago),
+            bytes_in: snapshot.bytes_in,
+            bytes_out: snapshot.bytes_out,
+            items: snapshot.items,
+            errors: snapshot.errors,
+            heartbeat: Heartbeat {
+                negotiated: snapshot.heartbeat,
+                pings_outstanding: snapshot.pings_outstanding,
+            },
+            tcp: tcp.map(Tcp::from),
+        }
+    }
+}
+
+impl From<TcpInfo> for Tcp {
+    fn from(info: TcpInfo) -> Tcp {
+        Tcp {
+            state: info.state.to_owned(),
+            rtt_us: info.rtt_us,
+            rttvar_us: info.rttvar_us,
+            retransmits: info.retransmits,
+            total_retrans: info.total_retrans,
+            unacked: info.unacked,
+            unacked_bytes: info.unacked_bytes,
+            probes: info.probes,
+            backoff: info.backoff,
+            notsent_bytes: info.notsent_bytes,
+        }
+    }
+}
+
+impl From<&ClosedConn> for Closed {
+    fn from(closed: &ClosedConn) -> Closed {
+        Closed {
+            id: closed.id,
+            peer: closed.peer,
+            local: closed.local,
+            reason: closed.reason.as_str().to_owned(),
+            started_at: timestamp(closed.started_at),
+            closed_at: timestamp(closed.closed_at),
+            lifetime_s: seconds(closed.duration),
+            detection_delay_s: seconds(closed.detection_delay),
+            bytes_in: closed.bytes_in,
+            bytes_out: closed.bytes_out,
+            items: closed.items,
+            errors: closed.errors,
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! Prometheus metrics: what the gateway does, and above all how long dead peers lived before
+//! they were found (the detection delay, by close reason, beside the bounds configured).
+//!
+//! Built on `metrics` with `metrics-exporter-prometheus`, whose recorder is kept here, per
+//! server, rather than installed process-wide: a program may embed several servers, or have its
+//! own recorder. The exporter writes the Prometheus text format (0.0.4), which `promtool check
+//! metrics` validates and every Prometheus scrapes.
+//!
+//! Costs on the per-item path are atomics only: counter handles are atomic adds (items are
+//! counted once per read, not once per item), histogram observations go to the exporter's
+//! lock-free sample buckets and are folded into buckets at scrape or by [`Metrics::run_upkeep`].
+//! What is cheaper to read than to count (live connections, queue depth, keep-alive probes in
+//! flight) is read at scrape time.
+//!
+//! Every name is listed, with its type, labels and meaning, in `docs/OPERATIONS.md`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use metrics::{
+    Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use crate::close_reason::CloseReason;
+use crate::config::{Config, Overflow};
+use crate::protocol::ErrorCode;
+use crate::queue::QueueStats;
+use crate::registry::{ClosedConn, Registry};
+
+/// Prefix of every connwarden metric.
+const PREFIX: &str = "connwarden_";
+
+/// Buckets of the connection lifetime histogram, seconds: a second to a week.
+const LIFETIME_BUCKETS: &[f64] = &[
+    1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0, 604800.0,
+];
+/// Buckets of the fsync latency histogram, seconds: 100 µs to 10 s.
+const FSYNC_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+/// Buckets of the ack latency histogram, seconds: 100 µs to 10 s.
+const ACK_BUCKETS: &[f64] = FSYNC_BUCKETS;
+/// The detection-delay buckets below the bounds, and the round steps between them.
+const DELAY_STEPS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+    7200.0, 14400.0, 28800.0, 86400.0,
+];
+
+/// The metrics of one server. Cheap to share (`Arc`); every handle is an atomic.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    process: metrics_process::Collector,
+    detection_delay: [Histogram; CloseReason::ALL.len()],
+    lifetime: [Histogram; CloseReason::ALL.len()],
+    items_received: Counter,
+    items_refused: [Counter; ErrorCode::ALL.len()],
+    items_acknowledged: Counter,
+    ack_latency: Histogram,
+    bytes_received: Counter,
+    bytes_sent: Counter,
+    sink_records: Counter,
+    sink_batches: Counter,
+    sink_fsyncs: Counter,
+    sink_errors: Counter,
+    fsync_duration: Histogram,
+    /// False from a failed sink write or `fsync` until the next one succeeds.
+    sink_healthy: AtomicBool,
+    scraped: ScrapeTime,
+}
+
+/// Handles set at scrape time, from values cheaper to read than to count.
+struct ScrapeTime {
+    connections_live: Gauge,
+    connections_opened: Counter,
+    connections_closed: [Counter; CloseReason::ALL.len()],
+    connections_refused: [Counter; CloseReason::ALL.len()],
+    queue_depth: Gauge,
+    queue_capacity: Gauge,
+    queue_dropped: Counter,
+    keepalive_probes: Gauge,
+    connections_probing: Gauge,
+    sink_healthy: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// The bound each close reason is held to by the configuration, for the dashboard's line
+/// beside the measured delay. Reasons with no bound are absent.
+pub fn detection_bounds(config: &Config) -> Vec<(CloseReason, Duration)> {
+    let mut bounds = vec![(CloseReason::KeepaliveTimeout, config.keepalive.bound())];
+    if let Some(user_timeout) = config.effective_user_timeout() {
+        bounds.push((CloseReason::UserTimeout, user_timeout));
+    }
+    if config.heartbeat != crate::config::HeartbeatMode::Off {
+        bounds.push((
+            CloseReason::HeartbeatTimeout,
+            config.heartbeat_interval * config.heartbeat_misses,
+        ));
+    }
+    if let Some(idle) = config.idle_timeout {
+        bounds.push((CloseReason::IdleTimeout, idle));
+    }
+    bounds.push((CloseReason::WriteTimeout, config.write_timeout));
+    bounds
+}
+
+/// Detection-delay buckets: round steps from 0.1 s up to twice the largest bound, each bound
+/// itself, and each bound plus a tenth (so "within the bound" and "just past it" are told apart).
+pub fn detection_buckets(config: &Config) -> Vec<f64> {
+    let bounds: Vec<f64> = detection_bounds(config)
+        .iter()
+        .map(|(_, bound)| bound.as_secs_f64())
+        .collect();
+    let top = 2.0 * bounds.iter().copied().fold(1.0, f64::max);
+    let mut buckets: Vec<f64> = DELAY_STEPS.iter().copied().filter(|b| *b < top).collect();
+    // To the millisecond: `49.5`, not `49.50000000000001`.
+    let just_past = |b: f64| (b * 1100.0).round() / 1000.0;
+    buckets.extend(bounds.iter().flat_map(|b| [*b, just_past(*b)]));
+    buckets.push(top);
+    buckets.sort_by(f64::total_cmp);
+    buckets.dedup_by(|a, b| (*a - *b).abs() < 1e-9);
+    buckets
+}
+
+fn name(short: &str) -> String {
+    format!("{PREFIX}{short}")
+}
+
+impl Metrics {
+    /// The metrics of a server running `config`.
+    pub fn new(config: &Config) -> Metrics {
+        let full = |short: &str| Matcher::Full(name(short));
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(full("detection_delay_seconds"), &detection_buckets(config))
+            .and_then(|b| {
+                b.set_buckets_for_metric(full("connection_lifetime_seconds"), LIFETIME_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(full("sink_fsync_duration_seconds"), FSYNC_BUCKETS)
+            })
+            .and_then(|b| b.set_buckets_for_metric(full("ack_latency_seconds"), ACK_BUCKETS))
+            .expect("bucket lists are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        let r = Registrar(&recorder);
+        let by_reason = |short: &str| -> [Histogram; CloseReason::ALL.len()] {
+            std::array::from_fn(|i| r.histogram(short, &[("reason", CloseReason::ALL[i].as_str())]))
+        };
+        let counter_by_reason = |short: &str| -> [Counter; CloseReason::ALL.len()] {
+            std::array::from_fn(|i| r.counter(short, &[("reason", CloseReason::ALL[i].as_str())]))
+        };
+        r.describe_all();
+        let metrics = Metrics {
+            detection_delay: by_reason("detection_delay_seconds"),
+            lifetime: by_reason("connection_lifetime_seconds"),
+            items_received: r.counter("items_received_total", &[]),
+            items_refused: std::array::from_fn(|i| {
+                r.counter(
+                    "items_refused_total",
+                    &[("code", ErrorCode::ALL[i].as_str())],
+                )
+            }),
+            items_acknowledged: r.counter("items_acknowledged_total", &[]),
+            ack_latency: r.histogram("ack_latency_seconds", &[]),
+            bytes_received: r.counter("received_bytes_total", &[]),
+            bytes_sent: r.counter("sent_bytes_total", &[]),
+            sink_records: r.counter("sink_records_written_total", &[]),
+            sink_batches: r.counter("sink_batches_total", &[]),
+            sink_fsyncs: r.counter("sink_fsyncs_total", &[]),
+            sink_errors: r.counter("sink_errors_total", &[]),
+            fsync_duration: r.histogram("sink_fsync_duration_seconds", &[]),
+            scraped: ScrapeTime {
+                connections_live: r.gauge("connections_live", &[]),
+                connections_opened: r.counter("connections_opened_total", &[]),
+                connections_closed: counter_by_reason("connections_closed_total"),
+                connections_refused: counter_by_reason("connections_refused_total"),
+                queue_depth: r.gauge("queue_items", &[]),
+                queue_capacity: r.gauge("queue_capacity_items", &[]),
+                queue_dropped: r.counter(
+                    "queue_dropped_total",
+                    &[("policy", overflow_name(config.overflow))],
+                ),
+                keepalive_probes: r.gauge("keepalive_probes", &[]),
+                connections_probing: r.gauge("connections_probing", &[]),
+                sink_healthy: r.gauge("sink_healthy", &[]),
+            },
+            sink_healthy: AtomicBool::new(true),
+            process: metrics_process::Collector::default(),
+            handle,
+            recorder,
+        };
+        for (reason, bound) in detection_bounds(config) {
+            Registrar(&metrics.recorder)
+                .gauge("detection_bound_seconds", &[("reason", reason.as_str())])
+                .set(bound.as_secs_f64());
+        }
+        metrics::with_local_recorder(&metrics.recorder, || metrics.process.describe());
+        metrics
+    }
+
+    /// Observes a close: its detection delay and its lifetime, under its reason. Refused
+    /// connections (id 0) never lived and are only counted.
+    pub fn observe_close(&self, closed: &ClosedConn) {
+        if closed.id == 0 {
+            return;
+        }
+        let i = closed.reason.index();
+        self.detection_delay[i].record(closed.detection_delay.as_secs_f64());
+        self.lifetime[i].record(closed.duration.as_secs_f64());
+    }
+
+    /// Counts `n` items taken from one read.
+    pub fn items_received(&self, n: u64) {
+        if n > 0 {
+            self.items_received.increment(n);
+        }
+    }
+
+    /// Counts one refused item (or a connection-ending refusal such as `frame_too_large`).
+    pub fn item_refused(&self, code: ErrorCode) {
+        self.items_refused[code.index()].increment(1);
+    }
+
+    /// Counts bytes read from clients.
+    pub fn bytes_received(&self, n: usize) {
+        self.bytes_received.increment(n as u64);
+    }
+
+    /// Counts bytes written to clients.
+    pub fn bytes_sent(&self, n: usize) {
+        self.bytes_sent.increment(n as u64);
+    }
+
+    /// Counts one acknowledgement handed to its connection, `latency` after the item was read.
+    pub fn acknowledged(&self, latency: Duration) {
+        self.items_acknowledged.increment(1);
+        self.ack_latency.record(latency.as_secs_f64());
+    }
+
+    /// Counts a batch the sink stored.
+    pub fn sink_batch(&self, records: usize) {
+        self.sink_healthy.store(true, Ordering::Relaxed);
+        self.sink_batches.increment(1);
+        self.sink_records.increment(records as u64);
+    }
+
+    /// Counts a failed sink write or `fsync`.
+    pub fn sink_error(&self) {
+        self.sink_healthy.store(false, Ordering::Relaxed);
+        self.sink_errors.increment(1);
+    }
+
+    /// False from a failed sink write or `fsync` until the next write succeeds: `/readyz`
+    /// answers 503 meanwhile.
+    pub fn sink_healthy(&self) -> bool {
+        self.sink_healthy.load(Ordering::Relaxed)
+    }
+
+    /// Observes a finished `fsync`.
+    pub fn fsync(&self, took: Duration) {
+        self.sink_fsyncs.increment(1);
+        self.fsync_duration.record(took.as_secs_f64());
+    }
+
+    /// Folds histogram samples into their buckets, so that they take no memory between scrapes.
+    /// The server calls it every second.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// The exposition: values read now (live connections, queue, keep-alive probes in flight,
+    /// process), then every metric in the Prometheus text format. Reads `TCP_INFO` of every live
+    /// connection: call it off the runtime's worker threads.
+    pub fn render(&self, registry: &Registry, queue: QueueStats) -> String {
+        let s = &self.scraped;
+        s.connections_live.set(registry.len() as f64);
+        s.connections_opened.absolute(registry.opened_total());
+        for reason in CloseReason::ALL {
+            s.connections_closed[reason.index()].absolute(registry.closed_registered_total(reason));
+            s.connections_refused[reason.index()].absolute(registry.refused_total(reason));
+        }
+        s.queue_depth.set(queue.depth as f64);
+        s.queue_capacity.set(queue.capacity as f64);
+        s.queue_dropped.absolute(queue.dropped);
+        let (probes, probing) = registry.keepalive_probes();
+        s.keepalive_probes.set(probes as f64);
+        s.connections_probing.set(probing as f64);
+        s.sink_healthy
+            .set(if self.sink_healthy() { 1.0 } else { 0.0 });
+        metrics::with_local_recorder(&self.recorder, || self.process.collect());
+        self.handle.render()
+    }
+}
+
+fn overflow_name(overflow: Overflow) -> &'static str {
+    match overflow {
+        Overflow::Backpressure => "backpressure",
+        Overflow::DropNewest => "drop-newest",
+        Overflow::DropOldest => "drop-oldest",
+    }
+}
+
+/// Registers handles on the server's own recorder.
+struct Registrar<'r>(&'r PrometheusRecorder);
+
+/// Metadata is required by the `Recorder` interface; the exporter ignores it.
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
+
+fn key(short: &str, labels: &[(&str, &str)]) -> Key {
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::new(k.to_string(), v.to_string()))
+        .collect();
+    Key::from_parts(name(short), labels)
+}
+
+impl Registrar<'_> {
+    fn counter(&self, short: &str, labels: &[(&str, &str)]) -> Counter {
+        self.0.register_counter(&key(short, labels), &METADATA)
+    }
+
+    fn gauge(&self, short: &str, labels: &[(&str, &str)]) -> Gauge {
+        self.0.register_gauge(&key(short, labels), &METADATA)
+    }
+
+    fn histogram(&self, short: &str, labels: &[(&str, &str)]) -> Histogram {
+        self.0.register_histogram(&key(short, labels), &METADATA)
+    }
+
+    /// The help text of every metric, as `# HELP` lines.
+    fn describe_all(&self) {
+        use Kind::*;
+        for (kind, short, unit, help) in DESCRIPTIONS {
+            let name = name(short).into();
+            let help = SharedString::from(*help);
+            match kind {
+                C => self.0.describe_counter(name, *unit, help),
+                G => self.0.describe_gauge(name, *unit, help),
+                H => self.0.describe_histogram(name, *unit, help),
+            }
+        }
+    }
+}
+
+/// Counter, gauge or histogram.
+enum Kind {
+    C,
+    G,
+    H,
+}
+
+/// Every connwarden metric: kind, name after the prefix, unit, help.
+const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
+    (Kind::G, "connections_live", None, "Connections open now."),
+    (Kind::C, "connections_opened_total", None, "Connections accepted and registered."),
+    (Kind::C, "connections_closed_total", None, "Registered connections closed, by the one reason each closed."),
+    (Kind::C, "connections_refused_total", None, "Connections refused at accept, never registered (server_full, internal_error)."),
+    (Kind::H, "detection_delay_seconds", Some(Unit::Seconds), "Time from a connection's last inbound byte (or its accept) to its close, by close reason: for a dead peer, how long it took to find out."),
+    (Kind::G, "detection_bound_seconds", Some(Unit::Seconds), "The configured bound on the detection delay, by the close reason that enforces it."),
+    (Kind::H, "connection_lifetime_seconds", Some(Unit::Seconds), "Time from accept to close, by close reason."),
+    (Kind::C, "items_received_total", None, "Items read and queued for the sink."),
+    (Kind::C, "items_refused_total", None, "Items refused, each answered with an error, by error code."),
+    (Kind::C, "items_acknowledged_total", None, "Acks handed to their connections, after the sink stored (and, per fsync mode, synced) the item."),
+    (Kind::H, "ack_latency_seconds", Some(Unit::Seconds), "Time from reading an item to handing its ack to the connection."),
+    (Kind::C, "received_bytes_total", Some(Unit::Bytes), "Bytes read from clients."),
+    (Kind::C, "sent_bytes_total", Some(Unit::Bytes), "Bytes written to clients."),
+    (Kind::G, "queue_items", None, "Items between the connections and the sink now."),
+    (Kind::G, "queue_capacity_items", None, "Most items the queue holds."),
+    (Kind::C, "queue_dropped_total", None, "Items the overflow policy dropped, by policy."),
+    (Kind::C, "sink_records_written_total", None, "Records the sink stored."),
+    (Kind::C, "sink_batches_total", None, "Batches the sink stored."),
+    (Kind::C, "sink_fsyncs_total", None, "fsync calls completed by the sink."),
+    (Kind::C, "sink_errors_total", None, "Failed sink writes and fsyncs (their records were refused with sink_failed)."),
+    (Kind::H, "sink_fsync_duration_seconds", Some(Unit::Seconds), "Duration of each fsync."),
+    (Kind::G, "sink_healthy", None, "1 while the sink's last write or fsync succeeded, 0 after a failure until the next success."),
+    (Kind::G, "keepalive_probes", None, "Keep-alive probes sent and unanswered, summed over live connections (TCP_INFO tcpi_probes, read at scrape)."),
+    (Kind::G, "connections_probing", None, "Live connections with at least one unanswered keep-alive probe (read at scrape)."),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_resolve_every_bound_up_to_twice_the_largest() {
+        let config = Config {
+            idle_timeout: Some(Duration::from_secs(90)),
+            ..Config::default()
+        };
+        let buckets = detection_buckets(&config);
+        assert_eq!(buckets.first(), Some(&0.1));
+        for (_, bound) in detection_bounds(&config) {
+            assert!(
+                buckets.contains(&bound.as_secs_f64()),
+                "{bound:?} in {buckets:?}"
+            );
+        }
+        assert_eq!(buckets.last(), Some(&180.0));
+        assert!(buckets.windows(2).all(|w| w[0] < w[1]), "{buckets:?}");
+    }
+}
