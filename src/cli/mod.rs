@@ -1,5 +1,6 @@
 //! Command-line parsing, logging set-up and exit codes.
 
+mod admin;
 mod bench;
 mod config_flags;
 mod doctor;
@@ -28,6 +29,12 @@ enum Command {
     Doctor(Box<doctor::DoctorArgs>),
     /// Put load on a server: idle connections, floods, churn.
     Bench(bench::BenchArgs),
+    /// List a running server's live connections (its admin API).
+    Conns(Box<admin::ConnsArgs>),
+    /// Close connections of a running server, with reason kicked.
+    Kick(admin::KickArgs),
+    /// List a running server's most recently closed connections, with their reasons.
+    Closed(admin::ClosedArgs),
 }
 
 /// Exit status for a configuration error, so scripts can tell it from a runtime failure.
@@ -40,6 +47,9 @@ pub fn main() -> ExitCode {
         Command::Send(args) => send::run(*args),
         Command::Doctor(args) => doctor::run(*args),
         Command::Bench(args) => bench::run(args),
+        Command::Conns(args) => admin::conns(*args),
+        Command::Kick(args) => admin::kick(args),
+        Command::Closed(args) => admin::closed(args),
     };
     match result {
         Ok(code) => code,

@@ -511,3 +511,93 @@ pub mod json_text {
         out
     }
 }
+
+/// A client of a server's admin API (blocking: call it from a plain thread or a namespace
+/// thread, or through `spawn_blocking`).
+#[derive(Clone, Debug)]
+pub struct Admin {
+    pub addr: String,
+    pub token: Option<String>,
+}
+
+impl Admin {
+    /// The admin address a `serve --log-format json` process logged. Call it before waiting
+    /// for "listening": the admin listener is logged first.
+    pub fn of(serve: &mut Proc) -> Admin {
+        let line = serve.wait_log("admin listening").expect("admin listening");
+        Admin {
+            addr: line["addr"].as_str().expect("addr").to_owned(),
+            token: None,
+        }
+    }
+
+    /// Calls `method path`; the status and the body.
+    pub fn request(&self, method: &str, path: &str) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let mut response = agent
+            .run(request.body(()).expect("request"))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_string().expect("body");
+        (status, body)
+    }
+
+    /// `GET path` as JSON, which must answer 200.
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.request("GET", path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// The `/metrics` exposition.
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.request("GET", "/metrics");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+/// The value of the sample written exactly `selector` (`name` or `name{labels}`) in a
+/// Prometheus text exposition.
+pub fn metric(exposition: &str, selector: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let rest = line.strip_prefix(selector)?.strip_prefix(' ')?;
+        rest.trim().parse().ok()
+    })
+}
+
+/// Checks an exposition with `promtool check metrics` (Debian's `prometheus` package, which
+/// `.ci/run` installs): it must parse and pass the linter.
+pub fn promtool_check(exposition: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- exposition:\n{exposition}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
