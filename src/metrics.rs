@@ -54,7 +54,7 @@ const DELAY_STEPS: &[f64] = &[
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    process: metrics_process::Collector,
+    process: ProcessCollector,
     detection_delay: [Histogram; CloseReason::ALL.len()],
     lifetime: [Histogram; CloseReason::ALL.len()],
     items_received: Counter,
@@ -194,7 +194,7 @@ impl Metrics {
                 sink_healthy: r.gauge("sink_healthy", &[]),
             },
             sink_healthy: AtomicBool::new(true),
-            process: metrics_process::Collector::default(),
+            process: ProcessCollector::default(),
             handle,
             recorder,
         };
@@ -299,6 +299,21 @@ impl Metrics {
         metrics::with_local_recorder(&self.recorder, || self.process.collect());
         self.handle.render()
     }
+}
+
+/// `process_*` metrics (open fds, RSS, CPU, threads), on Linux.
+#[cfg(target_os = "linux")]
+type ProcessCollector = metrics_process::Collector;
+
+/// No process metrics on this platform.
+#[cfg(not(target_os = "linux"))]
+#[derive(Default)]
+struct ProcessCollector;
+
+#[cfg(not(target_os = "linux"))]
+impl ProcessCollector {
+    fn describe(&self) {}
+    fn collect(&self) {}
 }
 
 fn overflow_name(overflow: Overflow) -> &'static str {

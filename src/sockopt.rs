@@ -430,6 +430,7 @@ pub struct TcpInfo {
     pub unacked_bytes: u64,
 }
 
+#[cfg(any(target_os = "linux", target_os = "android"))]
 impl TcpInfo {
     /// The bytes of `tcpi_state` as the kernel names them.
     fn state_name(state: u8) -> &'static str {

@@ -77,6 +77,9 @@ impl Target {
             if reuse_time_wait {
                 bind_address_no_port(&socket)?;
             }
+            // Elsewhere the kernel picks the port at bind(): nothing to choose.
+            #[cfg(not(target_os = "linux"))]
+            let _ = reuse_time_wait;
             socket.bind(source)?;
         }
         let stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(self.to))
