@@ -13,6 +13,9 @@
 #        CW_BEFORE (unset)         a connwarden binary built from an earlier commit: the flood
 #                                  stage then also runs it, interleaved run by run with this
 #                                  build, and adds a row "this build / before" (the budget check)
+#        CW_ADMIN_OFF (unset)      1: the flood stage also runs this build with --admin off,
+#                                  interleaved, while the default server's /metrics is scraped
+#                                  every second: a row "admin on and scraped / admin off"
 #
 # Both servers get a discarding sink and no per-connection logs where the figure does not need
 # them. The dead-peer stages run in network namespaces (root, iproute2); the sysctls they raise
@@ -26,6 +29,8 @@ OUT=${OUT:-$ROOT/bench/results/compare-$(date +%Y%m%d-%H%M%S)}
 BIN=$ROOT/bench/bin
 CW=$ROOT/target/release/connwarden
 CW_BEFORE=${CW_BEFORE:-}
+CW_ADMIN_OFF=${CW_ADMIN_OFF:-}
+ADMIN_PORT=7731
 RUNS=${RUNS:-3}
 MEM_COUNTS=${MEM_COUNTS:-"1000 5000 15000"}
 FLOOD_CONNS=${FLOOD_CONNS:-"4 64"}
@@ -41,25 +46,19 @@ TAG=$$
 NS_S=cmp-s-$TAG NS_C=cmp-c-$TAG IF_S=cmps$TAG IF_C=cmpc$TAG
 SRV_IP=10.241.0.1 CLI_BASE=10.241.0.10 CLI_COUNT=8
 mkdir -p "$OUT" "$BIN"
-PIDS=()
+source "$ROOT/bench/lib.sh"
 SRVS=() LOADS=()
 
 cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  kill_pids
   ip netns del "$NS_S" 2>/dev/null || true
   ip netns del "$NS_C" 2>/dev/null || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log() { printf '%s\n' "$*" | tee -a "$OUT/summary.txt" >&2; }
 row() { printf '%s\n' "$*" | tee -a "$OUT/table.md"; }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "n/a"}'; }
 ratio() { awk -v a="$1" -v b="$2" -v p="${3:-1}" 'BEGIN {if (b + 0 == 0) print "n/a"; else printf "%.*f", p, a / b}'; }
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 fds() { ls "/proc/$1/fd" | wc -l; }
 wait_port() { # wait_port PORT [NETNS]
   local i
@@ -117,8 +116,14 @@ stage_memory() {
 # before (connwarden from $CW_BEFORE).
 flood_run() {
   local server=$1 client=$2 conns=$3 run=$4 name="flood-$1-$2-$3-$4" sent secs received
+  local scraper=
   case $server in
-    cw) start_cw "$name" ;;
+    cw)
+      start_cw "$name" --admin "127.0.0.1:$ADMIN_PORT"
+      # As Prometheus would: a scrape every second while the flood runs.
+      ( while sleep 1; do curl -s -o /dev/null "http://127.0.0.1:$ADMIN_PORT/metrics" || true; done ) &
+      scraper=$! ;;
+    noadmin) start_cw "$name" --admin off ;;
     before) SERVE_BIN=$CW_BEFORE start_cw "$name" ;;
     go) start_go "$name" ;;
   esac
@@ -134,6 +139,7 @@ flood_run() {
     sent=$(sed 's/.*"sent":\([0-9]*\).*/\1/' "$OUT/$name.load")
     secs=$(sed 's/.*"seconds":\([0-9.e+-]*\).*/\1/' "$OUT/$name.load")
   fi
+  [ -n "$scraper" ] && { kill "$scraper" 2>/dev/null || true; wait "$scraper" 2>/dev/null || true; }
   stop
   if [ "$server" = go ]; then received=$(received_go "$name"); else received=$(received_cw "$name"); fi
   awk -v r="$received" -v s="$secs" -v n="$sent" 'BEGIN {printf "%.0f %d %d\n", r / s, r, n}'
@@ -145,6 +151,7 @@ stage_flood() {
   log "== flood: items received intact per second, and items lost (sent - received intact)"
   local conns client server run servers=(cw go) rate received sent paired
   [ -n "$CW_BEFORE" ] && servers+=(before)
+  [ -n "$CW_ADMIN_OFF" ] && servers+=(noadmin)
   for conns in $FLOOD_CONNS; do
     for client in go cw; do
       declare -A rates=() lost=() med=() lostmed=()
@@ -167,6 +174,12 @@ stage_flood() {
           awk '{printf "%.4f\n", $1 / $2}' | median)
         log "flood conns=$conns client=$client this build / before, run by run: $(paste -d/ <(printf '%s\n' ${rates[cw]}) <(printf '%s\n' ${rates[before]}) | tr '\n' ' ')"
         row "| — this build / before ($(basename "$CW_BEFORE")): ${med[cw]} / ${med[before]} items/s (lost ${lostmed[before]} before); median of paired runs $paired× | | | $(ratio "${med[cw]}" "${med[before]}" 3)× |"
+      fi
+      if [ -n "$CW_ADMIN_OFF" ]; then
+        paired=$(paste <(printf '%s\n' ${rates[cw]}) <(printf '%s\n' ${rates[noadmin]}) |
+          awk '{printf "%.4f\n", $1 / $2}' | median)
+        log "flood conns=$conns client=$client admin on and scraped / admin off, run by run: $(paste -d/ <(printf '%s\n' ${rates[cw]}) <(printf '%s\n' ${rates[noadmin]}) | tr '\n' ' ')"
+        row "| — admin on, /metrics scraped every second / --admin off: ${med[cw]} / ${med[noadmin]} items/s; median of paired runs $paired× | | | $(ratio "${med[cw]}" "${med[noadmin]}" 3)× |"
       fi
       unset rates lost med lostmed
     done
@@ -200,7 +213,7 @@ stage_churn() {
   "$CW" bench churn --to "127.0.0.1:$PORT" --cycles $((CHURN_LONG - 10000)) --sources 8 --json >"$OUT/churn-long-b.load"
   sleep 1
   rss2=$(rss_kib "$SRV"); fd1=$(fds "$SRV")
-  live=$(ss -Htn state established "( sport = :$PORT )" | wc -l)
+  live=$(established $PORT)
   stop
   log "churn leak check: descriptors $fd0 -> $fd1, live connections after: $live, RSS after 10k cycles ${rss1} KiB, after $CHURN_LONG ${rss2} KiB ($(awk -v a="$rss2" -v b="$rss1" 'BEGIN {printf "%+.1f%%", (a - b) * 100 / b}'))"
   row "| after $CHURN_LONG churn cycles: descriptors, live connections, RSS change since 10k cycles | $fd0 → $fd1, $live live, $(awk -v a="$rss2" -v b="$rss1" 'BEGIN {printf "%+.1f%%", (a - b) * 100 / b}') | | |"
@@ -251,7 +264,7 @@ deadpeer() {
   for p in $(seq 0 $((procs - 1))); do
     if [ "$server" = cw ]; then
       ip netns exec "$NS_S" env RUST_LOG=info "$CW" serve --listen "$SRV_IP:$PORT" --sink file:/dev/null \
-        --log-format json --reuse-port --max-connections 19000 \
+        --log-format json --reuse-port --max-connections 19000 --admin off \
         --keepalive-idle 2s --keepalive-interval 1s --keepalive-count 3 >/dev/null 2>"$OUT/$name-srv$p.err" &
     else
       ip netns exec "$NS_S" "$BIN/seed-server" -listen "$SRV_IP:$PORT" -keepalive-period 2s -stats-every 0 \

@@ -23,20 +23,8 @@ OUT=${OUT:-$ROOT/bench/results/idle-memory-$(date +%Y%m%d-%H%M%S)}
 BIN=$ROOT/bench/bin
 PORT=7710
 mkdir -p "$OUT" "$BIN"
-PIDS=()
-
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-log() { printf '%s\n' "$*" | tee -a "$OUT/summary.txt" >&2; }
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-established() { ss -Htn state established "( sport = :$PORT )" | wc -l; } # server side only
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+source "$ROOT/bench/lib.sh"
+trap kill_pids EXIT
 
 build() {
   command -v go >/dev/null || { apt-get update -qq && apt-get install -y -qq golang-go >/dev/null; }
@@ -57,9 +45,9 @@ measure() {
     >"$OUT/$name.load.out" 2>"$OUT/$name.load.err" &
   local load=$!; PIDS+=("$load")
   for i in $(seq 1 600); do grep -q '"ready"' "$OUT/$name.load.out" 2>/dev/null && break; sleep 0.1; done
-  for i in $(seq 1 300); do [ "$(established)" -ge "$N" ] && break; sleep 0.1; done
+  for i in $(seq 1 300); do [ "$(established $PORT)" -ge "$N" ] && break; sleep 0.1; done
   sleep 2 # let the server finish its per-connection set-up
-  local live; live=$(established)
+  local live; live=$(established $PORT)
   local rss; rss=$(rss_kib "$srv")
   kill -TERM "$load"; wait "$load" 2>/dev/null || true
   kill -TERM "$srv"; wait "$srv" 2>/dev/null || true

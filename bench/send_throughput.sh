@@ -25,8 +25,7 @@ SERVER=
 cleanup() { [ -n "$SERVER" ] && kill -TERM "$SERVER" 2>/dev/null; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-log() { printf '%s\n' "$*" | tee -a "$OUT/summary.txt" >&2; }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+source "$ROOT/bench/lib.sh"
 now() { date +%s.%N; }
 
 (cd "$ROOT" && cargo build --release --quiet)

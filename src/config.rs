@@ -732,7 +732,7 @@ impl Config {
             ("error_budget", self.error_budget.to_string()),
             ("max_pending_replies", self.max_pending_replies.to_string()),
             ("queue", self.queue.to_string()),
-            ("overflow", quoted(overflow_name(self.overflow))),
+            ("overflow", quoted(self.overflow.as_str())),
             (
                 "sink",
                 quoted(&match &self.sink {
@@ -806,11 +806,14 @@ fn heartbeat_name(mode: HeartbeatMode) -> &'static str {
     }
 }
 
-fn overflow_name(overflow: Overflow) -> &'static str {
-    match overflow {
-        Overflow::Backpressure => "backpressure",
-        Overflow::DropNewest => "drop-newest",
-        Overflow::DropOldest => "drop-oldest",
+impl Overflow {
+    /// The spelling in flags, files and the `policy` label of the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overflow::Backpressure => "backpressure",
+            Overflow::DropNewest => "drop-newest",
+            Overflow::DropOldest => "drop-oldest",
+        }
     }
 }
 

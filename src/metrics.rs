@@ -25,7 +25,7 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::close_reason::CloseReason;
-use crate::config::{Config, Overflow};
+use crate::config::Config;
 use crate::protocol::ErrorCode;
 use crate::queue::QueueStats;
 use crate::registry::{ClosedConn, Registry};
@@ -70,6 +70,8 @@ pub struct Metrics {
     fsync_duration: Histogram,
     /// False from a failed sink write or `fsync` until the next one succeeds.
     sink_healthy: AtomicBool,
+    /// Silence after which the kernel may have keep-alive probes out (`keepalive_idle`).
+    keepalive_idle: Duration,
     scraped: ScrapeTime,
 }
 
@@ -187,13 +189,14 @@ impl Metrics {
                 queue_capacity: r.gauge("queue_capacity_items", &[]),
                 queue_dropped: r.counter(
                     "queue_dropped_total",
-                    &[("policy", overflow_name(config.overflow))],
+                    &[("policy", config.overflow.as_str())],
                 ),
                 keepalive_probes: r.gauge("keepalive_probes", &[]),
                 connections_probing: r.gauge("connections_probing", &[]),
                 sink_healthy: r.gauge("sink_healthy", &[]),
             },
             sink_healthy: AtomicBool::new(true),
+            keepalive_idle: config.keepalive.idle,
             process: ProcessCollector::default(),
             handle,
             recorder,
@@ -291,7 +294,7 @@ impl Metrics {
         s.queue_depth.set(queue.depth as f64);
         s.queue_capacity.set(queue.capacity as f64);
         s.queue_dropped.absolute(queue.dropped);
-        let (probes, probing) = registry.keepalive_probes();
+        let (probes, probing) = registry.keepalive_probes(self.keepalive_idle);
         s.keepalive_probes.set(probes as f64);
         s.connections_probing.set(probing as f64);
         s.sink_healthy
@@ -314,14 +317,6 @@ struct ProcessCollector;
 impl ProcessCollector {
     fn describe(&self) {}
     fn collect(&self) {}
-}
-
-fn overflow_name(overflow: Overflow) -> &'static str {
-    match overflow {
-        Overflow::Backpressure => "backpressure",
-        Overflow::DropNewest => "drop-newest",
-        Overflow::DropOldest => "drop-oldest",
-    }
 }
 
 /// Registers handles on the server's own recorder.

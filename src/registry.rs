@@ -141,14 +141,20 @@ impl ConnInfo {
 
     /// A point-in-time copy.
     pub fn snapshot(&self) -> ConnSnapshot {
-        let age = self.started.elapsed();
+        self.snapshot_at(Instant::now(), SystemTime::now())
+    }
+
+    /// A copy as of `now` (`wall` being the same instant on the wall clock): one clock read
+    /// serves a whole listing.
+    pub fn snapshot_at(&self, now: Instant, wall: SystemTime) -> ConnSnapshot {
+        let age = self.age_at(now);
         let ago =
             |ms: &AtomicU64| age.saturating_sub(Duration::from_millis(ms.load(Ordering::Relaxed)));
         ConnSnapshot {
             id: self.id,
             peer: self.peer,
             local: self.local,
-            started_at: SystemTime::now() - age,
+            started_at: wall - age,
             age,
             last_in_ago: ago(&self.last_in_ms),
             last_out_ago: ago(&self.last_out_ms),
@@ -159,6 +165,37 @@ impl ConnInfo {
             heartbeat: self.heartbeat.load(Ordering::Relaxed),
             pings_outstanding: self.pings_outstanding.load(Ordering::Relaxed),
         }
+    }
+
+    /// Time since accept, as of `now`.
+    pub fn age_at(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
+    /// Time since the last byte received (or since accept), as of `now`.
+    pub fn idle_in_at(&self, now: Instant) -> Duration {
+        let last_in = Duration::from_millis(self.last_in_ms.load(Ordering::Relaxed));
+        self.age_at(now).saturating_sub(last_in)
+    }
+
+    /// Bytes received.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    /// Bytes sent.
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+
+    /// Items accepted.
+    pub fn items(&self) -> u64 {
+        self.items.load(Ordering::Relaxed)
+    }
+
+    /// Items refused.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
     }
 
     /// Reads the socket's `TCP_INFO`. The caller holds the map's lock and found this entry in
@@ -354,9 +391,10 @@ impl Registry {
 
     /// Copies of every live connection, by id.
     pub fn snapshot(&self) -> Vec<ConnSnapshot> {
-        let mut out: Vec<ConnSnapshot> = self.entries().iter().map(|i| i.snapshot()).collect();
-        out.sort_by_key(|s| s.id);
-        out
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut entries = self.entries();
+        entries.sort_unstable_by_key(|entry| entry.id);
+        entries.iter().map(|i| i.snapshot_at(now, wall)).collect()
     }
 
     /// One connection.
@@ -366,30 +404,22 @@ impl Registry {
     }
 
     /// Every live entry, in no order. The lock is held only to clone the handles.
-    fn entries(&self) -> Vec<Arc<ConnInfo>> {
+    pub fn entries(&self) -> Vec<Arc<ConnInfo>> {
         self.conns().values().cloned().collect()
     }
 
-    /// Copies of every live connection with its `TCP_INFO`, in no order. This makes a system
-    /// call per connection: call it off the runtime's worker threads (`spawn_blocking`).
-    pub fn snapshot_with_tcp_info(&self) -> Vec<(ConnSnapshot, Option<TcpInfo>)> {
-        let entries = self.entries();
-        self.with_tcp_info(entries.iter().map(|info| info.snapshot()).collect())
-    }
-
-    /// Adds `TCP_INFO` to each of `snapshots` still live, a chunk of entries per hold of the
-    /// lock; a connection that closed meanwhile keeps `None`. A system call per connection.
-    pub fn with_tcp_info(
-        &self,
-        snapshots: Vec<ConnSnapshot>,
-    ) -> Vec<(ConnSnapshot, Option<TcpInfo>)> {
-        let mut out = Vec::with_capacity(snapshots.len());
-        let mut snapshots = snapshots.into_iter().peekable();
-        while snapshots.peek().is_some() {
+    /// `TCP_INFO` of each of `entries` still live, in the same order, a chunk of entries per
+    /// hold of the lock; a connection that closed meanwhile has `None`. A system call per
+    /// connection: call it off the runtime's worker threads (`spawn_blocking`).
+    pub fn tcp_info_of(&self, entries: &[Arc<ConnInfo>]) -> Vec<Option<TcpInfo>> {
+        let mut out = Vec::with_capacity(entries.len());
+        for chunk in entries.chunks(TCP_INFO_CHUNK) {
             let conns = self.conns();
-            for snapshot in snapshots.by_ref().take(TCP_INFO_CHUNK) {
-                let info = conns.get(&snapshot.id).and_then(|entry| entry.tcp_info());
-                out.push((snapshot, info));
+            for entry in chunk {
+                let live = conns
+                    .get(&entry.id)
+                    .is_some_and(|found| Arc::ptr_eq(found, entry));
+                out.push(if live { entry.tcp_info() } else { None });
             }
         }
         out
@@ -401,19 +431,19 @@ impl Registry {
     }
 
     /// Keep-alive probes sent and unanswered, summed over the live connections, and how many
-    /// connections have at least one: the kernel's own view of peers that went quiet. A system
-    /// call per connection, a chunk of entries per hold of the lock.
-    pub fn keepalive_probes(&self) -> (u64, u64) {
-        let ids: Vec<u64> = self.conns().keys().copied().collect();
+    /// connections have at least one: the kernel's own view of peers that went quiet.
+    ///
+    /// Only connections silent for at least `keepalive_idle` are read (a system call each): the
+    /// kernel sends its first probe after `keepalive_idle` without any segment from the peer, and
+    /// a byte received is a segment, so a connection heard from more recently has none out.
+    pub fn keepalive_probes(&self, keepalive_idle: Duration) -> (u64, u64) {
+        let now = Instant::now();
+        let mut quiet = self.entries();
+        quiet.retain(|entry| entry.idle_in_at(now) >= keepalive_idle);
         let (mut probes, mut probing) = (0u64, 0u64);
-        for chunk in ids.chunks(TCP_INFO_CHUNK) {
-            let conns = self.conns();
-            for id in chunk {
-                if let Some(info) = conns.get(id).and_then(|entry| entry.tcp_info()) {
-                    probes += u64::from(info.probes);
-                    probing += u64::from(info.probes > 0);
-                }
-            }
+        for info in self.tcp_info_of(&quiet).into_iter().flatten() {
+            probes += u64::from(info.probes);
+            probing += u64::from(info.probes > 0);
         }
         (probes, probing)
     }

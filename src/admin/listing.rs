@@ -5,13 +5,14 @@
 //! than a filter silently not applied.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
 
 use super::view::{Closed, Connection, Page};
 use crate::close_reason::CloseReason;
-use crate::registry::{ConnSnapshot, Registry};
+use crate::registry::{ConnInfo, Registry};
 use crate::sockopt::TcpInfo;
 
 /// Entries per page when `limit` is not given.
@@ -256,36 +257,62 @@ impl ConnQuery {
 
     /// Runs the listing against `registry`. Reads `TCP_INFO` of every connection when the sort
     /// or the state filter needs it, else only of the page: call it off the runtime's workers.
+    ///
+    /// Filtering and sorting work on a small key per connection, read from the entry's atomics;
+    /// only the page's connections are copied in full.
     pub fn run(&self, registry: &Registry) -> Page<Connection> {
-        let mut snapshots: Vec<ConnSnapshot> = registry
-            .snapshot()
-            .into_iter()
-            .filter(|s| self.peer.is_none_or(|p| p.matches(s.peer)))
-            .filter(|s| self.min_idle.is_none_or(|min| s.last_in_ago >= min))
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut entries = registry.entries();
+        entries.retain(|entry| {
+            self.peer.is_none_or(|p| p.matches(entry.peer))
+                && self.min_idle.is_none_or(|min| entry.idle_in_at(now) >= min)
+        });
+        let reads_all = self.sort.needs_tcp_info() || self.state.is_some();
+        let mut tcp = if reads_all {
+            registry.tcp_info_of(&entries)
+        } else {
+            vec![None; entries.len()]
+        };
+        let mut rows: Vec<(u64, u64, usize)> = (0..entries.len())
+            .filter(|&i| match &self.state {
+                Some(state) => tcp[i].is_some_and(|t| t.state == state.as_str()),
+                None => true,
+            })
+            .map(|i| {
+                (
+                    self.key(&entries[i], tcp[i].as_ref(), now),
+                    entries[i].id,
+                    i,
+                )
+            })
             .collect();
-        if self.sort.needs_tcp_info() || self.state.is_some() {
-            let mut rows = registry.with_tcp_info(snapshots);
-            if let Some(state) = &self.state {
-                rows.retain(|(_, tcp)| tcp.is_some_and(|t| t.state == state.as_str()));
-            }
-            rows.sort_by(|(a, ta), (b, tb)| self.compare(a, ta.as_ref(), b, tb.as_ref()));
-            let total = rows.len();
-            let items = page(rows, self.paging)
-                .map(|(s, tcp)| Connection::new(&s, tcp))
-                .collect();
-            return Page {
-                total,
-                offset: self.paging.offset,
-                items,
+        rows.sort_unstable_by(|(ka, ida, _), (kb, idb, _)| {
+            let order = if self.descending {
+                kb.cmp(ka)
+            } else {
+                ka.cmp(kb)
             };
-        }
-        snapshots.sort_by(|a, b| self.compare(a, None, b, None));
-        let total = snapshots.len();
-        let page: Vec<ConnSnapshot> = page(snapshots, self.paging).collect();
-        let items = registry
-            .with_tcp_info(page)
+            // Ties keep the order of accept, so pages do not overlap.
+            order.then(ida.cmp(idb))
+        });
+        let total = rows.len();
+        let page: Vec<usize> = rows
             .iter()
-            .map(|(s, tcp)| Connection::new(s, *tcp))
+            .skip(self.paging.offset)
+            .take(self.paging.limit)
+            .map(|&(_, _, i)| i)
+            .collect();
+        let page_entries: Vec<Arc<ConnInfo>> =
+            page.iter().map(|&i| Arc::clone(&entries[i])).collect();
+        let page_tcp = if reads_all {
+            page.iter().map(|&i| tcp[i].take()).collect()
+        } else {
+            registry.tcp_info_of(&page_entries)
+        };
+        let items = page_entries
+            .iter()
+            .zip(page_tcp)
+            .map(|(entry, tcp)| Connection::new(&entry.snapshot_at(now, wall), tcp))
             .collect();
         Page {
             total,
@@ -294,33 +321,19 @@ impl ConnQuery {
         }
     }
 
-    /// Orders two connections by the sort key; `TCP_INFO` only where the key needs it.
-    fn compare(
-        &self,
-        a: &ConnSnapshot,
-        ta: Option<&TcpInfo>,
-        b: &ConnSnapshot,
-        tb: Option<&TcpInfo>,
-    ) -> std::cmp::Ordering {
-        let tcp = |t: Option<&TcpInfo>, f: fn(&TcpInfo) -> u64| t.map(f);
-        let order = match self.sort {
-            SortKey::Id => a.id.cmp(&b.id),
-            SortKey::Age => a.age.cmp(&b.age),
-            SortKey::Idle => a.last_in_ago.cmp(&b.last_in_ago),
-            SortKey::BytesIn => a.bytes_in.cmp(&b.bytes_in),
-            SortKey::BytesOut => a.bytes_out.cmp(&b.bytes_out),
-            SortKey::Items => a.items.cmp(&b.items),
-            SortKey::Errors => a.errors.cmp(&b.errors),
-            SortKey::Rtt => tcp(ta, |t| t.rtt_us.into()).cmp(&tcp(tb, |t| t.rtt_us.into())),
-            SortKey::Unacked => tcp(ta, |t| t.unacked.into()).cmp(&tcp(tb, |t| t.unacked.into())),
-        };
-        // Ties keep the order of accept, so pages do not overlap.
-        let order = if self.descending {
-            order.reverse()
-        } else {
-            order
-        };
-        order.then(a.id.cmp(&b.id))
+    /// The sort key of one connection (a missing `TCP_INFO` sorts as 0).
+    fn key(&self, entry: &ConnInfo, tcp: Option<&TcpInfo>, now: Instant) -> u64 {
+        match self.sort {
+            SortKey::Id => entry.id,
+            SortKey::Age => entry.age_at(now).as_millis() as u64,
+            SortKey::Idle => entry.idle_in_at(now).as_millis() as u64,
+            SortKey::BytesIn => entry.bytes_in(),
+            SortKey::BytesOut => entry.bytes_out(),
+            SortKey::Items => entry.items(),
+            SortKey::Errors => entry.errors(),
+            SortKey::Rtt => tcp.map_or(0, |t| t.rtt_us.into()),
+            SortKey::Unacked => tcp.map_or(0, |t| t.unacked.into()),
+        }
     }
 }
 

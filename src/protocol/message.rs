@@ -483,6 +483,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_code_is_at_its_index_in_all() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(code.index(), i, "{code:?}");
+        }
+    }
+
+    #[test]
     fn every_outbound_message_reads_back_as_a_reply() {
         let cases = [
             (
