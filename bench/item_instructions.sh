@@ -9,7 +9,7 @@
 #        e.g. bench/item_instructions.sh /tmp/cw-before/target/release/connwarden target/release/connwarden
 # env:   CONNS (4) connections; ITEMS ("20000 60000") items per connection in the two runs;
 #        BATCH (1) items per write; RUNS (1) repetitions of the pair (the count barely moves)
-#        PORT (7740)
+#        PORT (7740); FLOOD_ARGS ("") more flags for the load, e.g. "--ack" (the ack path)
 # Each binary serves two floods of different sizes from `connwarden bench flood` (run natively,
 # only the server is under valgrind); the difference of the two counts divided by the
 # difference of items is the cost per item: start-up and shutdown cancel out. Needs valgrind
@@ -50,7 +50,7 @@ count() {
   SRV=$!
   wait_port
   "$LOAD" bench flood --to "127.0.0.1:$PORT" --conns "$CONNS" --items "$items" --batch "$BATCH" \
-    --json >"$OUT/load" 2>&1
+    ${FLOOD_ARGS:-} --json >"$OUT/load" 2>&1
   kill -TERM "$SRV"; wait "$SRV" || true; SRV=
   written=$(grep '"shutdown complete"' "$OUT/err" | sed 's/.*"written":\([0-9]*\).*/\1/')
   if [ "$written" != "$expected" ]; then
@@ -66,7 +66,7 @@ for run in $(seq "$RUNS"); do
     a=$(count "$bin" "$small")
     b=$(count "$bin" "$large")
     n=$(awk -v a="$a" -v b="$b" -v d=$(( CONNS * (large - small) )) 'BEGIN {printf "%.0f", (b - a) / d}')
-    echo "$bin run $run: $n instructions per item ($CONNS connections, batch $BATCH)"
+    echo "$bin run $run: $n instructions per item ($CONNS connections, batch $BATCH${FLOOD_ARGS:+, $FLOOD_ARGS})"
     per_item[$bin]+="$n "
   done
 done

@@ -193,13 +193,19 @@ fn settle(
     match result {
         Ok(()) => {
             settled.report.written += count;
-            // One clock read for the batch: its acks leave together.
-            let now = SystemTime::now();
+            // One clock read for the batch (its acks leave together), and none for a batch
+            // that asked for no ack: this loop is on every item's path.
+            let (mut now, mut acks) = (None, 0);
             for record in records.drain(..) {
-                let latency = now.duration_since(record.received_at).unwrap_or_default();
+                let received_at = record.received_at;
                 if record.acknowledge() {
-                    metrics.acknowledged(latency);
+                    let now = *now.get_or_insert_with(SystemTime::now);
+                    metrics.ack_latency(now.duration_since(received_at).unwrap_or_default());
+                    acks += 1;
                 }
+            }
+            if acks > 0 {
+                metrics.acknowledged(acks);
             }
         }
         Err(error) => {

@@ -7,8 +7,10 @@
 //! metrics` validates and every Prometheus scrapes.
 //!
 //! Costs on the per-item path are atomics only: counter handles are atomic adds (items are
-//! counted once per read, not once per item), histogram observations go to the exporter's
-//! lock-free sample buckets and are folded into buckets at scrape or by [`Metrics::run_upkeep`].
+//! counted once per read or per sink batch, not once per item), and the one per-item histogram
+//! (ack latency) is an [`AtomicHistogram`] of plain atomic buckets. The other histograms (one
+//! observation per close or per fsync) go to the exporter's lock-free sample queues, folded into
+//! buckets at scrape or by [`Metrics::run_upkeep`].
 //! What is cheaper to read than to count (live connections, queue depth, keep-alive probes in
 //! flight) is read at scrape time.
 //!
@@ -23,6 +25,10 @@ use metrics::{
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+
+mod histogram;
+
+pub use histogram::AtomicHistogram;
 
 use crate::close_reason::CloseReason;
 use crate::config::Config;
@@ -60,7 +66,7 @@ pub struct Metrics {
     items_received: Counter,
     items_refused: [Counter; ErrorCode::ALL.len()],
     items_acknowledged: Counter,
-    ack_latency: Histogram,
+    ack_latency: AtomicHistogram,
     bytes_received: Counter,
     bytes_sent: Counter,
     sink_records: Counter,
@@ -149,7 +155,6 @@ impl Metrics {
             .and_then(|b| {
                 b.set_buckets_for_metric(full("sink_fsync_duration_seconds"), FSYNC_BUCKETS)
             })
-            .and_then(|b| b.set_buckets_for_metric(full("ack_latency_seconds"), ACK_BUCKETS))
             .expect("bucket lists are not empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -172,7 +177,11 @@ impl Metrics {
                 )
             }),
             items_acknowledged: r.counter("items_acknowledged_total", &[]),
-            ack_latency: r.histogram("ack_latency_seconds", &[]),
+            ack_latency: AtomicHistogram::new(
+                name("ack_latency_seconds"),
+                ACK_LATENCY_HELP,
+                ACK_BUCKETS,
+            ),
             bytes_received: r.counter("received_bytes_total", &[]),
             bytes_sent: r.counter("sent_bytes_total", &[]),
             sink_records: r.counter("sink_records_written_total", &[]),
@@ -243,10 +252,14 @@ impl Metrics {
         self.bytes_sent.increment(n as u64);
     }
 
-    /// Counts one acknowledgement handed to its connection, `latency` after the item was read.
-    pub fn acknowledged(&self, latency: Duration) {
-        self.items_acknowledged.increment(1);
-        self.ack_latency.record(latency.as_secs_f64());
+    /// Observes one acknowledgement handed to its connection, `latency` after its item was read.
+    pub fn ack_latency(&self, latency: Duration) {
+        self.ack_latency.observe(latency);
+    }
+
+    /// Counts the acknowledgements of one sink batch.
+    pub fn acknowledged(&self, acks: u64) {
+        self.items_acknowledged.increment(acks);
     }
 
     /// Counts a batch the sink stored.
@@ -300,7 +313,12 @@ impl Metrics {
         s.sink_healthy
             .set(if self.sink_healthy() { 1.0 } else { 0.0 });
         metrics::with_local_recorder(&self.recorder, || self.process.collect());
-        self.handle.render()
+        let mut out = self.handle.render();
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        self.ack_latency.render(&mut out);
+        out
     }
 }
 
@@ -361,6 +379,9 @@ impl Registrar<'_> {
     }
 }
 
+/// Help of `ack_latency_seconds`, an [`AtomicHistogram`] rendered apart from the exporter's.
+const ACK_LATENCY_HELP: &str = "Time from reading an item to handing its ack to the connection.";
+
 /// Counter, gauge or histogram.
 enum Kind {
     C,
@@ -380,7 +401,6 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::C, "items_received_total", None, "Items read and queued for the sink."),
     (Kind::C, "items_refused_total", None, "Items refused, each answered with an error, by error code."),
     (Kind::C, "items_acknowledged_total", None, "Acks handed to their connections, after the sink stored (and, per fsync mode, synced) the item."),
-    (Kind::H, "ack_latency_seconds", Some(Unit::Seconds), "Time from reading an item to handing its ack to the connection."),
     (Kind::C, "received_bytes_total", Some(Unit::Bytes), "Bytes read from clients."),
     (Kind::C, "sent_bytes_total", Some(Unit::Bytes), "Bytes written to clients."),
     (Kind::G, "queue_items", None, "Items between the connections and the sink now."),
