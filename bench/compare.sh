@@ -6,6 +6,7 @@
 # env:   RUNS (3)                  repetitions where time is measured; medians are reported
 #        MEM_COUNTS ("1000 5000 15000")   idle connections for the memory stage
 #        FLOOD_CONNS ("4 64"), FLOOD_ITEMS (100000)   flood connections and items per connection
+#        FLOOD_CLIENTS ("go cw"), FLOOD_SERVERS ("cw go")   load generators and servers to run
 #        CHURN_CYCLES (100000)     churn cycles per run; CHURN_LONG (1000000) for the leak check
 #        DEAD_CONNS (10000)        idle connections whose link goes down at once
 #        SCALE_CONNS (100000), SCALE_PROCS (6)   the scale run: connections, server processes
@@ -149,11 +150,11 @@ flood_run() {
 # reaches every server alike.
 stage_flood() {
   log "== flood: items received intact per second, and items lost (sent - received intact)"
-  local conns client server run servers=(cw go) rate received sent paired
+  local conns client server run servers=(${FLOOD_SERVERS:-cw go}) rate received sent paired
   [ -n "$CW_BEFORE" ] && servers+=(before)
   [ -n "$CW_ADMIN_OFF" ] && servers+=(noadmin)
   for conns in $FLOOD_CONNS; do
-    for client in go cw; do
+    for client in ${FLOOD_CLIENTS:-go cw}; do
       declare -A rates=() lost=() med=() lostmed=()
       for run in $(seq "$RUNS"); do
         for server in "${servers[@]}"; do
@@ -166,7 +167,7 @@ stage_flood() {
         lostmed[$server]=$(printf '%s\n' ${lost[$server]} | median)
         log "flood conns=$conns client=$client server=$server: items/s ${rates[$server]}(median ${med[$server]}), lost ${lost[$server]}"
       done
-      row "| items/s received intact, $conns connections, $client load generator | ${med[cw]} (lost ${lostmed[cw]}) | ${med[go]} (lost ${lostmed[go]}) | $(ratio "${med[cw]}" "${med[go]}")× |"
+      row "| items/s received intact, $conns connections, $client load generator | ${med[cw]} (lost ${lostmed[cw]}) | ${med[go]:-n/a} (lost ${lostmed[go]:-n/a}) | $(ratio "${med[cw]}" "${med[go]:-0}")× |"
       if [ -n "$CW_BEFORE" ]; then
         # Runs n of both builds ran next to each other: the median of those pairs' ratios is
         # the figure least moved by the machine's drift.
