@@ -10,24 +10,31 @@ use std::time::{Duration, Instant};
 
 use common::{metric, promtool_check, Admin, NetnsPair, Proc, NETNS_SERVER_IP};
 
-/// Starts `serve` on loopback ports of its own choosing; its admin API and data address.
+/// Starts `serve` on loopback ports of its own choosing, storing to a file of its own; its
+/// admin API and data address.
 fn serve(extra: &[&str]) -> (Proc, Admin, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = format!("file:{}", dir.path().join("items.ndjson").display());
+    let started = serve_to(&sink, extra);
+    // The directory lives as long as the process needs it: leaked on purpose for the test.
+    std::mem::forget(dir);
+    started
+}
+
+/// Starts `serve` on loopback ports of its own choosing, storing to `sink`.
+fn serve_to(sink: &str, extra: &[&str]) -> (Proc, Admin, String) {
     let mut args = vec![
         "--listen",
         "127.0.0.1:0",
         "--admin",
         "127.0.0.1:0",
         "--sink",
-        &sink,
+        sink,
         "--log-format",
         "json",
     ];
     args.extend_from_slice(extra);
     let mut server = Proc::spawn(&args);
-    // The directory lives as long as the process needs it: leaked on purpose for the test.
-    std::mem::forget(dir);
     let admin = Admin::of(&mut server);
     let listening = server.wait_log("listening").expect("listening");
     let addr = listening["addr"].as_str().expect("addr").to_owned();
@@ -436,4 +443,90 @@ fn an_idle_dead_peer_is_measured_within_its_bound_in_a_network_namespace() {
         .as_f64()
         .expect("delay");
     assert!((reported - delay).abs() < 0.01, "{closed}");
+}
+
+/// From SIGTERM until the queue is drained, `/readyz` answers 503 "draining" (a load balancer
+/// stops sending new clients) while `/healthz` still answers 200, and the admin API stays up.
+/// The sink is a FIFO whose reader waits, so that the drain lasts until the test lets it go;
+/// then every item sent before the signal is written.
+#[test]
+fn readyz_answers_draining_from_sigterm_until_the_queue_is_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("sink.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let reader_path = fifo.clone();
+    let reader = std::thread::spawn(move || {
+        // Opening blocks until the server opens the FIFO for writing, then nothing is read
+        // until the test says so: the pipe's 64 KiB fill up and the sink's write blocks.
+        let mut pipe = std::fs::File::open(&reader_path).expect("open fifo");
+        released.recv().expect("release");
+        let mut text = String::new();
+        pipe.read_to_string(&mut text).expect("read fifo");
+        text.lines().count()
+    });
+    let sink = format!("file:{}", fifo.display());
+    let (mut server, admin, addr) =
+        serve_to(&sink, &["--fsync", "never", "--shutdown-grace", "30s"]);
+    let ready = |admin: &Admin| {
+        let (status, body) = admin.request("GET", "/readyz");
+        let body: serde_json::Value = serde_json::from_str(&body).expect("readyz json");
+        (
+            status,
+            body["state"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    let deadline = Instant::now() + common::PROMPT;
+    while ready(&admin) != (200, "ready".to_owned()) {
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {:?}",
+            ready(&admin)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // 2,000 items of ~100 bytes: three times what the pipe holds.
+    const ITEMS: usize = 2_000;
+    let client = connect(&addr);
+    let mut batch = String::new();
+    for n in 0..ITEMS {
+        batch.push_str(&format!(
+            "{{\"ip\":\"192.0.2.{}\",\"n\":{n},\"pad\":\"{}\"}}\n",
+            n % 250,
+            "x".repeat(60)
+        ));
+    }
+    (&client).write_all(batch.as_bytes()).expect("send");
+    let deadline = Instant::now() + common::PROMPT;
+    while metric(&admin.metrics(), "connwarden_items_received_total") != Some(ITEMS as f64) {
+        assert!(Instant::now() < deadline, "items not all received");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    server.terminate();
+    let deadline = Instant::now() + common::PROMPT;
+    loop {
+        let (status, state) = ready(&admin);
+        if status == 503 && state == "draining" {
+            break;
+        }
+        assert_eq!(status, 200, "before draining: {state}");
+        assert!(Instant::now() < deadline, "never draining");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(admin.request("GET", "/healthz").0, 200);
+    // Still draining a moment later: the sink cannot finish while the reader waits.
+    assert_eq!(ready(&admin), (503, "draining".to_owned()));
+    assert_eq!(admin.json("/connections")["total"], 1);
+
+    release.send(()).expect("release the reader");
+    let status = server.wait_exit(Duration::from_secs(40));
+    assert!(status.success(), "{status:?}");
+    assert_eq!(reader.join().expect("reader"), ITEMS);
+    drop(client);
 }
