@@ -9,7 +9,10 @@
 # env:   REQUESTS (200)  requests per endpoint
 #        OUT (bench/results/admin-<time>)  logs and summary.txt
 #        SERVE_ARGS ("")  more flags for serve; --keepalive-idle 1s makes every connection one
-#                         whose TCP_INFO /metrics reads (the worst case: all silent past it)
+#                         whose TCP_INFO /metrics reads (the worst case: all silent past it).
+#                         Add --keepalive-interval 60s --keepalive-count 9: 15,000 probes at once
+#                         overflow loopback's backlog (docs/OPERATIONS.md), and with the default
+#                         interval and count healthy connections would close during the run
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
