@@ -143,6 +143,19 @@ fn settings_that_defeat_their_purpose_are_named() {
     ] {
         assert!(bad.iter().any(|c| c == code), "{code} missing from {bad:?}");
     }
+    // The receive backlog of software devices against max_connections: warned above it only.
+    let netdev_backlog: u64 = std::fs::read_to_string("/proc/sys/net/core/netdev_max_backlog")
+        .expect("netdev_max_backlog")
+        .trim()
+        .parse()
+        .expect("a number");
+    let at = netdev_backlog.to_string();
+    let above = (netdev_backlog + 1).to_string();
+    let code = "netdev_backlog_below_max_connections";
+    let at_backlog = codes(&["--max-connections", &at]);
+    assert!(!at_backlog.iter().any(|c| c == code), "{at_backlog:?}");
+    let above_backlog = codes(&["--max-connections", &above]);
+    assert!(above_backlog.iter().any(|c| c == code), "{above_backlog:?}");
     let short = codes(&[
         "--keepalive-idle",
         "20s",

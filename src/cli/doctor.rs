@@ -229,6 +229,10 @@ fn print_inspection(inspection: &Inspection) {
             format!("{} / {}", num(k.rmem_max), num(k.wmem_max)),
         ],
         vec!["net.core.somaxconn".into(), num(k.somaxconn)],
+        vec![
+            "net.core.netdev_max_backlog".into(),
+            num(k.netdev_max_backlog),
+        ],
         vec!["fs.nr_open".into(), num(k.nr_open)],
         vec![
             "open files (this process): soft / hard".into(),

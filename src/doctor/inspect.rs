@@ -471,6 +471,17 @@ pub fn warnings(
             );
         }
     }
+    if let Some(backlog) = kernel.netdev_max_backlog {
+        if config.max_connections as u64 > backlog {
+            warn(
+                "netdev_backlog_below_max_connections",
+                format!(
+                    "net.core.netdev_max_backlog = {backlog} is below max_connections {}: with peers on loopback or behind veth (containers), the keep-alive probes of connections accepted together leave in one burst, the excess is dropped, and healthy peers can be closed as keepalive_timeout (docs/OPERATIONS.md); raise it to at least the connections you expect",
+                    config.max_connections
+                ),
+            );
+        }
+    }
     for (option, asked_size, max) in [
         ("recv_buffer", asked.recv_buffer, kernel.rmem_max),
         ("send_buffer", asked.send_buffer, kernel.wmem_max),

@@ -25,6 +25,9 @@ pub struct KernelDefaults {
     pub wmem_max: Option<u64>,
     /// `net.core.somaxconn`: the cap on a listen backlog.
     pub somaxconn: Option<u64>,
+    /// `net.core.netdev_max_backlog`: packets a CPU queues on receive from loopback, veth and
+    /// other software devices before it drops them.
+    pub netdev_max_backlog: Option<u64>,
     /// `fs.nr_open`: the cap on a process's open-file limit.
     pub nr_open: Option<u64>,
     /// `net.netfilter.nf_conntrack_tcp_timeout_established`, seconds (when conntrack is loaded):
@@ -50,6 +53,7 @@ impl KernelDefaults {
             rmem_max: number("net/core/rmem_max"),
             wmem_max: number("net/core/wmem_max"),
             somaxconn: number("net/core/somaxconn"),
+            netdev_max_backlog: number("net/core/netdev_max_backlog"),
             nr_open: number("fs/nr_open"),
             conntrack_established_timeout: number(
                 "net/netfilter/nf_conntrack_tcp_timeout_established",
