@@ -22,20 +22,9 @@ OUT=${OUT:-$ROOT/bench/results/admin-$(date +%Y%m%d-%H%M%S)}
 PORT=7720
 ADMIN=127.0.0.1:7721
 CW=$ROOT/target/release/connwarden
-mkdir -p "$OUT"
 source "$ROOT/bench/lib.sh"
-trap kill_pids EXIT
-
-(cd "$ROOT" && cargo build --release --quiet 2>/dev/null || cargo build --release)
-command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
-
-RUST_LOG=warn "$CW" serve --listen "127.0.0.1:$PORT" --admin "$ADMIN" --sink file:/dev/null \
-  --max-connections $((N + 100)) ${SERVE_ARGS:-} >"$OUT/server.out" 2>"$OUT/server.err" &
-SRV=$!; PIDS+=("$SRV")
-for i in $(seq 1 200); do curl -sf "http://$ADMIN/healthz" >/dev/null && break; sleep 0.05; done
-"$CW" bench idle --to "127.0.0.1:$PORT" --conns "$N" --sources 8 --json >"$OUT/idle.json" 2>"$OUT/idle.err" &
-PIDS+=($!)
-for i in $(seq 1 600); do [ "$(established $PORT)" -ge "$N" ] && break; sleep 0.1; done
+prepare_release
+serve_with_idle_load "$N" "$PORT" "$ADMIN"
 sleep 2
 log "machine: $(nproc) cores, kernel $(uname -r); $(established $PORT) idle connections; $REQUESTS requests per endpoint; serve ${SERVE_ARGS:-(defaults)}; results in $OUT"
 

@@ -24,7 +24,6 @@ BIN=$ROOT/bench/bin
 PORT=7710
 mkdir -p "$OUT" "$BIN"
 source "$ROOT/bench/lib.sh"
-trap kill_pids EXIT
 
 build() {
   command -v go >/dev/null || { apt-get update -qq && apt-get install -y -qq golang-go >/dev/null; }

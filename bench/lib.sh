@@ -1,6 +1,9 @@
-# Helpers shared by the scripts of bench/ (sourced, not run). Each script sets OUT (where
-# summary.txt goes) before calling log, and appends the pids it starts to PIDS.
+# Helpers shared by the scripts of bench/ (sourced, not run). A script sets ROOT and OUT (where
+# summary.txt goes) first and appends the pids it starts to PIDS. Sourcing creates OUT and stops
+# every process in PIDS on exit (a script with more to clean up sets its own trap after).
 PIDS=()
+mkdir -p "$OUT"
+trap kill_pids EXIT
 
 # Stops every process in PIDS: TERM first, so servers drain and print their figures, KILL after.
 kill_pids() {
@@ -18,3 +21,23 @@ pct() { sort -g | awk -v p="$1" '{a[NR]=$1} END {i=int(NR*p/100+0.999); if (i<1)
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 # established connections whose local (server) port is PORT, counted on the server side only
 established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
+
+# Builds the release binary (quietly when it is up to date) and makes sure curl is there.
+prepare_release() {
+  (cd "$ROOT" && cargo build --release --quiet 2>/dev/null || cargo build --release)
+  command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
+}
+
+# serve_with_idle_load N PORT ADMIN: starts `serve` on 127.0.0.1:PORT (flags from SERVE_ARGS
+# too) with its admin API on ADMIN, then N idle connections from a separate `bench idle`
+# process; sets SRV and LOAD, and returns once all N are established on the server's side.
+serve_with_idle_load() {
+  local n=$1 port=$2 admin=$3 cw=$ROOT/target/release/connwarden
+  RUST_LOG=warn "$cw" serve --listen "127.0.0.1:$port" --admin "$admin" --sink file:/dev/null \
+    --max-connections $((n + 100)) ${SERVE_ARGS:-} >"$OUT/server.out" 2>"$OUT/server.err" &
+  SRV=$!; PIDS+=("$SRV")
+  for _ in $(seq 200); do curl -sf "http://$admin/healthz" >/dev/null && break; sleep 0.05; done
+  "$cw" bench idle --to "127.0.0.1:$port" --conns "$n" --sources 8 --json >"$OUT/idle.json" 2>"$OUT/idle.err" &
+  LOAD=$!; PIDS+=("$LOAD")
+  for _ in $(seq 600); do [ "$(established "$port")" -ge "$n" ] && break; sleep 0.1; done
+}

@@ -19,13 +19,11 @@ SENDERS=${SENDERS:-"1 4"}
 OUT=${OUT:-$ROOT/bench/results/send-throughput-$(date +%Y%m%d-%H%M%S)}
 PORT=7720
 BIN=$ROOT/target/release/connwarden
-mkdir -p "$OUT"
+source "$ROOT/bench/lib.sh"
 SERVER=
 
 cleanup() { [ -n "$SERVER" ] && kill -TERM "$SERVER" 2>/dev/null; wait 2>/dev/null || true; }
 trap cleanup EXIT
-
-source "$ROOT/bench/lib.sh"
 now() { date +%s.%N; }
 
 (cd "$ROOT" && cargo build --release --quiet)
