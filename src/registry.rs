@@ -154,8 +154,7 @@ impl ConnInfo {
     /// serves a whole listing.
     pub fn snapshot_at(&self, now: Instant, wall: SystemTime) -> ConnSnapshot {
         let age = self.age_at(now);
-        let ago =
-            |ms: &AtomicU64| age.saturating_sub(Duration::from_millis(ms.load(Ordering::Relaxed)));
+        let ago = |stamp: &AtomicU64| since(age, stamp);
         ConnSnapshot {
             id: self.id,
             peer: self.peer,
@@ -180,8 +179,7 @@ impl ConnInfo {
 
     /// Time since the last byte received (or since accept), as of `now`.
     pub fn idle_in_at(&self, now: Instant) -> Duration {
-        let last_in = Duration::from_millis(self.last_in_ms.load(Ordering::Relaxed));
-        self.age_at(now).saturating_sub(last_in)
+        since(self.age_at(now), &self.last_in_ms)
     }
 
     /// Bytes received.
@@ -210,6 +208,11 @@ impl ConnInfo {
     fn tcp_info(&self) -> Option<TcpInfo> {
         read_tcp_info(self.fd.load(Ordering::Relaxed))
     }
+}
+
+/// Time from `stamp` (milliseconds after accept) to a moment `age` after accept.
+fn since(age: Duration, stamp: &AtomicU64) -> Duration {
+    age.saturating_sub(Duration::from_millis(stamp.load(Ordering::Relaxed)))
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -548,10 +551,10 @@ impl Registry {
             &self.shared.closed
         };
         counters[closed.reason.index()].fetch_add(1, Ordering::Relaxed);
-        if let Some(metrics) = self.shared.metrics.get() {
-            metrics.observe_close(&closed);
-        }
         if !refused {
+            if let Some(metrics) = self.shared.metrics.get() {
+                metrics.observe_close(&closed);
+            }
             self.remember(&closed);
         }
         tracing::info!(
@@ -725,8 +728,7 @@ mod tests {
             let guard = registry.insert_socket(&server, peer, server.local_addr().unwrap());
             held.push((guard, server, client));
         }
-        let entries = registry.entries();
-        let mut entries_by_id = entries.clone();
+        let mut entries_by_id = registry.entries();
         entries_by_id.sort_by_key(|entry| entry.id);
         // Close every third connection the way the server does: entry first, then the socket.
         let mut open = Vec::new();

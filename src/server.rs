@@ -247,12 +247,13 @@ impl Server {
             readiness,
             token: _,
         } = self;
-        let stop_admin = CancellationToken::new();
+        // Ends the admin API and the metrics upkeep when `run` ends, on every path.
+        let stop_background = CancellationToken::new();
         let admin_task = match config.admin {
-            Some(addr) => Some(start_admin(addr, admin_handle, stop_admin.clone()).await?),
+            Some(addr) => Some(start_admin(addr, admin_handle, stop_background.clone()).await?),
             None => None,
         };
-        let _stop_admin_on_exit = stop_admin.clone().drop_guard();
+        let _stop_background_on_exit = stop_background.clone().drop_guard();
         let sink = match sink {
             Some(sink) => sink,
             None => sink::open(&config.sink).await?,
@@ -265,7 +266,7 @@ impl Server {
         let fsync = config.fsync;
         let sink_task =
             tokio::spawn(async move { sink::drain(consumer, sink, fsync, &drain_metrics).await });
-        let upkeep = tokio::spawn(upkeep(Arc::clone(&metrics), stop_admin.clone()));
+        let upkeep = tokio::spawn(upkeep(Arc::clone(&metrics), stop_background.clone()));
         let shared = Arc::new(ConnShared::new(config.clone(), metrics));
         let stop_accepting = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -353,7 +354,7 @@ impl Server {
                 "shutdown complete"
             );
         }
-        stop_admin.cancel();
+        stop_background.cancel();
         if let Some(task) = admin_task {
             let _ = task.await;
         }
@@ -476,14 +477,14 @@ async fn accept_loop(listener: TcpListener, acceptor: Arc<Acceptor>, stop: Cance
 
 impl Acceptor {
     fn admit(&self, stream: TcpStream, peer: SocketAddr) {
+        let local = stream.local_addr().unwrap_or(peer);
         let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
-            self.refuse_full(stream, peer);
+            self.refuse_full(stream, peer, local);
             return;
         };
         if let Err(error) = sockopt::apply(SockRef::from(&stream), &self.options) {
             // Without its options the connection's liveness would not be bounded.
             tracing::error!(peer = %peer, option = error.option, error = %error.source, "cannot set socket option; closing");
-            let local = stream.local_addr().unwrap_or(peer);
             self.registry
                 .record_close(refused(peer, local, CloseReason::InternalError));
             return;
@@ -495,7 +496,6 @@ impl Acceptor {
                 "accepted",
             );
         }
-        let local = stream.local_addr().unwrap_or(peer);
         #[cfg(unix)]
         let guard = self.registry.insert_socket(&stream, peer, local);
         #[cfg(not(unix))]
@@ -508,7 +508,7 @@ impl Acceptor {
 
     /// Tells a peer over the limit why, without waiting: a fresh socket's send buffer always
     /// has room for one line.
-    fn refuse_full(&self, stream: TcpStream, peer: SocketAddr) {
+    fn refuse_full(&self, stream: TcpStream, peer: SocketAddr, local: SocketAddr) {
         let line = Outbound::Error {
             code: ErrorCode::ServerFull,
             message: "the server is at max_connections; retry later".into(),
@@ -516,7 +516,6 @@ impl Acceptor {
         }
         .to_line();
         let _ = stream.try_write(&line);
-        let local = stream.local_addr().unwrap_or(peer);
         self.registry
             .record_close(refused(peer, local, CloseReason::ServerFull));
     }

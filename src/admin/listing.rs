@@ -268,23 +268,14 @@ impl ConnQuery {
                 && self.min_idle.is_none_or(|min| entry.idle_in_at(now) >= min)
         });
         let reads_all = self.sort.needs_tcp_info() || self.state.is_some();
-        let mut tcp = if reads_all {
-            registry.tcp_info_of(&entries)
-        } else {
-            vec![None; entries.len()]
-        };
+        let tcp = reads_all.then(|| registry.tcp_info_of(&entries));
+        let tcp_of = |i: usize| tcp.as_ref().and_then(|all| all[i].as_ref());
         let mut rows: Vec<(u64, u64, usize)> = (0..entries.len())
             .filter(|&i| match &self.state {
-                Some(state) => tcp[i].is_some_and(|t| t.state == state.as_str()),
+                Some(state) => tcp_of(i).is_some_and(|t| t.state == state.as_str()),
                 None => true,
             })
-            .map(|i| {
-                (
-                    self.key(&entries[i], tcp[i].as_ref(), now),
-                    entries[i].id,
-                    i,
-                )
-            })
+            .map(|i| (self.key(&entries[i], tcp_of(i), now), entries[i].id, i))
             .collect();
         rows.sort_unstable_by(|(ka, ida, _), (kb, idb, _)| {
             let order = if self.descending {
@@ -304,10 +295,9 @@ impl ConnQuery {
             .collect();
         let page_entries: Vec<Arc<ConnInfo>> =
             page.iter().map(|&i| Arc::clone(&entries[i])).collect();
-        let page_tcp = if reads_all {
-            page.iter().map(|&i| tcp[i].take()).collect()
-        } else {
-            registry.tcp_info_of(&page_entries)
+        let page_tcp = match tcp {
+            Some(mut all) => page.iter().map(|&i| all[i].take()).collect(),
+            None => registry.tcp_info_of(&page_entries),
         };
         let items = page_entries
             .iter()

@@ -13,6 +13,8 @@ use clap::Args;
 use connwarden::admin::view::{Closed, Connection, ErrorBody, Page};
 use connwarden::admin::Token;
 
+use super::table::table;
+
 /// Where the admin API is, and its token.
 #[derive(Debug, Args)]
 pub struct AdminTarget {
@@ -173,15 +175,14 @@ pub fn conns(args: ConnsArgs) -> anyhow::Result<ExitCode> {
     param(&mut query, "peer", args.peer.as_deref());
     param(&mut query, "min_idle", args.min_idle.as_deref());
     param(&mut query, "state", args.state.as_deref());
-    let (_, body) = api.call("GET", &format!("/connections?{}", query.join("&")))?;
-    if args.json {
-        println!("{body}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let page: Page<Connection> =
-        serde_json::from_str(&body).context("the admin API's answer is not a connection list")?;
-    print!("{}", connections_table(&page));
-    Ok(ExitCode::SUCCESS)
+    let path = format!("/connections?{}", query.join("&"));
+    show_page(
+        &api,
+        &path,
+        args.json,
+        "a connection list",
+        connections_table,
+    )
 }
 
 pub fn kick(args: KickArgs) -> anyhow::Result<ExitCode> {
@@ -223,42 +224,32 @@ pub fn closed(args: ClosedArgs) -> anyhow::Result<ExitCode> {
     param(&mut query, "reason", args.reason.as_deref());
     param(&mut query, "peer", args.peer.as_deref());
     param(&mut query, "limit", Some(&args.limit.to_string()));
-    let (_, body) = api.call("GET", &format!("/closed?{}", query.join("&")))?;
-    if args.json {
+    let path = format!("/closed?{}", query.join("&"));
+    show_page(&api, &path, args.json, "a list of closes", closed_table)
+}
+
+/// GETs a page of a listing and prints it: the API's JSON as it came with `--json`, else the
+/// table `render` makes of it.
+fn show_page<T: serde::de::DeserializeOwned>(
+    api: &Api,
+    path: &str,
+    json: bool,
+    what: &str,
+    render: fn(&Page<T>) -> String,
+) -> anyhow::Result<ExitCode> {
+    let (_, body) = api.call("GET", path)?;
+    if json {
         println!("{body}");
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        let page: Page<T> = serde_json::from_str(&body)
+            .with_context(|| format!("the admin API's answer is not {what}"))?;
+        print!("{}", render(&page));
     }
-    let page: Page<Closed> =
-        serde_json::from_str(&body).context("the admin API's answer is not a list of closes")?;
-    print!("{}", closed_table(&page));
     Ok(ExitCode::SUCCESS)
 }
 
-/// Lays out rows under a header, each column as wide as its widest cell.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        padded.join("  ").trim_end().to_owned() + "\n"
-    };
-    let mut out = line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        out += &line(row);
-    }
-    out
-}
-
 fn connections_table(page: &Page<Connection>) -> String {
-    let rows = page
+    let rows: Vec<Vec<String>> = page
         .items
         .iter()
         .map(|c| {
@@ -289,7 +280,7 @@ fn connections_table(page: &Page<Connection>) -> String {
         "STATE",
     ];
     let shown = page.items.len();
-    table(&header, rows)
+    table(&header, &rows, "")
         + &format!(
             "{shown} of {} connections (from {})\n",
             page.total, page.offset
@@ -297,7 +288,7 @@ fn connections_table(page: &Page<Connection>) -> String {
 }
 
 fn closed_table(page: &Page<Closed>) -> String {
-    let rows = page
+    let rows: Vec<Vec<String>> = page
         .items
         .iter()
         .map(|c| {
@@ -317,7 +308,7 @@ fn closed_table(page: &Page<Closed>) -> String {
     let header = [
         "ID", "PEER", "REASON", "CLOSED", "LIFETIME", "DETECTED", "IN", "ITEMS", "ERR",
     ];
-    table(&header, rows) + &format!("{} of {} closes\n", page.items.len(), page.total)
+    table(&header, &rows, "") + &format!("{} of {} closes\n", page.items.len(), page.total)
 }
 
 /// `17us` on loopback, `12.3ms` beyond.

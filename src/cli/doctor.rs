@@ -138,29 +138,9 @@ fn measure(_: &connwarden::Config, _: &Inspection, _: &DoctorArgs) -> anyhow::Re
     Ok(ExitCode::from(EXIT_UNSUPPORTED))
 }
 
-/// Left-aligned columns, two spaces apart.
+/// Prints a table indented under its section's heading.
 fn table(header: &[&str], rows: &[Vec<String>]) {
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("  {}", padded.join("  ").trim_end());
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        line(row.clone());
-    }
+    print!("{}", super::table::table(header, rows, "  "));
 }
 
 fn or_dash(value: &Option<String>) -> String {

@@ -6,6 +6,7 @@ mod config_flags;
 mod doctor;
 mod send;
 mod serve;
+mod table;
 
 use std::process::ExitCode;
 

@@ -219,12 +219,9 @@ impl Metrics {
         metrics
     }
 
-    /// Observes a close: its detection delay and its lifetime, under its reason. Refused
-    /// connections (id 0) never lived and are only counted.
+    /// Observes the close of a registered connection: its detection delay and its lifetime,
+    /// under its reason. (Refused connections never lived: the registry only counts them.)
     pub fn observe_close(&self, closed: &ClosedConn) {
-        if closed.id == 0 {
-            return;
-        }
         let i = closed.reason.index();
         self.detection_delay[i].record(closed.detection_delay.as_secs_f64());
         self.lifetime[i].record(closed.duration.as_secs_f64());
@@ -239,7 +236,12 @@ impl Metrics {
 
     /// Counts one refused item (or a connection-ending refusal such as `frame_too_large`).
     pub fn item_refused(&self, code: ErrorCode) {
-        self.items_refused[code.index()].increment(1);
+        self.items_refused(code, 1);
+    }
+
+    /// Counts `n` items refused with `code` at once (a failed sink batch).
+    pub fn items_refused(&self, code: ErrorCode, n: u64) {
+        self.items_refused[code.index()].increment(n);
     }
 
     /// Counts bytes read from clients.

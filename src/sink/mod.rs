@@ -211,9 +211,7 @@ fn settle(
         Err(error) => {
             settled.report.failed += count;
             metrics.sink_error();
-            for _ in 0..count {
-                metrics.item_refused(ErrorCode::SinkFailed);
-            }
+            metrics.items_refused(ErrorCode::SinkFailed, count);
             log_failure(sink, &error, count);
             records.drain(..).for_each(|r| {
                 r.reject(ErrorCode::SinkFailed, "the sink could not store this item")
