@@ -46,6 +46,8 @@ pub enum SortKey {
     Rtt,
     /// Unacknowledged segments (`TCP_INFO`).
     Unacked,
+    /// Keep-alive probes sent and unanswered (`TCP_INFO`): the peers being tested now.
+    Probes,
 }
 
 impl SortKey {
@@ -59,6 +61,7 @@ impl SortKey {
         ("errors", SortKey::Errors),
         ("rtt", SortKey::Rtt),
         ("unacked", SortKey::Unacked),
+        ("probes", SortKey::Probes),
     ];
 
     fn parse(text: &str) -> Result<SortKey, BadParameter> {
@@ -77,7 +80,7 @@ impl SortKey {
 
     /// True when the key is read from `TCP_INFO`, so every connection's must be read to sort.
     fn needs_tcp_info(self) -> bool {
-        matches!(self, SortKey::Rtt | SortKey::Unacked)
+        matches!(self, SortKey::Rtt | SortKey::Unacked | SortKey::Probes)
     }
 }
 
@@ -323,6 +326,7 @@ impl ConnQuery {
             SortKey::Errors => entry.errors(),
             SortKey::Rtt => tcp.map_or(0, |t| t.rtt_us.into()),
             SortKey::Unacked => tcp.map_or(0, |t| t.unacked.into()),
+            SortKey::Probes => tcp.map_or(0, |t| t.probes.into()),
         }
     }
 }

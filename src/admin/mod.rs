@@ -9,6 +9,7 @@
 //! | `DELETE /connections/{id}` | closes it with reason `kicked`, answers what it was |
 //! | `GET /closed` | the most recent closes, newest first ([`listing::ClosedQuery`]) |
 //! | `GET /metrics` | Prometheus text format |
+//! | `GET /` | the live page ([`page`]): served without the token, it reads the endpoints above with it |
 //!
 //! [`router`] gives the same routes to a program that embeds the server and mounts them on its
 //! own axum application; `connwarden serve` runs them on `--admin`. Work that reads every
@@ -17,6 +18,7 @@
 //! opens and closes wait behind a listing.
 
 mod listing;
+mod page;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -176,6 +178,7 @@ pub fn router(handle: AdminHandle) -> Router {
         ));
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(page::routes())
         .merge(guarded)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -265,7 +268,7 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint; see /connections, /closed, /metrics, /healthz, /readyz",
+        "no such endpoint; see / (the live page), /connections, /closed, /metrics, /healthz, /readyz",
     )
 }
 
@@ -416,10 +419,23 @@ async fn metrics(State(handle): State<AdminHandle>) -> Result<Response, ApiError
     Ok(([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text).into_response())
 }
 
-/// Where the admin API listens, for logs.
+/// Where the admin API listens and the live page's address, for logs.
 pub fn describe(addr: SocketAddr, token: &Option<Token>) {
     if token.is_none() && !addr.ip().is_loopback() {
         tracing::warn!(addr = %addr, "admin API listens beyond loopback without a token (admin_token_file): anyone who reaches it can list and kick connections");
     }
     tracing::info!(addr = %addr, token_required = token.is_some(), "admin listening");
+    let url = page_url(addr);
+    tracing::info!(url = %url, "live page at {url}");
+}
+
+/// The live page's address: on a wildcard listener, the loopback address of its family, which
+/// reaches it from the machine itself.
+pub fn page_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}/", SocketAddr::new(ip, addr.port()))
 }

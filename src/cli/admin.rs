@@ -36,7 +36,7 @@ pub struct AdminTarget {
 pub struct ConnsArgs {
     #[command(flatten)]
     target: AdminTarget,
-    /// Order: id, age, idle, bytes_in, bytes_out, items, errors, rtt, unacked.
+    /// Order: id, age, idle, bytes_in, bytes_out, items, errors, rtt, unacked, probes.
     #[arg(long, default_value = "id")]
     sort: String,
     /// asc or desc [default: asc for id, desc for the others].
