@@ -4,9 +4,6 @@
 // than server-sent events: EventSource cannot send the Authorization header, and a token in a
 // URL ends up in logs and history.
 //
-// Paths are relative, so the page also works where a program mounts the admin router under a
-// prefix of its own.
-//
 // Every value from the server reaches the page through textContent or an SVG attribute, never
 // through innerHTML: a peer address or a reason can never become markup.
 'use strict';
@@ -40,6 +37,7 @@
   const number = new Intl.NumberFormat();
   const decimal = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
   const tick = new Intl.NumberFormat(undefined, { maximumFractionDigits: 2 });
+  const compact = new Intl.NumberFormat(undefined, { notation: 'compact' });
 
   // ---- the admin API ----
 
@@ -281,7 +279,7 @@
     const chart = svg('svg', { width, height, viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': 'closes per second by reason' });
     for (const v of [0, top / 2, top]) {
       svg('line', { x1: pad.left, x2: width - pad.right, y1: y(v), y2: y(v), class: 'grid' }, chart);
-      svgText(chart, pad.left - 6, y(v) + 4, tick.format(v), { class: 'axis', 'text-anchor': 'end' });
+      svgText(chart, pad.left - 6, y(v) + 4, v >= 1000 ? compact.format(v) : tick.format(v), { class: 'axis', 'text-anchor': 'end' });
     }
     for (const minutes of [15, 10, 5, 0]) {
       svgText(chart, x(t - minutes * 60000), height - 6, minutes ? `−${minutes} min` : 'now', { class: 'axis', 'text-anchor': minutes ? 'middle' : 'end' });
@@ -323,6 +321,10 @@
       .filter((reason) => f.bounds[reason] !== undefined || f.delays[reason].count > 0)
       .sort((a, b) => (f.bounds[b] !== undefined) - (f.bounds[a] !== undefined) || a.localeCompare(b));
     const box = $('delay-charts');
+    // Redrawn only when a count or a bound changed: most seconds, none did.
+    const signature = JSON.stringify(reasons.map((r) => [r, f.bounds[r], f.delays[r].count, f.delays[r].sum]));
+    if (signature === box.dataset.signature) return;
+    box.dataset.signature = signature;
     box.replaceChildren(...reasons.map((reason) => delayChart(reason, f.delays[reason], f.bounds[reason])));
     box.dataset.closes = String(reasons.reduce((sum, r) => sum + f.delays[r].count, 0));
   }
@@ -340,7 +342,7 @@
     const y = (v) => height - pad.bottom - (v / top) * (height - pad.top - pad.bottom);
     const chart = svg('svg', { width, height, viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': `detection delay, ${reason}` });
     svg('line', { x1: pad.left, x2: width - pad.right, y1: y(0), y2: y(0), class: 'grid' }, chart);
-    svgText(chart, pad.left - 4, y(top) + 4, number.format(top), { class: 'axis', 'text-anchor': 'end' });
+    svgText(chart, pad.left - 4, y(top) + 4, compact.format(top), { class: 'axis', 'text-anchor': 'end' });
     // Within the bound; in the bucket just past it (up to bound + 10 %: a timer's slack, a
     // probe's round trip); or later.
     let within = 0;
@@ -479,10 +481,17 @@
     return `connections?${query}`;
   }
 
+  /** Times a request, for the page's own report of where a refresh goes (body data-timings). */
+  function timed(timings, name, request) {
+    const start = performance.now();
+    return request.finally(() => { timings[name] = Math.round(performance.now() - start); });
+  }
+
   async function refresh() {
     const started = performance.now();
+    const timings = {};
     try {
-      const connections = json(connectionsPath()).then(
+      const connections = timed(timings, 'connections', json(connectionsPath())).then(
         (page) => ({ page }),
         (error) => {
           if (error instanceof ApiError && error.status === 400) return { error };
@@ -490,8 +499,12 @@
         },
       );
       const [exposition, ready, listing, closed] = await Promise.all([
-        text('metrics'), json('readyz'), connections, json(`closed?limit=${CLOSED_ROWS}`),
+        timed(timings, 'metrics', text('metrics')),
+        timed(timings, 'readyz', json('readyz')),
+        connections,
+        timed(timings, 'closed', json(`closed?limit=${CLOSED_ROWS}`)),
       ]);
+      const rendering = performance.now();
       const t = Date.now();
       const figures = figuresOf(exposition);
       const previous = state.samples[state.samples.length - 1];
@@ -511,7 +524,10 @@
       renderClosed(closed);
       state.refreshes += 1;
       document.body.dataset.refreshes = String(state.refreshes);
-      document.body.dataset.refreshMs = String(Math.round(performance.now() - started));
+      const done = performance.now();
+      timings.render = Math.round(done - rendering);
+      document.body.dataset.refreshMs = String(Math.round(done - started));
+      document.body.dataset.timings = JSON.stringify(timings);
       $('refreshed').textContent = `updated ${new Date(t).toLocaleTimeString()}`;
     } catch (error) {
       if (error instanceof Unauthorized) {
