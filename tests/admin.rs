@@ -376,6 +376,14 @@ fn an_idle_dead_peer_is_measured_within_its_bound_in_a_network_namespace() {
     common::poll_until(common::PROMPT, "the item arrives", || {
         in_server_ns("/connections")["items"][0]["items"] == 1
     });
+    // A healthy peer beside it, on the server host's side of the link: it answers its probes.
+    let _healthy = connwarden::doctor::measure::Lab::in_ns(&net.server_ns, move || {
+        TcpStream::connect_timeout(&to, common::PROMPT)
+    })
+    .expect("connect inside the server namespace");
+    common::poll_until(common::PROMPT, "two connections", || {
+        in_server_ns("/connections")["total"] == 2
+    });
     net.client_link_down();
     let cut = Instant::now();
 
@@ -389,12 +397,20 @@ fn an_idle_dead_peer_is_measured_within_its_bound_in_a_network_namespace() {
                 && metric(&text, "connwarden_keepalive_probes").is_some_and(|p| p >= 1.0)
         },
     );
-    let listed = in_server_ns("/connections");
-    let probes = &listed["items"][0]["tcp"]["probes"];
-    assert!(
-        probes.as_u64().is_some_and(|p| p >= 1) || listed["total"] == 0,
-        "{listed}"
-    );
+    // Sorted by probes, the dead peer comes first (unless it has been closed meanwhile).
+    let listed = in_server_ns("/connections?sort=probes");
+    let first = &listed["items"][0];
+    if listed["total"] == 2 {
+        assert!(
+            first["peer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("10.232.0.2:"))
+                && first["tcp"]["probes"].as_u64().is_some_and(|p| p >= 1),
+            "{listed}"
+        );
+    } else {
+        assert_eq!(listed["total"], 1, "only the healthy peer left: {listed}");
+    }
 
     let closed = server
         .wait_log_within("connection closed", Duration::from_secs(20))
