@@ -266,6 +266,28 @@ async fn live_page_shows_connections_closes_and_kicks_in_a_real_browser() {
         admin.json("/connections?limit=1")["total"] == 30
     });
 
+    // The page and its assets need no token and say where they may fetch from; data does.
+    for path in ["", "ui/app.js", "ui/style.css"] {
+        let response = ureq::get(&format!("{origin}{path}"))
+            .call()
+            .unwrap_or_else(|e| panic!("GET /{path}: {e}"));
+        let csp = response
+            .headers()
+            .get("content-security-policy")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+            "/{path}: {csp:?}"
+        );
+    }
+    let anonymous = Admin {
+        addr: admin.addr.clone(),
+        token: None,
+    };
+    assert_eq!(anonymous.request("GET", "/connections").0, 401);
+    assert_eq!(anonymous.request("GET", "/metrics").0, 401);
+
     let browser = Browser::start().await;
     browser.page().goto(&origin).await.expect("open the page");
 
