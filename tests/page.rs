@@ -150,6 +150,21 @@ impl Browser {
         field.send_keys(text).await.expect("type");
     }
 
+    /// Waits for the form the page shows when the API answers 401.
+    async fn wait_for_token_form(&self) {
+        self.wait_for(
+            "the token form",
+            "return document.body.dataset.state === 'login'",
+        )
+        .await;
+    }
+
+    /// Types `token` into the page's token form and submits it.
+    async fn submit_token(&self, token: &str) {
+        self.type_into("#token", token).await;
+        self.click("#login-submit").await;
+    }
+
     async fn screenshot(&self, path: &Path) {
         let png = self.page().screenshot().await.expect("screenshot");
         std::fs::write(path, png).expect("write screenshot");
@@ -292,12 +307,7 @@ async fn live_page_shows_connections_closes_and_kicks_in_a_real_browser() {
     browser.page().goto(&origin).await.expect("open the page");
 
     // Without the token the API answers 401, and the page asks for it; a wrong one is refused.
-    browser
-        .wait_for(
-            "the token form",
-            "return document.body.dataset.state === 'login'",
-        )
-        .await;
+    browser.wait_for_token_form().await;
     assert_eq!(
         browser
             .eval("return document.getElementById('main').hidden")
@@ -305,16 +315,14 @@ async fn live_page_shows_connections_closes_and_kicks_in_a_real_browser() {
         json!(true),
         "no data shown without the token"
     );
-    browser.type_into("#token", "not-the-token").await;
-    browser.click("#login-submit").await;
+    browser.submit_token("not-the-token").await;
     browser
         .wait_for(
             "the refusal of a wrong token",
             "return document.getElementById('login-error').textContent.includes('refused')",
         )
         .await;
-    browser.type_into("#token", "page-test-token").await;
-    browser.click("#login-submit").await;
+    browser.submit_token("page-test-token").await;
     browser
         .wait_for("the page", "return document.body.dataset.state === 'ok'")
         .await;
@@ -339,10 +347,7 @@ async fn live_page_shows_connections_closes_and_kicks_in_a_real_browser() {
         .expect("page size");
     page_size.select_by_value("25").await.expect("25 rows");
     browser
-        .wait_for(
-            "25 rows",
-            &format!("{ROW_IDS}.length === 25 ? true : false"),
-        )
+        .wait_for("25 rows", &format!("{ROW_IDS}.length === 25"))
         .await;
     let mut shown = ids_in(&browser.eval(ROW_IDS).await);
     assert_eq!(
@@ -357,7 +362,7 @@ async fn live_page_shows_connections_closes_and_kicks_in_a_real_browser() {
         .await;
     shown.extend(ids_in(&browser.eval(ROW_IDS).await));
     shown.sort_unstable();
-    let mut expected = api_ids.clone();
+    let mut expected = api_ids;
     expected.sort_unstable();
     assert_eq!(shown, expected, "one row per live connection");
     browser.click("#prev-page").await;
@@ -536,14 +541,8 @@ async fn page_with_many_connections() {
         .goto(&format!("http://{}/", admin.addr))
         .await
         .expect("open the page");
-    browser
-        .wait_for(
-            "the token form",
-            "return document.body.dataset.state === 'login'",
-        )
-        .await;
-    browser.type_into("#token", "page-test-token").await;
-    browser.click("#login-submit").await;
+    browser.wait_for_token_form().await;
+    browser.submit_token("page-test-token").await;
     // The last of `leaving` goes after 30 × 750 ms.
     browser
         .wait_for_within(

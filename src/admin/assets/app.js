@@ -61,11 +61,16 @@
   async function json(path) {
     const response = await api(path);
     const body = await response.json().catch(() => ({}));
-    // /readyz answers 503 with a body while starting, draining or with a failing sink.
-    if (!response.ok && !path.startsWith('readyz')) {
+    if (!response.ok) {
       throw new ApiError(response.status, body.error ? body.error.message : response.statusText);
     }
     return body;
+  }
+
+  /** /readyz: its body is the answer whether it says 200 or 503 (starting, draining, failing). */
+  async function readiness() {
+    const response = await api('readyz');
+    return response.json();
   }
 
   async function text(path) {
@@ -500,7 +505,7 @@
       );
       const [exposition, ready, listing, closed] = await Promise.all([
         timed(timings, 'metrics', text('metrics')),
-        timed(timings, 'readyz', json('readyz')),
+        timed(timings, 'readyz', readiness()),
         connections,
         timed(timings, 'closed', json(`closed?limit=${CLOSED_ROWS}`)),
       ]);
