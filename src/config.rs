@@ -42,6 +42,24 @@
 //! | `admin` | `127.0.0.1:9464` | address of the admin API and `/metrics` (never a data port), or `off` |
 //! | `admin_token_file` | `off` | file holding the admin API's bearer token; without it the API is open to whoever reaches its address |
 //! | `closed_history` | `10000` | closed connections kept for `GET /closed` (0 keeps none) |
+//! | `gateway_name` | `auto` | this gateway's name in NATS subjects and the cluster-wide registry; `auto` is the host name and the first listen port (`host-7000`) |
+//! | `nats_url` | none | NATS servers (repeatable, or comma-separated): needed by `sink = "jetstream"`, and enough on its own for the cluster-wide registry |
+//! | `nats_stream` | `CONNWARDEN` | JetStream stream of the items, created if missing with the settings below |
+//! | `nats_subject` | `connwarden.items.{gateway}` | subject of each record; `{gateway}` is replaced by `gateway_name` |
+//! | `nats_replicas` | `1` | replicas of a stream created by connwarden (3 in a 3-node cluster) |
+//! | `nats_duplicate_window` | `2m` | how long JetStream remembers message ids: a resend within it is stored once |
+//! | `nats_max_age` | `7d` | oldest message a created stream keeps, or `off` |
+//! | `nats_max_bytes` | `off` | largest size of a created stream; when full, publishes are refused and retried (nothing is evicted unread) |
+//! | `nats_window` | `4096` | publishes awaiting JetStream's ack, at most; when full, the sink waits |
+//! | `nats_publish_timeout` | `5s` | wait for one publish ack before the publish is retried |
+//! | `nats_creds` | `off` | NATS credentials file (JWT and nkey seed) |
+//! | `nats_token_file` | `off` | file holding a NATS token |
+//! | `nats_user`, `nats_password_file` | `off` | NATS user and the file holding its password |
+//! | `nats_tls_ca` | `off` | CA certificate for TLS to NATS (TLS is also used for `tls://` URLs) |
+//! | `nats_tls_cert`, `nats_tls_key` | `off` | client certificate and key for TLS to NATS |
+//! | `nats_registry` | `connwarden.registry` | subject prefix of the cluster-wide registry (its gateway list is the KV bucket named after it) |
+
+mod nats;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -49,6 +67,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
+
+pub use nats::NatsConfig;
 
 /// Prefix of the environment variables read by [`Settings::from_env`].
 pub const ENV_PREFIX: &str = "CONNWARDEN_";
@@ -85,7 +105,28 @@ pub const KEYS: &[&str] = &[
     "admin",
     "admin_token_file",
     "closed_history",
+    "gateway_name",
+    "nats_url",
+    "nats_stream",
+    "nats_subject",
+    "nats_replicas",
+    "nats_duplicate_window",
+    "nats_max_age",
+    "nats_max_bytes",
+    "nats_window",
+    "nats_publish_timeout",
+    "nats_creds",
+    "nats_token_file",
+    "nats_user",
+    "nats_password_file",
+    "nats_tls_ca",
+    "nats_tls_cert",
+    "nats_tls_key",
+    "nats_registry",
 ];
+
+/// Keys that take several values: repeated flags add up, the environment splits on commas.
+const LIST_KEYS: &[&str] = &["listen", "nats_url"];
 
 /// Linux caps `TCP_KEEPIDLE` and `TCP_KEEPINTVL` at this many seconds (`MAX_TCP_KEEPIDLE`).
 const MAX_KEEPALIVE_SECS: u64 = 32_767;
@@ -226,7 +267,7 @@ impl Settings {
                 continue;
             };
             let key = key.to_ascii_lowercase();
-            let values = if key == "listen" {
+            let values = if LIST_KEYS.contains(&key.as_str()) {
                 value.split(',').map(|s| s.trim().to_owned()).collect()
             } else {
                 vec![value]
@@ -236,12 +277,13 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Sets `key` as given by a command-line flag. `listen` may be set several times: values add up.
+    /// Sets `key` as given by a command-line flag. `listen` and `nats_url` may be set several
+    /// times: values add up.
     pub fn set_flag(&mut self, key: &str, value: impl Into<String>) -> Result<(), ConfigError> {
         let flag = format!("--{}", key.replace('_', "-"));
         let value = value.into();
         if let Some((values, Origin::Flag(_))) = self.entries.get_mut(key) {
-            if key == "listen" {
+            if LIST_KEYS.contains(&key) {
                 values.push(value);
                 return Ok(());
             }
@@ -378,6 +420,8 @@ pub enum SinkSpec {
     Stdout,
     /// NDJSON appended to a file.
     File(PathBuf),
+    /// One message per record in a NATS JetStream stream ([`NatsConfig`]).
+    JetStream,
 }
 
 /// Format of the log lines on standard error.
@@ -467,6 +511,11 @@ pub struct Config {
     pub admin_token_file: Option<PathBuf>,
     /// Closed connections kept for the admin API's `/closed`.
     pub closed_history: usize,
+    /// This gateway's name; `None` is the host name and the first listen port
+    /// ([`Config::gateway_name`]).
+    pub gateway_name: Option<String>,
+    /// NATS: the JetStream sink and the cluster-wide registry.
+    pub nats: NatsConfig,
 }
 
 impl Default for Config {
@@ -504,6 +553,8 @@ impl Default for Config {
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             admin_token_file: None,
             closed_history: crate::registry::DEFAULT_CLOSED_HISTORY,
+            gateway_name: None,
+            nats: NatsConfig::default(),
         }
     }
 }
@@ -630,7 +681,33 @@ impl Config {
         if self.max_age.is_some_and(|d| d.is_zero()) {
             return fail("max_age", "must be above 0, or off".into());
         }
-        Ok(())
+        if let Some(name) = &self.gateway_name {
+            nats::check_gateway_name(name).or_else(|reason| fail("gateway_name", reason))?;
+        }
+        if self.sink == SinkSpec::JetStream {
+            if self.nats.urls.is_empty() {
+                return fail(
+                    "nats_url",
+                    "sink = \"jetstream\" needs at least one NATS server".into(),
+                );
+            }
+            if self.fsync == FsyncMode::Never {
+                return fail(
+                    "fsync",
+                    "never would ack before JetStream has the item; the jetstream sink takes always or batch".into(),
+                );
+            }
+        }
+        self.nats.validate(&self.gateway_name())
+    }
+
+    /// This gateway's name: `gateway_name`, or the host name and the first listen port, in the
+    /// characters a NATS subject token allows (`web-1-7000`).
+    pub fn gateway_name(&self) -> String {
+        match &self.gateway_name {
+            Some(name) => name.clone(),
+            None => nats::default_gateway_name(self.listen.first().map_or(0, |a| a.port())),
+        }
     }
 
     fn apply(&mut self, key: &str, values: &[String], origin: &Origin) -> Result<(), ConfigError> {
@@ -690,6 +767,27 @@ impl Config {
             "admin" => self.admin = parse!(parse_admin),
             "admin_token_file" => self.admin_token_file = parse!(parse_optional_path),
             "closed_history" => self.closed_history = parse!(parse_number),
+            "gateway_name" => self.gateway_name = parse!(parse_auto_name),
+            "nats_url" => {
+                self.nats.urls = nats::parse_urls(values)
+                    .map_err(|reason| invalid(key, &values.join(","), origin, &reason))?
+            }
+            "nats_stream" => self.nats.stream = parse!(nats::parse_stream_name),
+            "nats_subject" => self.nats.subject = parse!(nats::parse_subject_template),
+            "nats_replicas" => self.nats.replicas = parse!(parse_number),
+            "nats_duplicate_window" => self.nats.duplicate_window = parse!(parse_duration),
+            "nats_max_age" => self.nats.max_age = parse!(parse_optional_duration),
+            "nats_max_bytes" => self.nats.max_bytes = parse!(parse_optional_size),
+            "nats_window" => self.nats.window = parse!(parse_number),
+            "nats_publish_timeout" => self.nats.publish_timeout = parse!(parse_duration),
+            "nats_creds" => self.nats.creds = parse!(parse_optional_path),
+            "nats_token_file" => self.nats.token_file = parse!(parse_optional_path),
+            "nats_user" => self.nats.user = parse!(parse_optional_text),
+            "nats_password_file" => self.nats.password_file = parse!(parse_optional_path),
+            "nats_tls_ca" => self.nats.tls_ca = parse!(parse_optional_path),
+            "nats_tls_cert" => self.nats.tls_cert = parse!(parse_optional_path),
+            "nats_tls_key" => self.nats.tls_key = parse!(parse_optional_path),
+            "nats_registry" => self.nats.registry = parse!(nats::parse_subject_prefix),
             _ => unreachable!("every key in KEYS has an arm"),
         }
         Ok(())
@@ -738,6 +836,7 @@ impl Config {
                 quoted(&match &self.sink {
                     SinkSpec::Stdout => "stdout".to_owned(),
                     SinkSpec::File(p) => format!("file:{}", p.display()),
+                    SinkSpec::JetStream => "jetstream".to_owned(),
                 }),
             ),
             ("fsync", quoted(self.fsync.as_str())),
@@ -767,9 +866,18 @@ impl Config {
                 ),
             ),
             ("closed_history", self.closed_history.to_string()),
+            (
+                "gateway_name",
+                quoted(self.gateway_name.as_deref().unwrap_or("auto")),
+            ),
         ];
-        debug_assert_eq!(lines.len(), KEYS.len());
-        lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect()
+        let nats = self.nats.toml_lines();
+        debug_assert_eq!(lines.len() + nats.len(), KEYS.len());
+        lines
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .chain(nats.iter().map(|(k, v)| format!("{k} = {v}\n")))
+            .collect()
     }
 }
 
@@ -861,7 +969,7 @@ fn parse_number<T: FromStr>(text: &str) -> Result<T, String> {
         .map_err(|_| "expected a whole number in range".into())
 }
 
-/// Parses a size in bytes: `65536`, `64KiB`, `64k`, `1MiB`, `1m`.
+/// Parses a size in bytes: `65536`, `64KiB`, `64k`, `1MiB`, `1m`, `2GiB`.
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
     let split = text
@@ -874,7 +982,8 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1024,
         "m" | "mb" | "mib" => 1024 * 1024,
-        _ => return Err("expected a size such as 65536, 64KiB or 1MiB".into()),
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        _ => return Err("expected a size such as 65536, 64KiB, 1MiB or 2GiB".into()),
     };
     number
         .checked_mul(multiplier)
@@ -912,9 +1021,10 @@ fn parse_overflow(text: &str) -> Result<Overflow, String> {
 fn parse_sink(text: &str) -> Result<SinkSpec, String> {
     match text.trim() {
         "stdout" => Ok(SinkSpec::Stdout),
+        "jetstream" => Ok(SinkSpec::JetStream),
         other => match other.strip_prefix("file:") {
             Some(path) if !path.is_empty() => Ok(SinkSpec::File(PathBuf::from(path))),
-            _ => Err("expected stdout or file:PATH".into()),
+            _ => Err("expected stdout, file:PATH or jetstream".into()),
         },
     }
 }
@@ -944,6 +1054,32 @@ fn parse_optional_path(text: &str) -> Result<Option<PathBuf>, String> {
     match text.trim() {
         "off" | "" => Ok(None),
         other => Ok(Some(PathBuf::from(other))),
+    }
+}
+
+/// Parses a size in bytes or `off`.
+fn parse_optional_size(text: &str) -> Result<Option<u64>, String> {
+    match text.trim() {
+        "off" => Ok(None),
+        other => parse_size(other)
+            .map(|n| Some(n as u64))
+            .map_err(|e| format!("{e}, or off")),
+    }
+}
+
+/// Parses a text or `off`.
+fn parse_optional_text(text: &str) -> Result<Option<String>, String> {
+    match text.trim() {
+        "off" | "" => Ok(None),
+        other => Ok(Some(other.to_owned())),
+    }
+}
+
+/// Parses a name or `auto`.
+fn parse_auto_name(text: &str) -> Result<Option<String>, String> {
+    match text.trim() {
+        "auto" => Ok(None),
+        other => nats::check_gateway_name(other).map(|()| Some(other.to_owned())),
     }
 }
 

@@ -33,7 +33,7 @@ use tokio::time::{Instant, Sleep};
 use crate::close_reason::CloseReason;
 use crate::config::{Config, HeartbeatMode, Overflow};
 use crate::metrics::Metrics;
-use crate::protocol::{self, Decoder, ErrorCode, Inbound, Item, ItemError, Outbound};
+use crate::protocol::{self, Decoder, ErrorCode, Hello, Inbound, Item, ItemError, Outbound};
 use crate::queue::{Producer, Pushed};
 use crate::record::Record;
 use crate::registry::{ConnGuard, ConnInfo};
@@ -257,6 +257,8 @@ struct Connection {
     out_since: u64,
     max_age_noticed: bool,
     errors: u32,
+    /// The `client_id` of the client's `hello`, carried by each of its records.
+    client_id: Option<Arc<str>>,
 }
 
 impl Connection {
@@ -289,6 +291,7 @@ impl Connection {
             out_since: 0,
             max_age_noticed: false,
             errors: 0,
+            client_id: None,
         }
     }
 
@@ -583,7 +586,7 @@ impl Connection {
                     *items += 1;
                     self.accept(item);
                 }
-                Ok(Inbound::Hello) => self.hello(),
+                Ok(Inbound::Hello(hello)) => self.hello(hello),
                 Ok(Inbound::Ping) => self.send(&Outbound::Pong),
                 Ok(Inbound::Pong) => {}
                 Err(error) => self.refuse(error)?,
@@ -592,7 +595,10 @@ impl Connection {
         Ok(())
     }
 
-    fn hello(&mut self) {
+    fn hello(&mut self, hello: Hello) {
+        if let Some(client_id) = hello.client_id {
+            self.client_id = Some(client_id.into());
+        }
         let params = &self.shared.params;
         if params.heartbeat != HeartbeatMode::Off {
             self.heartbeat = true;
@@ -667,6 +673,7 @@ impl Connection {
             ip: item.ip,
             item: item.raw,
             id: item.id,
+            client_id: self.client_id.clone(),
             reply,
         };
         self.info.item();

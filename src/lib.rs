@@ -14,9 +14,10 @@
 //! | [`close_reason`] | the closed set of reasons a connection ends |
 //! | [`queue`] | the bounded queue and its overflow policy |
 //! | [`record`] | an item with its connection, peer and receive time, and its way back to the sender |
-//! | [`sink`] | where records go (stdout, file, your channel); acks after the write and `fsync` |
+//! | [`sink`] | where records go (stdout, file, JetStream, your channel); acks after the write and `fsync`, or JetStream's ack |
 //! | [`server`] | listeners, accept loop, limits, shutdown |
 //! | [`admin`] | the admin API: connections, kicks, closes, `/metrics`, health and readiness |
+//! | [`nats`] | the NATS connection, and the cluster-wide registry over it (the JetStream sink is in [`sink`]) |
 //! | [`client`] | the client: same liveness, reconnect with backoff, acked window, resend |
 //! | [`doctor`] | options read back, kernel defaults, bounds, warnings; measured in namespaces |
 //!
@@ -35,6 +36,7 @@ pub mod config;
 mod conn;
 pub mod doctor;
 pub mod metrics;
+pub mod nats;
 pub mod protocol;
 pub mod queue;
 pub mod record;

@@ -1,6 +1,7 @@
 //! A received item on its way to the sink, and the way back to its sender.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -28,6 +29,8 @@ pub struct Record {
     pub item: Bytes,
     /// The raw JSON of the item's `"id"`, if it had one.
     pub id: Option<Bytes>,
+    /// The `client_id` its connection's `hello` gave, if any.
+    pub client_id: Option<Arc<str>>,
     pub(crate) reply: Option<OwnedPermit<Outbound>>,
 }
 
@@ -47,6 +50,7 @@ impl Record {
             ip,
             item,
             id,
+            client_id: None,
             reply: None,
         }
     }
@@ -60,12 +64,23 @@ impl Record {
             ip: self.ip,
             item: self.item.clone(),
             id: self.id.clone(),
+            client_id: self.client_id.clone(),
             reply: None,
         }
     }
 
+    /// The id that makes a resend of this item recognisable wherever it arrives: the client's
+    /// `client_id` and the item's `id` (`client-7:42`). `None` unless the item has both: an item
+    /// without them cannot be told apart from another one.
+    pub fn message_id(&self) -> Option<String> {
+        let (client, id) = (self.client_id.as_deref()?, self.id.as_deref()?);
+        let id = std::str::from_utf8(id).ok()?;
+        Some(format!("{client}:{id}"))
+    }
+
     /// Appends the record as one NDJSON line: the item under `item`, as [`Record::item`] holds it,
-    /// next to the connection id, the peer and the receive time.
+    /// next to the connection id, the peer, the receive time and, when the client gave one, its
+    /// `client_id`.
     pub fn write_ndjson(&self, dst: &mut Vec<u8>) {
         let received_at = humantime::format_rfc3339_micros(self.received_at);
         dst.extend_from_slice(b"{\"received_at\":\"");
@@ -74,7 +89,15 @@ impl Record {
         dst.extend_from_slice(self.conn_id.to_string().as_bytes());
         dst.extend_from_slice(b",\"peer\":\"");
         dst.extend_from_slice(self.peer.to_string().as_bytes());
-        dst.extend_from_slice(b"\",\"item\":");
+        if let Some(client_id) = &self.client_id {
+            // Printable ASCII without spaces (checked in `hello`); `"` and `\\` need escapes.
+            dst.extend_from_slice(b"\",\"client_id\":");
+            let quoted = serde_json::to_string(&**client_id).unwrap_or_default();
+            dst.extend_from_slice(quoted.as_bytes());
+            dst.extend_from_slice(b",\"item\":");
+        } else {
+            dst.extend_from_slice(b"\",\"item\":");
+        }
         dst.extend_from_slice(&self.item);
         dst.extend_from_slice(b"}\n");
     }

@@ -28,6 +28,7 @@ use crate::close_reason::CloseReason;
 use crate::config::{Config, ConfigError};
 use crate::conn::{self, ConnShared, Stage};
 use crate::metrics::Metrics;
+use crate::nats;
 use crate::protocol::{ErrorCode, Outbound};
 use crate::queue::{self, Consumer, Monitor, Producer};
 use crate::record::Record;
@@ -53,6 +54,9 @@ pub enum ServerError {
     #[error(transparent)]
     /// The sink could not be opened.
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    /// NATS could not be used.
+    Nats(#[from] crate::nats::NatsError),
     #[error("no listener to accept on")]
     /// `run` was given no listener.
     NoListener,
@@ -254,10 +258,28 @@ impl Server {
             None => None,
         };
         let _stop_background_on_exit = stop_background.clone().drop_guard();
+        // NATS first: the JetStream sink publishes through it, and the cluster-wide registry
+        // answers on it. Until it answers, `/readyz` says "starting".
+        let nats = match config.nats.enabled() {
+            true => {
+                let name = format!("connwarden {}", config.gateway_name());
+                Some(nats::connect_patiently(&config.nats, &name, Arc::clone(&metrics)).await?)
+            }
+            false => None,
+        };
         let sink = match sink {
             Some(sink) => sink,
-            None => sink::open(&config.sink).await?,
+            None => sink::open(&config, nats.as_ref(), &metrics).await?,
         };
+        let registry_task = nats.clone().map(|client| {
+            let (config, registry, stop) =
+                (config.clone(), registry.clone(), stop_background.clone());
+            tokio::spawn(async move {
+                if let Err(error) = nats::registry::serve(client, config, registry, stop).await {
+                    tracing::error!(error = %error, "the cluster-wide registry is not available");
+                }
+            })
+        });
         let options = SocketOptions::from_config(&config);
         report_start(&config, &options, &listeners);
 
@@ -357,6 +379,12 @@ impl Server {
         stop_background.cancel();
         if let Some(task) = admin_task {
             let _ = task.await;
+        }
+        if let Some(task) = registry_task {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+        if let Some(client) = nats {
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
         }
         let _ = upkeep.await;
         Ok(report)

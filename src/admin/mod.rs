@@ -3,7 +3,7 @@
 //! | endpoint | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process runs (never needs the token) |
-//! | `GET /readyz` | 200 when listening with a working sink; 503 while starting, draining or with a failing sink |
+//! | `GET /readyz` | 200 when listening with a working sink; 503 while starting, draining, with a failing sink or with the NATS connection down |
 //! | `GET /connections` | live connections, filtered, sorted and paged ([`listing::ConnQuery`]) |
 //! | `GET /connections/{id}` | one live connection |
 //! | `DELETE /connections/{id}` | closes it with reason `kicked`, answers what it was |
@@ -17,7 +17,7 @@
 //! is locked a bounded chunk at a time, so neither the runtime's workers nor the connections'
 //! opens and closes wait behind a listing.
 
-mod listing;
+pub mod listing;
 mod page;
 pub mod view;
 
@@ -287,13 +287,19 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(handle): State<AdminHandle>) -> Response {
     let state = handle.readiness.state();
     let sink_healthy = handle.metrics.sink_healthy();
-    let ready = state == "ready" && sink_healthy;
+    let nats_connected = handle.metrics.nats_ready();
+    let ready = state == "ready" && sink_healthy && nats_connected;
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({ "ready": ready, "state": state, "sink_healthy": sink_healthy });
+    let body = serde_json::json!({
+        "ready": ready,
+        "state": state,
+        "sink_healthy": sink_healthy,
+        "nats_connected": nats_connected,
+    });
     (status, Json(body)).into_response()
 }
 
@@ -369,21 +375,27 @@ async fn get_connection(
         .ok_or_else(|| no_such_connection(id))
 }
 
-/// Kicks a connection and waits (up to [`KICK_WAIT`]) until its close is recorded, so that a
-/// listing right after no longer shows it. 200 with what it was once closed; 202 if it had not
-/// closed within the wait.
-async fn kick_connection(
-    State(handle): State<AdminHandle>,
-    UrlPath(id): UrlPath<String>,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    let registry = &handle.registry;
+/// A connection closed by [`kick`]: what it was, and whether its close was recorded within
+/// the wait.
+#[derive(Clone, Debug)]
+pub struct Kicked {
+    /// The connection as it was when kicked.
+    pub view: view::Connection,
+    /// True once its close is recorded (a listing no longer shows it); false if it had not
+    /// closed within the wait.
+    pub closed: bool,
+}
+
+/// Kicks the live connection `id` (reason `kicked`) and waits, up to [`KICK_WAIT`], until its
+/// close is recorded, so that a listing right after no longer shows it. `None` when no such
+/// connection is live. Serves `DELETE /connections/{id}` and the cluster-wide registry's kick.
+pub async fn kick(registry: &Registry, id: u64, via: &'static str) -> Option<Kicked> {
     let mut closes = registry.subscribe();
-    let view = connection_view(registry, id).ok_or_else(|| no_such_connection(id))?;
+    let view = connection_view(registry, id)?;
     if !registry.kick(id) {
-        return Err(no_such_connection(id));
+        return None;
     }
-    tracing::info!(conn_id = id, peer = %view.peer, "connection kicked through the admin API");
+    tracing::info!(conn_id = id, peer = %view.peer, via, "connection kicked");
     let closed = tokio::time::timeout(KICK_WAIT, async {
         loop {
             match closes.recv().await {
@@ -401,12 +413,25 @@ async fn kick_connection(
     })
     .await
     .unwrap_or(false);
-    let status = if closed {
+    Some(Kicked { view, closed })
+}
+
+/// 200 with what the connection was once its close is recorded; 202 if it had not closed
+/// within the wait.
+async fn kick_connection(
+    State(handle): State<AdminHandle>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let kicked = kick(&handle.registry, id, "admin API")
+        .await
+        .ok_or_else(|| no_such_connection(id))?;
+    let status = if kicked.closed {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
     };
-    Ok((status, Json(view)).into_response())
+    Ok((status, Json(kicked.view)).into_response())
 }
 
 async fn metrics(State(handle): State<AdminHandle>) -> Result<Response, ApiError> {

@@ -13,6 +13,7 @@ use clap::Args;
 use connwarden::admin::view::{Closed, Connection, ErrorBody, Page};
 use connwarden::admin::Token;
 
+use super::cluster::NatsTarget;
 use super::table::table;
 
 /// Where the admin API is, and its token.
@@ -36,6 +37,8 @@ pub struct AdminTarget {
 pub struct ConnsArgs {
     #[command(flatten)]
     target: AdminTarget,
+    #[command(flatten)]
+    nats: NatsTarget,
     /// Order: id, age, idle, bytes_in, bytes_out, items, errors, rtt, unacked, probes.
     #[arg(long, default_value = "id")]
     sort: String,
@@ -67,9 +70,11 @@ pub struct ConnsArgs {
 pub struct KickArgs {
     #[command(flatten)]
     target: AdminTarget,
-    /// Connection ids (from `connwarden conns`).
-    #[arg(required = true, value_name = "ID")]
-    ids: Vec<u64>,
+    #[command(flatten)]
+    nats: NatsTarget,
+    /// Connection ids (from `connwarden conns`); with --nats, GATEWAY/ID.
+    #[arg(required = true, value_name = "ID|GATEWAY/ID")]
+    ids: Vec<String>,
 }
 
 /// Flags of `closed`.
@@ -77,6 +82,8 @@ pub struct KickArgs {
 pub struct ClosedArgs {
     #[command(flatten)]
     target: AdminTarget,
+    #[command(flatten)]
+    nats: NatsTarget,
     /// Only closes with this reason (keepalive_timeout, kicked, …).
     #[arg(long)]
     reason: Option<String>,
@@ -149,33 +156,52 @@ impl Api {
     }
 }
 
-/// Appends `name=value` to a query string, encoded.
-fn param(query: &mut Vec<String>, name: &str, value: Option<&str>) {
-    if let Some(value) = value {
-        let encoded: String = value
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
+/// A listing's parameters, as `name`/`value` pairs.
+#[derive(Default)]
+pub(super) struct Query(pub Vec<(String, String)>);
+
+impl Query {
+    fn param(&mut self, name: &str, value: Option<&str>) {
+        if let Some(value) = value {
+            self.0.push((name.to_owned(), value.to_owned()));
+        }
+    }
+
+    /// As a URL query string, percent-encoded.
+    fn encoded(&self) -> String {
+        let encode = |text: &str| -> String {
+            text.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect()
+        };
+        let pairs: Vec<String> = self
+            .0
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode(v)))
             .collect();
-        query.push(format!("{name}={encoded}"));
+        pairs.join("&")
     }
 }
 
 pub fn conns(args: ConnsArgs) -> anyhow::Result<ExitCode> {
+    let mut query = Query::default();
+    query.param("sort", Some(&args.sort));
+    query.param("order", args.order.as_deref());
+    query.param("limit", Some(&args.limit.to_string()));
+    query.param("offset", Some(&args.offset.to_string()));
+    query.param("peer", args.peer.as_deref());
+    query.param("min_idle", args.min_idle.as_deref());
+    query.param("state", args.state.as_deref());
+    if args.nats.enabled() {
+        return super::cluster::conns(&args.nats, query, args.json);
+    }
     let api = Api::new(&args.target)?;
-    let mut query = Vec::new();
-    param(&mut query, "sort", Some(&args.sort));
-    param(&mut query, "order", args.order.as_deref());
-    param(&mut query, "limit", Some(&args.limit.to_string()));
-    param(&mut query, "offset", Some(&args.offset.to_string()));
-    param(&mut query, "peer", args.peer.as_deref());
-    param(&mut query, "min_idle", args.min_idle.as_deref());
-    param(&mut query, "state", args.state.as_deref());
-    let path = format!("/connections?{}", query.join("&"));
+    let path = format!("/connections?{}", query.encoded());
     show_page(
         &api,
         &path,
@@ -186,9 +212,17 @@ pub fn conns(args: ConnsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn kick(args: KickArgs) -> anyhow::Result<ExitCode> {
+    if args.nats.enabled() {
+        return super::cluster::kick(&args.nats, &args.ids);
+    }
     let api = Api::new(&args.target)?;
     let mut failed = false;
     for id in args.ids {
+        let Ok(id) = id.parse::<u64>() else {
+            eprintln!("connwarden: {id:?} is not a connection id (GATEWAY/ID needs --nats)");
+            failed = true;
+            continue;
+        };
         match api.call("DELETE", &format!("/connections/{id}")) {
             Ok((status, body)) => {
                 let conn: Connection = serde_json::from_str(&body)
@@ -219,12 +253,15 @@ pub fn kick(args: KickArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn closed(args: ClosedArgs) -> anyhow::Result<ExitCode> {
+    let mut query = Query::default();
+    query.param("reason", args.reason.as_deref());
+    query.param("peer", args.peer.as_deref());
+    query.param("limit", Some(&args.limit.to_string()));
+    if args.nats.enabled() {
+        return super::cluster::closed(&args.nats, query, args.json);
+    }
     let api = Api::new(&args.target)?;
-    let mut query = Vec::new();
-    param(&mut query, "reason", args.reason.as_deref());
-    param(&mut query, "peer", args.peer.as_deref());
-    param(&mut query, "limit", Some(&args.limit.to_string()));
-    let path = format!("/closed?{}", query.join("&"));
+    let path = format!("/closed?{}", query.encoded());
     show_page(&api, &path, args.json, "a list of closes", closed_table)
 }
 
@@ -248,67 +285,69 @@ fn show_page<T: serde::de::DeserializeOwned>(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The columns of a connection listing.
+pub(super) const CONN_HEADER: [&str; 13] = [
+    "ID", "PEER", "AGE", "IDLE", "IN", "OUT", "ITEMS", "ERR", "RTT", "UNACKED", "PROBES", "HB",
+    "STATE",
+];
+
+/// The columns of a listing of closes.
+pub(super) const CLOSED_HEADER: [&str; 9] = [
+    "ID", "PEER", "REASON", "CLOSED", "LIFETIME", "DETECTED", "IN", "ITEMS", "ERR",
+];
+
 fn connections_table(page: &Page<Connection>) -> String {
-    let rows: Vec<Vec<String>> = page
-        .items
-        .iter()
-        .map(|c| {
-            let tcp = c.tcp.as_ref();
-            vec![
-                c.id.to_string(),
-                c.peer.to_string(),
-                duration(c.age_s),
-                duration(c.idle_in_s),
-                c.bytes_in.to_string(),
-                c.bytes_out.to_string(),
-                c.items.to_string(),
-                c.errors.to_string(),
-                tcp.map_or("-".into(), |t| rtt(t.rtt_us)),
-                tcp.map_or("-".into(), |t| t.unacked.to_string()),
-                tcp.map_or("-".into(), |t| t.probes.to_string()),
-                if c.heartbeat.negotiated {
-                    format!("on/{}", c.heartbeat.pings_outstanding)
-                } else {
-                    "off".into()
-                },
-                tcp.map_or("-".into(), |t| t.state.clone()),
-            ]
-        })
-        .collect();
-    let header = [
-        "ID", "PEER", "AGE", "IDLE", "IN", "OUT", "ITEMS", "ERR", "RTT", "UNACKED", "PROBES", "HB",
-        "STATE",
-    ];
+    let rows: Vec<Vec<String>> = page.items.iter().map(connection_row).collect();
     let shown = page.items.len();
-    table(&header, &rows, "")
+    table(&CONN_HEADER, &rows, "")
         + &format!(
             "{shown} of {} connections (from {})\n",
             page.total, page.offset
         )
 }
 
+/// One connection's cells, under [`CONN_HEADER`].
+pub(super) fn connection_row(c: &Connection) -> Vec<String> {
+    let tcp = c.tcp.as_ref();
+    vec![
+        c.id.to_string(),
+        c.peer.to_string(),
+        duration(c.age_s),
+        duration(c.idle_in_s),
+        c.bytes_in.to_string(),
+        c.bytes_out.to_string(),
+        c.items.to_string(),
+        c.errors.to_string(),
+        tcp.map_or("-".into(), |t| rtt(t.rtt_us)),
+        tcp.map_or("-".into(), |t| t.unacked.to_string()),
+        tcp.map_or("-".into(), |t| t.probes.to_string()),
+        if c.heartbeat.negotiated {
+            format!("on/{}", c.heartbeat.pings_outstanding)
+        } else {
+            "off".into()
+        },
+        tcp.map_or("-".into(), |t| t.state.clone()),
+    ]
+}
+
 fn closed_table(page: &Page<Closed>) -> String {
-    let rows: Vec<Vec<String>> = page
-        .items
-        .iter()
-        .map(|c| {
-            vec![
-                c.id.to_string(),
-                c.peer.to_string(),
-                c.reason.clone(),
-                c.closed_at.clone(),
-                duration(c.lifetime_s),
-                duration(c.detection_delay_s),
-                c.bytes_in.to_string(),
-                c.items.to_string(),
-                c.errors.to_string(),
-            ]
-        })
-        .collect();
-    let header = [
-        "ID", "PEER", "REASON", "CLOSED", "LIFETIME", "DETECTED", "IN", "ITEMS", "ERR",
-    ];
-    table(&header, &rows, "") + &format!("{} of {} closes\n", page.items.len(), page.total)
+    let rows: Vec<Vec<String>> = page.items.iter().map(closed_row).collect();
+    table(&CLOSED_HEADER, &rows, "") + &format!("{} of {} closes\n", page.items.len(), page.total)
+}
+
+/// One close's cells, under [`CLOSED_HEADER`].
+pub(super) fn closed_row(c: &Closed) -> Vec<String> {
+    vec![
+        c.id.to_string(),
+        c.peer.to_string(),
+        c.reason.clone(),
+        c.closed_at.clone(),
+        duration(c.lifetime_s),
+        duration(c.detection_delay_s),
+        c.bytes_in.to_string(),
+        c.items.to_string(),
+        c.errors.to_string(),
+    ]
 }
 
 /// `17us` on loopback, `12.3ms` beyond.
@@ -321,7 +360,7 @@ fn rtt(us: u32) -> String {
 }
 
 /// `0.25s`, `42s`, `5m02s`, `3h07m`, `2d04h`.
-fn duration(seconds: f64) -> String {
+pub(super) fn duration(seconds: f64) -> String {
     let whole = seconds as u64;
     match whole {
         0..10 => format!("{seconds:.2}s"),
@@ -347,9 +386,10 @@ mod tests {
 
     #[test]
     fn parameters_are_percent_encoded() {
-        let mut query = Vec::new();
-        param(&mut query, "peer", Some("10.0.0.0/8"));
-        param(&mut query, "none", None);
-        assert_eq!(query, ["peer=10.0.0.0%2F8"]);
+        let mut query = Query::default();
+        query.param("peer", Some("10.0.0.0/8"));
+        query.param("none", None);
+        query.param("sort", Some("age"));
+        assert_eq!(query.encoded(), "peer=10.0.0.0%2F8&sort=age");
     }
 }

@@ -19,7 +19,7 @@ pub struct ConfigFlags {
     /// Address to listen on (repeatable) [default: 0.0.0.0:7000].
     #[arg(long, value_name = "ADDR")]
     listen: Vec<String>,
-    /// Where items go: stdout or file:PATH [default: stdout].
+    /// Where items go: stdout, file:PATH or jetstream [default: stdout].
     #[arg(long, value_name = "SINK")]
     sink: Option<String>,
     /// Set SO_REUSEPORT so several processes can share the port.
@@ -106,6 +106,60 @@ pub struct ConfigFlags {
     /// Closed connections kept for GET /closed [default: 10000].
     #[arg(long, value_name = "N")]
     closed_history: Option<String>,
+    /// This gateway's name in NATS subjects and the cluster-wide registry [default: auto: host-port].
+    #[arg(long, value_name = "NAME")]
+    gateway_name: Option<String>,
+    /// NATS server (repeatable, or comma-separated): for --sink jetstream and the cluster-wide registry.
+    #[arg(long, value_name = "URL")]
+    nats_url: Vec<String>,
+    /// JetStream stream of the items, created if missing [default: CONNWARDEN].
+    #[arg(long, value_name = "NAME")]
+    nats_stream: Option<String>,
+    /// Subject of each record; {gateway} becomes the gateway name [default: connwarden.items.{gateway}].
+    #[arg(long, value_name = "SUBJECT")]
+    nats_subject: Option<String>,
+    /// Replicas of a stream connwarden creates [default: 1].
+    #[arg(long, value_name = "N")]
+    nats_replicas: Option<String>,
+    /// How long JetStream remembers message ids: a resend within it is stored once [default: 2m].
+    #[arg(long, value_name = "DURATION")]
+    nats_duplicate_window: Option<String>,
+    /// Oldest message a created stream keeps, or off [default: 7d].
+    #[arg(long, value_name = "DURATION")]
+    nats_max_age: Option<String>,
+    /// Largest size of a created stream, or off [default: off].
+    #[arg(long, value_name = "SIZE")]
+    nats_max_bytes: Option<String>,
+    /// Publishes awaiting JetStream's ack, at most [default: 4096].
+    #[arg(long, value_name = "N")]
+    nats_window: Option<String>,
+    /// Wait for a publish ack before publishing again [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    nats_publish_timeout: Option<String>,
+    /// NATS credentials file [default: off].
+    #[arg(long, value_name = "PATH")]
+    nats_creds: Option<String>,
+    /// File holding a NATS token [default: off].
+    #[arg(long, value_name = "PATH")]
+    nats_token_file: Option<String>,
+    /// NATS user, with --nats-password-file [default: off].
+    #[arg(long, value_name = "USER")]
+    nats_user: Option<String>,
+    /// File holding the NATS user's password [default: off].
+    #[arg(long, value_name = "PATH")]
+    nats_password_file: Option<String>,
+    /// CA certificate for TLS to NATS [default: off].
+    #[arg(long, value_name = "PATH")]
+    nats_tls_ca: Option<String>,
+    /// Client certificate for TLS to NATS [default: off].
+    #[arg(long, value_name = "PATH")]
+    nats_tls_cert: Option<String>,
+    /// Key of --nats-tls-cert [default: off].
+    #[arg(long, value_name = "PATH")]
+    nats_tls_key: Option<String>,
+    /// Subject prefix of the cluster-wide registry [default: connwarden.registry].
+    #[arg(long, value_name = "PREFIX")]
+    nats_registry: Option<String>,
 }
 
 impl ConfigFlags {
@@ -114,6 +168,9 @@ impl ConfigFlags {
         let mut settings = Settings::default();
         for addr in &self.listen {
             settings.set_flag("listen", addr.as_str())?;
+        }
+        for url in &self.nats_url {
+            settings.set_flag("nats_url", url.as_str())?;
         }
         if self.reuse_port {
             settings.set_flag("reuse_port", "true")?;
@@ -147,6 +204,23 @@ impl ConfigFlags {
             ("admin", &self.admin),
             ("admin_token_file", &self.admin_token_file),
             ("closed_history", &self.closed_history),
+            ("gateway_name", &self.gateway_name),
+            ("nats_stream", &self.nats_stream),
+            ("nats_subject", &self.nats_subject),
+            ("nats_replicas", &self.nats_replicas),
+            ("nats_duplicate_window", &self.nats_duplicate_window),
+            ("nats_max_age", &self.nats_max_age),
+            ("nats_max_bytes", &self.nats_max_bytes),
+            ("nats_window", &self.nats_window),
+            ("nats_publish_timeout", &self.nats_publish_timeout),
+            ("nats_creds", &self.nats_creds),
+            ("nats_token_file", &self.nats_token_file),
+            ("nats_user", &self.nats_user),
+            ("nats_password_file", &self.nats_password_file),
+            ("nats_tls_ca", &self.nats_tls_ca),
+            ("nats_tls_cert", &self.nats_tls_cert),
+            ("nats_tls_key", &self.nats_tls_key),
+            ("nats_registry", &self.nats_registry),
         ];
         for (key, value) in valued {
             if let Some(value) = value {

@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod cluster;
 mod config_flags;
 mod doctor;
 mod send;
@@ -30,7 +31,7 @@ enum Command {
     Doctor(Box<doctor::DoctorArgs>),
     /// Put load on a server: idle connections, floods, churn.
     Bench(bench::BenchArgs),
-    /// List a running server's live connections (its admin API).
+    /// List a running server's live connections (its admin API), or every gateway's (--nats).
     Conns(Box<admin::ConnsArgs>),
     /// Close connections of a running server, with reason kicked.
     Kick(admin::KickArgs),

@@ -23,9 +23,14 @@ use tokio::time::Instant;
 /// Flags of `send`.
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// Server address.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000")]
+    /// Server address; or several, comma-separated (g1:7000,g2:7000), to fail over between:
+    /// after a lost connection the next one is tried, and unacknowledged items are sent again.
+    #[arg(long, value_name = "ADDR[,ADDR…]", default_value = "127.0.0.1:7000")]
     to: String,
+    /// This client's identity in its hello: with each item's number it lets a JetStream sink
+    /// store a resend once, through whichever gateway [default: random for each run].
+    #[arg(long, value_name = "ID")]
+    client_id: Option<String>,
     /// Number items and wait for every ack; unacknowledged items are sent again after a
     /// reconnect. Without it an item is done once written.
     #[arg(long)]
@@ -98,6 +103,18 @@ impl SendArgs {
             anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be above 0");
         }
         let mut config = ClientConfig::new(self.to.clone());
+        anyhow::ensure!(!config.addrs().is_empty(), "--to needs an address");
+        if let Some(id) = &self.client_id {
+            let valid = !id.is_empty()
+                && id.len() <= connwarden::protocol::MAX_CLIENT_ID
+                && id.bytes().all(|b| b.is_ascii_graphic());
+            anyhow::ensure!(
+                valid,
+                "--client-id must be 1 to {} printable ASCII characters without spaces",
+                connwarden::protocol::MAX_CLIENT_ID
+            );
+            config.client_id = id.clone();
+        }
         config.ack = self.ack;
         config.window = self.window;
         let defaults = BackoffPolicy::default();
@@ -167,7 +184,7 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("cannot open {}", path.display()))?,
             )
         };
-        tracing::info!(to = %config.addr, ack = config.ack, window = config.window, liveness_bound_ms = config.liveness_bound().as_millis() as u64, "sending");
+        tracing::info!(to = %config.addr, client_id = %config.client_id, ack = config.ack, window = config.window, liveness_bound_ms = config.liveness_bound().as_millis() as u64, "sending");
         let started = Instant::now();
         let client = Client::start(config);
         let ticker = bar.clone().map(|bar| tokio::spawn(tick(bar, client.progress())));

@@ -49,18 +49,40 @@ pub enum DialError {
     },
 }
 
-/// Connects to the first address of `config.addr` that answers.
-pub(super) async fn connect(config: &ClientConfig) -> Result<TcpStream, DialError> {
-    let resolved = tokio::time::timeout(
-        config.connect_timeout,
-        tokio::net::lookup_host(config.addr.as_str()),
-    )
-    .await
-    .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))
-    .map_err(|source| DialError::Resolve {
+/// Connects to the first of `config`'s addresses that answers, trying them in turn from the
+/// one at `first` (modulo their number); returns the stream and the index of its address.
+pub(super) async fn connect(
+    config: &ClientConfig,
+    first: usize,
+) -> Result<(TcpStream, usize), DialError> {
+    let addrs = config.addrs();
+    let mut last = None;
+    for step in 0..addrs.len() {
+        let index = (first + step) % addrs.len();
+        match connect_to(addrs[index], config).await {
+            Ok(stream) => return Ok((stream, index)),
+            Err(error) => {
+                if addrs.len() > 1 {
+                    tracing::debug!(addr = addrs[index], error = %error, "cannot connect; trying the next address");
+                }
+                last = Some(error);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| DialError::NoAddress {
         addr: config.addr.clone(),
-        source,
-    })?;
+    }))
+}
+
+/// Connects to the first address `addr` resolves to that answers.
+async fn connect_to(addr: &str, config: &ClientConfig) -> Result<TcpStream, DialError> {
+    let resolved = tokio::time::timeout(config.connect_timeout, tokio::net::lookup_host(addr))
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))
+        .map_err(|source| DialError::Resolve {
+            addr: addr.to_owned(),
+            source,
+        })?;
     let options = config.socket_options();
     let mut last = None;
     for addr in resolved {
@@ -70,7 +92,7 @@ pub(super) async fn connect(config: &ClientConfig) -> Result<TcpStream, DialErro
         }
     }
     Err(last.unwrap_or_else(|| DialError::NoAddress {
-        addr: config.addr.clone(),
+        addr: addr.to_owned(),
     }))
 }
 

@@ -54,7 +54,9 @@ use window::Window;
 /// How a [`Client`] connects and delivers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// The server, as `host:port` (resolved at every connect).
+    /// The server, as `host:port` (resolved at every connect); or several, separated by commas,
+    /// to fail over between: each connect tries them in turn, starting after the one whose
+    /// connection ended last.
     pub addr: String,
     /// Longest wait for a connection to be established and greeted.
     pub connect_timeout: Duration,
@@ -81,6 +83,11 @@ pub struct ClientConfig {
     pub ack: bool,
     /// The client's name in its `hello`.
     pub name: String,
+    /// The client's identity in its `hello` (`client_id`): with each item's number it makes the
+    /// message id a JetStream sink stores a resend once by, whichever gateway the resend goes
+    /// through. Random for each client by default; one given here must not be used by two
+    /// clients at once (their items would be taken for each other's resends).
+    pub client_id: String,
 }
 
 impl ClientConfig {
@@ -103,7 +110,17 @@ impl ClientConfig {
             window: 1024,
             ack: true,
             name: format!("connwarden/{}", env!("CARGO_PKG_VERSION")),
+            client_id: random_client_id(),
         }
+    }
+
+    /// The addresses of [`ClientConfig::addr`], in order.
+    pub fn addrs(&self) -> Vec<&str> {
+        self.addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .collect()
     }
 
     /// The socket options this configuration asks for.
@@ -130,6 +147,11 @@ impl ClientConfig {
         let heartbeat = self.heartbeat_interval * self.heartbeat_misses.max(1);
         kernel.min(heartbeat)
     }
+}
+
+/// 128 random bits, as hex: unique enough that two clients never share one.
+pub fn random_client_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
 /// Counters of a running client, for progress displays.
@@ -300,9 +322,13 @@ async fn deliver(
     };
     let mut backoff = Backoff::new(config.backoff);
     let mut checked_options = false;
+    // The address the next connect tries first.
+    let mut next_addr = 0;
     loop {
-        let end = match dial::connect(&config).await {
-            Ok(stream) => {
+        let end = match dial::connect(&config, next_addr).await {
+            Ok((stream, index)) => {
+                // Whatever ends this connection, the next connect starts with the next address.
+                next_addr = index + 1;
                 if !checked_options {
                     dial::check_options(&stream, &config.socket_options());
                     checked_options = true;

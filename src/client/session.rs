@@ -102,8 +102,9 @@ pub(super) async fn run(
     };
     delivery.window.rewind();
     let hello = format!(
-        "{{\"type\":\"hello\",\"client\":{}}}\n",
-        serde_json::Value::from(config.name.as_str())
+        "{{\"type\":\"hello\",\"client\":{},\"client_id\":{}}}\n",
+        serde_json::Value::from(config.name.as_str()),
+        serde_json::Value::from(config.client_id.as_str())
     );
     session.out.put_slice(hello.as_bytes());
     let (mut reader, mut writer) = stream.into_split();

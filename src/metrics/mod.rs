@@ -27,8 +27,10 @@ use metrics_exporter_prometheus::{
 };
 
 mod histogram;
+mod nats;
 
 pub use histogram::AtomicHistogram;
+pub use nats::PublishFailure;
 
 use crate::close_reason::CloseReason;
 use crate::config::Config;
@@ -79,6 +81,9 @@ pub struct Metrics {
     /// Silence after which the kernel may have keep-alive probes out (`keepalive_idle`).
     keepalive_idle: Duration,
     scraped: ScrapeTime,
+    nats: nats::NatsMetrics,
+    /// Whether the JetStream metrics apply (its latency histogram is rendered only then).
+    jetstream: bool,
 }
 
 /// Handles set at scrape time, from values cheaper to read than to count.
@@ -205,6 +210,8 @@ impl Metrics {
                 sink_healthy: r.gauge("sink_healthy", &[]),
             },
             sink_healthy: AtomicBool::new(true),
+            nats: nats::NatsMetrics::new(&r),
+            jetstream: config.sink == crate::config::SinkSpec::JetStream,
             keepalive_idle: config.keepalive.idle,
             process: ProcessCollector::default(),
             handle,
@@ -314,12 +321,16 @@ impl Metrics {
         s.connections_probing.set(probing as f64);
         s.sink_healthy
             .set(if self.sink_healthy() { 1.0 } else { 0.0 });
+        self.nats.set_gauges();
         metrics::with_local_recorder(&self.recorder, || self.process.collect());
         let mut out = self.handle.render();
         if !out.is_empty() && !out.ends_with('\n') {
             out.push('\n');
         }
         self.ack_latency.render(&mut out);
+        if self.jetstream {
+            self.nats.render_latency(&mut out);
+        }
         out
     }
 }
@@ -369,7 +380,7 @@ impl Registrar<'_> {
     /// The help text of every metric, as `# HELP` lines.
     fn describe_all(&self) {
         use Kind::*;
-        for (kind, short, unit, help) in DESCRIPTIONS {
+        for (kind, short, unit, help) in DESCRIPTIONS.iter().chain(nats::DESCRIPTIONS) {
             let name = name(short).into();
             let help = SharedString::from(*help);
             match kind {
@@ -385,7 +396,7 @@ impl Registrar<'_> {
 const ACK_LATENCY_HELP: &str = "Time from reading an item to handing its ack to the connection.";
 
 /// Counter, gauge or histogram.
-enum Kind {
+pub(crate) enum Kind {
     C,
     G,
     H,

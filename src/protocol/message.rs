@@ -17,12 +17,24 @@ pub enum Inbound {
     /// A data item, kept byte for byte as it came (less whitespace between tokens).
     Item(Item),
     /// The client announces itself; the server then enforces the heartbeat (when `negotiated`).
-    Hello,
+    Hello(Hello),
     /// The client checks the server is alive; answered with `pong`.
     Ping,
     /// Answer to the server's `ping`.
     Pong,
 }
+
+/// What a client's `hello` says of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hello {
+    /// The client's stable identity (`client_id`), if it gave one: with each item's `id` it makes
+    /// the message id JetStream removes resends by ([`MAX_CLIENT_ID`] bytes at most, printable
+    /// ASCII without spaces).
+    pub client_id: Option<String>,
+}
+
+/// Longest `client_id` a `hello` may carry.
+pub const MAX_CLIENT_ID: usize = 128;
 
 /// A valid item.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,11 +77,13 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The stream ended inside an object; what had arrived of it was discarded.
     Truncated,
+    /// A `hello`'s `client_id` is not 1 to 128 printable ASCII characters without spaces.
+    InvalidClientId,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidJson,
         ErrorCode::MissingIp,
         ErrorCode::InvalidIp,
@@ -83,6 +97,7 @@ impl ErrorCode {
         ErrorCode::MaxAge,
         ErrorCode::ShuttingDown,
         ErrorCode::Truncated,
+        ErrorCode::InvalidClientId,
     ];
 
     /// Position in [`ErrorCode::ALL`], for per-code counters.
@@ -113,6 +128,7 @@ impl ErrorCode {
             ErrorCode::MaxAge => "max_age",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Truncated => "truncated",
+            ErrorCode::InvalidClientId => "invalid_client_id",
         }
     }
 }
@@ -249,7 +265,7 @@ pub fn parse(frame: Bytes) -> Result<Inbound, ItemError> {
         .as_ref()
         .is_none_or(|raw| matches!(raw.first(), Some(b'"' | b'-' | b'0'..=b'9')));
     // Only an id that is a string or a number is ever echoed: it is one token, one line.
-    if let Some(control) = control_message(envelope.kind, id.as_ref().filter(|_| id_valid))? {
+    if let Some(control) = control_message(envelope.kind, id.as_ref().filter(|_| id_valid), text)? {
         return Ok(control);
     }
     if !id_valid {
@@ -283,6 +299,7 @@ pub fn parse(frame: Bytes) -> Result<Inbound, ItemError> {
 fn control_message(
     kind: Option<&RawValue>,
     id: Option<&Bytes>,
+    text: &str,
 ) -> Result<Option<Inbound>, ItemError> {
     let Some(kind) = kind else {
         return Ok(None);
@@ -291,7 +308,7 @@ fn control_message(
         return Ok(None);
     };
     match kind.as_ref() {
-        "hello" => Ok(Some(Inbound::Hello)),
+        "hello" => parse_hello(text).map(|hello| Some(Inbound::Hello(hello))),
         "ping" => Ok(Some(Inbound::Ping)),
         "pong" => Ok(Some(Inbound::Pong)),
         "ack" | "error" => Err(ItemError::new(
@@ -301,6 +318,33 @@ fn control_message(
         )),
         _ => Ok(None),
     }
+}
+
+/// Reads a `hello`'s fields. Parsed a second time, and only for `hello`: items, the frames that
+/// count, pay nothing for the keys only a `hello` has.
+fn parse_hello(text: &str) -> Result<Hello, ItemError> {
+    #[derive(Deserialize)]
+    struct Fields<'a> {
+        #[serde(borrow)]
+        client_id: Option<Cow<'a, str>>,
+    }
+    let bad = |detail: String| ItemError::new(ErrorCode::InvalidClientId, detail, None);
+    let fields: Fields<'_> =
+        serde_json::from_str(text).map_err(|e| bad(format!("client_id must be a string: {e}")))?;
+    let Some(client_id) = fields.client_id else {
+        return Ok(Hello::default());
+    };
+    let valid = !client_id.is_empty()
+        && client_id.len() <= MAX_CLIENT_ID
+        && client_id.bytes().all(|b| b.is_ascii_graphic());
+    if !valid {
+        return Err(bad(format!(
+            "client_id must be 1 to {MAX_CLIENT_ID} printable ASCII characters without spaces"
+        )));
+    }
+    Ok(Hello {
+        client_id: Some(client_id.into_owned()),
+    })
 }
 
 fn parse_ip(raw: &RawValue) -> Result<IpAddr, String> {
@@ -620,8 +664,20 @@ mod tests {
     fn control_messages_and_client_types() {
         assert_eq!(
             parse_str(r#"{"type":"hello","client":"x"}"#),
-            Ok(Inbound::Hello)
+            Ok(Inbound::Hello(Hello::default()))
         );
+        assert_eq!(
+            parse_str(r#"{"type":"hello","client_id":"a-1:b"}"#),
+            Ok(Inbound::Hello(Hello {
+                client_id: Some("a-1:b".into())
+            }))
+        );
+        let long = format!("{:?}", "x".repeat(129));
+        for bad in [r#""""#, r#""a b""#, "7", long.as_str()] {
+            let text = format!(r#"{{"type":"hello","client_id":{bad}}}"#);
+            let err = parse_str(&text).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidClientId, "{text}");
+        }
         assert_eq!(parse_str(r#"{"type":"ping"}"#), Ok(Inbound::Ping));
         assert_eq!(parse_str(r#"{"type":"pong"}"#), Ok(Inbound::Pong));
         assert!(matches!(

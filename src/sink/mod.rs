@@ -9,18 +9,21 @@
 
 mod channel;
 mod file;
+mod jetstream;
 mod stdout;
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 pub use channel::ChannelSink;
 pub use file::FileSink;
+pub use jetstream::JetStreamSink;
 pub use stdout::StdoutSink;
 
-use crate::config::{FsyncMode, SinkSpec};
+use crate::config::{Config, FsyncMode, SinkSpec};
 use crate::metrics::Metrics;
 use crate::protocol::ErrorCode;
 use crate::queue::Consumer;
@@ -46,8 +49,24 @@ pub trait Sink: Send + 'static {
         None
     }
 
+    /// What [`Sink::sync`] waits for. Acks of a sink whose sync is a [`SyncKind::RemoteAck`]
+    /// always wait for it, whatever `fsync` says.
+    fn sync_kind(&self) -> SyncKind {
+        SyncKind::Fsync
+    }
+
     /// A short name for logs.
     fn name(&self) -> String;
+}
+
+/// What a sink's [`Sink::sync`] waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncKind {
+    /// `fsync`: counted in `sink_fsyncs_total`; `fsync = never` skips it.
+    Fsync,
+    /// The store's acknowledgement (JetStream's publish acks): a write alone is no promise, so
+    /// it is never skipped.
+    RemoteAck,
 }
 
 /// A failed write; the batch's records are not acknowledged.
@@ -62,6 +81,14 @@ pub enum SinkError {
         /// The I/O error.
         source: io::Error,
     },
+    #[error("{sink}: {reason}")]
+    /// The sink cannot be set up, or refuses a record for good.
+    Setup {
+        /// The sink's name.
+        sink: String,
+        /// Why.
+        reason: String,
+    },
     #[error("the receiver of {sink} is gone")]
     /// The receiving side went away.
     Closed {
@@ -70,11 +97,32 @@ pub enum SinkError {
     },
 }
 
-/// Opens the sink a configuration names.
-pub async fn open(spec: &SinkSpec) -> Result<Box<dyn Sink>, SinkError> {
-    Ok(match spec {
+/// Opens the sink a configuration names; the JetStream sink publishes through `nats`, the
+/// gateway's connection.
+pub async fn open(
+    config: &Config,
+    nats: Option<&async_nats::Client>,
+    metrics: &Arc<Metrics>,
+) -> Result<Box<dyn Sink>, SinkError> {
+    Ok(match &config.sink {
         SinkSpec::Stdout => Box::new(StdoutSink::new()),
         SinkSpec::File(path) => Box::new(FileSink::open(path).await?),
+        SinkSpec::JetStream => {
+            let client = nats.ok_or_else(|| SinkError::Setup {
+                sink: "jetstream".into(),
+                reason: "no NATS connection (nats_url)".into(),
+            })?;
+            Box::new(
+                JetStreamSink::open(
+                    &config.nats,
+                    &config.gateway_name(),
+                    config.max_frame,
+                    client.clone(),
+                    Arc::clone(metrics),
+                )
+                .await?,
+            )
+        }
     })
 }
 
@@ -102,6 +150,11 @@ pub async fn drain(
     fsync: FsyncMode,
     metrics: &Metrics,
 ) -> DrainReport {
+    let kind = sink.sync_kind();
+    let fsync = match (kind, fsync) {
+        (SyncKind::RemoteAck, FsyncMode::Never) => FsyncMode::Batch,
+        (_, mode) => mode,
+    };
     let mut report = Settled {
         report: DrainReport::default(),
         metrics,
@@ -139,7 +192,9 @@ pub async fn drain(
             {
                 in_flight = None;
                 report.report.syncs += 1;
-                metrics.fsync(sync_started.elapsed());
+                if kind == SyncKind::Fsync {
+                    metrics.fsync(sync_started.elapsed());
+                }
                 settle(&mut syncing, result, &mut report, &*sink);
             }
             more = consumer.pop_batch(MAX_BATCH, &mut batch), if may_write => {

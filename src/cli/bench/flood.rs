@@ -32,6 +32,11 @@ pub struct FloodArgs {
     /// With --ack: unacknowledged items per connection, at most.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     window: u64,
+    /// Start each connection with a hello carrying its own client_id, as the client library
+    /// does: a JetStream sink then gives every item a message id (off by default, so that
+    /// floods stay comparable with earlier runs).
+    #[arg(long)]
+    client_ids: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -186,6 +191,15 @@ async fn one_connection(args: &FloodArgs, c: u64, bar: &indicatif::ProgressBar) 
         (acked, refused, latency)
     });
     let mut buf = Vec::with_capacity(args.batch as usize * 48);
+    if args.client_ids {
+        let hello = format!(
+            "{{\"type\":\"hello\",\"client_id\":\"flood-{}-{c}\"}}\n",
+            connwarden::client::random_client_id()
+        );
+        if let Err(error) = write.write_all(hello.as_bytes()).await {
+            result.errors.add(&error);
+        }
+    }
     let mut n = 0;
     while n < args.items {
         let count = args.batch.min(args.items - n);
