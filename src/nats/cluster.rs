@@ -54,7 +54,7 @@ impl Cluster {
         let client = super::options(config, "connwarden-cli")
             .await?
             .max_reconnects(Some(0))
-            .connect(urls.as_str())
+            .connect(super::servers(config)?)
             .await
             .map_err(|source| NatsError::Connect { urls, source })?;
         let bucket = registry::bucket_name(&config.registry);

@@ -40,6 +40,14 @@ pub enum NatsError {
         /// The client's answer.
         source: async_nats::ConnectError,
     },
+    /// A server URL does not parse.
+    #[error("NATS server URL {url:?} is not valid: {reason}")]
+    Url {
+        /// The URL as given.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// TLS to NATS is not in this build (macOS: see the README's platform table).
     #[error("TLS to NATS is not available on this platform's build (no crypto provider)")]
     NoTls,
@@ -100,13 +108,14 @@ pub async fn connect(
     metrics: Option<Arc<Metrics>>,
 ) -> Result<Client, NatsError> {
     let urls = config.urls.join(",");
+    let servers = servers(config)?;
     let events = metrics.clone();
     let options = options(config, name).await?.event_callback(move |event| {
         let metrics = events.clone();
         async move { on_event(event, metrics.as_deref()) }
     });
     let client = options
-        .connect(urls.as_str())
+        .connect(servers)
         .await
         .map_err(|source| NatsError::Connect {
             urls: urls.clone(),
@@ -140,6 +149,20 @@ pub async fn connect_patiently(
             Err(other) => return Err(other),
         }
     }
+}
+
+/// The configured server URLs, parsed.
+pub fn servers(config: &NatsConfig) -> Result<Vec<async_nats::ServerAddr>, NatsError> {
+    config
+        .urls
+        .iter()
+        .map(|url| {
+            url.parse().map_err(|e: std::io::Error| NatsError::Url {
+                url: url.clone(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 fn on_event(event: Event, metrics: Option<&Metrics>) {

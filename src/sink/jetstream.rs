@@ -11,7 +11,14 @@
 //! A publish that fails (no ack in time, no stream leader, connection lost, an API error) is
 //! published again, with the same message id, after a backoff: first the oldest failed one,
 //! then in the same pass every later one already known to have failed, in order. Nothing is
-//! ever acknowledged to a client before its own publish ack; a record is never given up. The
+//! ever acknowledged to a client before its own publish ack; a record is never given up.
+//!
+//! Order: once any publish in the window has failed, or the connection to NATS is down, no new
+//! record is published until every earlier one is stored. The confirmer looks at every ack in
+//! the window every [`SCAN`], not only the oldest, so a fast failure ("no responders" while the
+//! stream elects a leader) stops new publishes before a new leader could store them ahead of
+//! the records being retried. What this cannot see is a publish lost in silence while later
+//! ones are stored and acknowledged; each record keeps its client's item id for that case. The
 //! message id (`Nats-Msg-Id`, from the client's `client_id` and the item's `id`) makes JetStream
 //! store a resend once within the stream's duplicate window, whichever gateway it came through.
 
@@ -44,6 +51,9 @@ const ENVELOPE: usize = 1024;
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// How often the confirmer looks at every ack in the window, to see failures early.
+const SCAN: Duration = Duration::from_millis(20);
+
 /// A publish's ack, as `async-nats` gives it.
 type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
 
@@ -58,6 +68,9 @@ pub struct JetStreamSink {
     /// Records confirmed so far, in publish order.
     confirmed: watch::Receiver<u64>,
     confirmer: JoinHandle<()>,
+    /// Set while a publish in the window has failed: new records wait until it is stored.
+    failing: watch::Receiver<bool>,
+    client: Client,
     metrics: Arc<Metrics>,
     name: String,
 }
@@ -74,8 +87,11 @@ struct Entry {
 
 enum State {
     Waiting(AckFuture),
-    /// Acknowledged, found so while an earlier record was being retried.
+    /// Acknowledged, found so before it reached the head of the window.
     Stored(PublishAck),
+    /// Failed, found so before it reached the head of the window: published again in the next
+    /// retry pass.
+    Failed(PublishError),
 }
 
 impl JetStreamSink {
@@ -110,14 +126,19 @@ impl JetStreamSink {
         ensure_stream(&js, config, &subject).await.map_err(setup)?;
         let (to_confirmer, entries) = mpsc::unbounded_channel();
         let (confirmed_tx, confirmed) = watch::channel(0);
+        let (failing_tx, failing) = watch::channel(false);
         let confirmer = tokio::spawn(confirm(
             entries,
-            confirmed_tx,
+            Progress {
+                confirmed: confirmed_tx,
+                failing: failing_tx,
+            },
             js.clone(),
             Subject::from(subject.as_str()),
             Arc::clone(&metrics),
         ));
         tracing::info!(stream = %config.stream, subject = %subject, window = config.window, "JetStream sink ready");
+        let client = js.client();
         Ok(JetStreamSink {
             js,
             subject: Subject::from(subject),
@@ -126,9 +147,38 @@ impl JetStreamSink {
             published: 0,
             confirmed,
             confirmer,
+            failing,
+            client,
             metrics,
             name,
         })
+    }
+}
+
+impl JetStreamSink {
+    /// Waits while publishing now could store a record ahead of an earlier one: while a publish
+    /// in the window has failed, and, after the connection to NATS was lost, until it is back
+    /// and every record published before is stored.
+    async fn wait_until_in_order(&mut self) -> Result<(), SinkError> {
+        let closed = |_| SinkError::Closed {
+            sink: self.name.clone(),
+        };
+        let connected = |client: &Client| {
+            client.connection_state() == async_nats::connection::State::Connected
+        };
+        if !connected(&self.client) {
+            // Rare and short: looked at every few milliseconds rather than subscribed to.
+            while !connected(&self.client) {
+                tokio::time::sleep(SCAN).await;
+            }
+            let target = self.published;
+            self.confirmed
+                .wait_for(|count| *count >= target)
+                .await
+                .map_err(closed)?;
+        }
+        self.failing.wait_for(|failing| !failing).await.map_err(closed)?;
+        Ok(())
     }
 }
 
@@ -142,6 +192,7 @@ impl Sink for JetStreamSink {
     fn write_batch<'a>(&'a mut self, batch: &'a [Record]) -> SinkFuture<'a> {
         Box::pin(async move {
             for record in batch {
+                self.wait_until_in_order().await?;
                 let permit = Arc::clone(&self.window)
                     .acquire_owned()
                     .await
@@ -237,11 +288,19 @@ async fn publish(
     }
 }
 
+/// What the confirmer tells the sink.
+struct Progress {
+    /// Records confirmed so far, in publish order.
+    confirmed: watch::Sender<u64>,
+    /// Whether a publish in the window has failed and is not yet stored again.
+    failing: watch::Sender<bool>,
+}
+
 /// The confirmer: takes the acks in publish order, retries failed publishes, and counts the
-/// records confirmed in `confirmed`.
+/// records confirmed.
 async fn confirm(
     mut entries: mpsc::UnboundedReceiver<Entry>,
-    confirmed: watch::Sender<u64>,
+    progress: Progress,
     js: jetstream::Context,
     subject: Subject,
     metrics: Arc<Metrics>,
@@ -249,12 +308,15 @@ async fn confirm(
     let mut pending: VecDeque<Entry> = VecDeque::new();
     let mut count = 0u64;
     let mut outage = Outage::default();
+    let mut scan = tokio::time::interval(SCAN);
+    scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         while let Ok(entry) = entries.try_recv() {
             pending.push_back(entry);
         }
         let Some(head) = pending.front_mut() else {
-            confirmed.send_replace(count);
+            progress.confirmed.send_replace(count);
+            progress.failing.send_if_modified(|f| std::mem::replace(f, false));
             match entries.recv().await {
                 Some(entry) => {
                     pending.push_back(entry);
@@ -265,12 +327,28 @@ async fn confirm(
         };
         let outcome = match &mut head.state {
             State::Stored(ack) => Ok(std::mem::take(ack)),
+            State::Failed(_) => {
+                let State::Failed(error) =
+                    std::mem::replace(&mut head.state, State::Stored(PublishAck::default()))
+                else {
+                    unreachable!("matched above")
+                };
+                Err(error)
+            }
             State::Waiting(ack) => match poll_once(ack) {
                 Some(outcome) => outcome,
                 None => {
                     // About to wait: let the syncs see what is confirmed so far.
-                    confirmed.send_replace(count);
-                    ack.await
+                    progress.confirmed.send_replace(count);
+                    tokio::select! {
+                        outcome = ack => outcome,
+                        _ = scan.tick() => {
+                            if scan_window(&mut pending, &metrics) {
+                                progress.failing.send_replace(true);
+                            }
+                            continue;
+                        }
+                    }
                 }
             },
         };
@@ -283,6 +361,7 @@ async fn confirm(
                 outage.recovered();
             }
             Err(error) => {
+                progress.failing.send_replace(true);
                 let failure = classify(&error);
                 metrics.jetstream_failure(failure);
                 let delay = outage.failed(failure, &error);
@@ -296,8 +375,29 @@ async fn confirm(
     }
 }
 
+/// Looks at every ack in the window but the head's: those that came are kept as stored, those
+/// that failed as failed. True if one failed.
+fn scan_window(pending: &mut VecDeque<Entry>, metrics: &Metrics) -> bool {
+    let mut failed = false;
+    for entry in pending.iter_mut().skip(1) {
+        if let State::Waiting(ack) = &mut entry.state {
+            match poll_once(ack) {
+                None => {}
+                Some(Ok(ack)) => entry.state = State::Stored(ack),
+                Some(Err(error)) => {
+                    metrics.jetstream_failure(classify(&error));
+                    entry.state = State::Failed(error);
+                    failed = true;
+                }
+            }
+        }
+        failed |= matches!(entry.state, State::Failed(_));
+    }
+    failed
+}
+
 /// Publishes again the head (whose publish failed) and every later record whose publish has
-/// already failed, in order; records found acknowledged meanwhile are kept as stored.
+/// failed, in order; records found acknowledged meanwhile are kept as stored.
 async fn retry_pass(
     pending: &mut VecDeque<Entry>,
     js: &jetstream::Context,
@@ -307,6 +407,7 @@ async fn retry_pass(
     for (i, entry) in pending.iter_mut().enumerate() {
         let failed = match &mut entry.state {
             State::Stored(_) => false,
+            State::Failed(_) => true,
             State::Waiting(_) if i == 0 => true,
             State::Waiting(ack) => match poll_once(ack) {
                 None => false,

@@ -2,6 +2,8 @@
 //! with bounded timeouts, a network-namespace fixture, and the binary for process tests.
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
