@@ -163,9 +163,8 @@ impl JetStreamSink {
         let closed = |_| SinkError::Closed {
             sink: self.name.clone(),
         };
-        let connected = |client: &Client| {
-            client.connection_state() == async_nats::connection::State::Connected
-        };
+        let connected =
+            |client: &Client| client.connection_state() == async_nats::connection::State::Connected;
         if !connected(&self.client) {
             // Rare and short: looked at every few milliseconds rather than subscribed to.
             while !connected(&self.client) {
@@ -177,7 +176,10 @@ impl JetStreamSink {
                 .await
                 .map_err(closed)?;
         }
-        self.failing.wait_for(|failing| !failing).await.map_err(closed)?;
+        self.failing
+            .wait_for(|failing| !failing)
+            .await
+            .map_err(closed)?;
         Ok(())
     }
 }
@@ -316,7 +318,9 @@ async fn confirm(
         }
         let Some(head) = pending.front_mut() else {
             progress.confirmed.send_replace(count);
-            progress.failing.send_if_modified(|f| std::mem::replace(f, false));
+            progress
+                .failing
+                .send_if_modified(|f| std::mem::replace(f, false));
             match entries.recv().await {
                 Some(entry) => {
                     pending.push_back(entry);

@@ -98,9 +98,7 @@ impl Nats {
             .split(',')
             .map(|u| u.parse().expect("a server url"))
             .collect();
-        async_nats::connect(servers)
-            .await
-            .expect("connect to nats")
+        async_nats::connect(servers).await.expect("connect to nats")
     }
 
     /// Where the nodes keep their files.
@@ -180,7 +178,12 @@ pub async fn read_stream(client: &async_nats::Client, stream: &str) -> Vec<Store
     let (total, mut messages) = loop {
         let attempt = async {
             let mut stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
-            let total = stream.info().await.map_err(|e| e.to_string())?.state.messages;
+            let total = stream
+                .info()
+                .await
+                .map_err(|e| e.to_string())?
+                .state
+                .messages;
             let consumer = stream
                 .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
                 .await
