@@ -68,7 +68,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use nats::NatsConfig;
+pub use nats::{parse_urls as parse_nats_urls, NatsConfig};
 
 /// Prefix of the environment variables read by [`Settings::from_env`].
 pub const ENV_PREFIX: &str = "CONNWARDEN_";

@@ -89,15 +89,20 @@ impl Record {
         dst.extend_from_slice(self.conn_id.to_string().as_bytes());
         dst.extend_from_slice(b",\"peer\":\"");
         dst.extend_from_slice(self.peer.to_string().as_bytes());
+        dst.push(b'"');
         if let Some(client_id) = &self.client_id {
-            // Printable ASCII without spaces (checked in `hello`); `"` and `\\` need escapes.
-            dst.extend_from_slice(b"\",\"client_id\":");
-            let quoted = serde_json::to_string(&**client_id).unwrap_or_default();
-            dst.extend_from_slice(quoted.as_bytes());
-            dst.extend_from_slice(b",\"item\":");
-        } else {
-            dst.extend_from_slice(b"\",\"item\":");
+            // Printable ASCII without spaces (`check_client_id`): only `"` and `\` need an
+            // escape, written in place rather than through an allocation per record.
+            dst.extend_from_slice(b",\"client_id\":\"");
+            for byte in client_id.bytes() {
+                if byte == b'"' || byte == b'\\' {
+                    dst.push(b'\\');
+                }
+                dst.push(byte);
+            }
+            dst.push(b'"');
         }
+        dst.extend_from_slice(b",\"item\":");
         dst.extend_from_slice(&self.item);
         dst.extend_from_slice(b"}\n");
     }
@@ -145,5 +150,23 @@ mod tests {
         assert!(value["received_at"].as_str().unwrap().ends_with('Z'));
         let text = std::str::from_utf8(&line).unwrap();
         assert!(text.contains(std::str::from_utf8(&item).unwrap()));
+    }
+
+    #[test]
+    fn client_id_is_a_json_string_whatever_it_holds() {
+        let mut record = Record::new(
+            1,
+            "127.0.0.1:4000".parse().unwrap(),
+            "1.2.3.4".parse().unwrap(),
+            Bytes::from_static(br#"{"ip":"1.2.3.4","id":7}"#),
+            Some(Bytes::from_static(b"7")),
+        );
+        record.client_id = Some(r#"a"b\c:d"#.into());
+        let mut line = Vec::new();
+        record.write_ndjson(&mut line);
+        let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(value["client_id"], r#"a"b\c:d"#);
+        assert_eq!(value["item"]["id"], 7);
+        assert_eq!(record.message_id().as_deref(), Some(r#"a"b\c:d:7"#));
     }
 }

@@ -23,22 +23,7 @@ fn serve(extra: &[&str]) -> (Proc, Admin, String) {
 
 /// Starts `serve` on loopback ports of its own choosing, storing to `sink`.
 fn serve_to(sink: &str, extra: &[&str]) -> (Proc, Admin, String) {
-    let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--sink",
-        sink,
-        "--log-format",
-        "json",
-    ];
-    args.extend_from_slice(extra);
-    let mut server = Proc::spawn(&args);
-    let admin = Admin::of(&mut server);
-    let listening = server.wait_log("listening").expect("listening");
-    let addr = listening["addr"].as_str().expect("addr").to_owned();
-    (server, admin, addr)
+    common::serve_with_admin(sink, extra, Duration::from_secs(10))
 }
 
 fn connect(addr: &str) -> TcpStream {

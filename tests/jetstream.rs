@@ -22,27 +22,11 @@ struct Gateway {
 impl Gateway {
     fn start(name: &str, nats: &Nats, extra: &[&str]) -> Gateway {
         let urls = nats.urls();
-        let mut args = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--sink",
-            "jetstream",
-            "--nats-url",
-            &urls,
-            "--gateway-name",
-            name,
-            "--log-format",
-            "json",
-        ];
+        let mut args = vec!["--nats-url", &urls, "--gateway-name", name];
         args.extend_from_slice(extra);
-        let mut proc = Proc::spawn(&args);
-        let admin = Admin::of(&mut proc);
-        let listening = proc
-            .wait_log_within("listening", Duration::from_secs(90))
-            .expect("listening");
-        let addr = listening["addr"].as_str().expect("addr").to_owned();
+        // A new cluster may take a while to elect the leaders the stream needs.
+        let (proc, admin, addr) =
+            common::serve_with_admin("jetstream", &args, Duration::from_secs(90));
         Gateway { proc, admin, addr }
     }
 

@@ -56,15 +56,11 @@ impl NatsTarget {
         !self.urls.is_empty()
     }
 
-    fn config(&self) -> NatsConfig {
-        NatsConfig {
-            urls: self
-                .urls
-                .iter()
-                .flat_map(|u| u.split(','))
-                .map(|u| u.trim().to_owned())
-                .filter(|u| !u.is_empty())
-                .collect(),
+    fn config(&self) -> anyhow::Result<NatsConfig> {
+        let urls = connwarden::config::parse_nats_urls(&self.urls)
+            .map_err(|reason| anyhow::anyhow!("--nats: {reason}"))?;
+        Ok(NatsConfig {
+            urls,
             creds: self.nats_creds.clone(),
             token_file: self.nats_token_file.clone(),
             user: self.nats_user.clone(),
@@ -72,7 +68,7 @@ impl NatsTarget {
             tls_ca: self.nats_tls_ca.clone(),
             registry: self.nats_registry.clone(),
             ..NatsConfig::default()
-        }
+        })
     }
 
     /// Runs `work` against the cluster, on a runtime of its own.
@@ -81,8 +77,9 @@ impl NatsTarget {
             .enable_all()
             .build()
             .context("cannot start the Tokio runtime")?;
+        let config = self.config()?;
         runtime.block_on(async {
-            let cluster = Cluster::connect(&self.config(), self.nats_timeout).await?;
+            let cluster = Cluster::connect(&config, self.nats_timeout).await?;
             work(&cluster).await
         })
     }

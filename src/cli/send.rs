@@ -105,14 +105,8 @@ impl SendArgs {
         let mut config = ClientConfig::new(self.to.clone());
         anyhow::ensure!(!config.addrs().is_empty(), "--to needs an address");
         if let Some(id) = &self.client_id {
-            let valid = !id.is_empty()
-                && id.len() <= connwarden::protocol::MAX_CLIENT_ID
-                && id.bytes().all(|b| b.is_ascii_graphic());
-            anyhow::ensure!(
-                valid,
-                "--client-id must be 1 to {} printable ASCII characters without spaces",
-                connwarden::protocol::MAX_CLIENT_ID
-            );
+            connwarden::protocol::check_client_id(id)
+                .map_err(|reason| anyhow::anyhow!("--client-id {id:?}: {reason}"))?;
             config.client_id = id.clone();
         }
         config.ack = self.ack;

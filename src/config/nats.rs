@@ -247,7 +247,9 @@ fn host_name() -> String {
     std::env::var("COMPUTERNAME").unwrap_or_default()
 }
 
-pub(super) fn parse_urls(values: &[String]) -> Result<Vec<String>, String> {
+/// Parses NATS server URLs: each value may hold several, comma-separated; `nats://`, `tls://` or
+/// no scheme.
+pub fn parse_urls(values: &[String]) -> Result<Vec<String>, String> {
     let urls: Vec<String> = values
         .iter()
         .flat_map(|v| v.split(','))

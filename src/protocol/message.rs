@@ -334,17 +334,26 @@ fn parse_hello(text: &str) -> Result<Hello, ItemError> {
     let Some(client_id) = fields.client_id else {
         return Ok(Hello::default());
     };
-    let valid = !client_id.is_empty()
-        && client_id.len() <= MAX_CLIENT_ID
-        && client_id.bytes().all(|b| b.is_ascii_graphic());
-    if !valid {
-        return Err(bad(format!(
-            "client_id must be 1 to {MAX_CLIENT_ID} printable ASCII characters without spaces"
-        )));
-    }
+    check_client_id(&client_id).map_err(bad)?;
     Ok(Hello {
         client_id: Some(client_id.into_owned()),
     })
+}
+
+/// Checks a `client_id`: 1 to [`MAX_CLIENT_ID`] printable ASCII characters without spaces (one
+/// token of a message id, one word in a log). The server checks every `hello` with it; the
+/// client checks one it is given.
+pub fn check_client_id(client_id: &str) -> Result<(), String> {
+    let valid = !client_id.is_empty()
+        && client_id.len() <= MAX_CLIENT_ID
+        && client_id.bytes().all(|b| b.is_ascii_graphic());
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "client_id must be 1 to {MAX_CLIENT_ID} printable ASCII characters without spaces"
+        ))
+    }
 }
 
 fn parse_ip(raw: &RawValue) -> Result<IpAddr, String> {

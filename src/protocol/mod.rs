@@ -10,6 +10,6 @@ mod message;
 
 pub use decoder::{Decoder, Frame, FrameTooLarge, Truncated, MAX_FRAME_LIMIT};
 pub use message::{
-    interpret, parse, parse_reply, ErrorCode, Hello, Inbound, Item, ItemError, Outbound, Reply,
-    ReplyError, MAX_CLIENT_ID,
+    check_client_id, interpret, parse, parse_reply, ErrorCode, Hello, Inbound, Item, ItemError,
+    Outbound, Reply, ReplyError, MAX_CLIENT_ID,
 };

@@ -89,8 +89,8 @@ enum State {
     Waiting(AckFuture),
     /// Acknowledged, found so before it reached the head of the window.
     Stored(PublishAck),
-    /// Failed, found so before it reached the head of the window: published again in the next
-    /// retry pass.
+    /// Failed, seen by a scan before it reached the head of the window, or refused by NATS in a
+    /// retry pass: published again in the next retry pass.
     Failed(PublishError),
 }
 
@@ -202,23 +202,23 @@ impl Sink for JetStreamSink {
                 let mut line = Vec::with_capacity(record.item.len() + 160);
                 record.write_ndjson(&mut line);
                 line.pop(); // the newline: a message is one record
-                let mut entry = Entry {
-                    payload: Bytes::from(line),
-                    msg_id: record.message_id(),
-                    first_sent: Instant::now(),
-                    state: State::Stored(PublishAck::default()),
-                    _permit: permit,
-                };
+                let (payload, msg_id) = (Bytes::from(line), record.message_id());
+                let first_sent = Instant::now();
                 let ack = publish(
                     &self.js,
                     &self.subject,
-                    &entry.payload,
-                    entry.msg_id.as_deref(),
+                    &payload,
+                    msg_id.as_deref(),
                     &self.metrics,
-                    true,
                 )
                 .await?;
-                entry.state = State::Waiting(ack);
+                let entry = Entry {
+                    payload,
+                    msg_id,
+                    first_sent,
+                    state: State::Waiting(ack),
+                    _permit: permit,
+                };
                 self.metrics.jetstream_in_flight(1);
                 self.to_confirmer
                     .send(entry)
@@ -253,25 +253,35 @@ impl Sink for JetStreamSink {
     }
 }
 
-/// Hands `entry` to NATS. A message NATS cannot take now (its connection's buffer stays full
-/// for `nats_publish_timeout`) is offered again after a backoff, when `wait` (the sink's path);
-/// in the confirmer's retry pass the failure is returned as the ack, to be retried in the next.
+/// Hands a record to NATS: its pending ack, or why NATS would not take it.
+async fn send_once(
+    js: &jetstream::Context,
+    subject: &Subject,
+    payload: &Bytes,
+    msg_id: Option<&str>,
+) -> Result<AckFuture, PublishError> {
+    let mut message = PublishMessage::build().payload(payload.clone());
+    if let Some(id) = msg_id {
+        message = message.message_id(id);
+    }
+    let ack = js.send_publish(subject.clone(), message).await?;
+    Ok(std::future::IntoFuture::into_future(ack))
+}
+
+/// Hands a new record to NATS. A message NATS cannot take now (its connection's buffer stays
+/// full for `nats_publish_timeout`) is offered again after a backoff; one over the server's
+/// `max_payload` is refused.
 async fn publish(
     js: &jetstream::Context,
     subject: &Subject,
     payload: &Bytes,
     msg_id: Option<&str>,
     metrics: &Metrics,
-    wait: bool,
 ) -> Result<AckFuture, SinkError> {
     let mut delay = RETRY_FIRST;
     loop {
-        let mut message = PublishMessage::build().payload(payload.clone());
-        if let Some(id) = msg_id {
-            message = message.message_id(id);
-        }
-        match js.send_publish(subject.clone(), message).await {
-            Ok(ack) => return Ok(std::future::IntoFuture::into_future(ack)),
+        match send_once(js, subject, payload, msg_id).await {
+            Ok(ack) => return Ok(ack),
             Err(error) if error.kind() == PublishErrorKind::MaxPayloadExceeded => {
                 metrics.jetstream_failure(PublishFailure::MaxPayload);
                 return Err(SinkError::Setup {
@@ -279,7 +289,6 @@ async fn publish(
                     reason: error.to_string(),
                 });
             }
-            Err(error) if !wait => return Ok(Box::pin(std::future::ready(Err(error)))),
             Err(error) => {
                 metrics.jetstream_failure(PublishFailure::Send);
                 tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "cannot hand a record to NATS; retrying");
@@ -329,15 +338,17 @@ async fn confirm(
                 None => return,
             }
         };
+        // A failure found by a scan or a retry pass was counted there.
+        let mut counted = false;
         let outcome = match &mut head.state {
             State::Stored(ack) => Ok(std::mem::take(ack)),
             State::Failed(_) => {
-                let State::Failed(error) =
-                    std::mem::replace(&mut head.state, State::Stored(PublishAck::default()))
-                else {
-                    unreachable!("matched above")
-                };
-                Err(error)
+                counted = true;
+                // The head is published again by the retry pass below, whatever it holds.
+                match std::mem::replace(&mut head.state, State::Stored(PublishAck::default())) {
+                    State::Failed(error) => Err(error),
+                    _ => unreachable!("matched above"),
+                }
             }
             State::Waiting(ack) => match poll_once(ack) {
                 Some(outcome) => outcome,
@@ -367,7 +378,9 @@ async fn confirm(
             Err(error) => {
                 progress.failing.send_replace(true);
                 let failure = classify(&error);
-                metrics.jetstream_failure(failure);
+                if !counted {
+                    metrics.jetstream_failure(failure);
+                }
                 let delay = outage.failed(failure, &error);
                 tokio::time::sleep(delay).await;
                 while let Ok(entry) = entries.try_recv() {
@@ -400,50 +413,28 @@ fn scan_window(pending: &mut VecDeque<Entry>, metrics: &Metrics) -> bool {
     failed
 }
 
-/// Publishes again the head (whose publish failed) and every later record whose publish has
-/// failed, in order; records found acknowledged meanwhile are kept as stored.
+/// Publishes again the head, whose publish failed (however its failure was seen, and whatever
+/// its state now holds), and every later record whose publish has failed, in order; records
+/// found acknowledged meanwhile are kept as stored.
 async fn retry_pass(
     pending: &mut VecDeque<Entry>,
     js: &jetstream::Context,
     subject: &Subject,
     metrics: &Metrics,
 ) {
+    scan_window(pending, metrics);
     for (i, entry) in pending.iter_mut().enumerate() {
-        let failed = match &mut entry.state {
-            State::Stored(_) => false,
-            State::Failed(_) => true,
-            State::Waiting(_) if i == 0 => true,
-            State::Waiting(ack) => match poll_once(ack) {
-                None => false,
-                Some(Ok(ack)) => {
-                    entry.state = State::Stored(ack);
-                    false
-                }
-                Some(Err(error)) => {
-                    metrics.jetstream_failure(classify(&error));
-                    true
-                }
-            },
-        };
-        if failed {
-            let sent = publish(
-                js,
-                subject,
-                &entry.payload,
-                entry.msg_id.as_deref(),
-                metrics,
-                false,
-            )
-            .await;
-            match sent {
-                Ok(ack) => entry.state = State::Waiting(ack),
-                Err(error) => {
-                    // Only a message over max_payload, which `open` ruled out for this
-                    // server; another server of the cluster may differ. Kept and retried.
-                    tracing::error!(error = %error, "record refused by NATS; retrying");
-                }
-            }
+        if i > 0 && !matches!(entry.state, State::Failed(_)) {
+            continue;
         }
+        // A record NATS will not take now stays failed, for the next pass.
+        entry.state = match send_once(js, subject, &entry.payload, entry.msg_id.as_deref()).await {
+            Ok(ack) => State::Waiting(ack),
+            Err(error) => {
+                metrics.jetstream_failure(classify(&error));
+                State::Failed(error)
+            }
+        };
     }
 }
 

@@ -241,6 +241,29 @@ impl Client {
     }
 }
 
+/// Starts `serve` on loopback ports of its own choosing with JSON logs, storing to `sink`, and
+/// waits up to `bound` for it to listen; its admin API and data address.
+pub fn serve_with_admin(sink: &str, extra: &[&str], bound: Duration) -> (Proc, Admin, String) {
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--sink",
+        sink,
+        "--log-format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    let mut server = Proc::spawn(&args);
+    let admin = Admin::of(&mut server);
+    let listening = server
+        .wait_log_within("listening", bound)
+        .expect("listening");
+    let addr = listening["addr"].as_str().expect("addr").to_owned();
+    (server, admin, addr)
+}
+
 /// Path of the `connwarden` binary built for these tests.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_connwarden")
