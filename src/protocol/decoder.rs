@@ -92,7 +92,8 @@ struct ObjectScan {
 /// Incremental, bounded splitter of a JSON object stream.
 #[derive(Debug)]
 pub struct Decoder {
-    max_frame: usize,
+    /// At most [`MAX_FRAME_LIMIT`], so it fits 32 bits: every idle connection holds a decoder.
+    max_frame: u32,
     /// Bytes of the pending frame already scanned (at most `max_frame + 1`).
     scanned: u32,
     /// Bytes of the pending object kept so far: its compacted length. The object is compacted
@@ -102,11 +103,15 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    fn max_frame(&self) -> usize {
+        self.max_frame as usize
+    }
+
     /// A decoder that refuses frames longer than `max_frame` bytes (as received, whitespace
     /// included; at most [`MAX_FRAME_LIMIT`]).
     pub fn new(max_frame: usize) -> Decoder {
         Decoder {
-            max_frame: max_frame.min(MAX_FRAME_LIMIT),
+            max_frame: max_frame.min(MAX_FRAME_LIMIT) as u32,
             scanned: 0,
             kept: 0,
             state: State::Between,
@@ -138,8 +143,8 @@ impl Decoder {
             State::Between => unreachable!("state set above"),
         };
         match end {
-            Some(len) if len > self.max_frame => Err(FrameTooLarge {
-                limit: self.max_frame,
+            Some(len) if len > self.max_frame() => Err(FrameTooLarge {
+                limit: self.max_frame(),
             }),
             Some(len) => {
                 let mut bytes = buf.split_to(len);
@@ -153,8 +158,8 @@ impl Decoder {
                 self.state = State::Between;
                 Ok(Some(frame))
             }
-            None if self.scanned as usize > self.max_frame => Err(FrameTooLarge {
-                limit: self.max_frame,
+            None if self.scanned > self.max_frame => Err(FrameTooLarge {
+                limit: self.max_frame(),
             }),
             None => Ok(None),
         }
@@ -189,7 +194,7 @@ impl Decoder {
     /// in the compacted object. Returns the object's length as received once its closing brace
     /// is in `buf`.
     fn scan_object(&mut self, mut scan: ObjectScan, buf: &mut [u8]) -> Option<usize> {
-        let limit = buf.len().min(self.max_frame + 1);
+        let limit = buf.len().min(self.max_frame() + 1);
         let mut kept = self.kept as usize;
         let mut at = self.scanned as usize;
         let mut found = None;
@@ -256,7 +261,7 @@ impl Decoder {
 
     /// Junk runs to the end of its line, or up to the next `{`.
     fn scan_junk(&mut self, buf: &[u8]) -> Option<usize> {
-        let limit = buf.len().min(self.max_frame + 1);
+        let limit = buf.len().min(self.max_frame() + 1);
         let scanned = self.scanned as usize;
         let found = memchr::memchr2(b'\n', b'{', &buf[scanned..limit]).map(|p| {
             let at = scanned + p;
