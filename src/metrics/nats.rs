@@ -21,14 +21,15 @@ pub enum PublishFailure {
     Timeout,
     /// No stream listens on the subject (none yet, or no leader during an election).
     NoResponders,
-    /// The connection to NATS broke before the ack came.
-    BrokenPipe,
+    /// A batch lost a message on its way to the stream leader (a connection or a leader lost):
+    /// the stream stored none after it, and the rest is published again.
+    Gap,
     /// JetStream is still storing an earlier copy with the same message id (error 10158): the
     /// retry will be answered as a duplicate. Retried, and not counted as an error.
     MessageIdInProcess,
     /// Another JetStream API error (stream full, storage failure, no quorum…).
     Api,
-    /// The message could not be handed to the NATS connection in time.
+    /// The message could not be handed to the NATS connection.
     Send,
     /// The message is larger than the server's `max_payload`.
     MaxPayload,
@@ -39,7 +40,7 @@ impl PublishFailure {
     pub const ALL: [PublishFailure; 7] = [
         PublishFailure::Timeout,
         PublishFailure::NoResponders,
-        PublishFailure::BrokenPipe,
+        PublishFailure::Gap,
         PublishFailure::MessageIdInProcess,
         PublishFailure::Api,
         PublishFailure::Send,
@@ -51,7 +52,7 @@ impl PublishFailure {
         match self {
             PublishFailure::Timeout => "timeout",
             PublishFailure::NoResponders => "no_responders",
-            PublishFailure::BrokenPipe => "broken_pipe",
+            PublishFailure::Gap => "gap",
             PublishFailure::MessageIdInProcess => "msg_id_in_process",
             PublishFailure::Api => "api",
             PublishFailure::Send => "send",
@@ -168,7 +169,7 @@ pub(super) const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::G, "jetstream_publishes_in_flight", None, "Records published to JetStream and not yet acknowledged by it (bounded by nats_window)."),
     (Kind::C, "jetstream_retries_total", None, "Publishes sent again, by what went wrong the time before."),
     (Kind::C, "jetstream_errors_total", None, "Failed publishes, by kind (each was retried; msg_id_in_process is only a retry, not an error)."),
-    (Kind::C, "jetstream_duplicates_total", None, "Publishes JetStream answered as duplicates: resends it had already stored, within the duplicate window."),
+    (Kind::C, "jetstream_duplicates_total", None, "Resends JetStream answered as duplicates (already stored, within the duplicate window). JetStream reports them only when one opens a batch; those inside a batch are dropped silently and not counted."),
     (Kind::G, "nats_connected", None, "1 while the NATS connection is up."),
     (Kind::C, "nats_reconnects_total", None, "NATS connections re-established after a loss."),
 ];

@@ -134,6 +134,27 @@ impl NatsNode {
         }
     }
 
+    /// The names of the clients connected to this node (its monitoring `/connz`).
+    pub fn client_names(&self) -> Vec<String> {
+        let url = format!("http://127.0.0.1:{}/connz", self.http_port);
+        let Ok(mut response) = ureq::get(&url).call() else {
+            return Vec::new();
+        };
+        let body: serde_json::Value = response
+            .body_mut()
+            .read_json()
+            .unwrap_or(serde_json::Value::Null);
+        body["connections"]
+            .as_array()
+            .map(|connections| {
+                connections
+                    .iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Waits until `/healthz` answers 200 (the node is up; JetStream may still elect leaders).
     pub fn wait_healthy(&self, bound: Duration) {
         let url = format!("http://127.0.0.1:{}/healthz", self.http_port);
