@@ -50,8 +50,8 @@
 //! | `nats_duplicate_window` | `2m` | how long JetStream remembers message ids: a resend within it is stored once |
 //! | `nats_max_age` | `7d` | oldest message a created stream keeps, or `off` |
 //! | `nats_max_bytes` | `off` | largest size of a created stream; when full, publishes are refused and retried (nothing is evicted unread) |
-//! | `nats_window` | `4096` | publishes awaiting JetStream's ack, at most; when full, the sink waits |
-//! | `nats_publish_timeout` | `5s` | wait for one publish ack before the publish is retried |
+//! | `nats_window` | `4096` | records the JetStream sink holds not yet stored, at most (half of it is the flow asked of the server); when full, the sink waits |
+//! | `nats_publish_timeout` | `5s` | longest silence from JetStream while an answer is due; then the batch is published again |
 //! | `nats_creds` | `off` | NATS credentials file (JWT and nkey seed) |
 //! | `nats_token_file` | `off` | file holding a NATS token |
 //! | `nats_user`, `nats_password_file` | `off` | NATS user and the file holding its password |

@@ -130,10 +130,10 @@ pub struct ConfigFlags {
     /// Largest size of a created stream, or off [default: off].
     #[arg(long, value_name = "SIZE")]
     nats_max_bytes: Option<String>,
-    /// Publishes awaiting JetStream's ack, at most [default: 4096].
+    /// Records held not yet stored by JetStream, at most [default: 4096].
     #[arg(long, value_name = "N")]
     nats_window: Option<String>,
-    /// Wait for a publish ack before publishing again [default: 5s].
+    /// Longest silence from JetStream while an answer is due, before the batch is published again [default: 5s].
     #[arg(long, value_name = "DURATION")]
     nats_publish_timeout: Option<String>,
     /// NATS credentials file [default: off].

@@ -26,9 +26,9 @@ pub struct NatsConfig {
     pub max_age: Option<Duration>,
     /// Largest size of a created stream; `None` has no limit.
     pub max_bytes: Option<u64>,
-    /// Publishes awaiting their ack, at most.
+    /// Records the sink holds not yet stored, at most.
     pub window: usize,
-    /// Wait for a publish ack before the publish is retried.
+    /// Longest silence from JetStream while an answer is due; then the batch is published again.
     pub publish_timeout: Duration,
     /// Credentials file (JWT and nkey seed).
     pub creds: Option<PathBuf>,
