@@ -1,11 +1,12 @@
 //! `connwarden bench`: a load generator in the binary. `idle` holds many connections, `flood`
 //! sends items as fast as the server takes them, `churn` connects, sends one item and closes,
-//! over and over. Latencies go into HDR histograms; a progress bar shows on a terminal; `--json`
+//! over and over; `jetstream` publishes straight into a JetStream stream. Latencies go into HDR histograms; a progress bar shows on a terminal; `--json`
 //! prints one object for scripts (`bench/compare.sh`).
 
 mod churn;
 mod flood;
 mod idle;
+mod jetstream;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -33,6 +34,9 @@ enum Workload {
     Flood(flood::FloodArgs),
     /// Connect, send one item, close; K times, concurrently.
     Churn(churn::ChurnArgs),
+    /// Publish straight into a JetStream stream with a plain async-nats publisher (the
+    /// ceiling the JetStream sink is compared with).
+    Jetstream(jetstream::JetStreamArgs),
 }
 
 /// What every workload takes: where to, from where, and how to report.
@@ -124,6 +128,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             Workload::Idle(args) => idle::run(args).await,
             Workload::Flood(args) => flood::run(args).await,
             Workload::Churn(args) => churn::run(args).await,
+            Workload::Jetstream(args) => jetstream::run(args).await,
         }
     })
 }
