@@ -7,22 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{binary, poll_until, Proc};
-
-fn doctor_json(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(binary())
-        .arg("doctor")
-        .arg("--json")
-        .args(args)
-        .output()
-        .expect("run doctor");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("doctor --json prints JSON")
-}
+use common::{binary, doctor_json, poll_until, Proc};
 
 fn sysctl(key: &str) -> String {
     let out = Command::new("sysctl")

@@ -361,3 +361,36 @@ fn three_gateways_three_nats_nodes_every_item_once_through_crashes() {
     );
     assert_exactly_once_in_order(&stored, items);
 }
+
+/// `doctor --nats-monitor` reads each server's JetStream sync setting from its `/varz`: the test
+/// servers sync always (no warning); a monitor that does not answer is reported unknown.
+#[test]
+fn doctor_reports_whether_nats_syncs_what_it_acknowledges() {
+    let _serial = one_at_a_time();
+    let nats = Nats::start(1);
+    let monitor = format!("http://127.0.0.1:{}", nats.nodes[0].http_port);
+    let closed = format!("http://127.0.0.1:{}", common::nats::free_port());
+    let urls = nats.urls();
+    let monitors = format!("{monitor},{closed}");
+    let report = common::doctor_json(&[
+        "--sink",
+        "jetstream",
+        "--nats-url",
+        &urls,
+        "--nats-monitor",
+        &monitors,
+    ]);
+    let servers = report["nats"].as_array().expect("nats");
+    assert_eq!(servers.len(), 2, "{report}");
+    assert_eq!(servers[0]["monitor"], monitor.as_str());
+    assert_eq!(servers[0]["sync_always"], true, "{report}");
+    assert!(servers[1]["error"].is_string(), "{report}");
+    let codes: Vec<&str> = report["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .filter_map(|w| w["code"].as_str())
+        .filter(|code| code.starts_with("nats_sync"))
+        .collect();
+    assert_eq!(codes, ["nats_sync_unknown"], "{report}");
+}

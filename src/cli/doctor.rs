@@ -25,6 +25,11 @@ pub struct DoctorArgs {
     /// Make each failure mode happen in network namespaces and time it (Linux, root).
     #[arg(long)]
     measure: bool,
+    /// Monitoring endpoint of a NATS server the JetStream sink publishes to
+    /// (http://host:8222; repeatable or comma-separated): report whether it syncs what it
+    /// acknowledges (`sync_interval: always`).
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    nats_monitor: Vec<String>,
     /// With --measure: how far past its bound a measurement may land and still pass.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = connwarden::config::parse_duration)]
     tolerance: Duration,
@@ -43,7 +48,8 @@ struct Report<'a> {
 pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let config = args.flags.load()?;
     super::init_logging(config.log_format, "warn", None);
-    let inspection = doctor::inspect(&config).context("doctor")?;
+    let mut inspection = doctor::inspect(&config).context("doctor")?;
+    add_nats_durability(&mut inspection, &args.nats_monitor, &config);
     if !args.measure {
         if args.json {
             println!(
@@ -59,6 +65,39 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         print_inspection(&inspection);
     }
     measure(&config, &inspection, &args)
+}
+
+/// Reads each NATS server's sync setting from its `/varz` and adds a warning where acked items
+/// are not synced, or the setting cannot be read. A JetStream sink with no `--nats-monitor` gets
+/// a reminder, since nothing else can see the setting.
+fn add_nats_durability(
+    inspection: &mut Inspection,
+    monitors: &[String],
+    config: &connwarden::Config,
+) {
+    for monitor in monitors {
+        let monitor = monitor.trim().trim_end_matches('/');
+        let url = format!("{monitor}/varz");
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(3)))
+            .build()
+            .new_agent();
+        let durability = match agent.get(&url).call() {
+            Ok(mut response) => match response.body_mut().read_json::<serde_json::Value>() {
+                Ok(varz) => doctor::NatsDurability::from_varz(monitor, &varz),
+                Err(error) => doctor::NatsDurability::unreadable(monitor, &error.to_string()),
+            },
+            Err(error) => doctor::NatsDurability::unreadable(monitor, &error.to_string()),
+        };
+        inspection.warnings.extend(durability.warning());
+        inspection.nats.push(durability);
+    }
+    if monitors.is_empty() && config.sink == connwarden::config::SinkSpec::JetStream {
+        inspection.warnings.push(doctor::Warning {
+            code: "nats_sync_unknown",
+            message: "the JetStream sink's servers were not asked whether they sync what they acknowledge; pass --nats-monitor http://HOST:8222 for each (docs/SCALE-OUT.md)".into(),
+        });
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -240,6 +279,27 @@ fn print_inspection(inspection: &Inspection) {
         })
         .collect();
     table(&["failure", "bound", "close reason", "mechanism"], &rows);
+
+    if !inspection.nats.is_empty() {
+        println!("\nNATS servers (JetStream sync)");
+        let rows: Vec<Vec<String>> = inspection
+            .nats
+            .iter()
+            .map(|n| {
+                vec![
+                    n.monitor.clone(),
+                    or_dash(&n.server),
+                    match (n.sync_always, n.sync_interval_ms) {
+                        (Some(true), _) => "always".into(),
+                        (Some(false), Some(ms)) => format!("every {} s", ms / 1000),
+                        (Some(false), None) => "interval".into(),
+                        (None, _) => format!("unknown: {}", or_dash(&n.error)),
+                    },
+                ]
+            })
+            .collect();
+        table(&["monitor", "server", "sync"], &rows);
+    }
 
     if inspection.warnings.is_empty() {
         println!("\nno warnings");

@@ -98,6 +98,9 @@ pub struct Inspection {
     pub bounds: Vec<Bound>,
     /// Settings that defeat their purpose.
     pub warnings: Vec<Warning>,
+    /// The JetStream sync setting of each NATS server asked (`doctor --nats-monitor`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nats: Vec<super::NatsDurability>,
 }
 
 /// Why the inspection could not run.
@@ -132,6 +135,7 @@ pub fn inspect(config: &Config) -> Result<Inspection, InspectError> {
         options: option_rows(&options, &server, &client, &kernel),
         bounds: bounds(config, &kernel),
         warnings: warnings(config, &kernel, &options, &[&server, &client]),
+        nats: Vec::new(),
         kernel,
     })
 }

@@ -626,3 +626,19 @@ pub fn promtool_check(exposition: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs `connwarden doctor --json` with `args`; it must succeed. Its report.
+pub fn doctor_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(binary())
+        .arg("doctor")
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run doctor");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("doctor --json prints JSON")
+}
