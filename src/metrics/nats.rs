@@ -127,8 +127,8 @@ impl super::Metrics {
         self.nats.in_flight.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Observes one JetStream ack, `latency` after the record's first publish; `duplicate` when
-    /// JetStream already had its message id.
+    /// Observes one JetStream ack, `latency` after the record was handed to the publisher;
+    /// `duplicate` when JetStream already had its message id.
     pub fn jetstream_acked(&self, latency: Duration, duplicate: bool) {
         self.nats.publish_latency.observe(latency);
         if duplicate {
@@ -162,7 +162,7 @@ impl super::Metrics {
 }
 
 const PUBLISH_LATENCY_HELP: &str =
-    "Time from a record's first publish to JetStream's ack for it, retries included.";
+    "Time from a record's hand-over to the JetStream publisher to JetStream's ack for it (waiting for the window and retries included).";
 
 /// The NATS metrics: kind, name after the prefix, unit, help.
 pub(super) const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
