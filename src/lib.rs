@@ -49,4 +49,4 @@ pub use close_reason::CloseReason;
 pub use config::Config;
 pub use record::Record;
 pub use registry::Registry;
-pub use server::{Server, ServerBuilder, ServerError};
+pub use server::{Lifecycle, Server, ServerBuilder, ServerError};

@@ -2,7 +2,7 @@
 
 mod cli;
 
-/// mimalloc on Linux/glibc: less memory per idle connection than glibc's malloc, whose
+/// jemalloc on Linux/glibc: less memory per idle connection than glibc's malloc, whose
 /// per-allocation overhead and fragmentation showed in the per-connection figure.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[global_allocator]

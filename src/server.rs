@@ -95,7 +95,21 @@ pub struct ServerBuilder {
     config: Config,
     sink: Option<Box<dyn Sink>>,
     registry: Option<Registry>,
+    on_lifecycle: Option<LifecycleHook>,
 }
+
+/// A moment in a server's life that a service manager wants to hear of (`connwarden serve`
+/// tells systemd through `NOTIFY_SOCKET`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Listening, with the sink open: `/readyz` turns ready at the same moment.
+    Ready,
+    /// Shutdown began: no new connections; the live ones drain within `shutdown_grace`.
+    Stopping,
+}
+
+/// Called at each [`Lifecycle`] moment.
+type LifecycleHook = Arc<dyn Fn(Lifecycle) + Send + Sync>;
 
 impl ServerBuilder {
     /// Items go to `sink` instead of the one the configuration names.
@@ -107,6 +121,15 @@ impl ServerBuilder {
     /// Uses an existing registry (to share it with other parts of a program).
     pub fn registry(mut self, registry: Registry) -> ServerBuilder {
         self.registry = Some(registry);
+        self
+    }
+
+    /// Calls `hook` when the server becomes ready and when it begins to stop.
+    pub fn on_lifecycle(
+        mut self,
+        hook: impl Fn(Lifecycle) + Send + Sync + 'static,
+    ) -> ServerBuilder {
+        self.on_lifecycle = Some(Arc::new(hook));
         self
     }
 
@@ -131,6 +154,7 @@ impl ServerBuilder {
             metrics,
             readiness: Arc::new(Readiness::default()),
             token,
+            on_lifecycle: self.on_lifecycle,
         })
     }
 }
@@ -145,6 +169,7 @@ pub struct Server {
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     token: Option<Token>,
+    on_lifecycle: Option<LifecycleHook>,
 }
 
 /// What shutdown achieved.
@@ -169,6 +194,7 @@ impl Server {
             config,
             sink: None,
             registry: None,
+            on_lifecycle: None,
         }
     }
 
@@ -250,7 +276,13 @@ impl Server {
             metrics,
             readiness,
             token: _,
+            on_lifecycle,
         } = self;
+        let lifecycle = |moment| {
+            if let Some(hook) = &on_lifecycle {
+                hook(moment);
+            }
+        };
         // Ends the admin API and the metrics upkeep when `run` ends, on every path.
         let stop_background = CancellationToken::new();
         let admin_task = match config.admin {
@@ -313,9 +345,11 @@ impl Server {
             .collect();
         drop(acceptor);
         readiness.set_ready();
+        lifecycle(Lifecycle::Ready);
 
         shutdown.await;
         readiness.set_draining();
+        lifecycle(Lifecycle::Stopping);
         let deadline = Instant::now() + config.shutdown_grace;
         tracing::info!(
             live = registry.len(),

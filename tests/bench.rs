@@ -8,14 +8,7 @@ use std::process::Command;
 use common::{binary, Proc};
 
 fn serve() -> (Proc, String) {
-    let mut serve = Proc::spawn(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--sink",
-        "file:/dev/null",
-        "--log-format",
-        "json",
-    ]);
+    let mut serve = Proc::spawn(common::LOOPBACK_TO_NULL);
     let listening = serve.wait_log("listening").expect("serve listens");
     let addr = listening["addr"].as_str().unwrap().to_owned();
     (serve, addr)

@@ -3,10 +3,12 @@
 mod admin;
 mod bench;
 mod cluster;
+mod completions;
 mod config_flags;
 mod doctor;
 mod send;
 mod serve;
+mod service;
 mod table;
 
 use std::process::ExitCode;
@@ -37,6 +39,10 @@ enum Command {
     Kick(admin::KickArgs),
     /// List a running server's most recently closed connections, with their reasons.
     Closed(admin::ClosedArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff: `connwarden man | man -l -`), or write every page (--dir).
+    Man(completions::ManArgs),
 }
 
 /// Exit status for a configuration error, so scripts can tell it from a runtime failure.
@@ -45,13 +51,15 @@ const EXIT_CONFIG: u8 = 2;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(*args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => serve::run(*args),
         Command::Send(args) => send::run(*args),
         Command::Doctor(args) => doctor::run(*args),
         Command::Bench(args) => bench::run(args),
         Command::Conns(args) => admin::conns(*args),
         Command::Kick(args) => admin::kick(args),
         Command::Closed(args) => admin::closed(args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,7 @@
 //! `connwarden serve`.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Args;
 use connwarden::Server;
@@ -15,19 +17,38 @@ pub struct ServeArgs {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Check the configuration (file, environment, flags, the admin token file) and exit: 0
+    /// when it is valid, 2 with the reason when not. Nothing is bound or opened.
+    #[arg(long)]
+    check_config: bool,
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.flags.load()?;
     if args.print_config {
         print!("{}", config.to_toml());
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.check_config {
+        return Ok(match Server::builder(config).build() {
+            Ok(_) => {
+                eprintln!("connwarden: configuration ok");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("connwarden: error: {:#}", anyhow::Error::from(error));
+                ExitCode::from(super::EXIT_CONFIG)
+            }
+        });
     }
     super::init_logging(config.log_format, "info", None);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
     runtime.block_on(async move {
         let shutdown = super::stop_signal()?;
-        let server = Server::builder(config).build()?;
+        super::service::spawn_watchdog();
+        let server = Server::builder(config)
+            .on_lifecycle(super::service::notify)
+            .build()?;
         let listeners = server.bind()?;
         let report = server.run(listeners, shutdown).await?;
         anyhow::ensure!(
@@ -35,6 +56,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             "{} queued items were not written before the shutdown grace ran out",
             report.abandoned
         );
-        Ok(())
+        Ok(ExitCode::SUCCESS)
     })
 }

@@ -303,6 +303,14 @@ impl Proc {
         Proc::start(command)
     }
 
+    /// Starts `connwarden serve ARGS` with extra environment variables.
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Proc {
+        let mut command = Command::new(binary());
+        command.arg("serve").args(args);
+        command.envs(env.iter().copied());
+        Proc::start(command)
+    }
+
     /// Starts `connwarden serve ARGS` with its standard output in `child.stdout`.
     pub fn spawn_with_stdout(args: &[&str]) -> Proc {
         let mut command = Command::new(binary());
@@ -642,3 +650,14 @@ pub fn doctor_json(args: &[&str]) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("doctor --json prints JSON")
 }
+
+/// `serve` flags for a server on a loopback port of its own choosing, items to /dev/null,
+/// JSON logs (read with [`Proc::wait_log`]).
+pub const LOOPBACK_TO_NULL: &[&str] = &[
+    "--listen",
+    "127.0.0.1:0",
+    "--sink",
+    "file:/dev/null",
+    "--log-format",
+    "json",
+];

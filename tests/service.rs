@@ -1,0 +1,134 @@
+//! Running as a service: systemd's readiness, stopping and watchdog notifications through a
+//! `NOTIFY_SOCKET` datagram socket the test owns, and the shell completions and man pages.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{binary, Proc};
+
+/// The next notification datagram that contains `what`, within `bound`; every one read is kept
+/// in `seen`.
+fn wait_notification(socket: &UnixDatagram, what: &str, bound: Duration, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + bound;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no {what:?} within {bound:?}; got {seen:?}"
+        );
+        socket.set_read_timeout(Some(left)).expect("timeout");
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let found = message.lines().any(|line| line == what);
+                seen.push(message);
+                if found {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+}
+
+#[test]
+fn serve_tells_systemd_it_is_ready_once_listening_then_stopping_and_feeds_the_watchdog() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+    let mut server = Proc::spawn_with_env(
+        common::LOOPBACK_TO_NULL,
+        &[
+            ("NOTIFY_SOCKET", path.as_os_str()),
+            // 200 ms: a WATCHDOG=1 every 100 ms.
+            ("WATCHDOG_USEC", std::ffi::OsStr::new("200000")),
+        ],
+    );
+    let mut seen = Vec::new();
+    wait_notification(&socket, "READY=1", Duration::from_secs(10), &mut seen);
+    // Ready means listening: the log line came first, and the port takes connections.
+    let listening = server.wait_log("listening").expect("listening");
+    let addr = listening["addr"].as_str().expect("addr");
+    std::net::TcpStream::connect(addr).expect("connect once ready");
+    wait_notification(&socket, "WATCHDOG=1", Duration::from_secs(5), &mut seen);
+    server.terminate();
+    wait_notification(&socket, "STOPPING=1", Duration::from_secs(10), &mut seen);
+    assert!(server.wait_exit(Duration::from_secs(20)).success());
+    let ready_at = seen.iter().position(|m| m.contains("READY=1"));
+    let stopping_at = seen.iter().position(|m| m.contains("STOPPING=1"));
+    assert!(ready_at < stopping_at, "{seen:?}");
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_line_definitions() {
+    for (shell, marker) in [
+        ("bash", "_connwarden()"),
+        ("zsh", "#compdef connwarden"),
+        ("fish", "complete -c connwarden"),
+    ] {
+        let out = Command::new(binary())
+            .args(["completions", shell])
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(
+            script.contains("keepalive-idle"),
+            "{shell} completes serve's flags"
+        );
+    }
+    let out = Command::new(binary()).arg("man").output().expect("run");
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && page.contains(".TH connwarden 1"),
+        "{page}"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let status = Command::new(binary())
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .status()
+        .expect("run");
+    assert!(status.success());
+    let serve =
+        std::fs::read_to_string(dir.path().join("connwarden-serve.1")).expect("serve's page");
+    assert!(serve.contains("keepalive\\-idle"), "{serve}");
+}
+
+#[test]
+fn check_config_validates_without_starting() {
+    let check = |args: &[&str]| {
+        Command::new(binary())
+            .args(["serve", "--check-config", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .expect("run")
+    };
+    let ok = check(&[]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    for bad in [
+        &["--keepalive-idle", "0s"][..],
+        &["--admin-token-file", "/nonexistent/token"][..],
+    ] {
+        let out = check(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("error"),
+            "{bad:?}: a reason is given"
+        );
+    }
+}
