@@ -37,6 +37,9 @@
 //! | `overflow` | `backpressure` | full queue: `backpressure`, `drop-newest` or `drop-oldest` |
 //! | `sink` | `stdout` | `stdout` or `file:PATH` (NDJSON, appended) |
 //! | `fsync` | `batch` | when a `file:` sink's acks wait for `fsync`: `batch` (group commit: one `fsync` covers every batch written while the previous one ran; writing goes on meanwhile), `always` (each batch is synced before the next is written) or `never` (ack once the kernel has the bytes; synced at shutdown) |
+//! | `sink_rotate_size` | `off` | a `file:` sink is rotated at the first batch after it reaches this size: renamed to `PATH.<UTC time>`, a new `PATH` opened |
+//! | `sink_rotate_interval` | `off` | … or at the first batch this long after it was opened |
+//! | `sink_keep` | `off` | rotated files kept (the oldest beyond it are deleted), or `off` to keep them all |
 //! | `shutdown_grace` | `10s` | time from SIGINT/SIGTERM to exit, queue drain included |
 //! | `log_format` | `text` | `text` or `json` |
 //! | `admin` | `127.0.0.1:9464` | address of the admin API and `/metrics` (never a data port), or `off` |
@@ -100,6 +103,9 @@ pub const KEYS: &[&str] = &[
     "overflow",
     "sink",
     "fsync",
+    "sink_rotate_size",
+    "sink_rotate_interval",
+    "sink_keep",
     "shutdown_grace",
     "log_format",
     "admin",
@@ -413,6 +419,25 @@ pub enum Overflow {
     DropOldest,
 }
 
+/// When a `file:` sink starts a new file: at the first batch after the file reaches `size`
+/// bytes or is `interval` old (either, both or neither), keeping `keep` rotated files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rotation {
+    /// Size that starts a new file; `None` is no limit.
+    pub size: Option<u64>,
+    /// Age that starts a new file; `None` is no limit.
+    pub interval: Option<Duration>,
+    /// Rotated files kept; `None` keeps them all.
+    pub keep: Option<usize>,
+}
+
+impl Rotation {
+    /// Whether the sink rotates by itself.
+    pub fn enabled(&self) -> bool {
+        self.size.is_some() || self.interval.is_some()
+    }
+}
+
 /// Where items go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SinkSpec {
@@ -501,6 +526,8 @@ pub struct Config {
     pub sink: SinkSpec,
     /// When acks of a file sink wait for `fsync`.
     pub fsync: FsyncMode,
+    /// When a file sink is rotated, and how many rotated files are kept.
+    pub sink_rotation: Rotation,
     /// Time from the shutdown signal to exit.
     pub shutdown_grace: Duration,
     /// Format of the log lines.
@@ -548,6 +575,7 @@ impl Default for Config {
             overflow: Overflow::Backpressure,
             sink: SinkSpec::Stdout,
             fsync: FsyncMode::Batch,
+            sink_rotation: Rotation::default(),
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
@@ -605,6 +633,31 @@ impl Config {
         }
         if self.max_pending_replies == 0 {
             return fail("max_pending_replies", "must be at least 1".into());
+        }
+        let rotation = &self.sink_rotation;
+        if rotation.enabled() || rotation.keep.is_some() {
+            if !matches!(self.sink, SinkSpec::File(_)) {
+                let key = if rotation.size.is_some() {
+                    "sink_rotate_size"
+                } else if rotation.interval.is_some() {
+                    "sink_rotate_interval"
+                } else {
+                    "sink_keep"
+                };
+                return fail(key, "applies to a file: sink only".into());
+            }
+            if rotation.size.is_some_and(|size| size < 1024) {
+                return fail("sink_rotate_size", "must be at least 1KiB".into());
+            }
+            if rotation
+                .interval
+                .is_some_and(|i| i < Duration::from_secs(1))
+            {
+                return fail("sink_rotate_interval", "must be at least 1s".into());
+            }
+            if rotation.keep == Some(0) {
+                return fail("sink_keep", "must be at least 1, or off".into());
+            }
         }
         let ka = &self.keepalive;
         if ka.idle < Duration::from_secs(1) || ka.idle.as_secs() > MAX_KEEPALIVE_SECS {
@@ -762,6 +815,9 @@ impl Config {
             "overflow" => self.overflow = parse!(parse_overflow),
             "sink" => self.sink = parse!(parse_sink),
             "fsync" => self.fsync = parse!(parse_fsync),
+            "sink_rotate_size" => self.sink_rotation.size = parse!(parse_optional_size),
+            "sink_rotate_interval" => self.sink_rotation.interval = parse!(parse_optional_duration),
+            "sink_keep" => self.sink_rotation.keep = parse!(parse_optional_count),
             "shutdown_grace" => self.shutdown_grace = parse!(parse_duration),
             "log_format" => self.log_format = parse!(parse_log_format),
             "admin" => self.admin = parse!(parse_admin),
@@ -840,6 +896,19 @@ impl Config {
                 }),
             ),
             ("fsync", quoted(self.fsync.as_str())),
+            (
+                "sink_rotate_size",
+                self.sink_rotation
+                    .size
+                    .map_or_else(|| quoted("off"), |n| n.to_string()),
+            ),
+            ("sink_rotate_interval", opt_dur(self.sink_rotation.interval)),
+            (
+                "sink_keep",
+                self.sink_rotation
+                    .keep
+                    .map_or_else(|| quoted("off"), |n| n.to_string()),
+            ),
             ("shutdown_grace", dur(self.shutdown_grace)),
             (
                 "log_format",
@@ -1063,6 +1132,16 @@ fn parse_optional_size(text: &str) -> Result<Option<u64>, String> {
         "off" => Ok(None),
         other => parse_size(other)
             .map(|n| Some(n as u64))
+            .map_err(|e| format!("{e}, or off")),
+    }
+}
+
+/// Parses a count or `off`.
+fn parse_optional_count(text: &str) -> Result<Option<usize>, String> {
+    match text.trim() {
+        "off" => Ok(None),
+        other => parse_number(other)
+            .map(Some)
             .map_err(|e| format!("{e}, or off")),
     }
 }

@@ -33,7 +33,7 @@ use crate::protocol::{ErrorCode, Outbound};
 use crate::queue::{self, Consumer, Monitor, Producer};
 use crate::record::Record;
 use crate::registry::{ClosedConn, Registry};
-use crate::sink::{self, DrainReport, Sink, SinkError};
+use crate::sink::{self, DrainReport, ReopenHandle, Sink, SinkError};
 use crate::sockopt::{self, ListenError, ListenerOptions, SocketOptions};
 
 /// Longest time spent waiting before retrying `accept` after it failed, for example with
@@ -155,6 +155,7 @@ impl ServerBuilder {
             readiness: Arc::new(Readiness::default()),
             token,
             on_lifecycle: self.on_lifecycle,
+            reopen: ReopenHandle::default(),
         })
     }
 }
@@ -170,6 +171,7 @@ pub struct Server {
     readiness: Arc<Readiness>,
     token: Option<Token>,
     on_lifecycle: Option<LifecycleHook>,
+    reopen: ReopenHandle,
 }
 
 /// What shutdown achieved.
@@ -211,6 +213,12 @@ impl Server {
     /// Depth, pushes and drops of the queue, live.
     pub fn queue(&self) -> Monitor<Record> {
         self.consumer.monitor()
+    }
+
+    /// Asks the `file:` sink to reopen its path before its next batch (after `logrotate`
+    /// moved the file; `serve` does it on `SIGUSR1`).
+    pub fn sink_reopen(&self) -> ReopenHandle {
+        self.reopen.clone()
     }
 
     /// The server's metrics.
@@ -277,6 +285,7 @@ impl Server {
             readiness,
             token: _,
             on_lifecycle,
+            reopen,
         } = self;
         let lifecycle = |moment| {
             if let Some(hook) = &on_lifecycle {
@@ -301,7 +310,7 @@ impl Server {
         };
         let sink = match sink {
             Some(sink) => sink,
-            None => sink::open(&config, nats.as_ref(), &metrics).await?,
+            None => sink::open(&config, nats.as_ref(), &metrics, &reopen).await?,
         };
         let registry_task = nats.clone().map(|client| {
             let (config, registry, stop) =

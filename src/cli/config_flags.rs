@@ -103,6 +103,15 @@ pub struct ConfigFlags {
     /// File holding the admin API's bearer token (never the token itself on the command line) [default: off].
     #[arg(long, value_name = "PATH")]
     admin_token_file: Option<String>,
+    /// Rotate a file: sink at the first batch after it reaches this size, or off [default: off].
+    #[arg(long, value_name = "SIZE|off")]
+    sink_rotate_size: Option<String>,
+    /// Rotate a file: sink at the first batch after it is this old, or off [default: off].
+    #[arg(long, value_name = "DURATION|off")]
+    sink_rotate_interval: Option<String>,
+    /// Rotated files kept (the oldest beyond it deleted), or off to keep all [default: off].
+    #[arg(long, value_name = "N|off")]
+    sink_keep: Option<String>,
     /// Closed connections kept for GET /closed [default: 10000].
     #[arg(long, value_name = "N")]
     closed_history: Option<String>,
@@ -203,6 +212,9 @@ impl ConfigFlags {
             ("log_format", &self.log_format),
             ("admin", &self.admin),
             ("admin_token_file", &self.admin_token_file),
+            ("sink_rotate_size", &self.sink_rotate_size),
+            ("sink_rotate_interval", &self.sink_rotate_interval),
+            ("sink_keep", &self.sink_keep),
             ("closed_history", &self.closed_history),
             ("gateway_name", &self.gateway_name),
             ("nats_stream", &self.nats_stream),

@@ -49,6 +49,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let server = Server::builder(config)
             .on_lifecycle(super::service::notify)
             .build()?;
+        super::service::reopen_sink_on_sigusr1(server.sink_reopen())?;
         let listeners = server.bind()?;
         let report = server.run(listeners, shutdown).await?;
         anyhow::ensure!(

@@ -2,8 +2,10 @@
 //! `NOTIFY_SOCKET` (the `sd-notify` crate). `READY=1` once listening with the sink open,
 //! `STOPPING=1` when shutdown begins, and `WATCHDOG=1` at half the unit's `WatchdogSec` from a
 //! task of the server's own runtime, so a wedged runtime is restarted. Without
-//! `NOTIFY_SOCKET`, or off Unix, nothing is sent.
+//! `NOTIFY_SOCKET`, or off Unix, nothing is sent. And `SIGUSR1` (as for nginx's logs; `SIGHUP`
+//! is left for reloading the configuration) reopens a `file:` sink after `logrotate` moved it.
 
+use connwarden::sink::ReopenHandle;
 use connwarden::Lifecycle;
 
 /// Tells the service manager of a moment in the server's life.
@@ -42,4 +44,24 @@ pub fn spawn_watchdog() {
             }
         });
     }
+}
+
+/// Reopens the file sink's path at each `SIGUSR1` (before its next batch). Needs a Tokio
+/// runtime; off Unix there is no such signal and nothing is installed.
+pub fn reopen_sink_on_sigusr1(reopen: ReopenHandle) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use anyhow::Context;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                tracing::info!("SIGUSR1: the file sink reopens its path before its next batch");
+                reopen.request();
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = reopen;
+    Ok(())
 }

@@ -1,14 +1,39 @@
 //! NDJSON appended to a file: flushed to the kernel after every batch, synced (`fsync`) as the
 //! drain's [`crate::config::FsyncMode`] asks.
+//!
+//! A new file is started between two batches, never inside one, so every record is whole and
+//! in exactly one file: when [`Rotation`] says so (the file is renamed `PATH.<UTC time>` and a
+//! new `PATH` opened), or when asked to reopen `PATH` ([`ReopenHandle`], `SIGUSR1` in `serve`:
+//! after `logrotate` moved the file). Before the switch the old file is flushed and synced, so
+//! an ack still means "synced in the file that holds it".
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use tokio::io::AsyncWriteExt;
 
 use super::{encode_batch, Sink, SinkError, SinkFuture};
+use crate::config::Rotation;
 use crate::record::Record;
+
+/// Asks a running file sink to reopen its path before its next batch (`logrotate`'s
+/// `postrotate`: the file was moved; records go on to the moved file until then).
+#[derive(Clone, Debug, Default)]
+pub struct ReopenHandle(Arc<AtomicBool>);
+
+impl ReopenHandle {
+    /// Requests a reopen; several requests before the next batch make one.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::AcqRel)
+    }
+}
 
 /// Appends records to a file.
 pub struct FileSink {
@@ -17,6 +42,20 @@ pub struct FileSink {
     /// A second handle on the same open file, so `fsync` can run while writing goes on;
     /// `None` for what cannot be synced (a FIFO, a character device such as `/dev/null`).
     sync_handle: Option<Arc<std::fs::File>>,
+    rotation: Rotation,
+    reopen: ReopenHandle,
+    /// Bytes in the current file, and when it was opened.
+    bytes: u64,
+    opened: Instant,
+}
+
+/// Why a new file is started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Switch {
+    /// Rotation: the current file is renamed aside first.
+    Rotate,
+    /// Reopen: the path is opened again (someone moved the file).
+    Reopen,
 }
 
 impl FileSink {
@@ -26,25 +65,89 @@ impl FileSink {
     /// first, so the torn line stays one line of its own and the next record is whole. Its items
     /// were never acknowledged: their clients send them again.
     pub async fn open(path: &Path) -> Result<FileSink, SinkError> {
+        FileSink::open_rotating(path, Rotation::default(), ReopenHandle::default()).await
+    }
+
+    /// Like [`FileSink::open`], starting new files as `rotation` says and when `reopen` asks.
+    pub async fn open_rotating(
+        path: &Path,
+        rotation: Rotation,
+        reopen: ReopenHandle,
+    ) -> Result<FileSink, SinkError> {
         let owned = path.to_owned();
-        let opened = tokio::task::spawn_blocking(move || open_for_append(&owned))
-            .await
-            .map_err(io::Error::other)
-            .and_then(|r| r);
-        let io_error = |source| SinkError::Io {
-            sink: format!("file:{}", path.display()),
-            source,
-        };
-        let (file, regular) = opened.map_err(io_error)?;
-        let sync_handle = match regular {
-            true => Some(Arc::new(file.try_clone().map_err(io_error)?)),
-            false => None,
-        };
-        Ok(FileSink {
+        let (file, regular) =
+            blocking(move || open_for_append(&owned))
+                .await
+                .map_err(|source| SinkError::Io {
+                    sink: format!("file:{}", path.display()),
+                    source,
+                })?;
+        let mut sink = FileSink {
             path: path.to_owned(),
-            file: tokio::fs::File::from_std(file),
-            sync_handle,
+            file: tokio::fs::File::from_std(file.try_clone().map_err(|source| SinkError::Io {
+                sink: format!("file:{}", path.display()),
+                source,
+            })?),
+            sync_handle: None,
+            rotation,
+            reopen,
+            bytes: 0,
+            opened: Instant::now(),
+        };
+        sink.adopt(file, regular).map_err(sink.io_error())?;
+        Ok(sink)
+    }
+
+    /// Makes `file` (just opened on `path`) the one written and synced.
+    fn adopt(&mut self, file: std::fs::File, regular: bool) -> io::Result<()> {
+        self.bytes = file.metadata()?.len();
+        self.opened = Instant::now();
+        self.file = tokio::fs::File::from_std(file.try_clone()?);
+        self.sync_handle = regular.then(|| Arc::new(file));
+        Ok(())
+    }
+
+    /// Whether the next batch goes to a new file, and why.
+    fn switch_due(&self) -> Option<Switch> {
+        if self.reopen.take() {
+            return Some(Switch::Reopen);
+        }
+        let full = self.rotation.size.is_some_and(|size| self.bytes >= size);
+        let old = self
+            .rotation
+            .interval
+            .is_some_and(|interval| self.opened.elapsed() >= interval);
+        (self.bytes > 0 && (full || old)).then_some(Switch::Rotate)
+    }
+
+    /// Finishes the current file (flushed, synced) and starts the next one.
+    async fn switch(&mut self, switch: Switch) -> io::Result<()> {
+        self.file.flush().await?;
+        let (path, keep, old) = (
+            self.path.clone(),
+            self.rotation.keep,
+            self.sync_handle.clone(),
+        );
+        let (file, regular, archived) = blocking(move || {
+            if let Some(old) = old {
+                old.sync_data()?;
+            }
+            let archived = match switch {
+                Switch::Rotate => Some(archive(&path, keep)?),
+                Switch::Reopen => None,
+            };
+            let (file, regular) = open_for_append(&path)?;
+            Ok((file, regular, archived))
         })
+        .await?;
+        self.adopt(file, regular)?;
+        match archived {
+            Some(to) => {
+                tracing::info!(path = %self.path.display(), rotated_to = %to.display(), "sink file rotated")
+            }
+            None => tracing::info!(path = %self.path.display(), "sink file reopened"),
+        }
+        Ok(())
     }
 
     fn io_error(&self) -> impl FnOnce(io::Error) -> SinkError + '_ {
@@ -53,6 +156,76 @@ impl FileSink {
             source,
         }
     }
+}
+
+/// Runs blocking file work off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(io::Error::other)
+        .and_then(|r| r)
+}
+
+/// Renames `path` aside to `PATH.<UTC time to the millisecond>` (`-N` added if taken), then
+/// deletes the oldest rotated files beyond `keep`. Returns the new name.
+fn archive(path: &Path, keep: Option<usize>) -> io::Result<PathBuf> {
+    let stamp: String = humantime::format_rfc3339_millis(SystemTime::now())
+        .to_string()
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    let base = format!("{}.{stamp}", path.display());
+    let mut to = PathBuf::from(&base);
+    let mut n = 0;
+    while to.exists() {
+        n += 1;
+        to = PathBuf::from(format!("{base}-{n}"));
+    }
+    std::fs::rename(path, &to)?;
+    if let Some(keep) = keep {
+        let mut rotated = rotated_files(path)?;
+        rotated.sort();
+        let excess = rotated.len().saturating_sub(keep);
+        for (_, old) in rotated.into_iter().take(excess) {
+            std::fs::remove_file(&old)?;
+        }
+    }
+    Ok(to)
+}
+
+/// The rotated files of `path`, each with its place in time (stamp, then `-N`).
+fn rotated_files(path: &Path) -> io::Result<Vec<((String, u32), PathBuf)>> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!("{name}.");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let (stamp, n) = match rest.split_once('-') {
+            Some((stamp, n)) => match n.parse() {
+                Ok(n) => (stamp, n),
+                Err(_) => continue,
+            },
+            None => (rest, 0),
+        };
+        // 20261125T094100.123Z
+        let is_stamp = stamp.len() == 20 && stamp.ends_with('Z') && stamp.as_bytes()[8] == b'T';
+        if is_stamp {
+            out.push(((stamp.to_owned(), n), entry.path()));
+        }
+    }
+    Ok(out)
 }
 
 /// Opens `path` for appending; says whether it is a regular file (which can be synced and
@@ -79,7 +252,11 @@ fn open_for_append(path: &Path) -> io::Result<(std::fs::File, bool)> {
 impl Sink for FileSink {
     fn write_batch<'a>(&'a mut self, batch: &'a [Record]) -> SinkFuture<'a> {
         Box::pin(async move {
+            if let Some(switch) = self.switch_due() {
+                self.switch(switch).await.map_err(self.io_error())?;
+            }
             let buf = encode_batch(batch);
+            self.bytes += buf.len() as u64;
             if let Err(error) = self.file.write_all(&buf).await {
                 return Err(self.io_error()(error));
             }
@@ -136,6 +313,65 @@ mod tests {
         assert_eq!(lines[1], "{\"torn");
         let last: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
         assert_eq!(last["item"]["ip"], "192.0.2.1");
+    }
+
+    #[tokio::test]
+    async fn rotation_by_size_keeps_the_newest_files_and_every_record_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sink.ndjson");
+        let rotation = Rotation {
+            size: Some(1024),
+            interval: None,
+            keep: Some(2),
+        };
+        let mut sink = FileSink::open_rotating(&path, rotation, ReopenHandle::default())
+            .await
+            .unwrap();
+        // More than 1 KiB: the file is rotated before each batch after the first.
+        let batch: Vec<Record> = (0..10).map(|_| record()).collect();
+        for _ in 0..6 {
+            sink.write_batch(&batch).await.unwrap();
+        }
+        sink.sync().expect("a regular file syncs").await.unwrap();
+        let mut rotated = rotated_files(&path).unwrap();
+        rotated.sort();
+        assert_eq!(rotated.len(), 2, "the two newest rotated files are kept");
+        for file in rotated.iter().map(|(_, p)| p).chain([&path]) {
+            let text = std::fs::read_to_string(file).unwrap();
+            assert_eq!(text.lines().count(), 10, "{}", file.display());
+            for line in text.lines() {
+                serde_json::from_str::<serde_json::Value>(line).expect("a whole record");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn rotation_by_age_and_reopen_start_new_files_between_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sink.ndjson");
+        let rotation = Rotation {
+            size: None,
+            interval: Some(std::time::Duration::from_millis(50)),
+            keep: None,
+        };
+        let reopen = ReopenHandle::default();
+        let mut sink = FileSink::open_rotating(&path, rotation, reopen.clone())
+            .await
+            .unwrap();
+        sink.write_batch(&[record()]).await.unwrap();
+        // Younger than the interval: same file.
+        sink.write_batch(&[record()]).await.unwrap();
+        assert_eq!(rotated_files(&path).unwrap().len(), 0);
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        sink.write_batch(&[record()]).await.unwrap();
+        assert_eq!(rotated_files(&path).unwrap().len(), 1, "rotated by age");
+        // Moved away, then a reopen request: the next batch goes to a new file at the path.
+        let moved = dir.path().join("moved.ndjson");
+        std::fs::rename(&path, &moved).unwrap();
+        reopen.request();
+        sink.write_batch(&[record()]).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&moved).unwrap().lines().count(), 1);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 pub use channel::ChannelSink;
-pub use file::FileSink;
+pub use file::{FileSink, ReopenHandle};
 pub use jetstream::JetStreamSink;
 pub use stdout::StdoutSink;
 
@@ -98,15 +98,18 @@ pub enum SinkError {
 }
 
 /// Opens the sink a configuration names; the JetStream sink publishes through `nats`, the
-/// gateway's connection.
+/// gateway's connection; a file sink reopens its path when `reopen` asks.
 pub async fn open(
     config: &Config,
     nats: Option<&async_nats::Client>,
     metrics: &Arc<Metrics>,
+    reopen: &ReopenHandle,
 ) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match &config.sink {
         SinkSpec::Stdout => Box::new(StdoutSink::new()),
-        SinkSpec::File(path) => Box::new(FileSink::open(path).await?),
+        SinkSpec::File(path) => {
+            Box::new(FileSink::open_rotating(path, config.sink_rotation, reopen.clone()).await?)
+        }
         SinkSpec::JetStream => {
             let client = nats.ok_or_else(|| SinkError::Setup {
                 sink: "jetstream".into(),
