@@ -133,7 +133,13 @@ impl FileSink {
                 old.sync_data()?;
             }
             let archived = match switch {
-                Switch::Rotate => Some(archive(&path, keep)?),
+                Switch::Rotate => match archive(&path, keep) {
+                    Ok(to) => Some(to),
+                    // Moved away meanwhile (logrotate, before its signal): a new file all the
+                    // same, as for a reopen.
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+                    Err(error) => return Err(error),
+                },
                 Switch::Reopen => None,
             };
             let (file, regular) = open_for_append(&path)?;
@@ -372,6 +378,28 @@ mod tests {
         sink.write_batch(&[record()]).await.unwrap();
         assert_eq!(std::fs::read_to_string(&moved).unwrap().lines().count(), 1);
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_file_moved_away_before_its_rotation_is_no_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sink.ndjson");
+        let rotation = Rotation {
+            size: Some(1024),
+            interval: None,
+            keep: None,
+        };
+        let mut sink = FileSink::open_rotating(&path, rotation, ReopenHandle::default())
+            .await
+            .unwrap();
+        let batch: Vec<Record> = (0..10).map(|_| record()).collect();
+        sink.write_batch(&batch).await.unwrap();
+        // logrotate moved it, and its signal has not arrived: the rotation is due all the same.
+        let moved = dir.path().join("moved.ndjson");
+        std::fs::rename(&path, &moved).unwrap();
+        sink.write_batch(&batch).await.expect("no failure");
+        assert_eq!(std::fs::read_to_string(&moved).unwrap().lines().count(), 10);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 10);
     }
 
     #[tokio::test]
