@@ -73,7 +73,7 @@ gateway_run() {
   "$CW" bench flood --to 127.0.0.1:15300 --conns "$CONNS" --items $((ITEMS / CONNS)) --ack \
     --client-ids --json >"$OUT/flood-r$r-$k.json"
   kill -TERM "$gw"; wait "$gw" 2>/dev/null || true
-  python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["items_per_second"]))' "$OUT/flood-r$r-$k.json"
+  json_num "$OUT/flood-r$r-$k.json" items_per_second
 }
 
 # ceiling_run R K -> prints acked messages/s of the plain publisher
@@ -82,7 +82,7 @@ ceiling_run() {
   "$CW" bench jetstream --nats "$NATS_URLS" --stream "CEIL_R${r}_$k" --replicas "$r" \
     --subject "bench.ceil$r$k" --messages "$ITEMS" --window "$WINDOW" --size-like "GW_R${r}_1" \
     --json >"$OUT/ceiling-r$r-$k.json"
-  python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["items_per_second"]))' "$OUT/ceiling-r$r-$k.json"
+  json_num "$OUT/ceiling-r$r-$k.json" items_per_second
 }
 
 log "# JetStream sink vs a plain async-nats publisher, $(date -u +%FT%TZ)"
@@ -97,7 +97,7 @@ for r in $REPLICAS; do
     log "R$r run $k: gateway ${gw[-1]} items/s, ceiling ${ceil[-1]} msgs/s"
   done
   g=$(printf '%s\n' "${gw[@]}" | median); c=$(printf '%s\n' "${ceil[@]}" | median)
-  size=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["payload_bytes"])' "$OUT/ceiling-r$r-1.json")
+  size=$(json_num "$OUT/ceiling-r$r-1.json" payload_bytes)
   log "R$r median: gateway $g items/s, ceiling $c msgs/s ($size-byte payloads): $(awk -v g="$g" -v c="$c" 'BEGIN {printf "%.0f %%", 100 * g / c}') of the ceiling"
   stop_nats
 done

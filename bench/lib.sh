@@ -18,6 +18,8 @@ log() { printf '%s\n' "$*" | tee -a "$OUT/summary.txt" >&2; }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "n/a"}'; }
 # percentile P (nearest rank) of the numbers on stdin
 pct() { sort -g | awk -v p="$1" '{a[NR]=$1} END {i=int(NR*p/100+0.999); if (i<1) i=1; print a[i]}'; }
+# json_num FILE KEY: the number under top-level KEY of the JSON object in FILE, rounded
+json_num() { python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))[sys.argv[2]]))' "$1" "$2"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 # established connections whose local (server) port is PORT, counted on the server side only
 established() { ss -Htn state established "( sport = :$1 )" | wc -l; }

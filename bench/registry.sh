@@ -59,4 +59,4 @@ log "conns --admin --limit $N: median $(printf '%s\n' "${admin_ms[@]}" | median)
 
 # Connects a second the gateway takes while it holds the idle ones (64 at once).
 "$CW" bench churn --to 127.0.0.1:15400 --cycles 50000 --json >"$OUT/churn.json" 2>"$OUT/churn.err" || true
-log "bench churn beside them: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(round(d["cycles_per_second"]))' "$OUT/churn.json") connects/s"
+log "bench churn beside them: $(json_num "$OUT/churn.json" cycles_per_second) connects/s"

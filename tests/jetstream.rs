@@ -53,15 +53,6 @@ fn items_file(n: usize) -> tempfile::NamedTempFile {
     file
 }
 
-/// Waits until `condition` holds, checking every 20 ms, failing after `bound`.
-fn wait_for(bound: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + bound;
-    while !condition() {
-        assert!(Instant::now() < deadline, "{what} within {bound:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Checks what the stream holds: `n` items of one client, each once, in the order the client
 /// sent them.
 fn assert_exactly_once_in_order(stored: &[Stored], n: usize) {
@@ -130,12 +121,12 @@ fn nats_unreachable_for_ten_seconds_acks_nothing_meanwhile_and_loses_nothing() {
         "json",
         &path,
     ]);
-    wait_for(Duration::from_secs(60), "5,000 items acknowledged", || {
+    common::poll_until(Duration::from_secs(60), "5,000 items acknowledged", || {
         gateway.acknowledged() >= 5000.0
     });
 
     nats.nodes[0].kill();
-    wait_for(Duration::from_secs(10), "/readyz not ready", || {
+    common::poll_until(Duration::from_secs(10), "/readyz not ready", || {
         gateway.admin.request("GET", "/readyz").0 == 503
     });
     let acked_when_down = gateway.acknowledged();
@@ -156,7 +147,7 @@ fn nats_unreachable_for_ten_seconds_acks_nothing_meanwhile_and_loses_nothing() {
     nats.nodes[0].start();
     let status = send.wait_exit(Duration::from_secs(180));
     assert!(status.success(), "send: {}", send.stderr_so_far());
-    wait_for(Duration::from_secs(10), "/readyz ready again", || {
+    common::poll_until(Duration::from_secs(10), "/readyz ready again", || {
         gateway.admin.request("GET", "/readyz").0 == 200
     });
     let exposition = gateway.admin.metrics();
@@ -190,7 +181,7 @@ fn the_registry_lists_every_gateway_kicks_through_nats_and_reports_a_stopped_one
         .flat_map(|g| (0..2).map(|_| std::net::TcpStream::connect(&g.addr).expect("connect")))
         .collect();
     for gateway in &gateways {
-        wait_for(Duration::from_secs(10), "2 live connections", || {
+        common::poll_until(Duration::from_secs(10), "2 live connections", || {
             metric(&gateway.admin.metrics(), "connwarden_connections_live") == Some(2.0)
         });
     }
@@ -204,7 +195,7 @@ fn the_registry_lists_every_gateway_kicks_through_nats_and_reports_a_stopped_one
     };
     // Every gateway announces itself within its first heartbeat.
     let mut listing = serde_json::Value::Null;
-    wait_for(Duration::from_secs(10), "3 gateways answering", || {
+    common::poll_until(Duration::from_secs(10), "3 gateways answering", || {
         let out = conns_json(&[]);
         listing = serde_json::from_slice(&out.stdout).unwrap_or_default();
         out.status.success() && listing["gateways"].as_array().map(Vec::len) == Some(3)
@@ -304,7 +295,7 @@ fn three_gateways_three_nats_nodes_every_item_once_through_crashes() {
     ]);
     // The client starts with g1: crash it a quarter of the way.
     let quarter = items as f64 / 4.0;
-    wait_for(
+    common::poll_until(
         Duration::from_secs(300),
         "a quarter acknowledged by g1",
         || gateways[0].acknowledged() >= quarter,
@@ -313,7 +304,7 @@ fn three_gateways_three_nats_nodes_every_item_once_through_crashes() {
     let _ = g1.proc.child.kill();
     let _ = g1.proc.child.wait();
     // The client fails over to g2 (or g3); crash a NATS node once it has delivered more.
-    wait_for(
+    common::poll_until(
         Duration::from_secs(300),
         "another quarter through g2 or g3",
         || gateways.iter().map(Gateway::acknowledged).sum::<f64>() >= quarter,

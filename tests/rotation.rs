@@ -7,20 +7,11 @@ mod common;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Proc;
 
 const ITEMS: usize = 60_000;
-
-/// Waits until `condition` holds, checking every 10 ms, failing after `bound`.
-fn wait_for(bound: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + bound;
-    while !condition() {
-        assert!(Instant::now() < deadline, "{what} within {bound:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 #[test]
 fn rotation_by_size_and_by_signal_keeps_every_acked_item_once_and_whole() {
@@ -60,7 +51,7 @@ fn rotation_by_size_and_by_signal_keeps_every_acked_item_once_and_whole() {
     // What logrotate does: move the file, then signal; the sink opens a new one.
     let mut moved = 0;
     while moved < 10 && send.child.try_wait().expect("try_wait").is_none() {
-        wait_for(Duration::from_secs(10), "the sink file", || sink.exists());
+        common::poll_until(Duration::from_secs(10), "the sink file", || sink.exists());
         let to = dir.path().join(format!("moved-{moved}.ndjson"));
         if std::fs::rename(&sink, &to).is_ok() {
             moved += 1;

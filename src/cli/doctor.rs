@@ -75,18 +75,18 @@ fn add_nats_durability(
     monitors: &[String],
     config: &connwarden::Config,
 ) {
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(3)))
+        .build()
+        .new_agent();
     for monitor in monitors {
         let monitor = monitor.trim().trim_end_matches('/');
-        let url = format!("{monitor}/varz");
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(3)))
-            .build()
-            .new_agent();
-        let durability = match agent.get(&url).call() {
-            Ok(mut response) => match response.body_mut().read_json::<serde_json::Value>() {
-                Ok(varz) => doctor::NatsDurability::from_varz(monitor, &varz),
-                Err(error) => doctor::NatsDurability::unreadable(monitor, &error.to_string()),
-            },
+        let varz = agent
+            .get(&format!("{monitor}/varz"))
+            .call()
+            .and_then(|mut response| response.body_mut().read_json::<serde_json::Value>());
+        let durability = match varz {
+            Ok(varz) => doctor::NatsDurability::from_varz(monitor, &varz),
             Err(error) => doctor::NatsDurability::unreadable(monitor, &error.to_string()),
         };
         inspection.warnings.extend(durability.warning());

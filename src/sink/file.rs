@@ -75,36 +75,21 @@ impl FileSink {
         reopen: ReopenHandle,
     ) -> Result<FileSink, SinkError> {
         let owned = path.to_owned();
-        let (file, regular) =
-            blocking(move || open_for_append(&owned))
-                .await
-                .map_err(|source| SinkError::Io {
-                    sink: format!("file:{}", path.display()),
-                    source,
-                })?;
-        let mut sink = FileSink {
-            path: path.to_owned(),
-            file: tokio::fs::File::from_std(file.try_clone().map_err(|source| SinkError::Io {
+        let opened = blocking(move || Opened::at(&owned))
+            .await
+            .map_err(|source| SinkError::Io {
                 sink: format!("file:{}", path.display()),
                 source,
-            })?),
-            sync_handle: None,
+            })?;
+        Ok(FileSink {
+            path: path.to_owned(),
+            file: opened.file,
+            sync_handle: opened.sync_handle,
             rotation,
             reopen,
-            bytes: 0,
+            bytes: opened.bytes,
             opened: Instant::now(),
-        };
-        sink.adopt(file, regular).map_err(sink.io_error())?;
-        Ok(sink)
-    }
-
-    /// Makes `file` (just opened on `path`) the one written and synced.
-    fn adopt(&mut self, file: std::fs::File, regular: bool) -> io::Result<()> {
-        self.bytes = file.metadata()?.len();
-        self.opened = Instant::now();
-        self.file = tokio::fs::File::from_std(file.try_clone()?);
-        self.sync_handle = regular.then(|| Arc::new(file));
-        Ok(())
+        })
     }
 
     /// Whether the next batch goes to a new file, and why.
@@ -128,7 +113,7 @@ impl FileSink {
             self.rotation.keep,
             self.sync_handle.clone(),
         );
-        let (file, regular, archived) = blocking(move || {
+        let (opened, archived) = blocking(move || {
             if let Some(old) = old {
                 old.sync_data()?;
             }
@@ -142,11 +127,11 @@ impl FileSink {
                 },
                 Switch::Reopen => None,
             };
-            let (file, regular) = open_for_append(&path)?;
-            Ok((file, regular, archived))
+            Ok((Opened::at(&path)?, archived))
         })
         .await?;
-        self.adopt(file, regular)?;
+        (self.file, self.sync_handle, self.bytes) = (opened.file, opened.sync_handle, opened.bytes);
+        self.opened = Instant::now();
         match archived {
             Some(to) => {
                 tracing::info!(path = %self.path.display(), rotated_to = %to.display(), "sink file rotated")
@@ -161,6 +146,30 @@ impl FileSink {
             sink: self.name(),
             source,
         }
+    }
+}
+
+/// A file just opened for appending: the handle written, the one synced, and its length.
+struct Opened {
+    file: tokio::fs::File,
+    sync_handle: Option<Arc<std::fs::File>>,
+    bytes: u64,
+}
+
+impl Opened {
+    /// Opens `path` (blocking; see [`open_for_append`]).
+    fn at(path: &Path) -> io::Result<Opened> {
+        let (file, regular) = open_for_append(path)?;
+        let bytes = file.metadata()?.len();
+        let sync_handle = match regular {
+            true => Some(Arc::new(file.try_clone()?)),
+            false => None,
+        };
+        Ok(Opened {
+            file: tokio::fs::File::from_std(file),
+            sync_handle,
+            bytes,
+        })
     }
 }
 

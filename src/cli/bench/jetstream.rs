@@ -60,13 +60,12 @@ struct Report {
 }
 
 pub async fn run(args: JetStreamArgs) -> anyhow::Result<ExitCode> {
-    let servers = args
-        .nats
-        .split(',')
-        .map(|url| url.trim().parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .context("--nats")?;
-    let client = async_nats::connect(servers)
+    let config = connwarden::config::NatsConfig {
+        urls: connwarden::config::parse_nats_urls(std::slice::from_ref(&args.nats))
+            .map_err(|reason| anyhow::anyhow!("--nats: {reason}"))?,
+        ..Default::default()
+    };
+    let client = connwarden::nats::connect(&config, "connwarden bench jetstream", None)
         .await
         .context("cannot connect to NATS")?;
     let js = jetstream::ContextBuilder::new()
