@@ -24,7 +24,7 @@
 //! | `nodelay` | `true` | `TCP_NODELAY`: acks and pings leave at once |
 //! | `heartbeat` | `negotiated` | `negotiated` (clients that sent `hello`), `required` (every client) or `off` |
 //! | `heartbeat_interval` | `15s` | inbound silence after which the server sends `ping` |
-//! | `heartbeat_misses` | `3` | silent intervals after which the connection is closed |
+//! | `heartbeat_misses` | `3` | silent intervals after which the connection is closed (1 to 1000) |
 //! | `idle_timeout` | `off` | close a connection with no inbound byte for this long |
 //! | `write_timeout` | `30s` | close a peer that accepts no byte of pending output for this long |
 //! | `max_age` | `off` | send `max_age` to a connection this old, then close it after `max_age_grace` |
@@ -42,6 +42,7 @@
 //! | `sink_keep` | `off` | rotated files kept (the oldest beyond it are deleted), or `off` to keep them all |
 //! | `shutdown_grace` | `10s` | time from SIGINT/SIGTERM to exit, queue drain included |
 //! | `log_format` | `text` | `text` or `json` |
+//! | `log_level` | `info` | least severe level logged: `error`, `warn`, `info`, `debug`, `trace` or `off` (`RUST_LOG`, when set, wins with its own directives) |
 //! | `admin` | `127.0.0.1:9464` | address of the admin API and `/metrics` (never a data port), or `off` |
 //! | `admin_token_file` | `off` | file holding the admin API's bearer token; without it the API is open to whoever reaches its address |
 //! | `closed_history` | `10000` | closed connections kept for `GET /closed` (0 keeps none) |
@@ -70,6 +71,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
+
+use tracing::level_filters::LevelFilter;
 
 pub use nats::{parse_urls as parse_nats_urls, NatsConfig};
 
@@ -108,6 +111,7 @@ pub const KEYS: &[&str] = &[
     "sink_keep",
     "shutdown_grace",
     "log_format",
+    "log_level",
     "admin",
     "admin_token_file",
     "closed_history",
@@ -134,6 +138,9 @@ pub const KEYS: &[&str] = &[
 /// Keys that take several values: repeated flags add up, the environment splits on commas.
 const LIST_KEYS: &[&str] = &["listen", "nats_url"];
 
+/// Most `heartbeat_misses`: far beyond any useful value, and it keeps a connection's count of
+/// pings small.
+pub const MAX_HEARTBEAT_MISSES: u32 = 1000;
 /// Linux caps `TCP_KEEPIDLE` and `TCP_KEEPINTVL` at this many seconds (`MAX_TCP_KEEPIDLE`).
 const MAX_KEEPALIVE_SECS: u64 = 32_767;
 /// Linux caps `TCP_KEEPCNT` at this many probes (`MAX_TCP_KEEPCNT`).
@@ -532,6 +539,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Format of the log lines.
     pub log_format: LogFormat,
+    /// Least severe level logged (by `connwarden serve`; a library user logs as it likes).
+    pub log_level: LevelFilter,
     /// Address of the admin API; `None` is off.
     pub admin: Option<SocketAddr>,
     /// File holding the admin API's bearer token; `None` leaves the API without one.
@@ -578,6 +587,7 @@ impl Default for Config {
             sink_rotation: Rotation::default(),
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            log_level: LevelFilter::INFO,
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             admin_token_file: None,
             closed_history: crate::registry::DEFAULT_CLOSED_HISTORY,
@@ -694,8 +704,11 @@ impl Config {
             if self.heartbeat_interval.is_zero() {
                 return fail("heartbeat_interval", "must be above 0".into());
             }
-            if self.heartbeat_misses == 0 {
-                return fail("heartbeat_misses", "must be at least 1".into());
+            if self.heartbeat_misses == 0 || self.heartbeat_misses > MAX_HEARTBEAT_MISSES {
+                return fail(
+                    "heartbeat_misses",
+                    format!("must be between 1 and {MAX_HEARTBEAT_MISSES}"),
+                );
             }
             if let Some(idle) = self.idle_timeout {
                 if self.heartbeat_interval >= idle {
@@ -820,6 +833,7 @@ impl Config {
             "sink_keep" => self.sink_rotation.keep = parse!(parse_optional_count),
             "shutdown_grace" => self.shutdown_grace = parse!(parse_duration),
             "log_format" => self.log_format = parse!(parse_log_format),
+            "log_level" => self.log_level = parse!(parse_log_level),
             "admin" => self.admin = parse!(parse_admin),
             "admin_token_file" => self.admin_token_file = parse!(parse_optional_path),
             "closed_history" => self.closed_history = parse!(parse_number),
@@ -851,6 +865,15 @@ impl Config {
 
     /// The effective configuration as TOML, in the form the file accepts.
     pub fn to_toml(&self) -> String {
+        self.key_values()
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect()
+    }
+
+    /// Every key with its value as the file writes it (TOML), in the order of [`KEYS`]: what
+    /// `--print-config` prints and what a reload compares.
+    pub fn key_values(&self) -> Vec<(&'static str, String)> {
         let dur = |d: Duration| format!("{:?}", humantime::format_duration(d).to_string());
         let opt_dur = |d: Option<Duration>| d.map_or_else(|| "\"off\"".to_owned(), dur);
         let opt_buf = |b: Option<usize>| b.map_or_else(|| "\"auto\"".to_owned(), |b| b.to_string());
@@ -918,6 +941,10 @@ impl Config {
                 }),
             ),
             (
+                "log_level",
+                quoted(&self.log_level.to_string().to_ascii_lowercase()),
+            ),
+            (
                 "admin",
                 quoted(
                     &self
@@ -940,13 +967,14 @@ impl Config {
                 quoted(self.gateway_name.as_deref().unwrap_or("auto")),
             ),
         ];
-        let nats = self.nats.toml_lines();
-        debug_assert_eq!(lines.len() + nats.len(), KEYS.len());
-        lines
-            .iter()
-            .map(|(k, v)| format!("{k} = {v}\n"))
-            .chain(nats.iter().map(|(k, v)| format!("{k} = {v}\n")))
-            .collect()
+        let mut all: Vec<(&'static str, String)> = lines.into();
+        all.extend(self.nats.toml_lines());
+        debug_assert_eq!(
+            all.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            KEYS,
+            "key_values follows KEYS"
+        );
+        all
     }
 }
 
@@ -1169,6 +1197,13 @@ pub fn parse_log_format(text: &str) -> Result<LogFormat, String> {
         "json" => Ok(LogFormat::Json),
         _ => Err("expected text or json".into()),
     }
+}
+
+/// Parses `error`, `warn`, `info`, `debug`, `trace` or `off`.
+pub fn parse_log_level(text: &str) -> Result<LevelFilter, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| "expected error, warn, info, debug, trace or off".into())
 }
 
 #[cfg(test)]

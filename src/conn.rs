@@ -19,11 +19,12 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use bytes::{Buf, BytesMut};
 use socket2::SockRef;
 use tokio::net::TcpStream;
@@ -37,6 +38,7 @@ use crate::protocol::{self, Decoder, ErrorCode, Hello, Inbound, Item, ItemError,
 use crate::queue::{Producer, Pushed};
 use crate::record::Record;
 use crate::registry::{ConnGuard, ConnInfo};
+use crate::sockopt::{self, SocketOptions};
 
 /// Bytes asked of the kernel per read. Objects larger than this take several reads.
 const READ_CHUNK: usize = 4096;
@@ -57,20 +59,22 @@ pub(crate) enum Stage {
     Close = 2,
 }
 
-/// What every connection shares with the server: the limits and timers of the configuration,
-/// and the shutdown stage.
-pub(crate) struct ConnShared {
-    pub params: Config,
-    pub metrics: Arc<Metrics>,
+/// What every connection reads live, whichever configuration it was accepted under: the
+/// shutdown stage, and the configuration in force, which a reload replaces
+/// ([`crate::reload::Reloader`]).
+pub(crate) struct Live {
     stage: AtomicU8,
+    config: ArcSwap<Config>,
+    /// Reloads so far: a connection that sees the count change re-applies its socket options.
+    reloads: AtomicU32,
 }
 
-impl ConnShared {
-    pub fn new(params: Config, metrics: Arc<Metrics>) -> ConnShared {
-        ConnShared {
-            params,
-            metrics,
+impl Live {
+    pub fn new(config: Config) -> Live {
+        Live {
             stage: AtomicU8::new(Stage::Running as u8),
+            config: ArcSwap::from_pointee(config),
+            reloads: AtomicU32::new(0),
         }
     }
 
@@ -84,6 +88,49 @@ impl ConnShared {
             0 => Stage::Running,
             1 => Stage::StopReading,
             _ => Stage::Close,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// Puts `config` in force; the caller then wakes every connection, so that each re-arms
+    /// its deadlines and re-applies its socket options. The count of reloads, this one included.
+    pub fn replace(&self, config: Config) -> u32 {
+        self.config.store(Arc::new(config));
+        self.reloads.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    fn reloads(&self) -> u32 {
+        self.reloads.load(Ordering::Acquire)
+    }
+}
+
+/// What the connections accepted under one configuration share. A reload makes a new one for
+/// the connections accepted after it, and the older ones keep theirs: their `hello` announced
+/// its heartbeat and frame limit, and a client relies on what it was told. What applies to
+/// every connection at once is read from [`Live`]: the deadlines (write, idle, age), the error
+/// budget and the socket options.
+pub(crate) struct ConnShared {
+    /// The configuration in force when these connections were accepted.
+    pub params: Config,
+    /// The count of reloads when `params` was put in force: a connection whose socket got its
+    /// options from `params` re-applies them when [`Live`] has seen more.
+    pub reload: u32,
+    pub metrics: Arc<Metrics>,
+    pub live: Arc<Live>,
+}
+
+impl ConnShared {
+    /// The first generation, for a server that has not reloaded yet.
+    pub fn first(params: Config, metrics: Arc<Metrics>) -> ConnShared {
+        ConnShared {
+            live: Arc::new(Live::new(params.clone())),
+            params,
+            reload: 0,
+            metrics,
         }
     }
 }
@@ -252,11 +299,17 @@ struct Connection {
     /// Microseconds from accept ([`ConnInfo::started`]) to the last byte received: an offset
     /// rather than an `Instant`, to keep the idle task small.
     last_in: u64,
-    pings_sent: u32,
+    /// Pings sent since the last byte in: fewer than `heartbeat_misses` (at most
+    /// [`crate::config::MAX_HEARTBEAT_MISSES`]), so 16 bits (the idle task's size).
+    pings_sent: u16,
     /// Microseconds from accept to when pending output last made progress (or became pending).
     out_since: u64,
     max_age_noticed: bool,
     errors: u32,
+    /// The count of reloads the socket's options were last set at ([`ConnShared::reload`]),
+    /// its low 8 bits (the idle task's size): every reload wakes every connection, so none
+    /// misses 256 in a row.
+    reloads_seen: u8,
     /// The `client_id` of the client's `hello`, carried by each of its records. Boxed: a thin
     /// pointer keeps the idle task as small as before client ids (`bench/idle_memory.sh`).
     client_id: Option<Box<Arc<str>>>,
@@ -274,6 +327,7 @@ impl Connection {
         info.heartbeat(heartbeat, 0);
         Connection {
             decoder: Decoder::new(params.max_frame),
+            reloads_seen: shared.reload as u8,
             heartbeat,
             stream,
             info,
@@ -304,8 +358,15 @@ impl Connection {
                 return Poll::Ready(Ok(self.orderly_reason()));
             }
             let now = Instant::now();
-            self.check_timers(now)?;
-            self.arm_timer();
+            // The count before the configuration: a reload in between is seen at the next turn.
+            let reloads = self.shared.live.reloads() as u8;
+            let live = self.shared.live.config();
+            if self.reloads_seen != reloads {
+                self.reloads_seen = reloads;
+                self.reapply_socket_options(&live);
+            }
+            self.check_timers(now, &live)?;
+            self.arm_timer(&live);
             match std::task::ready!(self.poll_event(cx)) {
                 Event::Close => {
                     return Poll::Ready(Err(Close {
@@ -356,7 +417,7 @@ impl Connection {
     /// polls except the boxed timer and reply-slot wait.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         self.info.register_control(cx.waker());
-        let stage = self.shared.stage();
+        let stage = self.shared.live.stage();
         if stage == Stage::Close {
             return Poll::Ready(Event::Close);
         }
@@ -401,8 +462,8 @@ impl Connection {
 
     /// Points the timer at the next deadline, creating it on first need and dropping it when
     /// no deadline is left.
-    fn arm_timer(&mut self) {
-        match (self.next_deadline(), &mut self.timer) {
+    fn arm_timer(&mut self, live: &Config) {
+        match (self.next_deadline(live), &mut self.timer) {
             (None, timer) => *timer = None,
             (Some(at), Some(timer)) => {
                 if timer.deadline() != at {
@@ -418,7 +479,7 @@ impl Connection {
     async fn finish(mut self, close: Close) -> (CloseReason, Connection) {
         if let Some(message) = &close.notice {
             self.send(message);
-            let bound = CLOSING_FLUSH.min(self.shared.params.write_timeout);
+            let bound = CLOSING_FLUSH.min(self.shared.live.config().write_timeout);
             let flush = async {
                 while !self.out.is_empty() {
                     if self.stream.writable().await.is_err() || self.write_some().is_err() {
@@ -603,7 +664,7 @@ impl Connection {
         let params = &self.shared.params;
         if params.heartbeat != HeartbeatMode::Off {
             self.heartbeat = true;
-            self.info.heartbeat(true, self.pings_sent);
+            self.info.heartbeat(true, self.pings_sent.into());
         }
         let heartbeat_ms = if self.heartbeat {
             params.heartbeat_interval.as_millis() as u64
@@ -624,7 +685,7 @@ impl Connection {
         // `?`: the detail may quote the client's bytes, which must not forge log lines.
         tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, code = error.code.as_str(), detail = ?error.message, "item refused");
         self.send(&error.into());
-        if self.errors > self.shared.params.error_budget {
+        if self.errors > self.shared.live.config().error_budget {
             return Err(Close {
                 reason: CloseReason::ProtocolError,
                 notice: notice(ErrorCode::TooManyErrors, "error budget exceeded; closing"),
@@ -703,36 +764,48 @@ impl Connection {
         self.started() + Duration::from_micros(stamp)
     }
 
-    fn check_timers(&mut self, now: Instant) -> Result<(), Close> {
-        let shared = Arc::clone(&self.shared);
-        let params = &shared.params;
-        if !self.out.is_empty() && now >= self.at(self.out_since) + params.write_timeout {
+    /// Re-applies the keep-alive, user timeout and `TCP_NODELAY` of the configuration in force
+    /// after a reload: Linux takes them on an established socket and re-arms its keep-alive
+    /// timer. A failure leaves the options the socket had.
+    fn reapply_socket_options(&self, live: &Config) {
+        let options = SocketOptions::from_config(live);
+        if let Err(error) = sockopt::apply(SockRef::from(&self.stream), &options) {
+            tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, option = error.option, error = %error.source, "cannot apply the reloaded socket options; the previous ones stay");
+        }
+    }
+
+    /// Ends the connection when a deadline passed, and sends the pings and the `max_age`
+    /// notice that are due. The heartbeat follows the configuration the connection was
+    /// accepted under (its `hello` announced it); the other deadlines follow `live`.
+    fn check_timers(&mut self, now: Instant, live: &Config) -> Result<(), Close> {
+        if !self.out.is_empty() && now >= self.at(self.out_since) + live.write_timeout {
             return Err(CloseReason::WriteTimeout.into());
         }
         let silence = now.saturating_duration_since(self.at(self.last_in));
         if self.heartbeat {
-            if silence >= params.heartbeat_interval * params.heartbeat_misses {
+            let interval = self.shared.params.heartbeat_interval;
+            if silence >= interval * self.shared.params.heartbeat_misses {
                 return Err(CloseReason::HeartbeatTimeout.into());
             }
-            if silence >= params.heartbeat_interval * (self.pings_sent + 1) {
+            if silence >= interval * (u32::from(self.pings_sent) + 1) {
                 self.pings_sent += 1;
-                self.info.heartbeat(true, self.pings_sent);
+                self.info.heartbeat(true, self.pings_sent.into());
                 self.send(&Outbound::Ping);
             }
         }
-        if params.idle_timeout.is_some_and(|idle| silence >= idle) {
+        if live.idle_timeout.is_some_and(|idle| silence >= idle) {
             return Err(CloseReason::IdleTimeout.into());
         }
-        if let Some(max_age) = params.max_age {
+        if let Some(max_age) = live.max_age {
             let age = now.saturating_duration_since(self.started());
-            if age >= max_age + params.max_age_grace {
+            if age >= max_age + live.max_age_grace {
                 return Err(CloseReason::MaxAge.into());
             }
             if age >= max_age && !self.max_age_noticed {
                 self.max_age_noticed = true;
                 let message = format!(
                     "connection reached its maximum age; it closes in {}: reconnect",
-                    humantime::format_duration(params.max_age_grace)
+                    humantime::format_duration(live.max_age_grace)
                 );
                 self.send(&Outbound::Error {
                     code: ErrorCode::MaxAge,
@@ -744,25 +817,25 @@ impl Connection {
         Ok(())
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&self, live: &Config) -> Option<Instant> {
         let params = &self.shared.params;
         let mut next: Option<Instant> = None;
         let mut earliest = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
         if !self.out.is_empty() {
-            earliest(self.at(self.out_since) + params.write_timeout);
+            earliest(self.at(self.out_since) + live.write_timeout);
         }
         if self.heartbeat {
             let interval = params.heartbeat_interval;
             let last_in = self.at(self.last_in);
-            earliest(last_in + interval * (self.pings_sent + 1));
+            earliest(last_in + interval * (u32::from(self.pings_sent) + 1));
             earliest(last_in + interval * params.heartbeat_misses);
         }
-        if let Some(idle) = params.idle_timeout {
+        if let Some(idle) = live.idle_timeout {
             earliest(self.at(self.last_in) + idle);
         }
-        if let Some(max_age) = params.max_age {
+        if let Some(max_age) = live.max_age {
             let at = if self.max_age_noticed {
-                max_age + params.max_age_grace
+                max_age + live.max_age_grace
             } else {
                 max_age
             };
@@ -790,7 +863,7 @@ mod tests {
         let (producer, _consumer) = crate::queue::bounded::<Record>(4, Overflow::Backpressure);
         let config = Config::default();
         let metrics = Arc::new(Metrics::new(&config));
-        let shared = Arc::new(ConnShared::new(config, metrics));
+        let shared = Arc::new(ConnShared::first(config, metrics));
         let task = run(stream, registry.insert(peer, peer), shared, producer);
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task: {size} bytes");

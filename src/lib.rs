@@ -16,6 +16,7 @@
 //! | [`record`] | an item with its connection, peer and receive time, and its way back to the sender |
 //! | [`sink`] | where records go (stdout, file, JetStream, your channel); acks after the write and `fsync`, or JetStream's ack |
 //! | [`server`] | listeners, accept loop, limits, shutdown |
+//! | [`reload`] | a new configuration put in force while connections stay open: which keys apply to whom |
 //! | [`admin`] | the admin API: connections, kicks, closes, `/metrics`, health and readiness |
 //! | [`nats`] | the NATS connection, and the cluster-wide registry over it (the JetStream sink is in [`sink`]) |
 //! | [`client`] | the client: same liveness, reconnect with backoff, acked window, resend |
@@ -41,6 +42,7 @@ pub mod protocol;
 pub mod queue;
 pub mod record;
 pub mod registry;
+pub mod reload;
 pub mod server;
 pub mod sink;
 pub mod sockopt;
@@ -49,4 +51,5 @@ pub use close_reason::CloseReason;
 pub use config::Config;
 pub use record::Record;
 pub use registry::Registry;
+pub use reload::Reloader;
 pub use server::{Lifecycle, Server, ServerBuilder, ServerError};

@@ -11,13 +11,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,13 +25,14 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminHandle, Readiness, Token, TokenError};
 use crate::close_reason::CloseReason;
 use crate::config::{Config, ConfigError};
-use crate::conn::{self, ConnShared, Stage};
+use crate::conn::{self, Stage};
 use crate::metrics::Metrics;
 use crate::nats;
 use crate::protocol::{ErrorCode, Outbound};
 use crate::queue::{self, Consumer, Monitor, Producer};
 use crate::record::Record;
 use crate::registry::{ClosedConn, Registry};
+use crate::reload::Reloader;
 use crate::sink::{self, DrainReport, ReopenHandle, Sink, SinkError};
 use crate::sockopt::{self, ListenError, ListenerOptions, SocketOptions};
 
@@ -145,8 +145,10 @@ impl ServerBuilder {
         let metrics = Arc::new(Metrics::new(&self.config));
         registry.attach_metrics(Arc::clone(&metrics));
         registry.set_closed_history(self.config.closed_history);
+        let reloader = Reloader::new(self.config.clone(), Arc::clone(&metrics), registry.clone());
         Ok(Server {
             config: self.config,
+            reloader,
             sink: self.sink,
             registry,
             producer,
@@ -162,7 +164,9 @@ impl ServerBuilder {
 
 /// A configured server, ready to run on bound listeners.
 pub struct Server {
+    /// The configuration the server started with; [`Reloader`] holds the one in force.
     config: Config,
+    reloader: Reloader,
     sink: Option<Box<dyn Sink>>,
     registry: Registry,
     producer: Producer<Record>,
@@ -200,9 +204,15 @@ impl Server {
         }
     }
 
-    /// The validated configuration.
+    /// The validated configuration the server starts with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Puts a new configuration in force while the server runs (`serve` does it on `SIGHUP`);
+    /// see [`crate::reload`] for which keys apply to whom.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// The registry of live connections.
@@ -277,6 +287,7 @@ impl Server {
         let admin_handle = self.admin_handle();
         let Server {
             config,
+            reloader,
             sink,
             registry,
             producer,
@@ -330,15 +341,14 @@ impl Server {
         let sink_task =
             tokio::spawn(async move { sink::drain(consumer, sink, fsync, &drain_metrics).await });
         let upkeep = tokio::spawn(upkeep(Arc::clone(&metrics), stop_background.clone()));
-        let shared = Arc::new(ConnShared::new(config.clone(), metrics));
+        let live = Arc::clone(reloader.live());
         let stop_accepting = CancellationToken::new();
         let tracker = TaskTracker::new();
         let acceptor = Arc::new(Acceptor {
-            options,
             registry: registry.clone(),
-            slots: Arc::new(Semaphore::new(config.max_connections)),
+            live_connections: Arc::new(AtomicUsize::new(0)),
             producer,
-            shared: Arc::clone(&shared),
+            reloader,
             tracker: tracker.clone(),
             checked_first: AtomicBool::new(false),
         });
@@ -359,26 +369,27 @@ impl Server {
         shutdown.await;
         readiness.set_draining();
         lifecycle(Lifecycle::Stopping);
-        let deadline = Instant::now() + config.shutdown_grace;
+        let grace = live.config().shutdown_grace;
+        let deadline = Instant::now() + grace;
         tracing::info!(
             live = registry.len(),
             queued = monitor.stats().depth,
-            grace_ms = config.shutdown_grace.as_millis() as u64,
+            grace_ms = grace.as_millis() as u64,
             "shutting down"
         );
         stop_accepting.cancel();
         for task in accept_tasks {
             let _ = task.await;
         }
-        shared.enter(Stage::StopReading);
+        live.enter(Stage::StopReading);
         registry.wake_all();
         // Keep a little of the grace for the connections' last flush.
-        let reserve = (config.shutdown_grace / 4).min(Duration::from_secs(1));
+        let reserve = (grace / 4).min(Duration::from_secs(1));
         let mut sink_task = sink_task;
         let mut drained = tokio::time::timeout_at(deadline - reserve, &mut sink_task)
             .await
             .ok();
-        shared.enter(Stage::Close);
+        live.enter(Stage::Close);
         registry.wake_all();
         tracker.close();
         let closed = tokio::time::timeout_at(deadline, tracker.wait())
@@ -516,11 +527,13 @@ fn report_start(config: &Config, options: &SocketOptions, listeners: &[TcpListen
 
 /// What the accept loops share.
 struct Acceptor {
-    options: SocketOptions,
     registry: Registry,
-    slots: Arc<Semaphore>,
+    /// Connections holding a slot, against `max_connections` in force (a reload may lower it
+    /// below this count: the live ones stay, new ones are refused until enough have closed).
+    live_connections: Arc<AtomicUsize>,
     producer: Producer<Record>,
-    shared: Arc<ConnShared>,
+    /// The configuration and shared state of the connections accepted now.
+    reloader: Reloader,
     tracker: TaskTracker,
     /// The first accepted socket's options are read back once, to catch a platform that does
     /// not inherit or accept them.
@@ -549,11 +562,13 @@ async fn accept_loop(listener: TcpListener, acceptor: Arc<Acceptor>, stop: Cance
 impl Acceptor {
     fn admit(&self, stream: TcpStream, peer: SocketAddr) {
         let local = stream.local_addr().unwrap_or(peer);
-        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+        let shared = self.reloader.connections();
+        let Some(slot) = Slot::take(&self.live_connections, shared.params.max_connections) else {
             self.refuse_full(stream, peer, local);
             return;
         };
-        if let Err(error) = sockopt::apply(SockRef::from(&stream), &self.options) {
+        let options = SocketOptions::from_config(&shared.params);
+        if let Err(error) = sockopt::apply(SockRef::from(&stream), &options) {
             // Without its options the connection's liveness would not be bounded.
             tracing::error!(peer = %peer, option = error.option, error = %error.source, "cannot set socket option; closing");
             self.registry
@@ -563,7 +578,7 @@ impl Acceptor {
         if !self.checked_first.swap(true, Ordering::Relaxed) {
             sockopt::warn_mismatches(
                 &sockopt::read_back(SockRef::from(&stream)),
-                &self.options,
+                &options,
                 "accepted",
             );
         }
@@ -571,7 +586,6 @@ impl Acceptor {
         let guard = self.registry.insert_socket(&stream, peer, local);
         #[cfg(not(unix))]
         let guard = self.registry.insert(peer, local);
-        let shared = Arc::clone(&self.shared);
         let producer = self.producer.clone();
         let task = conn::run(stream, guard, shared, producer);
         self.tracker.spawn(WithSlot { task, _slot: slot });
@@ -592,10 +606,31 @@ impl Acceptor {
     }
 }
 
+/// One of the `max_connections` places, held by a connection's task until it ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// A place when fewer than `limit` are taken.
+    fn take(taken: &Arc<AtomicUsize>, limit: usize) -> Option<Slot> {
+        taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(Arc::clone(taken)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A connection's task holding its `max_connections` slot until it ends.
 struct WithSlot {
     task: conn::ConnTask,
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
 }
 
 impl Future for WithSlot {

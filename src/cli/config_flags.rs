@@ -97,6 +97,9 @@ pub struct ConfigFlags {
     /// Log format: text or json [default: text].
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// Least severe level logged: error, warn, info, debug, trace or off; RUST_LOG wins when set [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
     /// Address of the admin API and /metrics, or off [default: 127.0.0.1:9464].
     #[arg(long, value_name = "ADDR|off")]
     admin: Option<String>,
@@ -210,6 +213,7 @@ impl ConfigFlags {
             ("fsync", &self.fsync),
             ("shutdown_grace", &self.shutdown_grace),
             ("log_format", &self.log_format),
+            ("log_level", &self.log_level),
             ("admin", &self.admin),
             ("admin_token_file", &self.admin_token_file),
             ("sink_rotate_size", &self.sink_rotate_size),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use connwarden::doctor::{self, Inspection};
+use tracing::level_filters::LevelFilter;
 
 use super::config_flags::{ConfigFlags, LAYERS_HELP};
 
@@ -47,7 +48,7 @@ struct Report<'a> {
 
 pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let config = args.flags.load()?;
-    super::init_logging(config.log_format, "warn", None);
+    super::init_logging(config.log_format, LevelFilter::WARN, None);
     let mut inspection = doctor::inspect(&config).context("doctor")?;
     add_nats_durability(&mut inspection, &args.nats_monitor, &config);
     if !args.measure {

@@ -14,6 +14,7 @@ mod table;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing::level_filters::LevelFilter;
 
 /// Bounded, measured dead-peer detection for long-lived TCP connections.
 #[derive(Debug, Parser)]
@@ -78,22 +79,54 @@ pub fn main() -> ExitCode {
 }
 
 /// Logs go to standard error (standard output may be the sink), as text or JSON lines.
-/// `RUST_LOG` filters them; without it, `level` (`info` for `serve` and `send`, `warn` for the
-/// tools whose output is their report). With a progress bar, each log line hides the bar while
-/// it is written.
+/// `RUST_LOG` filters them; without it, `level` (`log_level` for `serve`, `info` for `send`,
+/// `warn` for the tools whose output is their report). With a progress bar, each log line hides
+/// the bar while it is written. The handle changes the level later (a reload of `serve`).
 fn init_logging(
     format: connwarden::config::LogFormat,
-    level: &str,
+    level: LevelFilter,
     bar: Option<indicatif::ProgressBar>,
-) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(move || StderrBesideBar(bar.clone()));
+) -> LogLevel {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let by_env = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(level.to_string()));
+    let (filter, handle) = reload::Layer::new(filter);
+    let subscriber = tracing_subscriber::registry().with(filter);
+    let layer = fmt::layer().with_writer(move || StderrBesideBar(bar.clone()));
     match format {
-        connwarden::config::LogFormat::Text => builder.with_ansi(false).init(),
-        connwarden::config::LogFormat::Json => builder.json().flatten_event(true).init(),
+        connwarden::config::LogFormat::Text => subscriber.with(layer.with_ansi(false)).init(),
+        connwarden::config::LogFormat::Json => {
+            subscriber.with(layer.json().flatten_event(true)).init()
+        }
+    }
+    LogLevel { handle, by_env }
+}
+
+/// Changes the level of the logs after they started.
+struct LogLevel {
+    handle: tracing_subscriber::reload::Handle<
+        tracing_subscriber::EnvFilter,
+        tracing_subscriber::Registry,
+    >,
+    /// `RUST_LOG` chose the filter: it stays.
+    by_env: bool,
+}
+
+impl LogLevel {
+    /// Logs at `level` from now on, unless `RUST_LOG` is set.
+    fn set(&self, level: LevelFilter) {
+        if self.by_env {
+            tracing::warn!(log_level = %level, "RUST_LOG is set and wins over log_level; the log filter stays");
+            return;
+        }
+        let filter = tracing_subscriber::EnvFilter::new(level.to_string());
+        match self.handle.reload(filter) {
+            Ok(()) => tracing::info!(log_level = %level, "log level changed"),
+            Err(error) => tracing::warn!(error = %error, "cannot change the log level"),
+        }
     }
 }
 

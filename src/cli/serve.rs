@@ -41,7 +41,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    super::init_logging(config.log_format, "info", None);
+    let log_level = super::init_logging(config.log_format, config.log_level, None);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
     runtime.block_on(async move {
         let shutdown = super::stop_signal()?;
@@ -50,6 +50,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .on_lifecycle(super::service::notify)
             .build()?;
         super::service::reopen_sink_on_sigusr1(server.sink_reopen())?;
+        super::service::reload_on_sighup(server.reloader(), args.flags, log_level)?;
         let listeners = server.bind()?;
         let report = server.run(listeners, shutdown).await?;
         anyhow::ensure!(

@@ -16,8 +16,9 @@
 //!
 //! Every name is listed, with its type, labels and meaning, in `docs/OPERATIONS.md`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use metrics::{
     Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit,
@@ -78,8 +79,15 @@ pub struct Metrics {
     fsync_duration: Histogram,
     /// False from a failed sink write or `fsync` until the next one succeeds.
     sink_healthy: AtomicBool,
-    /// Silence after which the kernel may have keep-alive probes out (`keepalive_idle`).
-    keepalive_idle: Duration,
+    /// Silence after which the kernel may have keep-alive probes out (`keepalive_idle`), in
+    /// milliseconds: a reload changes it.
+    keepalive_idle_ms: AtomicU64,
+    /// The gauges of `detection_bound_seconds`, by reason, for the reasons that have a bound.
+    detection_bounds: Mutex<Vec<(CloseReason, Gauge)>>,
+    /// Reloads by result: success, failure.
+    config_reloads: [Counter; 2],
+    config_last_reload_successful: Gauge,
+    config_last_reload_success: Gauge,
     scraped: ScrapeTime,
     nats: nats::NatsMetrics,
     /// Whether the JetStream metrics apply (its latency histogram is rendered only then).
@@ -142,6 +150,13 @@ pub fn detection_buckets(config: &Config) -> Vec<f64> {
     buckets.sort_by(f64::total_cmp);
     buckets.dedup_by(|a, b| (*a - *b).abs() < 1e-9);
     buckets
+}
+
+/// Seconds since the Unix epoch, now.
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn name(short: &str) -> String {
@@ -212,18 +227,63 @@ impl Metrics {
             sink_healthy: AtomicBool::new(true),
             nats: nats::NatsMetrics::new(&r),
             jetstream: config.sink == crate::config::SinkSpec::JetStream,
-            keepalive_idle: config.keepalive.idle,
+            keepalive_idle_ms: AtomicU64::new(0),
+            detection_bounds: Mutex::new(Vec::new()),
+            config_reloads: ["success", "failure"]
+                .map(|result| r.counter("config_reloads_total", &[("result", result)])),
+            config_last_reload_successful: r.gauge("config_last_reload_successful", &[]),
+            config_last_reload_success: r
+                .gauge("config_last_reload_success_timestamp_seconds", &[]),
             process: ProcessCollector::default(),
             handle,
             recorder,
         };
-        for (reason, bound) in detection_bounds(config) {
-            Registrar(&metrics.recorder)
-                .gauge("detection_bound_seconds", &[("reason", reason.as_str())])
-                .set(bound.as_secs_f64());
-        }
+        metrics.reconfigure(config);
+        metrics.config_last_reload_successful.set(1.0);
+        metrics.config_last_reload_success.set(unix_now());
         metrics::with_local_recorder(&metrics.recorder, || metrics.process.describe());
         metrics
+    }
+
+    /// Follows a configuration put in force (at start and at each reload): the detection bounds
+    /// and the keep-alive idle time of the probe gauges. A bound that no longer applies (its
+    /// timeout turned off) reads NaN.
+    pub(crate) fn reconfigure(&self, config: &Config) {
+        self.keepalive_idle_ms
+            .store(config.keepalive.idle.as_millis() as u64, Ordering::Relaxed);
+        let bounds = detection_bounds(config);
+        let mut gauges = self
+            .detection_bounds
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (reason, gauge) in gauges.iter() {
+            if !bounds.iter().any(|(bounded, _)| bounded == reason) {
+                gauge.set(f64::NAN);
+            }
+        }
+        for (reason, bound) in bounds {
+            let position = gauges.iter().position(|(known, _)| *known == reason);
+            let gauge = match position {
+                Some(i) => &gauges[i].1,
+                None => {
+                    let gauge = Registrar(&self.recorder)
+                        .gauge("detection_bound_seconds", &[("reason", reason.as_str())]);
+                    gauges.push((reason, gauge));
+                    &gauges[gauges.len() - 1].1
+                }
+            };
+            gauge.set(bound.as_secs_f64());
+        }
+    }
+
+    /// Counts a configuration reload, and when it succeeded, its time.
+    pub(crate) fn reload_result(&self, success: bool) {
+        self.config_reloads[usize::from(!success)].increment(1);
+        self.config_last_reload_successful
+            .set(if success { 1.0 } else { 0.0 });
+        if success {
+            self.config_last_reload_success.set(unix_now());
+        }
     }
 
     /// Observes the close of a registered connection: its detection delay and its lifetime,
@@ -316,7 +376,8 @@ impl Metrics {
         s.queue_depth.set(queue.depth as f64);
         s.queue_capacity.set(queue.capacity as f64);
         s.queue_dropped.absolute(queue.dropped);
-        let (probes, probing) = registry.keepalive_probes(self.keepalive_idle);
+        let keepalive_idle = Duration::from_millis(self.keepalive_idle_ms.load(Ordering::Relaxed));
+        let (probes, probing) = registry.keepalive_probes(keepalive_idle);
         s.keepalive_probes.set(probes as f64);
         s.connections_probing.set(probing as f64);
         s.sink_healthy
@@ -426,6 +487,9 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::H, "sink_fsync_duration_seconds", Some(Unit::Seconds), "Duration of each fsync."),
     (Kind::G, "sink_healthy", None, "1 while the sink's last write or fsync succeeded, 0 after a failure until the next success."),
     (Kind::G, "keepalive_probes", None, "Keep-alive probes sent and unanswered, summed over live connections (TCP_INFO tcpi_probes, read at scrape)."),
+    (Kind::C, "config_reloads_total", None, "Configuration reloads (SIGHUP), by result: success (keys that need a restart may have been refused, see the log) or failure (the configuration could not be read or was invalid; nothing changed)."),
+    (Kind::G, "config_last_reload_successful", None, "1 when the last configuration reload succeeded, or none was tried; 0 after a failed one."),
+    (Kind::G, "config_last_reload_success_timestamp_seconds", Some(Unit::Seconds), "Unix time of the last successful configuration reload, or of the start."),
     (Kind::G, "connections_probing", None, "Live connections with at least one unanswered keep-alive probe (read at scrape)."),
 ];
 

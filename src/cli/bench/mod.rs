@@ -18,6 +18,7 @@ use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::net::{TcpSocket, TcpStream};
+use tracing::level_filters::LevelFilter;
 
 /// `bench` and its workloads.
 #[derive(Debug, Args)]
@@ -119,7 +120,7 @@ fn bind_address_no_port(socket: &TcpSocket) -> std::io::Result<()> {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    super::init_logging(connwarden::config::LogFormat::Text, "warn", None);
+    super::init_logging(connwarden::config::LogFormat::Text, LevelFilter::WARN, None);
     // Many connections need many descriptors.
     let _ = connwarden::sockopt::raise_nofile_limit();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
