@@ -38,6 +38,7 @@ pub fn test_config() -> Config {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub registry: Registry,
+    pub reloader: connwarden::Reloader,
     pub records: Option<mpsc::Receiver<Record>>,
     pub queue: connwarden::queue::Monitor<Record>,
     closes: broadcast::Receiver<ClosedConn>,
@@ -78,6 +79,7 @@ impl TestServer {
             .build()
             .expect("valid config");
         let registry = server.registry();
+        let reloader = server.reloader();
         let closes = registry.subscribe();
         let queue = server.queue();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -92,6 +94,7 @@ impl TestServer {
         TestServer {
             addr,
             registry,
+            reloader,
             records: None,
             queue,
             closes,
