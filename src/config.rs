@@ -9,7 +9,9 @@
 //! # Defaults
 //!
 //! The defaults are production values; this table is the one place that documents them
-//! (`connwarden serve --print-config` prints the effective values).
+//! (`connwarden serve --print-config` prints the effective values). Which keys a reload
+//! (`SIGHUP`) changes while the server runs, and for which connections, is said in
+//! [`crate::reload`].
 //!
 //! | key | default | meaning |
 //! |---|---|---|

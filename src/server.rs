@@ -245,6 +245,7 @@ impl Server {
             queue: self.consumer.monitor(),
             readiness: Arc::clone(&self.readiness),
             token: self.token.clone(),
+            reloader: self.reloader.clone(),
         }
     }
 

@@ -182,6 +182,18 @@ fn sighup_changes_heartbeat_and_max_connections_for_new_peers_keeps_live_ones_an
     for key in ["heartbeat_interval", "max_connections", "keepalive_idle"] {
         assert!(applied.contains(key), "{reloaded}");
     }
+    let (status, in_force) = admin.request("GET", "/config");
+    assert_eq!(status, 200);
+    for line in [
+        "heartbeat_interval = \"1s\"",
+        "max_connections = 5",
+        "queue = 65536",
+    ] {
+        assert!(
+            in_force.lines().any(|l| l == line),
+            "{line} in force:\n{in_force}"
+        );
+    }
     let metrics = admin.metrics();
     assert_eq!(
         metric(&metrics, "connwarden_queue_capacity_items"),

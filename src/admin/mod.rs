@@ -159,6 +159,8 @@ pub struct AdminHandle {
     pub readiness: Arc<Readiness>,
     /// The bearer token every endpoint but `/healthz` requires, if any.
     pub token: Option<Token>,
+    /// The configuration in force, for `GET /config`.
+    pub reloader: crate::Reloader,
 }
 
 /// The admin routes, to serve as they are or to mount on an application of one's own.
@@ -172,6 +174,7 @@ pub fn router(handle: AdminHandle) -> Router {
         )
         .route("/closed", get(list_closed))
         .route("/metrics", get(metrics))
+        .route("/config", get(config))
         .route_layer(middleware::from_fn_with_state(
             handle.clone(),
             require_token,
@@ -442,6 +445,12 @@ async fn metrics(State(handle): State<AdminHandle>) -> Result<Response, ApiError
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text).into_response())
+}
+
+/// The configuration in force (after any reload), as the TOML file writes it.
+async fn config(State(handle): State<AdminHandle>) -> Response {
+    let text = handle.reloader.config().to_toml();
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
 }
 
 /// Where the admin API listens and the live page's address, for logs.

@@ -407,11 +407,11 @@ async fn unacked_dead_peer(
     servers: &mut JoinSet<()>,
     port: u16,
 ) -> Result<Pending, MeasureError> {
-    // The server pings after `heartbeat_interval`; the heartbeat itself never closes, so the
-    // unacknowledged ping is left to TCP_USER_TIMEOUT.
+    // The server pings after `heartbeat_interval`; the heartbeat itself closes only after the
+    // most misses allowed, far later, so the unacknowledged ping is left to TCP_USER_TIMEOUT.
     let config = Config {
         heartbeat: HeartbeatMode::Required,
-        heartbeat_misses: 1_000_000,
+        heartbeat_misses: crate::config::MAX_HEARTBEAT_MISSES,
         idle_timeout: None,
         ..base.clone()
     };
