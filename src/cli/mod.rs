@@ -105,7 +105,8 @@ fn init_logging(
     LogLevel { handle, by_env }
 }
 
-/// Changes the level of the logs after they started.
+/// Changes the level of the logs after they started (on `SIGHUP`: Unix only).
+#[cfg_attr(not(unix), allow(dead_code))]
 struct LogLevel {
     handle: tracing_subscriber::reload::Handle<
         tracing_subscriber::EnvFilter,
@@ -115,6 +116,7 @@ struct LogLevel {
     by_env: bool,
 }
 
+#[cfg_attr(not(unix), allow(dead_code))]
 impl LogLevel {
     /// Logs at `level` from now on, unless `RUST_LOG` is set.
     fn set(&self, level: LevelFilter) {
