@@ -10,6 +10,8 @@
 #        OUT  (bench/results/idle-memory-<time>)  logs and the CSV
 #        CW_BEFORE (unset)  a connwarden binary from an earlier commit: measured too, in the same
 #                           runs, for the budget check "memory per idle connection must not grow"
+#        CW_MUSL (unset)    1: the static musl build of this commit too (built here, target
+#                           x86_64-unknown-linux-musl), in the same runs: glibc and musl side by side
 #
 # Per connection = (RSS holding N connections - RSS of the same process before the load) / N.
 # The kernel's socket memory is not in RSS; it is the same for both servers.
@@ -29,6 +31,16 @@ build() {
   command -v go >/dev/null || { apt-get update -qq && apt-get install -y -qq golang-go >/dev/null; }
   (cd "$SEED" && go build -o "$BIN/seed-server" ./server && go build -o "$BIN/seed-load" ./load)
   (cd "$ROOT" && cargo build --release --quiet 2>/dev/null || cargo build --release)
+  if [ -n "${CW_MUSL:-}" ]; then
+    rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true
+    (cd "$ROOT" && cargo build --release --quiet --target x86_64-unknown-linux-musl)
+  fi
+}
+
+# The other connwarden builds measured in the same runs: "name path" lines.
+others() {
+  if [ -n "${CW_BEFORE:-}" ]; then echo "before $CW_BEFORE"; fi
+  if [ -n "${CW_MUSL:-}" ]; then echo "musl $ROOT/target/x86_64-unknown-linux-musl/release/connwarden"; fi
 }
 
 # measure NAME COMMAND...: prints bytes per connection
@@ -65,16 +77,16 @@ for run in $(seq 1 "$RUNS"); do
   echo "connwarden,$run,$per" >> "$OUT/idle-memory.csv"
   per=$(measure "go-seed-$run" "$BIN/seed-server" -listen "127.0.0.1:$PORT" -keepalive-period 45s -stats-every 0 -log-conns=false)
   echo "go-seed,$run,$per" >> "$OUT/idle-memory.csv"
-  if [ -n "${CW_BEFORE:-}" ]; then
-    per=$(measure "before-$run" env RUST_LOG=warn "$CW_BEFORE" serve \
-      --listen "127.0.0.1:$PORT" --sink file:/dev/null --max-connections $((N + 1000)))
-    echo "before,$run,$per" >> "$OUT/idle-memory.csv"
-  fi
+  while read -r name path; do
+    per=$(measure "$name-$run" env RUST_LOG=warn "$path" serve \
+      --listen "127.0.0.1:$PORT" --sink file:/dev/null --max-connections $((N + 1000)) </dev/null)
+    echo "$name,$run,$per" >> "$OUT/idle-memory.csv"
+  done < <(others)
 done
 cw=$(awk -F, '$1=="connwarden" {print $3}' "$OUT/idle-memory.csv" | median)
 go=$(awk -F, '$1=="go-seed" {print $3}' "$OUT/idle-memory.csv" | median)
 log "median bytes per idle connection at N=$N: connwarden $cw, go-seed $go, ratio go/connwarden $(awk -v a="$go" -v b="$cw" 'BEGIN {printf "%.1f", a/b}')"
-if [ -n "${CW_BEFORE:-}" ]; then
-  before=$(awk -F, '$1=="before" {print $3}' "$OUT/idle-memory.csv" | median)
-  log "median bytes per idle connection at N=$N: this build $cw, before ($CW_BEFORE) $before"
-fi
+while read -r name path; do
+  other=$(awk -F, -v n="$name" '$1==n {print $3}' "$OUT/idle-memory.csv" | median)
+  log "median bytes per idle connection at N=$N: this build $cw, $name ($path) $other"
+done < <(others)

@@ -65,8 +65,9 @@ pub(crate) enum Stage {
 pub(crate) struct Live {
     stage: AtomicU8,
     config: ArcSwap<Config>,
-    /// Reloads so far: a connection that sees the count change re-applies its socket options.
-    reloads: AtomicU32,
+    /// Reloads that changed the socket options: a connection that sees the count change sets
+    /// them again on its socket (a reload that changed none costs no system call).
+    options_changes: AtomicU32,
 }
 
 impl Live {
@@ -74,7 +75,7 @@ impl Live {
         Live {
             stage: AtomicU8::new(Stage::Running as u8),
             config: ArcSwap::from_pointee(config),
-            reloads: AtomicU32::new(0),
+            options_changes: AtomicU32::new(0),
         }
     }
 
@@ -97,14 +98,20 @@ impl Live {
     }
 
     /// Puts `config` in force; the caller then wakes every connection, so that each re-arms
-    /// its deadlines and re-applies its socket options. The count of reloads, this one included.
+    /// its deadlines and, if they changed, sets the socket options again. The count of socket
+    /// option changes, this one included.
     pub fn replace(&self, config: Config) -> u32 {
-        self.config.store(Arc::new(config));
-        self.reloads.fetch_add(1, Ordering::AcqRel) + 1
+        let options = SocketOptions::from_config(&config);
+        let old = self.config.swap(Arc::new(config));
+        if SocketOptions::from_config(&old) == options {
+            self.options_changes()
+        } else {
+            self.options_changes.fetch_add(1, Ordering::AcqRel) + 1
+        }
     }
 
-    fn reloads(&self) -> u32 {
-        self.reloads.load(Ordering::Acquire)
+    fn options_changes(&self) -> u32 {
+        self.options_changes.load(Ordering::Acquire)
     }
 }
 
@@ -116,9 +123,9 @@ impl Live {
 pub(crate) struct ConnShared {
     /// The configuration in force when these connections were accepted.
     pub params: Config,
-    /// The count of reloads when `params` was put in force: a connection whose socket got its
-    /// options from `params` re-applies them when [`Live`] has seen more.
-    pub reload: u32,
+    /// The count of socket option changes when `params` was put in force: a connection whose
+    /// socket got its options from `params` sets them again when [`Live`] has counted more.
+    pub options_changes: u32,
     pub metrics: Arc<Metrics>,
     pub live: Arc<Live>,
 }
@@ -129,7 +136,7 @@ impl ConnShared {
         ConnShared {
             live: Arc::new(Live::new(params.clone())),
             params,
-            reload: 0,
+            options_changes: 0,
             metrics,
         }
     }
@@ -306,10 +313,10 @@ struct Connection {
     out_since: u64,
     max_age_noticed: bool,
     errors: u32,
-    /// The count of reloads the socket's options were last set at ([`ConnShared::reload`]),
-    /// its low 8 bits (the idle task's size): every reload wakes every connection, so none
-    /// misses 256 in a row.
-    reloads_seen: u8,
+    /// The count of socket option changes when the socket's options were last set
+    /// ([`ConnShared::options_changes`]), its low 8 bits (the idle task's size): every reload
+    /// wakes every connection, so none misses 256 in a row.
+    options_seen: u8,
     /// The `client_id` of the client's `hello`, carried by each of its records. Boxed: a thin
     /// pointer keeps the idle task as small as before client ids (`bench/idle_memory.sh`).
     client_id: Option<Box<Arc<str>>>,
@@ -327,7 +334,7 @@ impl Connection {
         info.heartbeat(heartbeat, 0);
         Connection {
             decoder: Decoder::new(params.max_frame),
-            reloads_seen: shared.reload as u8,
+            options_seen: shared.options_changes as u8,
             heartbeat,
             stream,
             info,
@@ -359,10 +366,10 @@ impl Connection {
             }
             let now = Instant::now();
             // The count before the configuration: a reload in between is seen at the next turn.
-            let reloads = self.shared.live.reloads() as u8;
+            let options_changes = self.shared.live.options_changes() as u8;
             let live = self.shared.live.config();
-            if self.reloads_seen != reloads {
-                self.reloads_seen = reloads;
+            if self.options_seen != options_changes {
+                self.options_seen = options_changes;
                 self.reapply_socket_options(&live);
             }
             self.check_timers(now, &live)?;
@@ -848,6 +855,27 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Connections set their socket options again only after a reload that changed them.
+    #[test]
+    fn only_a_change_of_socket_options_is_counted() {
+        let live = Live::new(Config::default());
+        let heartbeat_only = Config {
+            heartbeat_interval: Duration::from_secs(5),
+            ..Config::default()
+        };
+        assert_eq!(live.replace(heartbeat_only.clone()), 0);
+        assert_eq!(live.config().heartbeat_interval, Duration::from_secs(5));
+        let keepalive = Config {
+            keepalive: crate::config::Keepalive {
+                idle: Duration::from_secs(7),
+                ..heartbeat_only.keepalive
+            },
+            ..heartbeat_only
+        };
+        assert_eq!(live.replace(keepalive.clone()), 1);
+        assert_eq!(live.replace(keepalive), 1);
+    }
 
     /// Every idle connection holds one such future: a regression here multiplies by the
     /// number of connections (measured by `bench/idle_memory.sh`).

@@ -202,6 +202,9 @@ impl Reloader {
         };
         self.put_in_force(next);
         log_report(&report);
+        if report.applied("max_connections") {
+            crate::server::check_open_files(self.config().max_connections, false);
+        }
         self.inner.metrics.reload_result(true);
         Ok(report)
     }
@@ -212,10 +215,10 @@ impl Reloader {
         let inner = &self.inner;
         inner.metrics.reconfigure(&next);
         inner.registry.set_closed_history(next.closed_history);
-        let reload = inner.live.replace(next.clone());
+        let options_changes = inner.live.replace(next.clone());
         inner.current.store(Arc::new(ConnShared {
             params: next,
-            reload,
+            options_changes,
             metrics: Arc::clone(&inner.metrics),
             live: Arc::clone(&inner.live),
         }));
