@@ -33,6 +33,9 @@ pub enum CloseReason {
     MaxAge,
     /// Refused at accept time: `max_connections` were already live.
     ServerFull,
+    /// Refused at accept time: `max_connections_per_ip` were already live from the peer's
+    /// address (its /64 network for IPv6).
+    TooManyConnections,
     /// Closed on request, through the registry.
     Kicked,
     /// The server is shutting down.
@@ -68,7 +71,7 @@ impl CloseReason {
     }
 
     /// Every reason, for counters and reports.
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 15] = [
         CloseReason::PeerClosed,
         CloseReason::Reset,
         CloseReason::KeepaliveTimeout,
@@ -80,6 +83,7 @@ impl CloseReason {
         CloseReason::FrameTooLarge,
         CloseReason::MaxAge,
         CloseReason::ServerFull,
+        CloseReason::TooManyConnections,
         CloseReason::Kicked,
         CloseReason::Shutdown,
         CloseReason::InternalError,
@@ -99,6 +103,7 @@ impl CloseReason {
             CloseReason::FrameTooLarge => "frame_too_large",
             CloseReason::MaxAge => "max_age",
             CloseReason::ServerFull => "server_full",
+            CloseReason::TooManyConnections => "too_many_connections",
             CloseReason::Kicked => "kicked",
             CloseReason::Shutdown => "shutdown",
             CloseReason::InternalError => "internal_error",

@@ -32,6 +32,7 @@
 //! | `max_age` | `off` | send `max_age` to a connection this old, then close it after `max_age_grace` |
 //! | `max_age_grace` | `30s` | time a connection past `max_age` has to finish |
 //! | `max_connections` | `10000` | live connections; beyond it a new peer gets `server_full` |
+//! | `max_connections_per_ip` | `off` | live connections from one IPv4 address or one IPv6 /64; beyond it a new peer from there gets `too_many_connections` (off by default: fleets behind one NAT address share it) |
 //! | `max_frame` | `64KiB` | largest JSON object; a larger one closes the connection (`frame_too_large`) |
 //! | `error_budget` | `100` | bad items a connection may send before it is closed (`protocol_error`) |
 //! | `max_pending_replies` | `1024` | acks and errors waiting for one connection; when full, its reading pauses |
@@ -101,6 +102,7 @@ pub const KEYS: &[&str] = &[
     "max_age",
     "max_age_grace",
     "max_connections",
+    "max_connections_per_ip",
     "max_frame",
     "error_budget",
     "max_pending_replies",
@@ -521,6 +523,8 @@ pub struct Config {
     pub max_age_grace: Duration,
     /// Live connections; beyond it new peers get `server_full`.
     pub max_connections: usize,
+    /// Live connections from one source ([`crate::registry::Source`]); `None` is off.
+    pub max_connections_per_ip: Option<usize>,
     /// Largest JSON object in bytes.
     pub max_frame: usize,
     /// Refused items a connection may send before it is closed.
@@ -579,6 +583,7 @@ impl Default for Config {
             max_age: None,
             max_age_grace: Duration::from_secs(30),
             max_connections: 10_000,
+            max_connections_per_ip: None,
             max_frame: 64 * 1024,
             error_budget: 100,
             max_pending_replies: 1024,
@@ -639,6 +644,12 @@ impl Config {
         }
         if self.max_connections == 0 {
             return fail("max_connections", "must be at least 1".into());
+        }
+        if self.max_connections_per_ip == Some(0) {
+            return fail(
+                "max_connections_per_ip",
+                "must be at least 1, or off".into(),
+            );
         }
         if self.max_frame < 16 || self.max_frame > crate::protocol::MAX_FRAME_LIMIT {
             return fail("max_frame", "must be between 16 bytes and 1 GiB".into());
@@ -823,6 +834,7 @@ impl Config {
             "max_age" => self.max_age = parse!(parse_optional_duration),
             "max_age_grace" => self.max_age_grace = parse!(parse_duration),
             "max_connections" => self.max_connections = parse!(parse_number),
+            "max_connections_per_ip" => self.max_connections_per_ip = parse!(parse_optional_count),
             "max_frame" => self.max_frame = parse!(parse_size),
             "error_budget" => self.error_budget = parse!(parse_number),
             "max_pending_replies" => self.max_pending_replies = parse!(parse_number),
@@ -907,6 +919,11 @@ impl Config {
             ("max_age", opt_dur(self.max_age)),
             ("max_age_grace", dur(self.max_age_grace)),
             ("max_connections", self.max_connections.to_string()),
+            (
+                "max_connections_per_ip",
+                self.max_connections_per_ip
+                    .map_or_else(|| quoted("off"), |n| n.to_string()),
+            ),
             ("max_frame", self.max_frame.to_string()),
             ("error_budget", self.error_budget.to_string()),
             ("max_pending_replies", self.max_pending_replies.to_string()),

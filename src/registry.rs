@@ -14,8 +14,11 @@
 //! them, and long reads run on several threads at once (a system call per socket, ~1.5 µs each
 //! here, mostly cache misses on the socket's kernel structures).
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -46,9 +49,85 @@ pub struct Registry {
     shared: Arc<Shared>,
 }
 
+/// Where a connection comes from, as `max_connections_per_ip` counts it: an IPv4 address, or
+/// the /64 network of an IPv6 address (the least a site or a host is given, so one host cannot
+/// take a limit per address of its /64). IPv4-mapped IPv6 addresses count as IPv4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// One IPv4 address.
+    V4(Ipv4Addr),
+    /// The first 64 bits of an IPv6 address.
+    V6Net(u64),
+}
+
+impl Source {
+    /// The source of a peer at `ip`.
+    pub fn of(ip: IpAddr) -> Source {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Source::V4(v4),
+            IpAddr::V6(v6) => Source::V6Net((u128::from(v6) >> 64) as u64),
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::V4(v4) => write!(f, "{v4}"),
+            Source::V6Net(net) => write!(f, "{}/64", Ipv6Addr::from(u128::from(*net) << 64)),
+        }
+    }
+}
+
+/// The live connections by id, and how many come from each [`Source`], under one lock so that
+/// a source's limit is checked and taken at once.
+#[derive(Debug, Default)]
+struct Conns {
+    by_id: HashMap<u64, Arc<ConnInfo>>,
+    /// Sources with at least one live connection.
+    by_source: HashMap<Source, u32>,
+}
+
+impl Deref for Conns {
+    type Target = HashMap<u64, Arc<ConnInfo>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.by_id
+    }
+}
+
+impl Conns {
+    /// Adds `info` unless its source already has `per_source` live connections.
+    fn add(&mut self, info: &Arc<ConnInfo>, per_source: Option<usize>) -> bool {
+        let count = self
+            .by_source
+            .entry(Source::of(info.peer.ip()))
+            .or_default();
+        // At the limit the count is at least 1, so no empty entry stays behind.
+        if per_source.is_some_and(|limit| *count as usize >= limit) {
+            return false;
+        }
+        *count += 1;
+        self.by_id.insert(info.id, Arc::clone(info));
+        true
+    }
+
+    fn remove(&mut self, info: &ConnInfo) {
+        if self.by_id.remove(&info.id).is_none() {
+            return;
+        }
+        if let Entry::Occupied(mut entry) = self.by_source.entry(Source::of(info.peer.ip())) {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
-    conns: RwLock<HashMap<u64, Arc<ConnInfo>>>,
+    conns: RwLock<Conns>,
     next_id: AtomicU64,
     opened: AtomicU64,
     closed: [AtomicU64; CloseReason::ALL.len()],
@@ -309,7 +388,7 @@ impl Registry {
     pub fn new() -> Registry {
         Registry {
             shared: Arc::new(Shared {
-                conns: RwLock::new(HashMap::new()),
+                conns: RwLock::new(Conns::default()),
                 next_id: AtomicU64::new(1),
                 opened: AtomicU64::new(0),
                 closed: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -324,14 +403,14 @@ impl Registry {
 
     // A panic while the lock is held cannot leave the map half-updated (each critical section
     // is a single insert or remove, or reads), so a poisoned lock is still usable.
-    fn conns(&self) -> RwLockReadGuard<'_, HashMap<u64, Arc<ConnInfo>>> {
+    fn conns(&self) -> RwLockReadGuard<'_, Conns> {
         self.shared
             .conns
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn conns_mut(&self) -> RwLockWriteGuard<'_, HashMap<u64, Arc<ConnInfo>>> {
+    fn conns_mut(&self) -> RwLockWriteGuard<'_, Conns> {
         self.shared
             .conns
             .write()
@@ -366,12 +445,24 @@ impl Registry {
         local: SocketAddr,
     ) -> ConnGuard {
         let guard = self.insert(peer, local);
-        guard.info.fd.store(socket.as_raw_fd(), Ordering::Relaxed);
+        guard.set_socket(socket);
         guard
     }
 
     /// Registers a new connection. Dropping the guard removes it.
     pub fn insert(&self, peer: SocketAddr, local: SocketAddr) -> ConnGuard {
+        self.insert_within(peer, local, None)
+            .expect("no limit per source")
+    }
+
+    /// Registers a new connection unless `per_source` connections from its [`Source`] are
+    /// already live (then `None`). Dropping the guard removes it.
+    pub fn insert_within(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        per_source: Option<usize>,
+    ) -> Option<ConnGuard> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let info = Arc::new(ConnInfo {
             id,
@@ -390,13 +481,15 @@ impl Registry {
             fd: AtomicI32::new(-1),
             control: AtomicWaker::new(),
         });
-        self.conns_mut().insert(id, Arc::clone(&info));
+        if !self.conns_mut().add(&info, per_source) {
+            return None;
+        }
         self.shared.opened.fetch_add(1, Ordering::Relaxed);
-        ConnGuard {
+        Some(ConnGuard {
             registry: self.clone(),
             info,
             reason: None,
-        }
+        })
     }
 
     /// Live connections.
@@ -603,6 +696,13 @@ pub struct ConnGuard {
 }
 
 impl ConnGuard {
+    /// Lets the registry read the connection's `TCP_INFO` (keep-alive probes, RTT) through its
+    /// descriptor.
+    #[cfg(unix)]
+    pub fn set_socket(&self, socket: &impl std::os::fd::AsRawFd) {
+        self.info.fd.store(socket.as_raw_fd(), Ordering::Relaxed);
+    }
+
     /// The entry, for the connection's own counters.
     pub fn info(&self) -> &Arc<ConnInfo> {
         &self.info
@@ -627,7 +727,7 @@ impl Drop for ConnGuard {
             // Under the write lock, so that a reader of `TCP_INFO` (under the read lock) sees
             // either the open socket's descriptor or none.
             self.info.fd.store(-1, Ordering::Relaxed);
-            conns.remove(&self.info.id);
+            conns.remove(&self.info);
         }
         let snapshot = self.info.snapshot();
         self.registry.record_close(ClosedConn {
@@ -653,6 +753,47 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn a_source_is_an_ipv4_address_or_an_ipv6_slash_64() {
+        let ip = |text: &str| -> IpAddr { text.parse().unwrap() };
+        assert_eq!(
+            Source::of(ip("2001:db8:1:2::1")),
+            Source::of(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            Source::of(ip("2001:db8:1:2::1")),
+            Source::of(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(
+            Source::of(ip("::ffff:192.0.2.7")),
+            Source::of(ip("192.0.2.7"))
+        );
+        assert_eq!(
+            Source::of(ip("2001:db8:1:2::1")).to_string(),
+            "2001:db8:1:2::/64"
+        );
+    }
+
+    #[test]
+    fn a_source_at_its_limit_is_refused_until_one_of_its_connections_closes() {
+        let registry = Registry::new();
+        let from = |host: u8, port: u16| SocketAddr::from(([192, 0, 2, host], port));
+        let first = registry.insert_within(from(1, 1), addr(7000), Some(2));
+        let second = registry.insert_within(from(1, 2), addr(7000), Some(2));
+        assert!(first.is_some() && second.is_some());
+        assert!(registry
+            .insert_within(from(1, 3), addr(7000), Some(2))
+            .is_none());
+        assert!(registry
+            .insert_within(from(2, 1), addr(7000), Some(2))
+            .is_some());
+        drop(first);
+        assert!(registry
+            .insert_within(from(1, 4), addr(7000), Some(2))
+            .is_some());
+        assert_eq!(registry.opened_total(), 4);
     }
 
     #[test]

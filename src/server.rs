@@ -36,9 +36,12 @@ use crate::reload::Reloader;
 use crate::sink::{self, DrainReport, ReopenHandle, Sink, SinkError};
 use crate::sockopt::{self, ListenError, ListenerOptions, SocketOptions};
 
-/// Longest time spent waiting before retrying `accept` after it failed, for example with
-/// `EMFILE`: retrying at once would spin a core while descriptors are exhausted.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// First wait before retrying `accept` after it ran out of a resource (`EMFILE`, `ENFILE`,
+/// `ENOBUFS`, `ENOMEM`): retrying at once would spin a core while descriptors are exhausted.
+/// The wait doubles at each failure in a row, up to [`ACCEPT_BACKOFF_MAX`] (as Go's `net/http`).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest wait between two `accept` attempts while resources stay exhausted.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often histogram samples are folded into buckets between scrapes, bounding their memory.
 const METRICS_UPKEEP: Duration = Duration::from_secs(1);
 
@@ -349,6 +352,7 @@ impl Server {
             registry: registry.clone(),
             live_connections: Arc::new(AtomicUsize::new(0)),
             producer,
+            metrics: Arc::clone(&metrics),
             reloader,
             tracker: tracker.clone(),
             checked_first: AtomicBool::new(false),
@@ -539,6 +543,7 @@ struct Acceptor {
     /// below this count: the live ones stay, new ones are refused until enough have closed).
     live_connections: Arc<AtomicUsize>,
     producer: Producer<Record>,
+    metrics: Arc<Metrics>,
     /// The configuration and shared state of the connections accepted now.
     reloader: Reloader,
     tracker: TaskTracker,
@@ -548,21 +553,117 @@ struct Acceptor {
 }
 
 async fn accept_loop(listener: TcpListener, acceptor: Arc<Acceptor>, stop: CancellationToken) {
+    let mut trouble: Option<AcceptTrouble> = None;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.cancelled() => return,
         };
-        match accepted {
-            Ok((stream, peer)) => acceptor.admit(stream, peer),
-            Err(error) => {
-                tracing::warn!(error = %error, "accept failed");
-                tokio::select! {
-                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
-                    _ = stop.cancelled() => return,
+        let error = match accepted {
+            Ok((stream, peer)) => {
+                if let Some(over) = trouble.take() {
+                    over.log_recovery();
                 }
+                acceptor.admit(stream, peer);
+                continue;
             }
+            Err(error) => error,
+        };
+        let kind = AcceptError::of(&error);
+        acceptor.metrics.accept_error(kind.as_str());
+        if !kind.exhausted() {
+            // One connection's trouble (reset before it was accepted): the next may be fine.
+            tracing::debug!(error = %error, kind = kind.as_str(), "accept failed");
+            continue;
         }
+        let wait = trouble
+            .get_or_insert_with(|| AcceptTrouble::begin(&error, kind))
+            .next_wait();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// The kinds of [`AcceptError`], as the label `error` of `connwarden_accept_errors_total`.
+pub(crate) const ACCEPT_ERRORS: [&str; 4] = ["emfile", "enfile", "nomem", "other"];
+
+/// Why `accept` failed, as counted in `connwarden_accept_errors_total{error}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AcceptError {
+    /// `EMFILE`: the process's open-file limit.
+    Emfile,
+    /// `ENFILE`: the system's open-file limit.
+    Enfile,
+    /// `ENOBUFS` or `ENOMEM`: kernel memory.
+    Memory,
+    /// Anything else, such as a peer that reset before it was accepted.
+    Other,
+}
+
+impl AcceptError {
+    fn of(error: &std::io::Error) -> AcceptError {
+        #[cfg(unix)]
+        match error.raw_os_error() {
+            Some(libc::EMFILE) => return AcceptError::Emfile,
+            Some(libc::ENFILE) => return AcceptError::Enfile,
+            Some(libc::ENOBUFS | libc::ENOMEM) => return AcceptError::Memory,
+            _ => {}
+        }
+        if error.kind() == std::io::ErrorKind::OutOfMemory {
+            return AcceptError::Memory;
+        }
+        AcceptError::Other
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            AcceptError::Emfile => "emfile",
+            AcceptError::Enfile => "enfile",
+            AcceptError::Memory => "nomem",
+            AcceptError::Other => "other",
+        }
+    }
+
+    /// A resource ran out: retrying at once would fail again.
+    fn exhausted(self) -> bool {
+        self != AcceptError::Other
+    }
+}
+
+/// A burst of `accept` failures from exhaustion: logged once when it begins and once when
+/// `accept` works again, not once per attempt, with the wait growing between attempts.
+struct AcceptTrouble {
+    since: Instant,
+    failures: u64,
+    wait: Duration,
+}
+
+impl AcceptTrouble {
+    fn begin(error: &std::io::Error, kind: AcceptError) -> AcceptTrouble {
+        tracing::error!(error = %error, kind = kind.as_str(), "accept is failing: new connections wait in the listen backlog; retrying with backoff (logged again when it works)");
+        AcceptTrouble {
+            since: Instant::now(),
+            failures: 0,
+            wait: ACCEPT_BACKOFF_MIN,
+        }
+    }
+
+    /// Counts one more failure; how long to wait before the next attempt.
+    fn next_wait(&mut self) -> Duration {
+        self.failures += 1;
+        let wait = self.wait;
+        self.wait = (self.wait * 2).min(ACCEPT_BACKOFF_MAX);
+        wait
+    }
+
+    fn log_recovery(self) {
+        tracing::warn!(
+            failures = self.failures,
+            failing_ms = self.since.elapsed().as_millis() as u64,
+            "accept works again"
+        );
     }
 }
 
@@ -571,7 +672,8 @@ impl Acceptor {
         let local = stream.local_addr().unwrap_or(peer);
         let shared = self.reloader.connections();
         let Some(slot) = Slot::take(&self.live_connections, shared.params.max_connections) else {
-            self.refuse_full(stream, peer, local);
+            let message = "the server is at max_connections; retry later";
+            self.refuse(stream, peer, local, ErrorCode::ServerFull, message);
             return;
         };
         let options = SocketOptions::from_config(&shared.params);
@@ -589,27 +691,41 @@ impl Acceptor {
                 "accepted",
             );
         }
+        let per_source = shared.params.max_connections_per_ip;
+        let Some(guard) = self.registry.insert_within(peer, local, per_source) else {
+            let message = "max_connections_per_ip are live from your address; retry later";
+            self.refuse(stream, peer, local, ErrorCode::TooManyConnections, message);
+            return;
+        };
         #[cfg(unix)]
-        let guard = self.registry.insert_socket(&stream, peer, local);
-        #[cfg(not(unix))]
-        let guard = self.registry.insert(peer, local);
+        guard.set_socket(&stream);
         let producer = self.producer.clone();
         let task = conn::run(stream, guard, shared, producer);
         self.tracker.spawn(WithSlot { task, _slot: slot });
     }
 
-    /// Tells a peer over the limit why, without waiting: a fresh socket's send buffer always
-    /// has room for one line.
-    fn refuse_full(&self, stream: TcpStream, peer: SocketAddr, local: SocketAddr) {
+    /// Tells a peer over a limit why, without waiting (a fresh socket's send buffer always has
+    /// room for one line), and records the refusal under the reason of the same name.
+    fn refuse(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        code: ErrorCode,
+        message: &'static str,
+    ) {
         let line = Outbound::Error {
-            code: ErrorCode::ServerFull,
-            message: "the server is at max_connections; retry later".into(),
+            code,
+            message: message.into(),
             id: None,
         }
         .to_line();
         let _ = stream.try_write(&line);
-        self.registry
-            .record_close(refused(peer, local, CloseReason::ServerFull));
+        let reason = match code {
+            ErrorCode::TooManyConnections => CloseReason::TooManyConnections,
+            _ => CloseReason::ServerFull,
+        };
+        self.registry.record_close(refused(peer, local, reason));
     }
 }
 

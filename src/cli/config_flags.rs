@@ -76,6 +76,9 @@ pub struct ConfigFlags {
     /// Largest JSON object in bytes [default: 64KiB].
     #[arg(long, value_name = "SIZE")]
     max_frame: Option<String>,
+    /// Live connections from one IPv4 address or IPv6 /64, or off; beyond it too_many_connections [default: off].
+    #[arg(long, value_name = "N|off")]
+    max_connections_per_ip: Option<String>,
     /// Bad items a connection may send before it is closed [default: 100].
     #[arg(long, value_name = "N")]
     error_budget: Option<String>,
@@ -206,6 +209,7 @@ impl ConfigFlags {
             ("max_age_grace", &self.max_age_grace),
             ("max_connections", &self.max_connections),
             ("max_frame", &self.max_frame),
+            ("max_connections_per_ip", &self.max_connections_per_ip),
             ("error_budget", &self.error_budget),
             ("max_pending_replies", &self.max_pending_replies),
             ("queue", &self.queue),

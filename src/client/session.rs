@@ -299,7 +299,14 @@ impl Session<'_> {
                     }
                     (_, Some(seq)) => delivery.refuse(seq, &code_text, &message),
                     (Some(ErrorCode::MaxAge), None) => self.draining = true,
-                    (Some(code @ (ErrorCode::ServerFull | ErrorCode::ShuttingDown)), None) => {
+                    (
+                        Some(
+                            code @ (ErrorCode::ServerFull
+                            | ErrorCode::TooManyConnections
+                            | ErrorCode::ShuttingDown),
+                        ),
+                        None,
+                    ) => {
                         return Some(EndReason::Refused(code));
                     }
                     (code, None) => {

@@ -84,6 +84,8 @@ pub struct Metrics {
     keepalive_idle_ms: AtomicU64,
     /// The gauges of `detection_bound_seconds`, by reason, for the reasons that have a bound.
     detection_bounds: Mutex<Vec<(CloseReason, Gauge)>>,
+    /// `accept` failures by kind ([`crate::server`]'s `AcceptError`).
+    accept_errors: [Counter; 4],
     /// Reloads by result: success, failure.
     config_reloads: [Counter; 2],
     config_last_reload_successful: Gauge,
@@ -229,6 +231,8 @@ impl Metrics {
             jetstream: config.sink == crate::config::SinkSpec::JetStream,
             keepalive_idle_ms: AtomicU64::new(0),
             detection_bounds: Mutex::new(Vec::new()),
+            accept_errors: crate::server::ACCEPT_ERRORS
+                .map(|kind| r.counter("accept_errors_total", &[("error", kind)])),
             config_reloads: ["success", "failure"]
                 .map(|result| r.counter("config_reloads_total", &[("result", result)])),
             config_last_reload_successful: r.gauge("config_last_reload_successful", &[]),
@@ -273,6 +277,13 @@ impl Metrics {
                 }
             };
             gauge.set(bound.as_secs_f64());
+        }
+    }
+
+    /// Counts a failed `accept`, by kind (`emfile`, `enfile`, `nomem`, `other`).
+    pub(crate) fn accept_error(&self, kind: &str) {
+        if let Some(i) = crate::server::ACCEPT_ERRORS.iter().position(|k| *k == kind) {
+            self.accept_errors[i].increment(1);
         }
     }
 
@@ -468,7 +479,8 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::G, "connections_live", None, "Connections open now."),
     (Kind::C, "connections_opened_total", None, "Connections accepted and registered."),
     (Kind::C, "connections_closed_total", None, "Registered connections closed, by the one reason each closed."),
-    (Kind::C, "connections_refused_total", None, "Connections refused at accept, never registered (server_full, internal_error)."),
+    (Kind::C, "accept_errors_total", None, "accept(2) failures, by error: emfile (the process's open-file limit), enfile (the system's), nomem (ENOBUFS, ENOMEM) or other (a peer gone before it was accepted). The first three back off, up to 1 s between attempts; the connections wait in the listen backlog meanwhile."),
+    (Kind::C, "connections_refused_total", None, "Connections refused at accept, never registered (server_full, too_many_connections, internal_error)."),
     (Kind::H, "detection_delay_seconds", Some(Unit::Seconds), "Time from a connection's last inbound byte (or its accept) to its close, by close reason: for a dead peer, how long it took to find out."),
     (Kind::G, "detection_bound_seconds", Some(Unit::Seconds), "The configured bound on the detection delay, by the close reason that enforces it."),
     (Kind::H, "connection_lifetime_seconds", Some(Unit::Seconds), "Time from accept to close, by close reason."),

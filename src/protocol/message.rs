@@ -69,6 +69,9 @@ pub enum ErrorCode {
     QueueFull,
     /// The server holds `max_connections`; the new connection closes.
     ServerFull,
+    /// The server holds `max_connections_per_ip` from the peer's address; the new connection
+    /// closes.
+    TooManyConnections,
     /// The sink could not store the item; it was not acknowledged.
     SinkFailed,
     /// The connection reached its maximum age: reconnect before the grace ends.
@@ -83,7 +86,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::InvalidJson,
         ErrorCode::MissingIp,
         ErrorCode::InvalidIp,
@@ -93,6 +96,7 @@ impl ErrorCode {
         ErrorCode::TooManyErrors,
         ErrorCode::QueueFull,
         ErrorCode::ServerFull,
+        ErrorCode::TooManyConnections,
         ErrorCode::SinkFailed,
         ErrorCode::MaxAge,
         ErrorCode::ShuttingDown,
@@ -124,6 +128,7 @@ impl ErrorCode {
             ErrorCode::TooManyErrors => "too_many_errors",
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::ServerFull => "server_full",
+            ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::SinkFailed => "sink_failed",
             ErrorCode::MaxAge => "max_age",
             ErrorCode::ShuttingDown => "shutting_down",

@@ -314,6 +314,29 @@ impl Proc {
         Proc::start(command)
     }
 
+    /// Starts `connwarden serve ARGS` allowed at most `files` open files (its soft and hard
+    /// `RLIMIT_NOFILE`, set in the child before it runs).
+    pub fn spawn_with_file_limit(files: u64, args: &[&str]) -> Proc {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(binary());
+        command.arg("serve").args(args);
+        // SAFETY: setrlimit(2) is async-signal-safe; the closure runs in the child between fork
+        // and exec and touches nothing else.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: files,
+                    rlim_max: files,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Proc::start(command)
+    }
+
     /// Starts `connwarden serve ARGS` with its standard output in `child.stdout`.
     pub fn spawn_with_stdout(args: &[&str]) -> Proc {
         let mut command = Command::new(binary());

@@ -1,0 +1,142 @@
+//! Limits against greedy peers and exhausted resources, through the binary.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{metric, Admin, Proc};
+
+/// Says hello on `stream` and returns the server's first line.
+fn hello(stream: &TcpStream) -> serde_json::Value {
+    send_line(stream, r#"{"type":"hello"}"#)
+}
+
+/// Sends one line and returns the server's next line.
+fn send_line(stream: &TcpStream, line: &str) -> serde_json::Value {
+    stream
+        .set_read_timeout(Some(common::PROMPT))
+        .expect("read timeout");
+    (&*stream)
+        .write_all(format!("{line}\n").as_bytes())
+        .expect("send");
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .expect("a line from the server");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+#[test]
+fn accept_backs_off_when_descriptors_run_out_and_recovers_without_a_restart() {
+    // 64 descriptors: the runtime, listeners and sink take some, connections the rest.
+    let mut server = Proc::spawn_with_file_limit(64, common::LOOPBACK_TO_NULL);
+    let admin = Admin::of(&mut server);
+    let listening = server.wait_log("listening").expect("listening");
+    let addr = listening["addr"].as_str().expect("addr").to_owned();
+
+    // More peers than descriptors: the kernel completes every handshake (the listen backlog),
+    // the server accepts until EMFILE.
+    let mut peers: Vec<TcpStream> = (0..80)
+        .map(|_| TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    let failing = server
+        .wait_log("accept is failing: new connections wait in the listen backlog; retrying with backoff (logged again when it works)")
+        .expect("the failure is logged");
+    assert_eq!(failing["kind"], "emfile", "{failing}");
+
+    // The exhaustion lasts 1.5 s (the length of the experiment, not a wait for an event): a
+    // loop that retried at once would make thousands of attempts in it.
+    std::thread::sleep(Duration::from_millis(1500));
+    // Half the peers leave; their descriptors free, accept works again by itself.
+    let staying = peers.split_off(40);
+    drop(peers);
+    let recovered = server
+        .wait_log_within("accept works again", Duration::from_secs(20))
+        .expect("recovery is logged");
+    let failures = recovered["failures"].as_u64().expect("failures");
+    let failing_ms = recovered["failing_ms"].as_u64().expect("failing_ms");
+    assert!(failing_ms >= 1500, "{recovered}");
+    // Backed off (5 ms doubling to 1 s): 5 + 10 + … + 640 ms covers the first 1.3 s in eight
+    // attempts, then one a second.
+    assert!(
+        failures <= 9 + failing_ms / 1000,
+        "{failures} attempts in {failing_ms} ms"
+    );
+    // Logged once per burst: no line per attempt.
+    let so_far = server.stderr_so_far();
+    assert_eq!(so_far.matches("accept is failing").count(), 1, "{so_far}");
+
+    // Every peer that waited in the backlog is served.
+    for (i, peer) in staying.iter().enumerate() {
+        let answer = hello(peer);
+        assert_eq!(answer["type"], "hello", "peer {i}: {answer}");
+    }
+    let text = admin.metrics();
+    let emfile = metric(&text, "connwarden_accept_errors_total{error=\"emfile\"}").unwrap_or(0.0);
+    assert!(emfile >= 1.0, "emfile counted: {emfile}");
+    assert_eq!(
+        metric(&text, "connwarden_connections_live"),
+        Some(staying.len() as f64)
+    );
+    server.terminate();
+    assert!(server.wait_exit(Duration::from_secs(20)).success());
+}
+
+/// Connects to `addr` from the loopback address `source`.
+fn connect_from(source: [u8; 4], addr: &str) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&std::net::SocketAddr::from((source, 0)).into())
+        .expect("bind the source address");
+    let addr: std::net::SocketAddr = addr.parse().expect("address");
+    socket.connect(&addr.into()).expect("connect");
+    socket.into()
+}
+
+#[test]
+fn one_address_gets_max_connections_per_ip_and_other_addresses_are_untouched() {
+    let mut args = common::LOOPBACK_TO_NULL.to_vec();
+    args.extend(["--max-connections-per-ip", "2"]);
+    let mut server = Proc::spawn(&args);
+    let admin = Admin::of(&mut server);
+    let listening = server.wait_log("listening").expect("listening");
+    let addr = listening["addr"].as_str().expect("addr").to_owned();
+
+    let first = connect_from([127, 0, 0, 2], &addr);
+    let second = connect_from([127, 0, 0, 2], &addr);
+    for peer in [&first, &second] {
+        assert_eq!(hello(peer)["type"], "hello");
+    }
+    let third = connect_from([127, 0, 0, 2], &addr);
+    let refused = hello(&third);
+    assert_eq!(refused["code"], "too_many_connections", "{refused}");
+    // Another address is not affected, nor are the two live ones.
+    let other = connect_from([127, 0, 0, 3], &addr);
+    assert_eq!(hello(&other)["type"], "hello");
+    assert_eq!(
+        send_line(&first, r#"{"ip":"192.0.2.1","id":1}"#)["type"],
+        "ack"
+    );
+
+    // One leaves: its place is free again.
+    drop(second);
+    common::poll_until(common::PROMPT, "two live connections", || {
+        admin.json("/connections")["total"] == 2
+    });
+    let again = connect_from([127, 0, 0, 2], &addr);
+    assert_eq!(hello(&again)["type"], "hello");
+
+    let text = admin.metrics();
+    assert_eq!(
+        metric(
+            &text,
+            "connwarden_connections_refused_total{reason=\"too_many_connections\"}"
+        ),
+        Some(1.0)
+    );
+    server.terminate();
+    assert!(server.wait_exit(Duration::from_secs(20)).success());
+}
