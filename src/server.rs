@@ -595,6 +595,7 @@ enum AcceptError {
     /// `EMFILE`: the process's open-file limit.
     Emfile,
     /// `ENFILE`: the system's open-file limit.
+    #[cfg_attr(not(unix), allow(dead_code))]
     Enfile,
     /// `ENOBUFS` or `ENOMEM`: kernel memory.
     Memory,
@@ -609,6 +610,13 @@ impl AcceptError {
             Some(libc::EMFILE) => return AcceptError::Emfile,
             Some(libc::ENFILE) => return AcceptError::Enfile,
             Some(libc::ENOBUFS | libc::ENOMEM) => return AcceptError::Memory,
+            _ => {}
+        }
+        // Winsock's WSAEMFILE and WSAENOBUFS (it has no system-wide ENFILE).
+        #[cfg(windows)]
+        match error.raw_os_error() {
+            Some(10024) => return AcceptError::Emfile,
+            Some(10055) => return AcceptError::Memory,
             _ => {}
         }
         if error.kind() == std::io::ErrorKind::OutOfMemory {
