@@ -29,6 +29,9 @@ pub enum CloseReason {
     ProtocolError,
     /// One object was larger than `max_frame`.
     FrameTooLarge,
+    /// An object that had begun did not end within `frame_timeout` (a peer sending an object a
+    /// byte at a time, to hold the connection: a slow-loris).
+    FrameTimeout,
     /// The connection reached `max_age` and its grace period.
     MaxAge,
     /// Refused at accept time: `max_connections` were already live.
@@ -71,7 +74,7 @@ impl CloseReason {
     }
 
     /// Every reason, for counters and reports.
-    pub const ALL: [CloseReason; 15] = [
+    pub const ALL: [CloseReason; 16] = [
         CloseReason::PeerClosed,
         CloseReason::Reset,
         CloseReason::KeepaliveTimeout,
@@ -81,6 +84,7 @@ impl CloseReason {
         CloseReason::WriteTimeout,
         CloseReason::ProtocolError,
         CloseReason::FrameTooLarge,
+        CloseReason::FrameTimeout,
         CloseReason::MaxAge,
         CloseReason::ServerFull,
         CloseReason::TooManyConnections,
@@ -101,6 +105,7 @@ impl CloseReason {
             CloseReason::WriteTimeout => "write_timeout",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::FrameTooLarge => "frame_too_large",
+            CloseReason::FrameTimeout => "frame_timeout",
             CloseReason::MaxAge => "max_age",
             CloseReason::ServerFull => "server_full",
             CloseReason::TooManyConnections => "too_many_connections",

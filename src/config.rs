@@ -33,6 +33,7 @@
 //! | `max_age_grace` | `30s` | time a connection past `max_age` has to finish |
 //! | `max_connections` | `10000` | live connections; beyond it a new peer gets `server_full` |
 //! | `max_connections_per_ip` | `off` | live connections from one IPv4 address or one IPv6 /64; beyond it a new peer from there gets `too_many_connections` (off by default: fleets behind one NAT address share it) |
+//! | `frame_timeout` | `30s` | an object that has begun must end within this, or the connection closes (`frame_timeout`): a peer sending a byte at a time cannot hold it; or `off` |
 //! | `max_frame` | `64KiB` | largest JSON object; a larger one closes the connection (`frame_too_large`) |
 //! | `error_budget` | `100` | bad items a connection may send before it is closed (`protocol_error`) |
 //! | `max_pending_replies` | `1024` | acks and errors waiting for one connection; when full, its reading pauses |
@@ -104,6 +105,7 @@ pub const KEYS: &[&str] = &[
     "max_connections",
     "max_connections_per_ip",
     "max_frame",
+    "frame_timeout",
     "error_budget",
     "max_pending_replies",
     "queue",
@@ -142,6 +144,9 @@ pub const KEYS: &[&str] = &[
 /// Keys that take several values: repeated flags add up, the environment splits on commas.
 const LIST_KEYS: &[&str] = &["listen", "nats_url"];
 
+/// Longest `frame_timeout`: a connection keeps the start of its pending object in 32 bits of
+/// milliseconds.
+pub const MAX_FRAME_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Most `heartbeat_misses`: far beyond any useful value, and it keeps a connection's count of
 /// pings small.
 pub const MAX_HEARTBEAT_MISSES: u32 = 1000;
@@ -527,6 +532,8 @@ pub struct Config {
     pub max_connections_per_ip: Option<usize>,
     /// Largest JSON object in bytes.
     pub max_frame: usize,
+    /// Longest time from an object's first byte to its last; `None` is off.
+    pub frame_timeout: Option<Duration>,
     /// Refused items a connection may send before it is closed.
     pub error_budget: u32,
     /// Replies (acks, errors) waiting for one connection before its reading pauses.
@@ -585,6 +592,7 @@ impl Default for Config {
             max_connections: 10_000,
             max_connections_per_ip: None,
             max_frame: 64 * 1024,
+            frame_timeout: Some(Duration::from_secs(30)),
             error_budget: 100,
             max_pending_replies: 1024,
             queue: 65_536,
@@ -644,6 +652,15 @@ impl Config {
         }
         if self.max_connections == 0 {
             return fail("max_connections", "must be at least 1".into());
+        }
+        if self
+            .frame_timeout
+            .is_some_and(|t| t.is_zero() || t > MAX_FRAME_TIMEOUT)
+        {
+            return fail(
+                "frame_timeout",
+                "must be above 0 and at most 1 day, or off".into(),
+            );
         }
         if self.max_connections_per_ip == Some(0) {
             return fail(
@@ -836,6 +853,7 @@ impl Config {
             "max_connections" => self.max_connections = parse!(parse_number),
             "max_connections_per_ip" => self.max_connections_per_ip = parse!(parse_optional_count),
             "max_frame" => self.max_frame = parse!(parse_size),
+            "frame_timeout" => self.frame_timeout = parse!(parse_optional_duration),
             "error_budget" => self.error_budget = parse!(parse_number),
             "max_pending_replies" => self.max_pending_replies = parse!(parse_number),
             "queue" => self.queue = parse!(parse_number),
@@ -925,6 +943,7 @@ impl Config {
                     .map_or_else(|| quoted("off"), |n| n.to_string()),
             ),
             ("max_frame", self.max_frame.to_string()),
+            ("frame_timeout", opt_dur(self.frame_timeout)),
             ("error_budget", self.error_budget.to_string()),
             ("max_pending_replies", self.max_pending_replies.to_string()),
             ("queue", self.queue.to_string()),

@@ -284,15 +284,28 @@ fn notice(code: ErrorCode, message: &'static str) -> Option<Outbound> {
     })
 }
 
+bitflags::bitflags! {
+    /// A connection's yes/no states, a bit each (the idle task's size).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct Flags: u8 {
+        /// Socket reads allowed: off after end of stream or the shutdown's first stage.
+        const READING = 1;
+        /// The peer ended its side.
+        const EOF = 1 << 1;
+        /// The application heartbeat applies (`required`, or a `hello` under `negotiated`).
+        const HEARTBEAT = 1 << 2;
+        /// The `max_age` notice was sent.
+        const MAX_AGE_NOTICED = 1 << 3;
+    }
+}
+
 struct Connection {
     stream: TcpStream,
     info: Arc<ConnInfo>,
     shared: Arc<ConnShared>,
     /// `None` once the connection will queue no more items.
     producer: Option<Producer<Record>>,
-    /// Socket reads allowed: false after end of stream or the shutdown's first stage.
-    reading: bool,
-    eof: bool,
+    flags: Flags,
     read_buf: BytesMut,
     decoder: Decoder,
     out: BytesMut,
@@ -302,7 +315,6 @@ struct Connection {
     blocked: Option<Box<Blocked>>,
     /// The next deadline's timer, while there is one.
     timer: Option<Pin<Box<Sleep>>>,
-    heartbeat: bool,
     /// Microseconds from accept ([`ConnInfo::started`]) to the last byte received: an offset
     /// rather than an `Instant`, to keep the idle task small.
     last_in: u64,
@@ -311,7 +323,10 @@ struct Connection {
     pings_sent: u16,
     /// Microseconds from accept to when pending output last made progress (or became pending).
     out_since: u64,
-    max_age_noticed: bool,
+    /// Milliseconds from accept, modulo 2³², to the read that brought the first byte of the
+    /// object the decoder is in the middle of (meaningful only then): `frame_timeout` counts
+    /// from it. 32 bits for the idle task's size; a frame never lasts 49 days.
+    frame_started: u32,
     errors: u32,
     /// The count of socket option changes when the socket's options were last set
     /// ([`ConnShared::options_changes`]), its low 8 bits (the idle task's size): every reload
@@ -332,16 +347,18 @@ impl Connection {
         let params = &shared.params;
         let heartbeat = params.heartbeat == HeartbeatMode::Required;
         info.heartbeat(heartbeat, 0);
+        let flags = match heartbeat {
+            true => Flags::READING | Flags::HEARTBEAT,
+            false => Flags::READING,
+        };
         Connection {
             decoder: Decoder::new(params.max_frame),
             options_seen: shared.options_changes as u8,
-            heartbeat,
+            flags,
             stream,
             info,
             shared,
             producer: Some(producer),
-            reading: true,
-            eof: false,
             read_buf: BytesMut::new(),
             out: BytesMut::new(),
             reply_tx: None,
@@ -351,7 +368,7 @@ impl Connection {
             last_in: 0,
             pings_sent: 0,
             out_since: 0,
-            max_age_noticed: false,
+            frame_started: 0,
             errors: 0,
             client_id: None,
         }
@@ -361,7 +378,7 @@ impl Connection {
     fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Result<CloseReason, Close>> {
         loop {
             self.process_buffered()?;
-            if self.eof && self.reply_rx.is_none() && self.out.is_empty() {
+            if self.flags.contains(Flags::EOF) && self.reply_rx.is_none() && self.out.is_empty() {
                 return Poll::Ready(Ok(self.orderly_reason()));
             }
             let now = Instant::now();
@@ -373,7 +390,7 @@ impl Connection {
                 self.reapply_socket_options(&live);
             }
             self.check_timers(now, &live)?;
-            self.arm_timer(&live);
+            self.arm_timer(now, &live);
             match std::task::ready!(self.poll_event(cx)) {
                 Event::Close => {
                     return Poll::Ready(Err(Close {
@@ -387,7 +404,7 @@ impl Connection {
                 Event::Kicked => return Poll::Ready(Err(CloseReason::Kicked.into())),
                 Event::StopReading => {
                     self.read_what_arrived()?;
-                    self.reading = false;
+                    self.flags.remove(Flags::READING);
                 }
                 Event::Writable(ready) => {
                     ready.map_err(|e| self.io_close(&e))?;
@@ -402,8 +419,11 @@ impl Connection {
                 }
                 Event::Unblocked(Unblocked::QueueRoom(pushed)) => {
                     self.blocked = None;
-                    // The server made the peer wait; that is not the peer's silence.
-                    self.last_in = self.stamp(Instant::now());
+                    // The server made the peer wait; that is not the peer's silence, nor its
+                    // slowness in finishing an object.
+                    let now = Instant::now();
+                    self.last_in = self.stamp(now);
+                    self.frame_started = self.millis_since_accept(now);
                     settle(pushed, &self.shared.metrics);
                 }
                 Event::Reply(Some(message)) => {
@@ -431,7 +451,7 @@ impl Connection {
         if self.info.is_kicked() {
             return Poll::Ready(Event::Kicked);
         }
-        if stage == Stage::StopReading && self.reading {
+        if stage == Stage::StopReading && self.flags.contains(Flags::READING) {
             return Poll::Ready(Event::StopReading);
         }
         if !self.out.is_empty() {
@@ -454,7 +474,7 @@ impl Connection {
                 return Poll::Ready(Event::Reply(reply));
             }
         }
-        if self.reading && self.blocked.is_none() && room {
+        if self.flags.contains(Flags::READING) && self.blocked.is_none() && room {
             if let Poll::Ready(ready) = self.stream.poll_read_ready(cx) {
                 return Poll::Ready(Event::Readable(ready));
             }
@@ -469,8 +489,8 @@ impl Connection {
 
     /// Points the timer at the next deadline, creating it on first need and dropping it when
     /// no deadline is left.
-    fn arm_timer(&mut self, live: &Config) {
-        match (self.next_deadline(live), &mut self.timer) {
+    fn arm_timer(&mut self, now: Instant, live: &Config) {
+        match (self.next_deadline(now, live), &mut self.timer) {
             (None, timer) => *timer = None,
             (Some(at), Some(timer)) => {
                 if timer.deadline() != at {
@@ -500,7 +520,7 @@ impl Connection {
     }
 
     fn orderly_reason(&self) -> CloseReason {
-        if self.max_age_noticed {
+        if self.flags.contains(Flags::MAX_AGE_NOTICED) {
             CloseReason::MaxAge
         } else {
             CloseReason::PeerClosed
@@ -513,8 +533,8 @@ impl Connection {
         match self.stream.try_read_buf(&mut self.read_buf) {
             Ok(0) => {
                 // What is left in the buffer is answered by `process_buffered`.
-                self.eof = true;
-                self.reading = false;
+                self.flags.insert(Flags::EOF);
+                self.flags.remove(Flags::READING);
                 Ok(false)
             }
             Ok(n) => {
@@ -524,7 +544,8 @@ impl Connection {
                 self.last_in = self.stamp(now);
                 if self.pings_sent != 0 {
                     self.pings_sent = 0;
-                    self.info.heartbeat(self.heartbeat, 0);
+                    self.info
+                        .heartbeat(self.flags.contains(Flags::HEARTBEAT), 0);
                 }
                 Ok(true)
             }
@@ -543,7 +564,7 @@ impl Connection {
             .recv_buffer_size()
             .unwrap_or(1 << 20);
         for _ in 0..=budget / READ_CHUNK {
-            if self.eof || self.blocked.is_some() || !self.read_some()? {
+            if self.flags.contains(Flags::EOF) || self.blocked.is_some() || !self.read_some()? {
                 break;
             }
             self.process_buffered()?;
@@ -594,25 +615,34 @@ impl Connection {
     /// Names a socket error. `ETIMEDOUT` (or an unreachable host reported while retrying) comes
     /// from the user timeout when sent data was unacknowledged, from keep-alive otherwise.
     fn io_close(&self, error: &io::Error) -> Close {
-        CloseReason::from_io_error(error, SockRef::from(&self.stream), self.eof)
-            .unwrap_or_else(|| {
-                tracing::warn!(conn_id = self.info.id, error = %error, "unexpected socket error");
-                CloseReason::InternalError
-            })
-            .into()
+        CloseReason::from_io_error(
+            error,
+            SockRef::from(&self.stream),
+            self.flags.contains(Flags::EOF),
+        )
+        .unwrap_or_else(|| {
+            tracing::warn!(conn_id = self.info.id, error = %error, "unexpected socket error");
+            CloseReason::InternalError
+        })
+        .into()
     }
 
     /// Handles every complete object in the read buffer, until one blocks.
     fn process_buffered(&mut self) -> Result<(), Close> {
-        let mut items = 0;
-        let result = self.process_frames(&mut items);
+        let (mut items, mut frames) = (0, 0);
+        let was_mid_frame = self.decoder.is_mid_frame();
+        let result = self.process_frames(&mut items, &mut frames);
         // Counted once per read rather than once per item: one shared atomic add.
         self.shared.metrics.items_received(items);
         result?;
+        // An object begun by this read: `frame_timeout` counts from now.
+        if self.decoder.is_mid_frame() && (frames > 0 || !was_mid_frame) {
+            self.frame_started = self.millis_since_accept(Instant::now());
+        }
         if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
             self.read_buf = BytesMut::new();
         }
-        if !self.reading && self.blocked.is_none() {
+        if !self.flags.contains(Flags::READING) && self.blocked.is_none() {
             // No item will follow: let the queue close, and let the reply channel end once
             // every queued item has been answered.
             self.producer = None;
@@ -623,9 +653,9 @@ impl Connection {
 
     /// Decodes and handles frames until the buffer holds no complete one or an item blocks;
     /// counts the items accepted in `items`.
-    fn process_frames(&mut self, items: &mut u64) -> Result<(), Close> {
+    fn process_frames(&mut self, items: &mut u64, frames: &mut u32) -> Result<(), Close> {
         while self.blocked.is_none() {
-            let decoded = if self.eof {
+            let decoded = if self.flags.contains(Flags::EOF) {
                 self.decoder.decode_eof(&mut self.read_buf)
             } else {
                 self.decoder.decode(&mut self.read_buf)
@@ -650,6 +680,7 @@ impl Connection {
                     });
                 }
             };
+            *frames += 1;
             match protocol::interpret(frame) {
                 Ok(Inbound::Item(item)) => {
                     *items += 1;
@@ -670,10 +701,10 @@ impl Connection {
         }
         let params = &self.shared.params;
         if params.heartbeat != HeartbeatMode::Off {
-            self.heartbeat = true;
+            self.flags.insert(Flags::HEARTBEAT);
             self.info.heartbeat(true, self.pings_sent.into());
         }
-        let heartbeat_ms = if self.heartbeat {
+        let heartbeat_ms = if self.flags.contains(Flags::HEARTBEAT) {
             params.heartbeat_interval.as_millis() as u64
         } else {
             0
@@ -766,6 +797,19 @@ impl Connection {
         at.saturating_duration_since(self.started()).as_micros() as u64
     }
 
+    /// `at` as milliseconds since accept, modulo 2³² ([`Connection::frame_started`]).
+    fn millis_since_accept(&self, at: Instant) -> u32 {
+        at.saturating_duration_since(self.started()).as_millis() as u32
+    }
+
+    /// Time since the pending object began (meaningful while the decoder is mid-frame).
+    fn frame_age(&self, now: Instant) -> Duration {
+        let elapsed = self
+            .millis_since_accept(now)
+            .wrapping_sub(self.frame_started);
+        Duration::from_millis(elapsed.into())
+    }
+
     /// The instant `stamp` microseconds after accept.
     fn at(&self, stamp: u64) -> Instant {
         self.started() + Duration::from_micros(stamp)
@@ -789,7 +833,7 @@ impl Connection {
             return Err(CloseReason::WriteTimeout.into());
         }
         let silence = now.saturating_duration_since(self.at(self.last_in));
-        if self.heartbeat {
+        if self.flags.contains(Flags::HEARTBEAT) {
             let interval = self.shared.params.heartbeat_interval;
             if silence >= interval * self.shared.params.heartbeat_misses {
                 return Err(CloseReason::HeartbeatTimeout.into());
@@ -803,13 +847,26 @@ impl Connection {
         if live.idle_timeout.is_some_and(|idle| silence >= idle) {
             return Err(CloseReason::IdleTimeout.into());
         }
+        if let Some(limit) = live.frame_timeout {
+            if self.decoder.is_mid_frame() && self.frame_age(now) >= limit {
+                self.shared.metrics.item_refused(ErrorCode::FrameTimeout);
+                tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, frame_timeout_ms = limit.as_millis() as u64, "object not finished within frame_timeout");
+                return Err(Close {
+                    reason: CloseReason::FrameTimeout,
+                    notice: notice(
+                        ErrorCode::FrameTimeout,
+                        "an object did not end within frame_timeout; closing",
+                    ),
+                });
+            }
+        }
         if let Some(max_age) = live.max_age {
             let age = now.saturating_duration_since(self.started());
             if age >= max_age + live.max_age_grace {
                 return Err(CloseReason::MaxAge.into());
             }
-            if age >= max_age && !self.max_age_noticed {
-                self.max_age_noticed = true;
+            if age >= max_age && !self.flags.contains(Flags::MAX_AGE_NOTICED) {
+                self.flags.insert(Flags::MAX_AGE_NOTICED);
                 let message = format!(
                     "connection reached its maximum age; it closes in {}: reconnect",
                     humantime::format_duration(live.max_age_grace)
@@ -824,14 +881,14 @@ impl Connection {
         Ok(())
     }
 
-    fn next_deadline(&self, live: &Config) -> Option<Instant> {
+    fn next_deadline(&self, now: Instant, live: &Config) -> Option<Instant> {
         let params = &self.shared.params;
         let mut next: Option<Instant> = None;
         let mut earliest = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
         if !self.out.is_empty() {
             earliest(self.at(self.out_since) + live.write_timeout);
         }
-        if self.heartbeat {
+        if self.flags.contains(Flags::HEARTBEAT) {
             let interval = params.heartbeat_interval;
             let last_in = self.at(self.last_in);
             earliest(last_in + interval * (u32::from(self.pings_sent) + 1));
@@ -840,8 +897,11 @@ impl Connection {
         if let Some(idle) = live.idle_timeout {
             earliest(self.at(self.last_in) + idle);
         }
+        if let (Some(limit), true) = (live.frame_timeout, self.decoder.is_mid_frame()) {
+            earliest(now + limit.saturating_sub(self.frame_age(now)));
+        }
         if let Some(max_age) = live.max_age {
-            let at = if self.max_age_noticed {
+            let at = if self.flags.contains(Flags::MAX_AGE_NOTICED) {
                 max_age + live.max_age_grace
             } else {
                 max_age

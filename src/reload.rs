@@ -5,7 +5,7 @@
 //!
 //! - **Every connection, at once** ([`FOR_EVERY_CONNECTION`]): the keep-alive, the user timeout
 //!   and `TCP_NODELAY` are set again on every open socket (Linux takes them on an established
-//!   socket and re-arms its keep-alive timer); the write and idle timeouts, `max_age` and its
+//!   socket and re-arms its keep-alive timer); the write, idle and frame timeouts, `max_age` and its
 //!   grace and the error budget are the deadlines every connection checks; `max_connections`,
 //!   `closed_history`, `shutdown_grace` and `log_level` are the server's own.
 //! - **Connections accepted after the reload** ([`FOR_NEW_CONNECTIONS`]): the heartbeat (mode,
@@ -40,6 +40,7 @@ pub const FOR_EVERY_CONNECTION: &[&str] = &[
     "nodelay",
     "idle_timeout",
     "write_timeout",
+    "frame_timeout",
     "max_age",
     "max_age_grace",
     "error_budget",
@@ -68,6 +69,7 @@ fn with_live_keys(old: &Config, new: &Config) -> Config {
         nodelay: new.nodelay,
         idle_timeout: new.idle_timeout,
         write_timeout: new.write_timeout,
+        frame_timeout: new.frame_timeout,
         max_age: new.max_age,
         max_age_grace: new.max_age_grace,
         error_budget: new.error_budget,
@@ -283,6 +285,7 @@ mod tests {
         ("max_connections", "5"),
         ("max_connections_per_ip", "2"),
         ("max_frame", "1KiB"),
+        ("frame_timeout", "5s"),
         ("error_budget", "3"),
         ("max_pending_replies", "16"),
         ("queue", "128"),

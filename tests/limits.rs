@@ -140,3 +140,132 @@ fn one_address_gets_max_connections_per_ip_and_other_addresses_are_untouched() {
     server.terminate();
     assert!(server.wait_exit(Duration::from_secs(20)).success());
 }
+
+/// What one slow-loris peer saw: the time from its first byte to the end of its connection,
+/// and the lines the server sent it.
+struct LorisEnd {
+    lasted: Duration,
+    lines: String,
+}
+
+/// Connects and sends an object that never ends, one byte every second, until the server
+/// closes the connection (or `bound` passes).
+fn slow_loris(addr: &str, bound: Duration) -> LorisEnd {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("read timeout");
+    let object = br#"{"ip":"192.0.2.7","pad":""#
+        .iter()
+        .chain(std::iter::repeat(&b'x'));
+    let start = std::time::Instant::now();
+    let mut received = Vec::new();
+    for &byte in object {
+        if start.elapsed() > bound {
+            panic!("still open after {bound:?}");
+        }
+        if stream.write_all(&[byte]).is_err() {
+            break;
+        }
+        // A second's wait between bytes is the peer's pace, and the server's answer or end
+        // wakes it sooner.
+        let mut chunk = [0; 512];
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                received.extend_from_slice(&chunk[..n]);
+                // The notice comes before the end: read on until it.
+                let _ = stream.read_to_end(&mut received);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+    LorisEnd {
+        lasted: start.elapsed(),
+        lines: String::from_utf8_lossy(&received).into_owned(),
+    }
+}
+
+#[test]
+fn slow_loris_peers_end_as_frame_timeout_while_other_clients_keep_delivering() {
+    // 2.5 s: the close falls between two of a loris's bytes (one a second), so no byte of it
+    // is unread when the server closes (which would turn the close into a reset).
+    let frame_timeout = Duration::from_millis(2500);
+    let mut args = common::LOOPBACK_TO_NULL.to_vec();
+    args.extend(["--frame-timeout", "2500ms"]);
+    let mut server = Proc::spawn(&args);
+    let admin = Admin::of(&mut server);
+    let listening = server.wait_log("listening").expect("listening");
+    let addr = listening["addr"].as_str().expect("addr").to_owned();
+
+    const LORISES: usize = 50;
+    let lorises: Vec<_> = (0..LORISES)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || slow_loris(&addr, Duration::from_secs(20)))
+        })
+        .collect();
+
+    // Meanwhile a patient client: every object takes a second to arrive, in two parts, and
+    // the connection is mid-object throughout (each write ends one object and begins the
+    // next), for longer than frame_timeout in all. Each object is within the limit: acked.
+    let patient = TcpStream::connect(&addr).expect("connect");
+    assert_eq!(hello(&patient)["type"], "hello");
+    let mut acks = BufReader::new(&patient);
+    (&patient)
+        .write_all(br#"{"ip":"192.0.2.1","#)
+        .expect("send");
+    for id in 1..=5 {
+        std::thread::sleep(Duration::from_secs(1));
+        (&patient)
+            .write_all(format!("\"id\":{id}}}\n{{\"ip\":\"192.0.2.1\",").as_bytes())
+            .expect("send");
+        let mut line = String::new();
+        acks.read_line(&mut line).expect("an ack");
+        let ack: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(
+            (ack["type"].as_str(), ack["id"].as_u64()),
+            (Some("ack"), Some(id)),
+            "{line}"
+        );
+    }
+    // And a brisk client: whole items, answered while the lorises are being closed.
+    let brisk = TcpStream::connect(&addr).expect("connect");
+    assert_eq!(hello(&brisk)["type"], "hello");
+    for id in 1..=20 {
+        let ack = send_line(&brisk, &format!(r#"{{"ip":"192.0.2.2","id":{id}}}"#));
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+
+    for (i, loris) in lorises.into_iter().enumerate() {
+        let end = loris.join().expect("loris thread");
+        assert!(
+            end.lines.contains(r#""code":"frame_timeout""#),
+            "loris {i} was told why: {:?}",
+            end.lines
+        );
+        // Closed no sooner than its first byte's frame_timeout, and promptly after it.
+        assert!(
+            end.lasted >= frame_timeout && end.lasted < frame_timeout + Duration::from_secs(2),
+            "loris {i} lasted {:?}",
+            end.lasted
+        );
+    }
+    let text = admin.metrics();
+    assert_eq!(
+        metric(
+            &text,
+            "connwarden_connections_closed_total{reason=\"frame_timeout\"}"
+        ),
+        Some(LORISES as f64)
+    );
+    // The patient and brisk clients are still there.
+    assert_eq!(admin.json("/connections")["total"], 2);
+    assert_eq!(send_line(&patient, r#""id":6}"#)["type"], "ack");
+    server.terminate();
+    assert!(server.wait_exit(Duration::from_secs(20)).success());
+}

@@ -79,6 +79,9 @@ pub struct ConfigFlags {
     /// Live connections from one IPv4 address or IPv6 /64, or off; beyond it too_many_connections [default: off].
     #[arg(long, value_name = "N|off")]
     max_connections_per_ip: Option<String>,
+    /// An object that has begun must end within this, or off [default: 30s].
+    #[arg(long, value_name = "DURATION|off")]
+    frame_timeout: Option<String>,
     /// Bad items a connection may send before it is closed [default: 100].
     #[arg(long, value_name = "N")]
     error_budget: Option<String>,
@@ -210,6 +213,7 @@ impl ConfigFlags {
             ("max_connections", &self.max_connections),
             ("max_frame", &self.max_frame),
             ("max_connections_per_ip", &self.max_connections_per_ip),
+            ("frame_timeout", &self.frame_timeout),
             ("error_budget", &self.error_budget),
             ("max_pending_replies", &self.max_pending_replies),
             ("queue", &self.queue),

@@ -63,6 +63,8 @@ pub enum ErrorCode {
     UnexpectedType,
     /// One object exceeded `max_frame`; the connection closes.
     FrameTooLarge,
+    /// An object that had begun did not end within `frame_timeout`; the connection closes.
+    FrameTimeout,
     /// The connection exceeded its error budget; it closes.
     TooManyErrors,
     /// The overflow policy dropped this item.
@@ -86,13 +88,14 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::InvalidJson,
         ErrorCode::MissingIp,
         ErrorCode::InvalidIp,
         ErrorCode::InvalidId,
         ErrorCode::UnexpectedType,
         ErrorCode::FrameTooLarge,
+        ErrorCode::FrameTimeout,
         ErrorCode::TooManyErrors,
         ErrorCode::QueueFull,
         ErrorCode::ServerFull,
@@ -125,6 +128,7 @@ impl ErrorCode {
             ErrorCode::InvalidId => "invalid_id",
             ErrorCode::UnexpectedType => "unexpected_type",
             ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::FrameTimeout => "frame_timeout",
             ErrorCode::TooManyErrors => "too_many_errors",
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::ServerFull => "server_full",
