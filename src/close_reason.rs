@@ -32,6 +32,9 @@ pub enum CloseReason {
     /// An object that had begun did not end within `frame_timeout` (a peer sending an object a
     /// byte at a time, to hold the connection: a slow-loris).
     FrameTimeout,
+    /// The partial objects held across all connections exceeded `max_buffered`, and this
+    /// connection held one of the largest.
+    MemoryPressure,
     /// The connection reached `max_age` and its grace period.
     MaxAge,
     /// Refused at accept time: `max_connections` were already live.
@@ -74,7 +77,7 @@ impl CloseReason {
     }
 
     /// Every reason, for counters and reports.
-    pub const ALL: [CloseReason; 16] = [
+    pub const ALL: [CloseReason; 17] = [
         CloseReason::PeerClosed,
         CloseReason::Reset,
         CloseReason::KeepaliveTimeout,
@@ -85,6 +88,7 @@ impl CloseReason {
         CloseReason::ProtocolError,
         CloseReason::FrameTooLarge,
         CloseReason::FrameTimeout,
+        CloseReason::MemoryPressure,
         CloseReason::MaxAge,
         CloseReason::ServerFull,
         CloseReason::TooManyConnections,
@@ -106,6 +110,7 @@ impl CloseReason {
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::FrameTooLarge => "frame_too_large",
             CloseReason::FrameTimeout => "frame_timeout",
+            CloseReason::MemoryPressure => "memory_pressure",
             CloseReason::MaxAge => "max_age",
             CloseReason::ServerFull => "server_full",
             CloseReason::TooManyConnections => "too_many_connections",

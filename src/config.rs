@@ -34,6 +34,7 @@
 //! | `max_connections` | `10000` | live connections; beyond it a new peer gets `server_full` |
 //! | `max_connections_per_ip` | `off` | live connections from one IPv4 address or one IPv6 /64; beyond it a new peer from there gets `too_many_connections` (off by default: fleets behind one NAT address share it) |
 //! | `frame_timeout` | `30s` | an object that has begun must end within this, or the connection closes (`frame_timeout`): a peer sending a byte at a time cannot hold it; or `off` |
+//! | `max_buffered` | `256MiB` | bytes of partial objects held across all connections; beyond it the connections holding the most are closed (`memory_pressure`) until it fits; at least `max_frame`, or `off` |
 //! | `max_frame` | `64KiB` | largest JSON object; a larger one closes the connection (`frame_too_large`) |
 //! | `error_budget` | `100` | bad items a connection may send before it is closed (`protocol_error`) |
 //! | `max_pending_replies` | `1024` | acks and errors waiting for one connection; when full, its reading pauses |
@@ -106,6 +107,7 @@ pub const KEYS: &[&str] = &[
     "max_connections_per_ip",
     "max_frame",
     "frame_timeout",
+    "max_buffered",
     "error_budget",
     "max_pending_replies",
     "queue",
@@ -534,6 +536,8 @@ pub struct Config {
     pub max_frame: usize,
     /// Longest time from an object's first byte to its last; `None` is off.
     pub frame_timeout: Option<Duration>,
+    /// Bytes of read buffers holding partial objects, across all connections; `None` is off.
+    pub max_buffered: Option<u64>,
     /// Refused items a connection may send before it is closed.
     pub error_budget: u32,
     /// Replies (acks, errors) waiting for one connection before its reading pauses.
@@ -593,6 +597,7 @@ impl Default for Config {
             max_connections_per_ip: None,
             max_frame: 64 * 1024,
             frame_timeout: Some(Duration::from_secs(30)),
+            max_buffered: Some(256 << 20),
             error_budget: 100,
             max_pending_replies: 1024,
             queue: 65_536,
@@ -670,6 +675,18 @@ impl Config {
         }
         if self.max_frame < 16 || self.max_frame > crate::protocol::MAX_FRAME_LIMIT {
             return fail("max_frame", "must be between 16 bytes and 1 GiB".into());
+        }
+        if self
+            .max_buffered
+            .is_some_and(|budget| budget < self.max_frame as u64)
+        {
+            return fail(
+                "max_buffered",
+                format!(
+                    "must be at least max_frame ({} bytes): one object may need that much, or off",
+                    self.max_frame
+                ),
+            );
         }
         if self.max_pending_replies == 0 {
             return fail("max_pending_replies", "must be at least 1".into());
@@ -854,6 +871,7 @@ impl Config {
             "max_connections_per_ip" => self.max_connections_per_ip = parse!(parse_optional_count),
             "max_frame" => self.max_frame = parse!(parse_size),
             "frame_timeout" => self.frame_timeout = parse!(parse_optional_duration),
+            "max_buffered" => self.max_buffered = parse!(parse_optional_size),
             "error_budget" => self.error_budget = parse!(parse_number),
             "max_pending_replies" => self.max_pending_replies = parse!(parse_number),
             "queue" => self.queue = parse!(parse_number),
@@ -944,6 +962,11 @@ impl Config {
             ),
             ("max_frame", self.max_frame.to_string()),
             ("frame_timeout", opt_dur(self.frame_timeout)),
+            (
+                "max_buffered",
+                self.max_buffered
+                    .map_or_else(|| quoted("off"), |n| n.to_string()),
+            ),
             ("error_budget", self.error_budget.to_string()),
             ("max_pending_replies", self.max_pending_replies.to_string()),
             ("queue", self.queue.to_string()),

@@ -34,10 +34,11 @@ use tokio::time::{Instant, Sleep};
 use crate::close_reason::CloseReason;
 use crate::config::{Config, HeartbeatMode, Overflow};
 use crate::metrics::Metrics;
+use crate::pressure::BufferBudget;
 use crate::protocol::{self, Decoder, ErrorCode, Hello, Inbound, Item, ItemError, Outbound};
 use crate::queue::{Producer, Pushed};
 use crate::record::Record;
-use crate::registry::{ConnGuard, ConnInfo};
+use crate::registry::{ConnGuard, ConnInfo, Registry};
 use crate::sockopt::{self, SocketOptions};
 
 /// Bytes asked of the kernel per read. Objects larger than this take several reads.
@@ -68,6 +69,8 @@ pub(crate) struct Live {
     /// Reloads that changed the socket options: a connection that sees the count change sets
     /// them again on its socket (a reload that changed none costs no system call).
     options_changes: AtomicU32,
+    /// The partial objects held across every connection, against `max_buffered`.
+    pub buffers: BufferBudget,
 }
 
 impl Live {
@@ -76,6 +79,7 @@ impl Live {
             stage: AtomicU8::new(Stage::Running as u8),
             config: ArcSwap::from_pointee(config),
             options_changes: AtomicU32::new(0),
+            buffers: BufferBudget::default(),
         }
     }
 
@@ -128,12 +132,15 @@ pub(crate) struct ConnShared {
     pub options_changes: u32,
     pub metrics: Arc<Metrics>,
     pub live: Arc<Live>,
+    /// Every live connection: the memory-pressure relief picks the largest holders in it.
+    pub registry: Registry,
 }
 
 impl ConnShared {
     /// The first generation, for a server that has not reloaded yet.
-    pub fn first(params: Config, metrics: Arc<Metrics>) -> ConnShared {
+    pub fn first(params: Config, metrics: Arc<Metrics>, registry: Registry) -> ConnShared {
         ConnShared {
+            registry,
             live: Arc::new(Live::new(params.clone())),
             params,
             options_changes: 0,
@@ -145,7 +152,8 @@ impl ConnShared {
 /// What woke the connection's loop.
 enum Event {
     Close,
-    Kicked,
+    /// The server asked the connection to close: a kick, or memory pressure.
+    Asked(CloseReason),
     StopReading,
     Writable(io::Result<()>),
     Unblocked(Unblocked),
@@ -299,6 +307,18 @@ bitflags::bitflags! {
     }
 }
 
+/// The close the server asked for, with what the peer is told.
+fn asked_to_close(reason: CloseReason) -> Close {
+    let notice = match reason {
+        CloseReason::MemoryPressure => notice(
+            ErrorCode::MemoryPressure,
+            "the server holds too many partial objects and this connection held one of the largest; closing",
+        ),
+        _ => None,
+    };
+    Close { reason, notice }
+}
+
 struct Connection {
     stream: TcpStream,
     info: Arc<ConnInfo>,
@@ -335,6 +355,17 @@ struct Connection {
     /// The `client_id` of the client's `hello`, carried by each of its records. Boxed: a thin
     /// pointer keeps the idle task as small as before client ids (`bench/idle_memory.sh`).
     client_id: Option<Box<Arc<str>>>,
+}
+
+impl Drop for Connection {
+    /// The read buffer goes with the connection: its bytes leave the budget, on every path.
+    fn drop(&mut self) {
+        let reported = self.info.buffered() as usize;
+        if reported > 0 {
+            self.info.set_buffered(0);
+            self.shared.live.buffers.shrink(reported, 0);
+        }
+    }
 }
 
 impl Connection {
@@ -401,7 +432,12 @@ impl Connection {
                         ),
                     }))
                 }
-                Event::Kicked => return Poll::Ready(Err(CloseReason::Kicked.into())),
+                Event::Asked(reason) => {
+                    if reason == CloseReason::MemoryPressure {
+                        self.shared.metrics.item_refused(ErrorCode::MemoryPressure);
+                    }
+                    return Poll::Ready(Err(asked_to_close(reason)));
+                }
                 Event::StopReading => {
                     self.read_what_arrived()?;
                     self.flags.remove(Flags::READING);
@@ -448,8 +484,8 @@ impl Connection {
         if stage == Stage::Close {
             return Poll::Ready(Event::Close);
         }
-        if self.info.is_kicked() {
-            return Poll::Ready(Event::Kicked);
+        if let Some(reason) = self.info.closing_reason() {
+            return Poll::Ready(Event::Asked(reason));
         }
         if stage == Stage::StopReading && self.flags.contains(Flags::READING) {
             return Poll::Ready(Event::StopReading);
@@ -642,6 +678,7 @@ impl Connection {
         if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
             self.read_buf = BytesMut::new();
         }
+        self.report_buffered();
         if !self.flags.contains(Flags::READING) && self.blocked.is_none() {
             // No item will follow: let the queue close, and let the reply channel end once
             // every queued item has been answered.
@@ -649,6 +686,25 @@ impl Connection {
             self.reply_tx = None;
         }
         Ok(())
+    }
+
+    /// Tells the server-wide budget (`max_buffered`) how much the read buffer holds, when that
+    /// changed: its capacity, the memory it keeps, from the pending object's start.
+    fn report_buffered(&self) {
+        let held = self.read_buf.capacity().min(u32::MAX as usize);
+        let reported = self.info.buffered() as usize;
+        if held > reported {
+            self.info.set_buffered(held as u32);
+            let limit = self.shared.live.config().max_buffered;
+            let shared = &self.shared;
+            shared
+                .live
+                .buffers
+                .grow(reported, held, limit, &shared.registry);
+        } else if held < reported {
+            self.info.set_buffered(held as u32);
+            self.shared.live.buffers.shrink(reported, held);
+        }
     }
 
     /// Decodes and handles frames until the buffer holds no complete one or an item blocks;
@@ -951,7 +1007,7 @@ mod tests {
         let (producer, _consumer) = crate::queue::bounded::<Record>(4, Overflow::Backpressure);
         let config = Config::default();
         let metrics = Arc::new(Metrics::new(&config));
-        let shared = Arc::new(ConnShared::first(config, metrics));
+        let shared = Arc::new(ConnShared::first(config, metrics, registry.clone()));
         let task = run(stream, registry.insert(peer, peer), shared, producer);
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task: {size} bytes");

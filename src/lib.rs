@@ -38,6 +38,7 @@ mod conn;
 pub mod doctor;
 pub mod metrics;
 pub mod nats;
+mod pressure;
 pub mod protocol;
 pub mod queue;
 pub mod record;

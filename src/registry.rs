@@ -19,7 +19,9 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -140,6 +142,15 @@ struct Shared {
     events: broadcast::Sender<ClosedConn>,
 }
 
+/// What [`Registry::close_largest_buffers`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Relief {
+    /// Connections asked to close.
+    pub closed: usize,
+    /// The bytes of partial objects they held.
+    pub bytes: usize,
+}
+
 /// One live connection. Counters are updated by the connection's task without a lock.
 #[derive(Debug)]
 pub struct ConnInfo {
@@ -158,7 +169,12 @@ pub struct ConnInfo {
     bytes_out: AtomicU64,
     items: AtomicU64,
     errors: AtomicU64,
-    kicked: AtomicBool,
+    /// Why the server asked this connection to close (a [`CloseReason`]'s index + 1), or 0:
+    /// the first request wins.
+    closing: AtomicU8,
+    /// Bytes of the read buffer holding a partial object, as the connection last reported
+    /// them: the memory-pressure relief closes the largest holders first.
+    buffered: AtomicU32,
     /// True once the application heartbeat applies to this connection.
     heartbeat: AtomicBool,
     /// `ping`s sent since the peer was last heard (saturates at 255).
@@ -213,9 +229,41 @@ impl ConnInfo {
         self.pings_outstanding.store(pings, Ordering::Relaxed);
     }
 
-    /// True once the connection was kicked through [`Registry::kick`].
-    pub fn is_kicked(&self) -> bool {
-        self.kicked.load(Ordering::Acquire)
+    /// Why the server asked this connection to close ([`Registry::kick`], memory pressure),
+    /// if it did.
+    pub fn closing_reason(&self) -> Option<CloseReason> {
+        match self.closing.load(Ordering::Acquire) {
+            0 => None,
+            n => CloseReason::ALL.get(usize::from(n) - 1).copied(),
+        }
+    }
+
+    /// Asks the connection to close with `reason` and wakes its task. False when it was
+    /// already asked (the first reason stands).
+    fn ask_to_close(&self, reason: CloseReason) -> bool {
+        let asked = self
+            .closing
+            .compare_exchange(
+                0,
+                reason.index() as u8 + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if asked {
+            self.control.wake();
+        }
+        asked
+    }
+
+    /// The bytes of partial object the connection holds, as it last reported them.
+    pub fn buffered(&self) -> u32 {
+        self.buffered.load(Ordering::Relaxed)
+    }
+
+    /// Records the bytes of partial object the connection holds.
+    pub fn set_buffered(&self, bytes: u32) {
+        self.buffered.store(bytes, Ordering::Relaxed);
     }
 
     /// Registers the task to wake on a kick or [`Registry::wake_all`]. Register first, then
@@ -248,6 +296,7 @@ impl ConnInfo {
             errors: self.errors.load(Ordering::Relaxed),
             heartbeat: self.heartbeat.load(Ordering::Relaxed),
             pings_outstanding: self.pings_outstanding.load(Ordering::Relaxed),
+            buffered: self.buffered(),
         }
     }
 
@@ -339,6 +388,8 @@ pub struct ConnSnapshot {
     pub heartbeat: bool,
     /// `ping`s sent since the peer was last heard.
     pub pings_outstanding: u8,
+    /// Bytes of the read buffer holding a partial object (counted against `max_buffered`).
+    pub buffered: u32,
 }
 
 /// A closed connection, as logged, broadcast and kept in the closed history.
@@ -475,7 +526,8 @@ impl Registry {
             bytes_out: AtomicU64::new(0),
             items: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            kicked: AtomicBool::new(false),
+            closing: AtomicU8::new(0),
+            buffered: AtomicU32::new(0),
             heartbeat: AtomicBool::new(false),
             pings_outstanding: AtomicU8::new(0),
             fd: AtomicI32::new(-1),
@@ -583,6 +635,14 @@ impl Registry {
         (probes, probing)
     }
 
+    /// Bytes of partial objects held by live connections, as they last reported them.
+    pub fn buffered_total(&self) -> u64 {
+        self.conns()
+            .values()
+            .map(|info| u64::from(info.buffered()))
+            .sum()
+    }
+
     /// The most recent closes, oldest first.
     pub fn closed(&self) -> Vec<ClosedConn> {
         lock(&self.shared.history).iter().cloned().collect()
@@ -593,9 +653,44 @@ impl Registry {
         let Some(info) = self.conns().get(&id).cloned() else {
             return false;
         };
-        info.kicked.store(true, Ordering::Release);
-        info.control.wake();
+        info.ask_to_close(CloseReason::Kicked);
         true
+    }
+
+    /// Asks the connections holding the largest partial objects to close (reason
+    /// `memory_pressure`) until they hold `excess` bytes in all. Buffers of connections
+    /// already asked to close count as freed: they are on their way out.
+    pub fn close_largest_buffers(&self, excess: usize) -> Relief {
+        let mut relief = Relief::default();
+        let conns = self.conns();
+        // First pass, without a clone: what is already on its way out.
+        let releasing: usize = conns
+            .values()
+            .filter(|info| info.closing_reason().is_some())
+            .map(|info| info.buffered() as usize)
+            .sum();
+        let mut excess = excess.saturating_sub(releasing);
+        if excess == 0 {
+            return relief;
+        }
+        let mut holders: Vec<(u32, &Arc<ConnInfo>)> = conns
+            .values()
+            .filter(|info| info.buffered() > 0 && info.closing_reason().is_none())
+            .map(|info| (info.buffered(), info))
+            .collect();
+        holders.sort_unstable_by_key(|&(held, _)| std::cmp::Reverse(held));
+        for (held, info) in holders {
+            if excess == 0 {
+                break;
+            }
+            if info.ask_to_close(CloseReason::MemoryPressure) {
+                excess = excess.saturating_sub(held as usize);
+                relief.closed += 1;
+                relief.bytes += held as usize;
+                tracing::debug!(conn_id = info.id, peer = %info.peer, buffered = held, "closing under memory pressure");
+            }
+        }
+        relief
     }
 
     /// Wakes every live connection's task, so that each looks at a flag just changed (the
@@ -751,6 +846,62 @@ impl Drop for ConnGuard {
 mod tests {
     use super::*;
 
+    #[test]
+    fn memory_pressure_closes_the_largest_holders_and_counts_those_on_their_way_out() {
+        let registry = Registry::new();
+        let guards: Vec<ConnGuard> = (0..5)
+            .map(|i| registry.insert(addr(40 + i), addr(1)))
+            .collect();
+        for (guard, held) in guards.iter().zip([100, 50, 10, 30, 0]) {
+            guard.info().set_buffered(held);
+        }
+        // The fourth is already closing: its 30 bytes count as freed.
+        registry.kick(guards[3].info().id);
+        let relief = registry.close_largest_buffers(120);
+        assert_eq!(
+            relief,
+            Relief {
+                closed: 1,
+                bytes: 100
+            }
+        );
+        let reasons: Vec<_> = guards.iter().map(|g| g.info().closing_reason()).collect();
+        use CloseReason::{Kicked, MemoryPressure};
+        assert_eq!(
+            reasons,
+            [Some(MemoryPressure), None, None, Some(Kicked), None]
+        );
+        // Again: what was asked to close is on its way out, and the next largest goes.
+        let relief = registry.close_largest_buffers(150);
+        assert_eq!(
+            relief,
+            Relief {
+                closed: 1,
+                bytes: 50
+            }
+        );
+        assert_eq!(guards[1].info().closing_reason(), Some(MemoryPressure));
+        // Nothing held by the others beyond that: nothing more to do.
+        assert_eq!(
+            registry.close_largest_buffers(180),
+            Relief {
+                closed: 0,
+                bytes: 0
+            }
+        );
+        assert_eq!(registry.buffered_total(), 190);
+    }
+
+    /// Every idle connection holds one entry (in an `Arc`): jemalloc rounds 16 + its size up
+    /// to the next size class (192 bytes), so the entry stays within 176 bytes.
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    #[test]
+    fn an_entry_stays_within_its_allocation_class() {
+        let size = std::mem::size_of::<ConnInfo>();
+        eprintln!("ConnInfo: {size} bytes");
+        assert!(size <= 176, "ConnInfo is {size} bytes");
+    }
+
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
@@ -846,9 +997,9 @@ mod tests {
         guard
             .info()
             .register_control(&std::task::Waker::from(Arc::clone(&woken)));
-        assert!(!guard.info().is_kicked());
+        assert_eq!(guard.info().closing_reason(), None);
         assert!(registry.kick(guard.info().id));
-        assert!(guard.info().is_kicked());
+        assert_eq!(guard.info().closing_reason(), Some(CloseReason::Kicked));
         assert!(woken.0.load(Ordering::SeqCst));
         assert!(!registry.kick(9999));
     }

@@ -41,6 +41,7 @@ pub const FOR_EVERY_CONNECTION: &[&str] = &[
     "idle_timeout",
     "write_timeout",
     "frame_timeout",
+    "max_buffered",
     "max_age",
     "max_age_grace",
     "error_budget",
@@ -70,6 +71,7 @@ fn with_live_keys(old: &Config, new: &Config) -> Config {
         idle_timeout: new.idle_timeout,
         write_timeout: new.write_timeout,
         frame_timeout: new.frame_timeout,
+        max_buffered: new.max_buffered,
         max_age: new.max_age,
         max_age_grace: new.max_age_grace,
         error_budget: new.error_budget,
@@ -167,7 +169,7 @@ impl std::fmt::Debug for Reloader {
 
 impl Reloader {
     pub(crate) fn new(config: Config, metrics: Arc<Metrics>, registry: Registry) -> Reloader {
-        let first = ConnShared::first(config, Arc::clone(&metrics));
+        let first = ConnShared::first(config, Arc::clone(&metrics), registry.clone());
         Reloader {
             inner: Arc::new(Inner {
                 live: Arc::clone(&first.live),
@@ -225,6 +227,7 @@ impl Reloader {
             options_changes,
             metrics: Arc::clone(&inner.metrics),
             live: Arc::clone(&inner.live),
+            registry: inner.registry.clone(),
         }));
         inner.registry.wake_all();
     }
@@ -286,6 +289,7 @@ mod tests {
         ("max_connections_per_ip", "2"),
         ("max_frame", "1KiB"),
         ("frame_timeout", "5s"),
+        ("max_buffered", "1MiB"),
         ("error_budget", "3"),
         ("max_pending_replies", "16"),
         ("queue", "128"),

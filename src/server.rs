@@ -346,6 +346,10 @@ impl Server {
             tokio::spawn(async move { sink::drain(consumer, sink, fsync, &drain_metrics).await });
         let upkeep = tokio::spawn(upkeep(Arc::clone(&metrics), stop_background.clone()));
         let live = Arc::clone(reloader.live());
+        let relief_log = tokio::spawn(crate::pressure::log_reliefs(
+            Arc::clone(&live),
+            stop_background.clone(),
+        ));
         let stop_accepting = CancellationToken::new();
         let tracker = TaskTracker::new();
         let acceptor = Arc::new(Acceptor {
@@ -446,6 +450,7 @@ impl Server {
             let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
         }
         let _ = upkeep.await;
+        let _ = relief_log.await;
         Ok(report)
     }
 }

@@ -269,3 +269,139 @@ fn slow_loris_peers_end_as_frame_timeout_while_other_clients_keep_delivering() {
     server.terminate();
     assert!(server.wait_exit(Duration::from_secs(20)).success());
 }
+
+/// A line of `/proc/PID/status`, in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+/// What `PEERS` peers, each holding a partial object of `PARTIAL` bytes, did to a server
+/// started with `extra` flags.
+struct Siege {
+    /// Growth of the server's peak resident memory over its resident memory before.
+    peak_growth_kib: u64,
+    /// Connections closed as `memory_pressure`.
+    pressure_closes: f64,
+    /// Partial objects held when the siege settled.
+    buffered: f64,
+    /// Peers told `memory_pressure` before their close.
+    told: usize,
+}
+
+const PEERS: usize = 2000;
+const PARTIAL: usize = 60 * 1024;
+
+fn siege(extra: &[&str]) -> Siege {
+    use std::io::Read;
+    let mut args = common::LOOPBACK_TO_NULL.to_vec();
+    // Only the budget closes anyone here.
+    args.extend(["--frame-timeout", "off"]);
+    args.extend(extra);
+    let mut server = Proc::spawn(&args);
+    let admin = Admin::of(&mut server);
+    let listening = server.wait_log("listening").expect("listening");
+    let addr = listening["addr"].as_str().expect("addr").to_owned();
+    let pid = server.child.id();
+    let before_kib = status_kib(pid, "VmRSS");
+
+    // A client with whole items is served throughout.
+    let brisk = TcpStream::connect(&addr).expect("connect");
+    assert_eq!(hello(&brisk)["type"], "hello");
+    let mut partial = br#"{"ip":"192.0.2.9","pad":""#.to_vec();
+    partial.resize(PARTIAL, b'x');
+    let mut peers = Vec::with_capacity(PEERS);
+    for i in 0..PEERS {
+        let mut peer = TcpStream::connect(&addr).expect("connect");
+        peer.write_all(&partial).expect("send a partial object");
+        peers.push(peer);
+        if i % 500 == 0 {
+            let ack = send_line(&brisk, &format!(r#"{{"ip":"192.0.2.2","id":{i}}}"#));
+            assert_eq!(ack["type"], "ack", "{ack}");
+        }
+    }
+    // Settled: every partial object is read (the server's byte count) and the relief is done
+    // (what is held fits the budget, or nothing is closed).
+    let sent = (PEERS * PARTIAL) as f64;
+    let mut text = String::new();
+    common::poll_until(Duration::from_secs(60), "every partial object read", || {
+        text = admin.metrics();
+        metric(&text, "connwarden_received_bytes_total").unwrap_or(0.0) >= sent
+    });
+    let limit = metric(&text, "connwarden_buffered_limit_bytes").unwrap_or(f64::NAN);
+    common::poll_until(Duration::from_secs(30), "the relief done", || {
+        text = admin.metrics();
+        limit.is_nan() || metric(&text, "connwarden_buffered_bytes").unwrap_or(0.0) <= limit
+    });
+    let ack = send_line(&brisk, r#"{"ip":"192.0.2.2","id":"last"}"#);
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let peak_growth_kib = status_kib(pid, "VmHWM").saturating_sub(before_kib);
+
+    // What the closed peers were told (an open peer's read times out).
+    let mut told = 0;
+    for peer in &mut peers {
+        peer.set_read_timeout(Some(Duration::from_millis(1)))
+            .expect("read timeout");
+        let mut answer = Vec::new();
+        let _ = peer.read_to_end(&mut answer);
+        told +=
+            usize::from(String::from_utf8_lossy(&answer).contains(r#""code":"memory_pressure""#));
+    }
+    let siege = Siege {
+        peak_growth_kib,
+        pressure_closes: metric(
+            &text,
+            "connwarden_connections_closed_total{reason=\"memory_pressure\"}",
+        )
+        .unwrap_or(0.0),
+        buffered: metric(&text, "connwarden_buffered_bytes").unwrap_or(0.0),
+        told,
+    };
+    server.terminate();
+    assert!(server.wait_exit(Duration::from_secs(30)).success());
+    siege
+}
+
+#[test]
+fn max_buffered_bounds_the_memory_of_partial_objects_by_closing_the_largest_holders() {
+    // Without the budget, every partial object is held: the measure of what the budget saves.
+    let unbounded = siege(&["--max-buffered", "off"]);
+    eprintln!(
+        "off: peak RSS +{} KiB, {} bytes held",
+        unbounded.peak_growth_kib, unbounded.buffered
+    );
+    assert_eq!(unbounded.pressure_closes, 0.0);
+    assert!(unbounded.buffered >= (PEERS * PARTIAL) as f64);
+
+    let budget = 32 << 20;
+    let bounded = siege(&["--max-buffered", "32MiB"]);
+    eprintln!(
+        "32MiB: peak RSS +{} KiB, {} bytes held, {} closed, {} told",
+        bounded.peak_growth_kib, bounded.buffered, bounded.pressure_closes, bounded.told
+    );
+    assert!(bounded.buffered <= budget as f64, "{}", bounded.buffered);
+    // At most what fits stays: the rest were closed.
+    let fit = budget / PARTIAL;
+    assert!(
+        bounded.pressure_closes >= (PEERS - fit) as f64 && bounded.pressure_closes < PEERS as f64,
+        "{} closed",
+        bounded.pressure_closes
+    );
+    assert!(
+        bounded.told as f64 >= bounded.pressure_closes * 0.9,
+        "{} told",
+        bounded.told
+    );
+    // The peak: the budget, plus 2,000 connections' own state, plus what arrives while the
+    // relief runs; far below the unbounded peak.
+    assert!(
+        bounded.peak_growth_kib < 64 * 1024,
+        "peak RSS grew {} KiB",
+        bounded.peak_growth_kib
+    );
+    assert!(bounded.peak_growth_kib * 2 < unbounded.peak_growth_kib);
+}

@@ -37,6 +37,10 @@ pub struct Connection {
     pub items: u64,
     /// Items refused.
     pub errors: u64,
+    /// Bytes of the read buffer holding a partial object, counted against `max_buffered`
+    /// (absent from gateways older than it: 0).
+    #[serde(default)]
+    pub buffered_bytes: u64,
     /// The application heartbeat.
     pub heartbeat: Heartbeat,
     /// The kernel's view, read when the request was served; `null` where `TCP_INFO` is not
@@ -159,6 +163,7 @@ impl Connection {
             bytes_out: snapshot.bytes_out,
             items: snapshot.items,
             errors: snapshot.errors,
+            buffered_bytes: snapshot.buffered.into(),
             heartbeat: Heartbeat {
                 negotiated: snapshot.heartbeat,
                 pings_outstanding: snapshot.pings_outstanding,

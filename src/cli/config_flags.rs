@@ -82,6 +82,9 @@ pub struct ConfigFlags {
     /// An object that has begun must end within this, or off [default: 30s].
     #[arg(long, value_name = "DURATION|off")]
     frame_timeout: Option<String>,
+    /// Bytes of partial objects held across all connections, or off; beyond it the largest holders close [default: 256MiB].
+    #[arg(long, value_name = "SIZE|off")]
+    max_buffered: Option<String>,
     /// Bad items a connection may send before it is closed [default: 100].
     #[arg(long, value_name = "N")]
     error_budget: Option<String>,
@@ -214,6 +217,7 @@ impl ConfigFlags {
             ("max_frame", &self.max_frame),
             ("max_connections_per_ip", &self.max_connections_per_ip),
             ("frame_timeout", &self.frame_timeout),
+            ("max_buffered", &self.max_buffered),
             ("error_budget", &self.error_budget),
             ("max_pending_replies", &self.max_pending_replies),
             ("queue", &self.queue),

@@ -90,6 +90,8 @@ pub struct Metrics {
     config_reloads: [Counter; 2],
     config_last_reload_successful: Gauge,
     config_last_reload_success: Gauge,
+    /// `max_buffered`, NaN when off: a reload changes it.
+    buffered_limit: Gauge,
     scraped: ScrapeTime,
     nats: nats::NatsMetrics,
     /// Whether the JetStream metrics apply (its latency histogram is rendered only then).
@@ -108,6 +110,7 @@ struct ScrapeTime {
     keepalive_probes: Gauge,
     connections_probing: Gauge,
     sink_healthy: Gauge,
+    buffered: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -225,6 +228,7 @@ impl Metrics {
                 keepalive_probes: r.gauge("keepalive_probes", &[]),
                 connections_probing: r.gauge("connections_probing", &[]),
                 sink_healthy: r.gauge("sink_healthy", &[]),
+                buffered: r.gauge("buffered_bytes", &[]),
             },
             sink_healthy: AtomicBool::new(true),
             nats: nats::NatsMetrics::new(&r),
@@ -238,6 +242,7 @@ impl Metrics {
             config_last_reload_successful: r.gauge("config_last_reload_successful", &[]),
             config_last_reload_success: r
                 .gauge("config_last_reload_success_timestamp_seconds", &[]),
+            buffered_limit: r.gauge("buffered_limit_bytes", &[]),
             process: ProcessCollector::default(),
             handle,
             recorder,
@@ -255,6 +260,8 @@ impl Metrics {
     pub(crate) fn reconfigure(&self, config: &Config) {
         self.keepalive_idle_ms
             .store(config.keepalive.idle.as_millis() as u64, Ordering::Relaxed);
+        self.buffered_limit
+            .set(config.max_buffered.map_or(f64::NAN, |bytes| bytes as f64));
         let bounds = detection_bounds(config);
         let mut gauges = self
             .detection_bounds
@@ -391,6 +398,7 @@ impl Metrics {
         let (probes, probing) = registry.keepalive_probes(keepalive_idle);
         s.keepalive_probes.set(probes as f64);
         s.connections_probing.set(probing as f64);
+        s.buffered.set(registry.buffered_total() as f64);
         s.sink_healthy
             .set(if self.sink_healthy() { 1.0 } else { 0.0 });
         self.nats.set_gauges();
@@ -502,6 +510,8 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::C, "config_reloads_total", None, "Configuration reloads (SIGHUP), by result: success (keys that need a restart may have been refused, see the log) or failure (the configuration could not be read or was invalid; nothing changed)."),
     (Kind::G, "config_last_reload_successful", None, "1 when the last configuration reload succeeded, or none was tried; 0 after a failed one."),
     (Kind::G, "config_last_reload_success_timestamp_seconds", Some(Unit::Seconds), "Unix time of the last successful configuration reload, or of the start."),
+    (Kind::G, "buffered_bytes", Some(Unit::Bytes), "Bytes of read buffers holding partial objects, summed over live connections (read at scrape)."),
+    (Kind::G, "buffered_limit_bytes", Some(Unit::Bytes), "max_buffered: beyond it the connections holding the most are closed (memory_pressure); NaN when off."),
     (Kind::G, "connections_probing", None, "Live connections with at least one unanswered keep-alive probe (read at scrape)."),
 ];
 

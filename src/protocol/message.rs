@@ -65,6 +65,9 @@ pub enum ErrorCode {
     FrameTooLarge,
     /// An object that had begun did not end within `frame_timeout`; the connection closes.
     FrameTimeout,
+    /// The server's budget for partial objects (`max_buffered`) was exceeded and this
+    /// connection held one of the largest; it closes.
+    MemoryPressure,
     /// The connection exceeded its error budget; it closes.
     TooManyErrors,
     /// The overflow policy dropped this item.
@@ -88,7 +91,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidJson,
         ErrorCode::MissingIp,
         ErrorCode::InvalidIp,
@@ -96,6 +99,7 @@ impl ErrorCode {
         ErrorCode::UnexpectedType,
         ErrorCode::FrameTooLarge,
         ErrorCode::FrameTimeout,
+        ErrorCode::MemoryPressure,
         ErrorCode::TooManyErrors,
         ErrorCode::QueueFull,
         ErrorCode::ServerFull,
@@ -129,6 +133,7 @@ impl ErrorCode {
             ErrorCode::UnexpectedType => "unexpected_type",
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::FrameTimeout => "frame_timeout",
+            ErrorCode::MemoryPressure => "memory_pressure",
             ErrorCode::TooManyErrors => "too_many_errors",
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::ServerFull => "server_full",

@@ -1,0 +1,104 @@
+//! Memory pressure: one budget (`max_buffered`) for the bytes of partial objects held across
+//! all connections.
+//!
+//! Each connection may hold up to `max_frame` bytes of an object it has not finished reading;
+//! thousands of peers each holding most of one (64 KiB × 20,000 = 1.3 GB) would exhaust the
+//! gateway without breaking any per-connection limit. Connections report what their read
+//! buffer holds after every read ([`BufferBudget::grow`], [`BufferBudget::shrink`]); the read
+//! that takes the total past the budget asks, there and then, the connections holding the most
+//! to close (reason `memory_pressure`, told to the peer) until the rest fits. Done in the
+//! reading connection rather than in a task of its own, so that no read waits for a task to be
+//! scheduled while buffers keep growing. Whole items are never held across reads, so a
+//! well-behaved client holds little and is closed last.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::conn::Live;
+use crate::registry::{Registry, Relief};
+
+/// How often, at most, the relief is logged (an attack may need many rounds).
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// The bytes of read buffers holding partial objects, across all connections.
+#[derive(Debug, Default)]
+pub(crate) struct BufferBudget {
+    held: AtomicUsize,
+    /// One relief at a time: a connection that finds one under way goes on reading, the
+    /// relief under way sees its growth or the next one does.
+    relieving: Mutex<()>,
+    /// What the reliefs closed since the last log line.
+    unlogged: Mutex<Relief>,
+    /// Wakes [`log_reliefs`].
+    relieved: Notify,
+}
+
+impl BufferBudget {
+    /// A connection's buffer grew from `from` to `to` bytes. When that takes the total past
+    /// `limit`, closes the largest holders among `registry`'s connections until it fits.
+    pub fn grow(&self, from: usize, to: usize, limit: Option<u64>, registry: &Registry) {
+        let total = self.held.fetch_add(to - from, Ordering::Relaxed) + (to - from);
+        if let Some(limit) = limit.filter(|&limit| total as u64 > limit) {
+            self.relieve(limit, registry);
+        }
+    }
+
+    /// A connection's buffer shrank from `from` to `to` bytes (or went: `to` is 0).
+    pub fn shrink(&self, from: usize, to: usize) {
+        self.held.fetch_sub(from - to, Ordering::Relaxed);
+    }
+
+    /// The bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    fn relieve(&self, limit: u64, registry: &Registry) {
+        let Ok(_one_at_a_time) = self.relieving.try_lock() else {
+            return;
+        };
+        let excess = (self.held() as u64).saturating_sub(limit) as usize;
+        if excess == 0 {
+            return;
+        }
+        let relief = registry.close_largest_buffers(excess);
+        if relief.closed > 0 {
+            let mut unlogged = self.unlogged.lock().unwrap_or_else(|p| p.into_inner());
+            unlogged.closed += relief.closed;
+            unlogged.bytes += relief.bytes;
+            self.relieved.notify_one();
+        }
+    }
+}
+
+/// Logs what the reliefs closed, at most once per [`LOG_EVERY`], until `stop`.
+pub(crate) async fn log_reliefs(live: Arc<Live>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = live.buffers.relieved.notified() => {}
+            _ = stop.cancelled() => return,
+        }
+        let relief = std::mem::take(
+            &mut *live
+                .buffers
+                .unlogged
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        tracing::warn!(
+            closed = relief.closed,
+            freed_bytes = relief.bytes,
+            held_bytes = live.buffers.held(),
+            max_buffered = live.config().max_buffered,
+            "partial objects exceeded max_buffered: closed the connections holding the most (memory_pressure)"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(LOG_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
