@@ -35,6 +35,12 @@ pub enum CloseReason {
     /// The partial objects held across all connections exceeded `max_buffered`, and this
     /// connection held one of the largest.
     MemoryPressure,
+    /// A TLS handshake did not finish within `handshake_timeout`.
+    HandshakeTimeout,
+    /// TLS failed: a protocol error, an unsupported version, a bad record.
+    TlsError,
+    /// The client did not authenticate: no valid client certificate, or no valid token.
+    Unauthorized,
     /// The connection reached `max_age` and its grace period.
     MaxAge,
     /// Refused at accept time: `max_connections` were already live.
@@ -77,7 +83,7 @@ impl CloseReason {
     }
 
     /// Every reason, for counters and reports.
-    pub const ALL: [CloseReason; 17] = [
+    pub const ALL: [CloseReason; 20] = [
         CloseReason::PeerClosed,
         CloseReason::Reset,
         CloseReason::KeepaliveTimeout,
@@ -89,6 +95,9 @@ impl CloseReason {
         CloseReason::FrameTooLarge,
         CloseReason::FrameTimeout,
         CloseReason::MemoryPressure,
+        CloseReason::HandshakeTimeout,
+        CloseReason::TlsError,
+        CloseReason::Unauthorized,
         CloseReason::MaxAge,
         CloseReason::ServerFull,
         CloseReason::TooManyConnections,
@@ -111,6 +120,9 @@ impl CloseReason {
             CloseReason::FrameTooLarge => "frame_too_large",
             CloseReason::FrameTimeout => "frame_timeout",
             CloseReason::MemoryPressure => "memory_pressure",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::TlsError => "tls_error",
+            CloseReason::Unauthorized => "unauthorized",
             CloseReason::MaxAge => "max_age",
             CloseReason::ServerFull => "server_full",
             CloseReason::TooManyConnections => "too_many_connections",

@@ -50,6 +50,9 @@
 //! | `log_level` | `info` | least severe level logged: `error`, `warn`, `info`, `debug`, `trace` or `off` (`RUST_LOG`, when set, wins with its own directives) |
 //! | `admin` | `127.0.0.1:9464` | address of the admin API and `/metrics` (never a data port), or `off` |
 //! | `admin_token_file` | `off` | file holding the admin API's bearer token; without it the API is open to whoever reaches its address |
+//! | `tls_cert` | `off` | PEM certificate chain of the data listener: with `tls_key`, clients must speak TLS (1.2 or 1.3). The files are read again at every reload; their paths need a restart |
+//! | `tls_key` | `off` | PEM private key of `tls_cert` |
+//! | `handshake_timeout` | `10s` | a TLS handshake must finish within this from accept, or the connection closes (`handshake_timeout`) |
 //! | `closed_history` | `10000` | closed connections kept for `GET /closed` (0 keeps none) |
 //! | `gateway_name` | `auto` | this gateway's name in NATS subjects and the cluster-wide registry; `auto` is the host name and the first listen port (`host-7000`) |
 //! | `nats_url` | none | NATS servers (repeatable, or comma-separated): needed by `sink = "jetstream"`, and enough on its own for the cluster-wide registry |
@@ -122,6 +125,9 @@ pub const KEYS: &[&str] = &[
     "log_level",
     "admin",
     "admin_token_file",
+    "tls_cert",
+    "tls_key",
+    "handshake_timeout",
     "closed_history",
     "gateway_name",
     "nats_url",
@@ -188,6 +194,14 @@ pub enum ConfigError {
         /// What contradicts what.
         reason: String,
     },
+    #[error("{key}: {reason}")]
+    /// A value that parses but names something that cannot be used (a certificate file).
+    Unusable {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
     #[error("cannot read config file {path}")]
     /// The configuration file cannot be read.
     ReadFile {
@@ -212,9 +226,9 @@ impl ConfigError {
     /// The key this error is about, for callers and tests that act on it.
     pub fn key(&self) -> Option<&str> {
         match self {
-            ConfigError::InvalidValue { key, .. } | ConfigError::Contradiction { key, .. } => {
-                Some(key)
-            }
+            ConfigError::InvalidValue { key, .. }
+            | ConfigError::Contradiction { key, .. }
+            | ConfigError::Unusable { key, .. } => Some(key),
             ConfigError::UnknownKey { key, .. } => Some(key),
             ConfigError::ReadFile { .. } | ConfigError::ParseFile { .. } => None,
         }
@@ -562,6 +576,12 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// File holding the admin API's bearer token; `None` leaves the API without one.
     pub admin_token_file: Option<PathBuf>,
+    /// PEM certificate chain of the data listener; TLS is on when set (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Longest TLS handshake, from accept.
+    pub handshake_timeout: Duration,
     /// Closed connections kept for the admin API's `/closed`.
     pub closed_history: usize,
     /// This gateway's name; `None` is the host name and the first listen port
@@ -610,6 +630,9 @@ impl Default for Config {
             log_level: LevelFilter::INFO,
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             admin_token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            handshake_timeout: Duration::from_secs(10),
             closed_history: crate::registry::DEFAULT_CLOSED_HISTORY,
             gateway_name: None,
             nats: NatsConfig::default(),
@@ -687,6 +710,17 @@ impl Config {
                     self.max_frame
                 ),
             );
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            let missing = if self.tls_cert.is_some() {
+                "tls_key"
+            } else {
+                "tls_cert"
+            };
+            return fail(missing, "TLS needs both tls_cert and tls_key".into());
+        }
+        if self.handshake_timeout.is_zero() {
+            return fail("handshake_timeout", "must be above 0".into());
         }
         if self.max_pending_replies == 0 {
             return fail("max_pending_replies", "must be at least 1".into());
@@ -886,6 +920,9 @@ impl Config {
             "log_level" => self.log_level = parse!(parse_log_level),
             "admin" => self.admin = parse!(parse_admin),
             "admin_token_file" => self.admin_token_file = parse!(parse_optional_path),
+            "tls_cert" => self.tls_cert = parse!(parse_optional_path),
+            "tls_key" => self.tls_key = parse!(parse_optional_path),
+            "handshake_timeout" => self.handshake_timeout = parse!(parse_duration),
             "closed_history" => self.closed_history = parse!(parse_number),
             "gateway_name" => self.gateway_name = parse!(parse_auto_name),
             "nats_url" => {
@@ -928,6 +965,12 @@ impl Config {
         let opt_dur = |d: Option<Duration>| d.map_or_else(|| "\"off\"".to_owned(), dur);
         let opt_buf = |b: Option<usize>| b.map_or_else(|| "\"auto\"".to_owned(), |b| b.to_string());
         let quoted = |s: &str| format!("{s:?}");
+        let opt_path = |p: &Option<PathBuf>| {
+            quoted(
+                &p.as_ref()
+                    .map_or_else(|| "off".to_owned(), |p| p.display().to_string()),
+            )
+        };
         let listen: Vec<String> = self.listen.iter().map(|a| quoted(&a.to_string())).collect();
         let lines = [
             ("listen", format!("[{}]", listen.join(", "))),
@@ -1022,6 +1065,9 @@ impl Config {
                         .map_or_else(|| "off".to_owned(), |p| p.display().to_string()),
                 ),
             ),
+            ("tls_cert", opt_path(&self.tls_cert)),
+            ("tls_key", opt_path(&self.tls_key)),
+            ("handshake_timeout", dur(self.handshake_timeout)),
             ("closed_history", self.closed_history.to_string()),
             (
                 "gateway_name",

@@ -25,8 +25,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use socket2::SockRef;
+use std::io::Write;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, error::TrySendError, OwnedPermit};
 use tokio::time::{Instant, Sleep};
@@ -40,6 +41,7 @@ use crate::queue::{Producer, Pushed};
 use crate::record::Record;
 use crate::registry::{ConnGuard, ConnInfo, Registry};
 use crate::sockopt::{self, SocketOptions};
+use rustls::server::ServerConnection;
 
 /// Bytes asked of the kernel per read. Objects larger than this take several reads.
 const READ_CHUNK: usize = 4096;
@@ -185,6 +187,7 @@ pub(crate) fn run(
     guard: ConnGuard,
     shared: Arc<ConnShared>,
     producer: Producer<Record>,
+    tls: Option<ServerConnection>,
 ) -> ConnTask {
     ConnTask {
         conn: Some(Connection::new(
@@ -192,6 +195,7 @@ pub(crate) fn run(
             Arc::clone(guard.info()),
             shared,
             producer,
+            tls,
         )),
         guard: Some(guard),
         closing: None,
@@ -352,9 +356,40 @@ struct Connection {
     /// ([`ConnShared::options_changes`]), its low 8 bits (the idle task's size): every reload
     /// wakes every connection, so none misses 256 in a row.
     options_seen: u8,
-    /// The `client_id` of the client's `hello`, carried by each of its records. Boxed: a thin
-    /// pointer keeps the idle task as small as before client ids (`bench/idle_memory.sh`).
-    client_id: Option<Box<Arc<str>>>,
+    /// What only some connections have (a `client_id`, a TLS session). Boxed: a thin pointer
+    /// keeps a plain connection's idle task small (`bench/idle_memory.sh`).
+    extras: Option<Box<Extras>>,
+}
+
+/// The state only some connections have.
+#[derive(Default)]
+struct Extras {
+    /// The `client_id` of the client's `hello`, carried by each of its records.
+    client_id: Option<Arc<str>>,
+    /// The TLS session, on a TLS listener. Its records are read from the socket and written to
+    /// [`Connection::out`] here, so that the rest of the connection sees plaintext in and
+    /// ciphertext out.
+    tls: Option<ServerConnection>,
+}
+
+/// Reads the socket for rustls, without waiting.
+struct SocketReader<'a>(&'a TcpStream);
+
+impl io::Read for SocketReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+/// Moves every TLS record rustls has to send (handshake, sealed output, alerts) to `out`.
+fn take_tls_output(tls: &mut ServerConnection, out: &mut BytesMut) {
+    let mut writer = out.writer();
+    while tls.wants_write() {
+        // Writing to memory cannot fail.
+        if tls.write_tls(&mut writer).is_err() {
+            break;
+        }
+    }
 }
 
 impl Drop for Connection {
@@ -374,6 +409,7 @@ impl Connection {
         info: Arc<ConnInfo>,
         shared: Arc<ConnShared>,
         producer: Producer<Record>,
+        tls: Option<ServerConnection>,
     ) -> Connection {
         let params = &shared.params;
         let heartbeat = params.heartbeat == HeartbeatMode::Required;
@@ -401,7 +437,12 @@ impl Connection {
             out_since: 0,
             frame_started: 0,
             errors: 0,
-            client_id: None,
+            extras: tls.map(|tls| {
+                Box::new(Extras {
+                    tls: Some(tls),
+                    ..Extras::default()
+                })
+            }),
         }
     }
 
@@ -542,6 +583,12 @@ impl Connection {
     async fn finish(mut self, close: Close) -> (CloseReason, Connection) {
         if let Some(message) = &close.notice {
             self.send(message);
+        }
+        if let Some((tls, out)) = self.tls_mut_parts() {
+            tls.send_close_notify();
+            take_tls_output(tls, out);
+        }
+        if close.notice.is_some() || self.is_tls() {
             let bound = CLOSING_FLUSH.min(self.shared.live.config().write_timeout);
             let flush = async {
                 while !self.out.is_empty() {
@@ -565,29 +612,97 @@ impl Connection {
 
     /// Reads what the socket holds, without waiting. Returns false when nothing was read.
     fn read_some(&mut self) -> Result<bool, Close> {
+        if self.is_tls() {
+            return self.read_tls();
+        }
         self.read_buf.reserve(READ_CHUNK);
         match self.stream.try_read_buf(&mut self.read_buf) {
             Ok(0) => {
-                // What is left in the buffer is answered by `process_buffered`.
-                self.flags.insert(Flags::EOF);
-                self.flags.remove(Flags::READING);
+                self.end_of_stream();
                 Ok(false)
             }
             Ok(n) => {
-                let now = Instant::now();
-                self.info.received(n, now.into_std());
-                self.shared.metrics.bytes_received(n);
-                self.last_in = self.stamp(now);
-                if self.pings_sent != 0 {
-                    self.pings_sent = 0;
-                    self.info
-                        .heartbeat(self.flags.contains(Flags::HEARTBEAT), 0);
-                }
+                self.heard(n);
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(self.io_close(&e)),
         }
+    }
+
+    /// The peer ended its side. What is left in the buffer is answered by `process_buffered`.
+    fn end_of_stream(&mut self) {
+        self.flags.insert(Flags::EOF);
+        self.flags.remove(Flags::READING);
+    }
+
+    /// Counts `n` bytes just received: the peer is alive.
+    fn heard(&mut self, n: usize) {
+        let now = Instant::now();
+        self.info.received(n, now.into_std());
+        self.shared.metrics.bytes_received(n);
+        self.last_in = self.stamp(now);
+        if self.pings_sent != 0 {
+            self.pings_sent = 0;
+            self.info
+                .heartbeat(self.flags.contains(Flags::HEARTBEAT), 0);
+        }
+    }
+
+    /// [`Connection::read_some`] on a TLS connection: TLS records from the socket into rustls,
+    /// what it answers (handshake, alerts) into `out`, the plaintext into the read buffer.
+    fn read_tls(&mut self) -> Result<bool, Close> {
+        let out_was_empty = self.out.is_empty();
+        let Some(tls) = self.extras.as_mut().and_then(|e| e.tls.as_mut()) else {
+            return Ok(false);
+        };
+        let n = match tls.read_tls(&mut SocketReader(&self.stream)) {
+            Ok(0) => {
+                self.end_of_stream();
+                return Ok(false);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(self.io_close(&e)),
+        };
+        let state = tls.process_new_packets();
+        // Sent even after an error: the alert tells the peer why.
+        take_tls_output(tls, &mut self.out);
+        let result = state.map(|state| {
+            let plaintext = state.plaintext_bytes_to_read();
+            if plaintext > 0 {
+                let start = self.read_buf.len();
+                self.read_buf.resize(start + plaintext, 0);
+                let read = io::Read::read_exact(&mut tls.reader(), &mut self.read_buf[start..]);
+                debug_assert!(read.is_ok(), "rustls said {plaintext} bytes were ready");
+            }
+            state.peer_has_closed()
+        });
+        if out_was_empty && !self.out.is_empty() {
+            self.out_since = self.stamp(Instant::now());
+        }
+        self.heard(n);
+        match result {
+            Ok(peer_closed) => {
+                if peer_closed {
+                    self.end_of_stream();
+                }
+                Ok(true)
+            }
+            Err(error) => Err(self.tls_close(&error)),
+        }
+    }
+
+    /// Names a TLS failure: a refused client certificate is `unauthorized`, the rest `tls_error`.
+    fn tls_close(&self, error: &rustls::Error) -> Close {
+        tracing::info!(conn_id = self.info.id, peer = %self.info.peer, error = %error, "TLS failed");
+        let reason = match error {
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+                CloseReason::Unauthorized
+            }
+            _ => CloseReason::TlsError,
+        };
+        reason.into()
     }
 
     /// At shutdown, takes the items that already arrived in the kernel's receive buffer, so that
@@ -633,19 +748,60 @@ impl Connection {
         let Some(rx) = &mut self.reply_rx else {
             return;
         };
+        let plain_from = self.out.len();
         while self.out.len() < OUT_HIGH_WATER {
             match rx.try_recv() {
                 Ok(message) => message.encode(&mut self.out),
                 Err(_) => break,
             }
         }
+        self.seal(plain_from);
     }
 
     fn send(&mut self, message: &Outbound) {
         if self.out.is_empty() {
             self.out_since = self.stamp(Instant::now());
         }
+        let plain_from = self.out.len();
         message.encode(&mut self.out);
+        self.seal(plain_from);
+    }
+
+    /// On a TLS connection, encrypts the plaintext appended to `out` from `plain_from` on.
+    fn seal(&mut self, plain_from: usize) {
+        let Some(tls) = self.tls_mut_parts() else {
+            return;
+        };
+        let (tls, out) = tls;
+        let plain = out.split_off(plain_from);
+        // rustls takes what fits its buffer (64 KiB by default) and is emptied into `out` at
+        // once, so a loop of at most a few turns takes all of it.
+        let mut rest = &plain[..];
+        while !rest.is_empty() {
+            let taken = tls.writer().write(rest).unwrap_or(0);
+            take_tls_output(tls, out);
+            if taken == 0 {
+                tracing::warn!(dropped = rest.len(), "TLS output buffer full");
+                break;
+            }
+            rest = &rest[taken..];
+        }
+    }
+
+    /// The TLS session and the output buffer, borrowed together.
+    fn tls_mut_parts(&mut self) -> Option<(&mut ServerConnection, &mut BytesMut)> {
+        let tls = self.extras.as_mut()?.tls.as_mut()?;
+        Some((tls, &mut self.out))
+    }
+
+    /// True while a TLS handshake is under way.
+    fn handshaking(&self) -> bool {
+        let tls = self.extras.as_ref().and_then(|e| e.tls.as_ref());
+        tls.is_some_and(|tls| tls.is_handshaking())
+    }
+
+    fn is_tls(&self) -> bool {
+        self.extras.as_ref().is_some_and(|e| e.tls.is_some())
     }
 
     /// Names a socket error. `ETIMEDOUT` (or an unreachable host reported while retrying) comes
@@ -753,7 +909,7 @@ impl Connection {
 
     fn hello(&mut self, hello: Hello) {
         if let Some(client_id) = hello.client_id {
-            self.client_id = Some(Box::new(client_id.into()));
+            self.extras.get_or_insert_default().client_id = Some(client_id.into());
         }
         let params = &self.shared.params;
         if params.heartbeat != HeartbeatMode::Off {
@@ -829,7 +985,7 @@ impl Connection {
             ip: item.ip,
             item: item.raw,
             id: item.id,
-            client_id: self.client_id.as_deref().cloned(),
+            client_id: self.extras.as_ref().and_then(|e| e.client_id.clone()),
             reply,
         };
         self.info.item();
@@ -885,6 +1041,9 @@ impl Connection {
     /// notice that are due. The heartbeat follows the configuration the connection was
     /// accepted under (its `hello` announced it); the other deadlines follow `live`.
     fn check_timers(&mut self, now: Instant, live: &Config) -> Result<(), Close> {
+        if self.handshaking() && now >= self.started() + live.handshake_timeout {
+            return Err(CloseReason::HandshakeTimeout.into());
+        }
         if !self.out.is_empty() && now >= self.at(self.out_since) + live.write_timeout {
             return Err(CloseReason::WriteTimeout.into());
         }
@@ -941,6 +1100,9 @@ impl Connection {
         let params = &self.shared.params;
         let mut next: Option<Instant> = None;
         let mut earliest = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+        if self.handshaking() {
+            earliest(self.started() + live.handshake_timeout);
+        }
         if !self.out.is_empty() {
             earliest(self.at(self.out_since) + live.write_timeout);
         }
@@ -1008,7 +1170,7 @@ mod tests {
         let config = Config::default();
         let metrics = Arc::new(Metrics::new(&config));
         let shared = Arc::new(ConnShared::first(config, metrics, registry.clone()));
-        let task = run(stream, registry.insert(peer, peer), shared, producer);
+        let task = run(stream, registry.insert(peer, peer), shared, producer, None);
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task: {size} bytes");
         assert!(

@@ -47,6 +47,7 @@ pub mod reload;
 pub mod server;
 pub mod sink;
 pub mod sockopt;
+pub mod tls;
 
 pub use close_reason::CloseReason;
 pub use config::Config;

@@ -30,6 +30,7 @@ use crate::config::{Config, ConfigError};
 use crate::conn::{ConnShared, Live};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::tls::ServerTls;
 
 /// Keys a reload changes for every open connection and for the server at once.
 pub const FOR_EVERY_CONNECTION: &[&str] = &[
@@ -41,6 +42,7 @@ pub const FOR_EVERY_CONNECTION: &[&str] = &[
     "idle_timeout",
     "write_timeout",
     "frame_timeout",
+    "handshake_timeout",
     "max_buffered",
     "max_age",
     "max_age_grace",
@@ -71,6 +73,7 @@ fn with_live_keys(old: &Config, new: &Config) -> Config {
         idle_timeout: new.idle_timeout,
         write_timeout: new.write_timeout,
         frame_timeout: new.frame_timeout,
+        handshake_timeout: new.handshake_timeout,
         max_buffered: new.max_buffered,
         max_age: new.max_age,
         max_age_grace: new.max_age_grace,
@@ -157,6 +160,8 @@ struct Inner {
     current: ArcSwap<ConnShared>,
     metrics: Arc<Metrics>,
     registry: Registry,
+    /// The certificate new TLS handshakes use: its files are read again at every reload.
+    tls: ServerTls,
     /// One reload at a time: two at once could each undo the other.
     serial: Mutex<()>,
 }
@@ -168,10 +173,16 @@ impl std::fmt::Debug for Reloader {
 }
 
 impl Reloader {
-    pub(crate) fn new(config: Config, metrics: Arc<Metrics>, registry: Registry) -> Reloader {
+    pub(crate) fn new(
+        config: Config,
+        metrics: Arc<Metrics>,
+        registry: Registry,
+        tls: ServerTls,
+    ) -> Reloader {
         let first = ConnShared::first(config, Arc::clone(&metrics), registry.clone());
         Reloader {
             inner: Arc::new(Inner {
+                tls,
                 live: Arc::clone(&first.live),
                 current: ArcSwap::from_pointee(first),
                 metrics,
@@ -197,7 +208,9 @@ impl Reloader {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let old = self.config();
-        let planned = new.and_then(|new| plan(&old, &new));
+        let planned = new
+            .and_then(|new| plan(&old, &new))
+            .and_then(|planned| self.reload_tls(&planned.0).map(|()| planned));
         let (next, report) = match planned {
             Ok(planned) => planned,
             Err(error) => {
@@ -213,6 +226,27 @@ impl Reloader {
         }
         self.inner.metrics.reload_result(true);
         Ok(report)
+    }
+
+    /// Reads the TLS certificate and key again, when TLS is on: a renewed pair is used by the
+    /// handshakes that follow; one that cannot be used refuses the whole reload.
+    fn reload_tls(&self, next: &Config) -> Result<(), ConfigError> {
+        match self.inner.tls.reload(next) {
+            Ok(true) => {
+                tracing::info!(cert = ?next.tls_cert, "TLS certificate read again; new handshakes use it");
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(error) => Err(ConfigError::Unusable {
+                key: "tls_cert",
+                reason: format!("{error}; the certificate in force stays"),
+            }),
+        }
+    }
+
+    /// Whether the data listener speaks TLS, and a session for a connection just accepted.
+    pub(crate) fn tls(&self) -> &ServerTls {
+        &self.inner.tls
     }
 
     /// Makes `next` the configuration of every connection's deadlines and socket options and
@@ -304,6 +338,9 @@ mod tests {
         ("log_level", "debug"),
         ("admin", "127.0.0.1:9999"),
         ("admin_token_file", "/tmp/token"),
+        ("tls_cert", "/tmp/tls.crt"),
+        ("tls_key", "/tmp/tls.key"),
+        ("handshake_timeout", "3s"),
         ("closed_history", "7"),
         ("gateway_name", "east-1"),
         ("nats_url", "nats://127.0.0.1:4333"),
@@ -341,6 +378,8 @@ mod tests {
         let companion = match key {
             k if k.starts_with("sink_") => Some(("sink", "file:/tmp/reload-test.ndjson")),
             "nats_tls_cert" => Some(("nats_tls_key", "/tmp/key.pem")),
+            "tls_cert" => Some(("tls_key", "/tmp/tls.key")),
+            "tls_key" => Some(("tls_cert", "/tmp/tls.crt")),
             "nats_tls_key" => Some(("nats_tls_cert", "/tmp/cert.pem")),
             "nats_user" => Some(("nats_password_file", "/tmp/password")),
             "nats_password_file" => Some(("nats_user", "someone")),

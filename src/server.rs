@@ -35,6 +35,7 @@ use crate::registry::{ClosedConn, Registry};
 use crate::reload::Reloader;
 use crate::sink::{self, DrainReport, ReopenHandle, Sink, SinkError};
 use crate::sockopt::{self, ListenError, ListenerOptions, SocketOptions};
+use crate::tls::{ServerTls, TlsError};
 
 /// First wait before retrying `accept` after it ran out of a resource (`EMFILE`, `ENFILE`,
 /// `ENOBUFS`, `ENOMEM`): retrying at once would spin a core while descriptors are exhausted.
@@ -63,6 +64,9 @@ pub enum ServerError {
     #[error("no listener to accept on")]
     /// `run` was given no listener.
     NoListener,
+    #[error(transparent)]
+    /// The TLS certificate or key cannot be used.
+    Tls(#[from] TlsError),
     #[error(transparent)]
     /// The admin token file cannot be used.
     AdminToken(#[from] TokenError),
@@ -148,7 +152,13 @@ impl ServerBuilder {
         let metrics = Arc::new(Metrics::new(&self.config));
         registry.attach_metrics(Arc::clone(&metrics));
         registry.set_closed_history(self.config.closed_history);
-        let reloader = Reloader::new(self.config.clone(), Arc::clone(&metrics), registry.clone());
+        let tls = ServerTls::new(&self.config)?;
+        let reloader = Reloader::new(
+            self.config.clone(),
+            Arc::clone(&metrics),
+            registry.clone(),
+            tls,
+        );
         Ok(Server {
             config: self.config,
             reloader,
@@ -712,8 +722,18 @@ impl Acceptor {
         };
         #[cfg(unix)]
         guard.set_socket(&stream);
+        let tls = match self.reloader.tls().accept() {
+            None => None,
+            Some(Ok(session)) => Some(session),
+            Some(Err(error)) => {
+                tracing::error!(peer = %peer, error = %error, "cannot start a TLS session; closing");
+                let mut guard = guard;
+                guard.close(CloseReason::InternalError);
+                return;
+            }
+        };
         let producer = self.producer.clone();
-        let task = conn::run(stream, guard, shared, producer);
+        let task = conn::run(stream, guard, shared, producer, tls);
         self.tracker.spawn(WithSlot { task, _slot: slot });
     }
 
@@ -733,7 +753,10 @@ impl Acceptor {
             id: None,
         }
         .to_line();
-        let _ = stream.try_write(&line);
+        // On a TLS listener the peer expects a handshake, not a line: it sees the close.
+        if !self.reloader.tls().enabled() {
+            let _ = stream.try_write(&line);
+        }
         let reason = match code {
             ErrorCode::TooManyConnections => CloseReason::TooManyConnections,
             _ => CloseReason::ServerFull,

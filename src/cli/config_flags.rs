@@ -115,6 +115,15 @@ pub struct ConfigFlags {
     /// File holding the admin API's bearer token (never the token itself on the command line) [default: off].
     #[arg(long, value_name = "PATH")]
     admin_token_file: Option<String>,
+    /// PEM certificate chain of the data listener: with --tls-key, clients must speak TLS [default: off].
+    #[arg(long, value_name = "FILE|off")]
+    tls_cert: Option<String>,
+    /// PEM private key of --tls-cert [default: off].
+    #[arg(long, value_name = "FILE|off")]
+    tls_key: Option<String>,
+    /// A TLS handshake must finish within this from accept [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    handshake_timeout: Option<String>,
     /// Rotate a file: sink at the first batch after it reaches this size, or off [default: off].
     #[arg(long, value_name = "SIZE|off")]
     sink_rotate_size: Option<String>,
@@ -228,6 +237,9 @@ impl ConfigFlags {
             ("log_level", &self.log_level),
             ("admin", &self.admin),
             ("admin_token_file", &self.admin_token_file),
+            ("tls_cert", &self.tls_cert),
+            ("tls_key", &self.tls_key),
+            ("handshake_timeout", &self.handshake_timeout),
             ("sink_rotate_size", &self.sink_rotate_size),
             ("sink_rotate_interval", &self.sink_rotate_interval),
             ("sink_keep", &self.sink_keep),

@@ -16,6 +16,7 @@ use connwarden::client::{
     BackoffPolicy, Client, ClientConfig, ClientError, OutItem, Progress, Summary,
 };
 use connwarden::config::{self, LogFormat, UserTimeout};
+use connwarden::tls::ClientTls;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
@@ -81,6 +82,22 @@ pub struct SendArgs {
     /// SO_SNDBUF in bytes, set before connect, or auto [default: auto].
     #[arg(long, value_name = "SIZE")]
     send_buffer: Option<String>,
+    /// Speak TLS to the server (implied by --tls-ca); without --tls-ca the system's trust store
+    /// verifies the server.
+    #[arg(long)]
+    tls: bool,
+    /// PEM file of the CA (or the server certificate) to trust.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// PEM certificate to present to a server that asks for one (mutual TLS); with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The name the server's certificate must carry [default: the host of --to].
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
     /// Log format: text or json.
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = config::parse_log_format)]
     log_format: LogFormat,
@@ -138,6 +155,15 @@ impl SendArgs {
             config.heartbeat_misses > 0,
             "--heartbeat-misses must be at least 1"
         );
+        let wants_tls = self.tls || self.tls_ca.is_some() || self.tls_cert.is_some();
+        if wants_tls {
+            let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+            let tls =
+                ClientTls::from_files(self.tls_ca.as_deref(), identity, self.server_name.clone())?;
+            config.tls = Some(tls);
+        } else {
+            anyhow::ensure!(self.server_name.is_none(), "--server-name needs --tls");
+        }
         anyhow::ensure!(
             !config.heartbeat_interval.is_zero(),
             "--heartbeat-interval must be above 0"

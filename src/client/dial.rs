@@ -1,8 +1,9 @@
 //! Opening a connection: resolve, create the socket, set its options with the server's code,
-//! connect within a timeout.
+//! connect within a timeout, and shake hands over TLS when the client is configured for it.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -47,6 +48,32 @@ pub enum DialError {
         /// Why.
         source: io::Error,
     },
+    /// The TLS handshake failed (an untrusted or misnamed certificate, a refused client
+    /// certificate, a server that does not speak TLS) or did not finish in time.
+    #[error("TLS handshake with {addr} failed")]
+    Tls {
+        /// The address as configured.
+        addr: String,
+        #[source]
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// An open connection: plain TCP, or TLS over it.
+pub(super) enum Transport {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Transport {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(stream) => stream,
+            Transport::Tls(stream) => stream.get_ref().0,
+        }
+    }
 }
 
 /// Connects to the first of `config`'s addresses that answers, trying them in turn from the
@@ -54,7 +81,7 @@ pub enum DialError {
 pub(super) async fn connect(
     config: &ClientConfig,
     first: usize,
-) -> Result<(TcpStream, usize), DialError> {
+) -> Result<(Transport, usize), DialError> {
     let addrs = config.addrs();
     let mut last = None;
     for step in 0..addrs.len() {
@@ -74,8 +101,32 @@ pub(super) async fn connect(
     }))
 }
 
+/// Connects to `addr`, over TLS when configured.
+async fn connect_to(addr: &str, config: &ClientConfig) -> Result<Transport, DialError> {
+    let stream = connect_tcp(addr, config).await?;
+    let Some(tls) = &config.tls else {
+        return Ok(Transport::Plain(stream));
+    };
+    let tls_error = |source| DialError::Tls {
+        addr: addr.to_owned(),
+        source,
+    };
+    let name = tls
+        .name_for(addr)
+        .map_err(|e| tls_error(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
+    match tokio::time::timeout(config.connect_timeout, connector.connect(name, stream)).await {
+        Ok(Ok(stream)) => Ok(Transport::Tls(Box::new(stream))),
+        Ok(Err(error)) => Err(tls_error(error)),
+        Err(_) => Err(tls_error(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the handshake did not finish within the connect timeout",
+        ))),
+    }
+}
+
 /// Connects to the first address `addr` resolves to that answers.
-async fn connect_to(addr: &str, config: &ClientConfig) -> Result<TcpStream, DialError> {
+async fn connect_tcp(addr: &str, config: &ClientConfig) -> Result<TcpStream, DialError> {
     let resolved = tokio::time::timeout(config.connect_timeout, tokio::net::lookup_host(addr))
         .await
         .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))

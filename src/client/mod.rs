@@ -88,6 +88,8 @@ pub struct ClientConfig {
     /// through. Random for each client by default; one given here must not be used by two
     /// clients at once (their items would be taken for each other's resends).
     pub client_id: String,
+    /// TLS to the server, or `None` for plain TCP.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl ClientConfig {
@@ -111,6 +113,7 @@ impl ClientConfig {
             ack: true,
             name: format!("connwarden/{}", env!("CARGO_PKG_VERSION")),
             client_id: random_client_id(),
+            tls: None,
         }
     }
 
@@ -330,7 +333,7 @@ async fn deliver(
                 // Whatever ends this connection, the next connect starts with the next address.
                 next_addr = index + 1;
                 if !checked_options {
-                    dial::check_options(&stream, &config.socket_options());
+                    dial::check_options(stream.tcp(), &config.socket_options());
                     checked_options = true;
                 }
                 Progress::add(&delivery.progress.connections, 1);

@@ -7,12 +7,16 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use socket2::SockRef;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
 
-use super::dial::DialError;
+use super::dial::{DialError, Transport};
 use super::{ClientConfig, Delivery, Progress};
 use crate::close_reason::CloseReason;
 use crate::protocol::{parse_reply, Decoder, ErrorCode, Frame, Reply};
@@ -82,9 +86,64 @@ impl SessionEnd {
     }
 }
 
+/// The reading half of a connection, with the socket under it (to tell a keep-alive timeout
+/// from a user timeout when it fails).
+trait Reader: AsyncRead + Unpin {
+    fn socket(&self) -> Option<SockRef<'_>>;
+}
+
+impl Reader for OwnedReadHalf {
+    fn socket(&self) -> Option<SockRef<'_>> {
+        Some(SockRef::from(self.as_ref()))
+    }
+}
+
+/// The reading half of a TLS connection, and a duplicate of its socket's descriptor (the TLS
+/// stream, once split, no longer lends its socket).
+struct TlsReader {
+    half: ReadHalf<TlsStream<TcpStream>>,
+    socket: Option<socket2::Socket>,
+}
+
+impl AsyncRead for TlsReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.half).poll_read(cx, buf)
+    }
+}
+
+impl Reader for TlsReader {
+    fn socket(&self) -> Option<SockRef<'_>> {
+        self.socket.as_ref().map(SockRef::from)
+    }
+}
+
 /// Runs one connection until it ends; see [`EndReason`].
 pub(super) async fn run(
-    stream: TcpStream,
+    transport: Transport,
+    config: &ClientConfig,
+    delivery: &mut Delivery,
+) -> SessionEnd {
+    match transport {
+        Transport::Plain(stream) => {
+            let (mut reader, mut writer) = stream.into_split();
+            run_on(&mut reader, &mut writer, config, delivery).await
+        }
+        Transport::Tls(stream) => {
+            let socket = SockRef::from(stream.get_ref().0).try_clone().ok();
+            let (half, mut writer) = tokio::io::split(*stream);
+            let mut reader = TlsReader { half, socket };
+            run_on(&mut reader, &mut writer, config, delivery).await
+        }
+    }
+}
+
+async fn run_on(
+    reader: &mut impl Reader,
+    writer: &mut (impl AsyncWrite + Unpin),
     config: &ClientConfig,
     delivery: &mut Delivery,
 ) -> SessionEnd {
@@ -107,10 +166,9 @@ pub(super) async fn run(
         serde_json::Value::from(config.client_id.as_str())
     );
     session.out.put_slice(hello.as_bytes());
-    let (mut reader, mut writer) = stream.into_split();
-    let reason = session.drive(&mut reader, &mut writer, delivery).await;
+    let reason = session.drive(reader, writer, delivery).await;
     if matches!(reason, EndReason::Finished) {
-        close_in_good_order(&mut reader, &mut writer, config.connect_timeout).await;
+        close_in_good_order(reader, writer, config.connect_timeout).await;
     }
     SessionEnd {
         reason,
@@ -139,8 +197,8 @@ struct Session<'c> {
 impl Session<'_> {
     async fn drive(
         &mut self,
-        reader: &mut OwnedReadHalf,
-        writer: &mut OwnedWriteHalf,
+        reader: &mut impl Reader,
+        writer: &mut (impl AsyncWrite + Unpin),
         delivery: &mut Delivery,
     ) -> EndReason {
         let connected_at = Instant::now();
@@ -169,11 +227,11 @@ impl Session<'_> {
                             return end;
                         }
                     }
-                    Err(error) => return self.io_end(&error, reader.as_ref()),
+                    Err(error) => return self.io_end(&error, reader.socket()),
                 },
                 written = writer.write_buf(&mut self.out), if !self.out.is_empty() => {
                     if let Err(error) = written {
-                        return self.io_end(&error, reader.as_ref());
+                        return self.io_end(&error, reader.socket());
                     }
                     if self.out.is_empty() && !self.config.ack {
                         let settled = delivery.window.settle_sent() as u64;
@@ -329,9 +387,10 @@ impl Session<'_> {
         }
     }
 
-    fn io_end(&self, error: &std::io::Error, stream: &TcpStream) -> EndReason {
+    fn io_end(&self, error: &std::io::Error, socket: Option<SockRef<'_>>) -> EndReason {
         // An error after end of stream cannot reach here: end of stream ends the session.
-        match CloseReason::from_io_error(error, SockRef::from(stream), false) {
+        let reason = socket.and_then(|socket| CloseReason::from_io_error(error, socket, false));
+        match reason {
             Some(reason) => EndReason::Lost(reason),
             None => {
                 tracing::warn!(error = %error, "unexpected socket error");
@@ -345,8 +404,8 @@ impl Session<'_> {
 /// close its own: then it has read every byte we wrote. Without acks, that is the only sign
 /// that items still in the kernels' buffers reached the server.
 async fn close_in_good_order(
-    reader: &mut OwnedReadHalf,
-    writer: &mut OwnedWriteHalf,
+    reader: &mut impl Reader,
+    writer: &mut (impl AsyncWrite + Unpin),
     bound: Duration,
 ) {
     if writer.shutdown().await.is_err() {

@@ -2,6 +2,7 @@
 //! with bounded timeouts, a network-namespace fixture, and the binary for process tests.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod nats;
 
 use std::net::SocketAddr;
