@@ -109,8 +109,8 @@ pub async fn run(args: ChurnArgs) -> anyhow::Result<ExitCode> {
 /// One cycle: connect, send an item, then read its ack and close (`ack`), or close our side and
 /// read until the server closes.
 async fn cycle(target: &Target, n: u64, ack: bool) -> std::io::Result<()> {
-    let stream = target.connect(n, true).await?;
-    let (read, mut write) = stream.into_split();
+    let stream = target.open(n, true).await?;
+    let (read, mut write) = tokio::io::split(stream);
     let mut line = Vec::with_capacity(64);
     item_line(&mut line, n, ack.then_some(n));
     write.write_all(&line).await?;

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use clap::Args;
 use connwarden::protocol::Reply;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
+use tokio_util::either::Either;
 
 use super::{emit, histogram, item_line, progress, Errors, Percentiles, Target};
 
@@ -136,14 +137,34 @@ async fn one_connection(args: &FloodArgs, c: u64, bar: &indicatif::ProgressBar) 
         latency: histogram(),
         errors: Errors::default(),
     };
-    let stream = match args.target.connect(c, false).await {
+    let stream = match args.target.open(c, false).await {
         Ok(stream) => stream,
         Err(error) => {
             result.errors.add(&error);
             return result;
         }
     };
-    let (read, mut write) = stream.into_split();
+    match stream {
+        Either::Left(tcp) => {
+            let (read, write) = tcp.into_split();
+            drive(args, c, bar, read, write, result).await
+        }
+        Either::Right(tls) => {
+            let (read, write) = tokio::io::split(tls);
+            drive(args, c, bar, read, write, result).await
+        }
+    }
+}
+
+/// Sends connection `c`'s items on `write` and counts the replies read from `read`.
+async fn drive(
+    args: &FloodArgs,
+    c: u64,
+    bar: &indicatif::ProgressBar,
+    read: impl AsyncRead + Unpin + Send + 'static,
+    mut write: impl AsyncWrite + Unpin,
+    mut result: ConnResult,
+) -> ConnResult {
     let window = Arc::new(Semaphore::new(if args.ack {
         args.window.max(args.batch) as usize
     } else {

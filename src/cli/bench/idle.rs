@@ -8,7 +8,7 @@ use clap::Args;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{emit, histogram, progress, Errors, Percentiles, Target};
+use super::{emit, histogram, progress, tcp_of, BenchStream, Errors, Percentiles, Target};
 
 /// Flags of `bench idle`.
 #[derive(Debug, Args)]
@@ -60,7 +60,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<ExitCode> {
         attempts.spawn(async move {
             let _permit = permit;
             let began = Instant::now();
-            let mut stream = target.connect(n, false).await?;
+            let mut stream = target.open(n, false).await?;
             if hello {
                 use tokio::io::AsyncWriteExt;
                 stream
@@ -95,7 +95,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<ExitCode> {
         Some(hold) => tokio::time::sleep(hold).await,
         None => super::super::stop_signal()?.await,
     }
-    let closed_by_server = held.iter().filter(|s| is_closed(s)).count() as u64;
+    let closed_by_server = held.iter().filter(|s| is_closed(tcp_of(s))).count() as u64;
     let report = Report {
         workload: "idle",
         conns: args.conns,
@@ -131,13 +131,13 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<ExitCode> {
 
 /// The connections held so far, and how opening them went.
 struct Tally {
-    held: Vec<tokio::net::TcpStream>,
+    held: Vec<BenchStream>,
     latency: hdrhistogram::Histogram<u64>,
     errors: Errors,
 }
 
 impl Tally {
-    fn take(&mut self, attempt: std::io::Result<(tokio::net::TcpStream, Duration)>) {
+    fn take(&mut self, attempt: std::io::Result<(BenchStream, Duration)>) {
         match attempt {
             Ok((stream, took)) => {
                 self.latency.saturating_record(took.as_micros() as u64);

@@ -56,6 +56,37 @@ struct Target {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Speak TLS, trusting this PEM file (the server's CA or certificate).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The name the server's certificate must carry, with --tls-ca.
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    server_name: String,
+    /// The TLS connector, made once from --tls-ca.
+    #[arg(skip)]
+    tls: std::sync::OnceLock<Result<Option<Connector>, String>>,
+}
+
+/// A client TLS configuration for the load (one for all its connections).
+#[derive(Clone)]
+struct Connector(tokio_rustls::TlsConnector);
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connector")
+    }
+}
+
+/// A load connection: plain TCP, or TLS over it.
+type BenchStream =
+    tokio_util::either::Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// The TCP socket of a load connection.
+fn tcp_of(stream: &BenchStream) -> &TcpStream {
+    match stream {
+        tokio_util::either::Either::Left(tcp) => tcp,
+        tokio_util::either::Either::Right(tls) => tls.get_ref().0,
+    }
 }
 
 impl Target {
@@ -67,6 +98,38 @@ impl Target {
         let [a, b, c, d] = self.source_base.octets();
         let host = d.wrapping_add((n % u64::from(self.sources)) as u8);
         Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, host)), 0))
+    }
+
+    /// The TLS connector, when --tls-ca was given.
+    fn connector(&self) -> std::io::Result<Option<Connector>> {
+        let made = self.tls.get_or_init(|| {
+            let Some(ca) = &self.tls_ca else {
+                return Ok(None);
+            };
+            let tls = connwarden::tls::ClientTls::from_files(Some(ca), None, None)
+                .map_err(|e| e.to_string())?;
+            Ok(Some(Connector(tokio_rustls::TlsConnector::from(
+                tls.config,
+            ))))
+        });
+        made.clone().map_err(std::io::Error::other)
+    }
+
+    /// Connects connection `n` (see [`Target::connect`]), and shakes hands over TLS with
+    /// --tls-ca.
+    async fn open(&self, n: u64, reuse_time_wait: bool) -> std::io::Result<BenchStream> {
+        let tcp = self.connect(n, reuse_time_wait).await?;
+        let Some(connector) = self.connector()? else {
+            return Ok(tokio_util::either::Either::Left(tcp));
+        };
+        let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
+            .map_err(std::io::Error::other)?;
+        let tls = tokio::time::timeout(Duration::from_secs(10), connector.0.connect(name, tcp))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out")
+            })??;
+        Ok(tokio_util::either::Either::Right(tls))
     }
 
     /// Connects connection `n`. `reuse_time_wait` (churn): choose the source port at
