@@ -52,6 +52,10 @@
 //! | `admin_token_file` | `off` | file holding the admin API's bearer token; without it the API is open to whoever reaches its address |
 //! | `tls_cert` | `off` | PEM certificate chain of the data listener: with `tls_key`, clients must speak TLS (1.2 or 1.3). The files are read again at every reload; their paths need a restart |
 //! | `tls_key` | `off` | PEM private key of `tls_cert` |
+//! | `tls_client_ca` | `off` | PEM file of the CA whose certificates clients must present (mutual TLS); the subject of each client's certificate is its authenticated name |
+//! | `auth_tokens` | `off` | file of client tokens, one per line, `token` or `name:token`; a `hello` carrying one authenticates its connection under that name. Read again at every reload |
+//! | `auth` | `optional` | `required`: a connection must authenticate (client certificate or token) before its first item and within `auth_timeout`, or is closed (`unauthorized`); `optional`: names are recorded when given |
+//! | `auth_timeout` | `10s` | with `auth = "required"`, time from accept to a valid `hello` |
 //! | `handshake_timeout` | `10s` | a TLS handshake must finish within this from accept, or the connection closes (`handshake_timeout`) |
 //! | `closed_history` | `10000` | closed connections kept for `GET /closed` (0 keeps none) |
 //! | `gateway_name` | `auto` | this gateway's name in NATS subjects and the cluster-wide registry; `auto` is the host name and the first listen port (`host-7000`) |
@@ -127,6 +131,10 @@ pub const KEYS: &[&str] = &[
     "admin_token_file",
     "tls_cert",
     "tls_key",
+    "tls_client_ca",
+    "auth_tokens",
+    "auth",
+    "auth_timeout",
     "handshake_timeout",
     "closed_history",
     "gateway_name",
@@ -580,6 +588,14 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// PEM CA file of the client certificates to require (mutual TLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// File of client tokens (`token` or `name:token` per line).
+    pub auth_tokens: Option<PathBuf>,
+    /// Whether a connection must authenticate before its first item.
+    pub auth_required: bool,
+    /// With `auth_required`, time from accept to authentication.
+    pub auth_timeout: Duration,
     /// Longest TLS handshake, from accept.
     pub handshake_timeout: Duration,
     /// Closed connections kept for the admin API's `/closed`.
@@ -632,6 +648,10 @@ impl Default for Config {
             admin_token_file: None,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
+            auth_tokens: None,
+            auth_required: false,
+            auth_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             closed_history: crate::registry::DEFAULT_CLOSED_HISTORY,
             gateway_name: None,
@@ -718,6 +738,21 @@ impl Config {
                 "tls_cert"
             };
             return fail(missing, "TLS needs both tls_cert and tls_key".into());
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return fail(
+                "tls_client_ca",
+                "client certificates need TLS: set tls_cert and tls_key".into(),
+            );
+        }
+        if self.auth_required && self.tls_client_ca.is_none() && self.auth_tokens.is_none() {
+            return fail(
+                "auth",
+                "required authentication needs auth_tokens or tls_client_ca".into(),
+            );
+        }
+        if self.auth_timeout.is_zero() {
+            return fail("auth_timeout", "must be above 0".into());
         }
         if self.handshake_timeout.is_zero() {
             return fail("handshake_timeout", "must be above 0".into());
@@ -922,6 +957,10 @@ impl Config {
             "admin_token_file" => self.admin_token_file = parse!(parse_optional_path),
             "tls_cert" => self.tls_cert = parse!(parse_optional_path),
             "tls_key" => self.tls_key = parse!(parse_optional_path),
+            "tls_client_ca" => self.tls_client_ca = parse!(parse_optional_path),
+            "auth_tokens" => self.auth_tokens = parse!(parse_optional_path),
+            "auth" => self.auth_required = parse!(parse_auth),
+            "auth_timeout" => self.auth_timeout = parse!(parse_duration),
             "handshake_timeout" => self.handshake_timeout = parse!(parse_duration),
             "closed_history" => self.closed_history = parse!(parse_number),
             "gateway_name" => self.gateway_name = parse!(parse_auto_name),
@@ -1067,6 +1106,17 @@ impl Config {
             ),
             ("tls_cert", opt_path(&self.tls_cert)),
             ("tls_key", opt_path(&self.tls_key)),
+            ("tls_client_ca", opt_path(&self.tls_client_ca)),
+            ("auth_tokens", opt_path(&self.auth_tokens)),
+            (
+                "auth",
+                quoted(if self.auth_required {
+                    "required"
+                } else {
+                    "optional"
+                }),
+            ),
+            ("auth_timeout", dur(self.auth_timeout)),
             ("handshake_timeout", dur(self.handshake_timeout)),
             ("closed_history", self.closed_history.to_string()),
             (
@@ -1258,6 +1308,15 @@ fn parse_optional_path(text: &str) -> Result<Option<PathBuf>, String> {
     match text.trim() {
         "off" | "" => Ok(None),
         other => Ok(Some(PathBuf::from(other))),
+    }
+}
+
+/// Parses `auth`: `required` or `optional`.
+fn parse_auth(text: &str) -> Result<bool, String> {
+    match text.trim() {
+        "required" => Ok(true),
+        "optional" => Ok(false),
+        _ => Err("expected required or optional".into()),
     }
 }
 

@@ -32,6 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, error::TrySendError, OwnedPermit};
 use tokio::time::{Instant, Sleep};
 
+use crate::auth::ClientTokens;
 use crate::close_reason::CloseReason;
 use crate::config::{Config, HeartbeatMode, Overflow};
 use crate::metrics::Metrics;
@@ -73,6 +74,8 @@ pub(crate) struct Live {
     options_changes: AtomicU32,
     /// The partial objects held across every connection, against `max_buffered`.
     pub buffers: BufferBudget,
+    /// The client tokens in force (`auth_tokens`), read again at every reload.
+    pub tokens: ClientTokens,
 }
 
 impl Live {
@@ -82,6 +85,7 @@ impl Live {
             config: ArcSwap::from_pointee(config),
             options_changes: AtomicU32::new(0),
             buffers: BufferBudget::default(),
+            tokens: ClientTokens::default(),
         }
     }
 
@@ -308,6 +312,16 @@ bitflags::bitflags! {
         const HEARTBEAT = 1 << 2;
         /// The `max_age` notice was sent.
         const MAX_AGE_NOTICED = 1 << 3;
+        /// The client authenticated (client certificate or token).
+        const AUTHENTICATED = 1 << 4;
+    }
+}
+
+/// The close of a client that did not authenticate, with what it is told.
+fn unauthorized(message: &'static str) -> Close {
+    Close {
+        reason: CloseReason::Unauthorized,
+        notice: notice(ErrorCode::Unauthorized, message),
     }
 }
 
@@ -366,6 +380,8 @@ struct Connection {
 struct Extras {
     /// The `client_id` of the client's `hello`, carried by each of its records.
     client_id: Option<Arc<str>>,
+    /// The name the client authenticated under, carried by each of its records.
+    auth_name: Option<Arc<str>>,
     /// The TLS session, on a TLS listener. Its records are read from the socket and written to
     /// [`Connection::out`] here, so that the rest of the connection sees plaintext in and
     /// ciphertext out.
@@ -665,7 +681,15 @@ impl Connection {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) => return Err(self.io_close(&e)),
         };
+        let was_handshaking = tls.is_handshaking();
         let state = tls.process_new_packets();
+        let subject = match was_handshaking && !tls.is_handshaking() {
+            true => tls
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(crate::tls::certificate_subject),
+            false => None,
+        };
         // Sent even after an error: the alert tells the peer why.
         take_tls_output(tls, &mut self.out);
         let result = state.map(|state| {
@@ -682,6 +706,9 @@ impl Connection {
             self.out_since = self.stamp(Instant::now());
         }
         self.heard(n);
+        if let Some(subject) = subject {
+            self.authenticate(subject.into(), "client certificate");
+        }
         match result {
             Ok(peer_closed) => {
                 if peer_closed {
@@ -794,6 +821,26 @@ impl Connection {
         Some((tls, &mut self.out))
     }
 
+    /// True while `auth = "required"` and the client has not authenticated yet.
+    fn awaits_authentication(&self) -> bool {
+        self.shared.params.auth_required && !self.authenticated()
+    }
+
+    /// True once the client authenticated.
+    fn authenticated(&self) -> bool {
+        self.flags.contains(Flags::AUTHENTICATED)
+    }
+
+    /// Records that the client authenticated as `name` (`via` a client certificate or a token).
+    fn authenticate(&mut self, name: Arc<str>, via: &'static str) {
+        tracing::info!(conn_id = self.info.id, peer = %self.info.peer, auth_name = %name, via, "authenticated");
+        self.shared
+            .registry
+            .set_auth_name(&self.info, Arc::clone(&name));
+        self.extras.get_or_insert_default().auth_name = Some(name);
+        self.flags.insert(Flags::AUTHENTICATED);
+    }
+
     /// True while a TLS handshake is under way.
     fn handshaking(&self) -> bool {
         let tls = self.extras.as_ref().and_then(|e| e.tls.as_ref());
@@ -895,10 +942,16 @@ impl Connection {
             *frames += 1;
             match protocol::interpret(frame) {
                 Ok(Inbound::Item(item)) => {
+                    if self.shared.params.auth_required && !self.authenticated() {
+                        self.shared.metrics.item_refused(ErrorCode::Unauthorized);
+                        return Err(unauthorized(
+                            "authenticate first: send a hello with your token",
+                        ));
+                    }
                     *items += 1;
                     self.accept(item);
                 }
-                Ok(Inbound::Hello(hello)) => self.hello(hello),
+                Ok(Inbound::Hello(hello)) => self.hello(hello)?,
                 Ok(Inbound::Ping) => self.send(&Outbound::Pong),
                 Ok(Inbound::Pong) => {}
                 Err(error) => self.refuse(error)?,
@@ -907,9 +960,25 @@ impl Connection {
         Ok(())
     }
 
-    fn hello(&mut self, hello: Hello) {
+    fn hello(&mut self, hello: Hello) -> Result<(), Close> {
         if let Some(client_id) = hello.client_id {
             self.extras.get_or_insert_default().client_id = Some(client_id.into());
+        }
+        let tokens = &self.shared.live.tokens;
+        match hello.token {
+            Some(token) if tokens.configured() => match tokens.check(&token) {
+                Some(name) => self.authenticate(name, "token"),
+                None => {
+                    tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, "invalid token");
+                    return Err(unauthorized("invalid token"));
+                }
+            },
+            _ if self.shared.params.auth_required && !self.authenticated() => {
+                return Err(unauthorized(
+                    "authenticate first: send a hello with your token",
+                ));
+            }
+            _ => {}
         }
         let params = &self.shared.params;
         if params.heartbeat != HeartbeatMode::Off {
@@ -926,6 +995,7 @@ impl Connection {
             heartbeat_ms,
             max_frame,
         });
+        Ok(())
     }
 
     fn refuse(&mut self, error: ItemError) -> Result<(), Close> {
@@ -978,6 +1048,10 @@ impl Connection {
         let Some(producer) = &self.producer else {
             unreachable!("the producer is dropped only when no item can follow");
         };
+        let (client_id, auth_name) = match &self.extras {
+            Some(extras) => (extras.client_id.clone(), extras.auth_name.clone()),
+            None => (None, None),
+        };
         let record = Record {
             conn_id: self.info.id,
             peer: self.info.peer,
@@ -985,7 +1059,8 @@ impl Connection {
             ip: item.ip,
             item: item.raw,
             id: item.id,
-            client_id: self.extras.as_ref().and_then(|e| e.client_id.clone()),
+            client_id,
+            auth_name,
             reply,
         };
         self.info.item();
@@ -1043,6 +1118,11 @@ impl Connection {
     fn check_timers(&mut self, now: Instant, live: &Config) -> Result<(), Close> {
         if self.handshaking() && now >= self.started() + live.handshake_timeout {
             return Err(CloseReason::HandshakeTimeout.into());
+        }
+        if self.awaits_authentication() && now >= self.started() + live.auth_timeout {
+            return Err(unauthorized(
+                "no hello with a valid token within auth_timeout",
+            ));
         }
         if !self.out.is_empty() && now >= self.at(self.out_since) + live.write_timeout {
             return Err(CloseReason::WriteTimeout.into());
@@ -1102,6 +1182,9 @@ impl Connection {
         let mut earliest = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
         if self.handshaking() {
             earliest(self.started() + live.handshake_timeout);
+        }
+        if self.awaits_authentication() {
+            earliest(self.started() + live.auth_timeout);
         }
         if !self.out.is_empty() {
             earliest(self.at(self.out_since) + live.write_timeout);

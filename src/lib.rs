@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod auth;
 pub mod client;
 pub mod close_reason;
 pub mod config;

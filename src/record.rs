@@ -31,6 +31,8 @@ pub struct Record {
     pub id: Option<Bytes>,
     /// The `client_id` its connection's `hello` gave, if any.
     pub client_id: Option<Arc<str>>,
+    /// The name its connection authenticated under (client certificate subject or token name).
+    pub auth_name: Option<Arc<str>>,
     pub(crate) reply: Option<OwnedPermit<Outbound>>,
 }
 
@@ -51,6 +53,7 @@ impl Record {
             item,
             id,
             client_id: None,
+            auth_name: None,
             reply: None,
         }
     }
@@ -65,6 +68,7 @@ impl Record {
             item: self.item.clone(),
             id: self.id.clone(),
             client_id: self.client_id.clone(),
+            auth_name: self.auth_name.clone(),
             reply: None,
         }
     }
@@ -101,6 +105,11 @@ impl Record {
                 dst.push(byte);
             }
             dst.push(b'"');
+        }
+        if let Some(name) = &self.auth_name {
+            // A certificate subject may hold any character: escaped by serde_json.
+            dst.extend_from_slice(b",\"auth_name\":");
+            let _ = serde_json::to_writer(&mut *dst, &**name);
         }
         dst.extend_from_slice(b",\"item\":");
         dst.extend_from_slice(&self.item);

@@ -136,6 +136,8 @@ struct Shared {
     refused: [AtomicU64; CloseReason::ALL.len()],
     /// The most recent closes, newest last, at most `history_limit`.
     history: Mutex<VecDeque<ClosedConn>>,
+    /// The authenticated names of live connections (client certificate subject or token name).
+    names: Mutex<HashMap<u64, Arc<str>>>,
     history_limit: AtomicUsize,
     /// Where closes are observed as metrics, once a server attached them.
     metrics: OnceLock<Arc<Metrics>>,
@@ -175,6 +177,9 @@ pub struct ConnInfo {
     /// Bytes of the read buffer holding a partial object, as the connection last reported
     /// them: the memory-pressure relief closes the largest holders first.
     buffered: AtomicU32,
+    /// True once the connection authenticated: its name is in [`Registry`]'s name map (kept
+    /// there rather than here, so that an unauthenticated entry pays one byte for it).
+    named: AtomicBool,
     /// True once the application heartbeat applies to this connection.
     heartbeat: AtomicBool,
     /// `ping`s sent since the peer was last heard (saturates at 255).
@@ -297,6 +302,7 @@ impl ConnInfo {
             heartbeat: self.heartbeat.load(Ordering::Relaxed),
             pings_outstanding: self.pings_outstanding.load(Ordering::Relaxed),
             buffered: self.buffered(),
+            auth_name: None,
         }
     }
 
@@ -390,6 +396,8 @@ pub struct ConnSnapshot {
     pub pings_outstanding: u8,
     /// Bytes of the read buffer holding a partial object (counted against `max_buffered`).
     pub buffered: u32,
+    /// The name the connection authenticated under, if it did.
+    pub auth_name: Option<Arc<str>>,
 }
 
 /// A closed connection, as logged, broadcast and kept in the closed history.
@@ -420,6 +428,9 @@ pub struct ClosedConn {
     pub items: u64,
     /// Items refused.
     pub errors: u64,
+    /// The name the connection authenticated under, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_name: Option<Arc<str>>,
 }
 
 impl serde::Serialize for CloseReason {
@@ -445,6 +456,7 @@ impl Registry {
                 closed: std::array::from_fn(|_| AtomicU64::new(0)),
                 refused: std::array::from_fn(|_| AtomicU64::new(0)),
                 history: Mutex::new(VecDeque::new()),
+                names: Mutex::new(HashMap::new()),
                 history_limit: AtomicUsize::new(DEFAULT_CLOSED_HISTORY),
                 metrics: OnceLock::new(),
                 events: broadcast::channel(CLOSE_EVENTS).0,
@@ -527,6 +539,7 @@ impl Registry {
             items: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             closing: AtomicU8::new(0),
+            named: AtomicBool::new(false),
             buffered: AtomicU32::new(0),
             heartbeat: AtomicBool::new(false),
             pings_outstanding: AtomicU8::new(0),
@@ -559,13 +572,38 @@ impl Registry {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut entries = self.entries();
         entries.sort_unstable_by_key(|entry| entry.id);
-        entries.iter().map(|i| i.snapshot_at(now, wall)).collect()
+        entries
+            .iter()
+            .map(|i| self.snapshot_of(i, now, wall))
+            .collect()
     }
 
     /// One connection.
     pub fn get(&self, id: u64) -> Option<ConnSnapshot> {
         let info = self.conns().get(&id).cloned();
-        info.map(|i| i.snapshot())
+        info.map(|i| self.snapshot_of(&i, Instant::now(), SystemTime::now()))
+    }
+
+    /// `info`'s snapshot with its authenticated name.
+    pub fn snapshot_of(&self, info: &ConnInfo, now: Instant, wall: SystemTime) -> ConnSnapshot {
+        ConnSnapshot {
+            auth_name: self.auth_name(info),
+            ..info.snapshot_at(now, wall)
+        }
+    }
+
+    /// Records the name `info`'s connection authenticated under.
+    pub fn set_auth_name(&self, info: &ConnInfo, name: Arc<str>) {
+        lock(&self.shared.names).insert(info.id, name);
+        info.named.store(true, Ordering::Release);
+    }
+
+    /// The name `info`'s connection authenticated under, if it did.
+    pub fn auth_name(&self, info: &ConnInfo) -> Option<Arc<str>> {
+        if !info.named.load(Ordering::Acquire) {
+            return None;
+        }
+        lock(&self.shared.names).get(&info.id).cloned()
     }
 
     /// Every live entry, in no order. The lock is held only to clone the handles.
@@ -755,6 +793,7 @@ impl Registry {
             bytes_out = closed.bytes_out,
             items = closed.items,
             errors = closed.errors,
+            auth_name = closed.auth_name.as_deref(),
             "connection closed"
         );
         // No subscriber is the normal case: the error only says nobody listens.
@@ -838,6 +877,10 @@ impl Drop for ConnGuard {
             bytes_out: snapshot.bytes_out,
             items: snapshot.items,
             errors: snapshot.errors,
+            auth_name: match self.info.named.load(Ordering::Acquire) {
+                true => lock(&self.registry.shared.names).remove(&self.info.id),
+                false => None,
+            },
         });
     }
 }

@@ -43,6 +43,7 @@ pub const FOR_EVERY_CONNECTION: &[&str] = &[
     "write_timeout",
     "frame_timeout",
     "handshake_timeout",
+    "auth_timeout",
     "max_buffered",
     "max_age",
     "max_age_grace",
@@ -74,6 +75,7 @@ fn with_live_keys(old: &Config, new: &Config) -> Config {
         write_timeout: new.write_timeout,
         frame_timeout: new.frame_timeout,
         handshake_timeout: new.handshake_timeout,
+        auth_timeout: new.auth_timeout,
         max_buffered: new.max_buffered,
         max_age: new.max_age,
         max_age_grace: new.max_age_grace,
@@ -210,7 +212,7 @@ impl Reloader {
         let old = self.config();
         let planned = new
             .and_then(|new| plan(&old, &new))
-            .and_then(|planned| self.reload_tls(&planned.0).map(|()| planned));
+            .and_then(|planned| self.reload_files(&planned.0).map(|()| planned));
         let (next, report) = match planned {
             Ok(planned) => planned,
             Err(error) => {
@@ -228,20 +230,37 @@ impl Reloader {
         Ok(report)
     }
 
-    /// Reads the TLS certificate and key again, when TLS is on: a renewed pair is used by the
-    /// handshakes that follow; one that cannot be used refuses the whole reload.
-    fn reload_tls(&self, next: &Config) -> Result<(), ConfigError> {
+    /// Reads the files the configuration names again: the TLS certificate and key (a renewed
+    /// pair is used by the handshakes that follow) and the client tokens (checked at the next
+    /// `hello`). A file that cannot be used refuses the whole reload, before anything changed.
+    fn reload_files(&self, next: &Config) -> Result<(), ConfigError> {
+        // Tokens first, parsed but not yet in force: a bad file must leave the certificate too.
+        let tokens = next
+            .auth_tokens
+            .as_deref()
+            .map(crate::auth::Tokens::from_file)
+            .transpose()
+            .map_err(|error| ConfigError::Unusable {
+                key: "auth_tokens",
+                reason: format!("{error}; the tokens in force stay"),
+            })?;
         match self.inner.tls.reload(next) {
             Ok(true) => {
                 tracing::info!(cert = ?next.tls_cert, "TLS certificate read again; new handshakes use it");
-                Ok(())
             }
-            Ok(false) => Ok(()),
-            Err(error) => Err(ConfigError::Unusable {
-                key: "tls_cert",
-                reason: format!("{error}; the certificate in force stays"),
-            }),
+            Ok(false) => {}
+            Err(error) => {
+                return Err(ConfigError::Unusable {
+                    key: "tls_cert",
+                    reason: format!("{error}; the certificate in force stays"),
+                })
+            }
         }
+        if let Some(tokens) = tokens {
+            tracing::info!(tokens = tokens.len(), "client tokens read again");
+            self.inner.live.tokens.replace(tokens);
+        }
+        Ok(())
     }
 
     /// Whether the data listener speaks TLS, and a session for a connection just accepted.
@@ -340,6 +359,10 @@ mod tests {
         ("admin_token_file", "/tmp/token"),
         ("tls_cert", "/tmp/tls.crt"),
         ("tls_key", "/tmp/tls.key"),
+        ("tls_client_ca", "/tmp/client-ca.pem"),
+        ("auth_tokens", "/tmp/tokens"),
+        ("auth", "required"),
+        ("auth_timeout", "3s"),
         ("handshake_timeout", "3s"),
         ("closed_history", "7"),
         ("gateway_name", "east-1"),
@@ -375,18 +398,20 @@ mod tests {
         let mut settings = base();
         settings.set_flag(key, value).unwrap();
         // Keys valid only beside another, which changes with them (then both are refused).
-        let companion = match key {
-            k if k.starts_with("sink_") => Some(("sink", "file:/tmp/reload-test.ndjson")),
-            "nats_tls_cert" => Some(("nats_tls_key", "/tmp/key.pem")),
-            "tls_cert" => Some(("tls_key", "/tmp/tls.key")),
-            "tls_key" => Some(("tls_cert", "/tmp/tls.crt")),
-            "nats_tls_key" => Some(("nats_tls_cert", "/tmp/cert.pem")),
-            "nats_user" => Some(("nats_password_file", "/tmp/password")),
-            "nats_password_file" => Some(("nats_user", "someone")),
-            _ => None,
+        let companions: &[(&str, &str)] = match key {
+            k if k.starts_with("sink_") => &[("sink", "file:/tmp/reload-test.ndjson")],
+            "nats_tls_cert" => &[("nats_tls_key", "/tmp/key.pem")],
+            "nats_tls_key" => &[("nats_tls_cert", "/tmp/cert.pem")],
+            "nats_user" => &[("nats_password_file", "/tmp/password")],
+            "nats_password_file" => &[("nats_user", "someone")],
+            "tls_cert" => &[("tls_key", "/tmp/tls.key")],
+            "tls_key" => &[("tls_cert", "/tmp/tls.crt")],
+            "tls_client_ca" => &[("tls_cert", "/tmp/tls.crt"), ("tls_key", "/tmp/tls.key")],
+            "auth" => &[("auth_tokens", "/tmp/tokens")],
+            _ => &[],
         };
-        if let Some((other, value)) = companion {
-            settings.set_flag(other, value).unwrap();
+        for (other, value) in companions {
+            settings.set_flag(other, *value).unwrap();
         }
         Config::from_settings(&settings).unwrap_or_else(|e| panic!("{key} = {value}: {e}"))
     }

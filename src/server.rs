@@ -65,6 +65,9 @@ pub enum ServerError {
     /// `run` was given no listener.
     NoListener,
     #[error(transparent)]
+    /// The client tokens file cannot be used.
+    Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
     /// The TLS certificate or key cannot be used.
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -159,6 +162,10 @@ impl ServerBuilder {
             registry.clone(),
             tls,
         );
+        reloader
+            .live()
+            .tokens
+            .load(self.config.auth_tokens.as_deref())?;
         Ok(Server {
             config: self.config,
             reloader,
@@ -818,5 +825,6 @@ fn refused(peer: SocketAddr, local: SocketAddr, reason: CloseReason) -> ClosedCo
         bytes_out: 0,
         items: 0,
         errors: 0,
+        auth_name: None,
     }
 }

@@ -98,17 +98,45 @@ pub fn server_config(config: &Config) -> Result<Option<Arc<ServerConfig>>, TlsEr
         key: key.clone(),
         source,
     };
-    let mut server = ServerConfig::builder_with_provider(provider()?)
+    let provider = provider()?;
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(pair)?
-        .with_no_client_auth()
-        .with_single_cert(chain, private_key)
         .map_err(pair)?;
+    let builder = match &config.tls_client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider)?),
+    };
+    let mut server = builder.with_single_cert(chain, private_key).map_err(pair)?;
     // Items flow from the client; the server sends only acks and errors. No session
     // resumption state is kept per client: reconnects after a gateway restart do a full
     // handshake anyway.
     server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Some(Arc::new(server)))
+}
+
+/// Requires a client certificate signed by the CA in `ca` (mutual TLS).
+fn client_verifier(
+    ca: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let fail = |reason: String| TlsError::File {
+        what: "client CA",
+        path: ca.to_owned(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in read_certificates(ca)? {
+        roots.add(certificate).map_err(|e| fail(e.to_string()))?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// The subject of a client's certificate (`CN=device-7,O=Fleet`), its authenticated name.
+pub fn certificate_subject(certificate: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref()).ok()?;
+    Some(parsed.subject().to_string())
 }
 
 /// The TLS configuration new handshakes use; replaced at each reload.

@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::io::{ErrorKind, Read};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{metric, Admin, Proc, TestServer};
+use common::{metric, Admin, LinePeer, Proc, TestServer};
 use connwarden::config::HeartbeatMode;
 use connwarden::{CloseReason, Config};
 
@@ -30,41 +29,18 @@ fn write_config(path: &Path, keys: &str) {
     std::fs::write(path, format!("{BASE}{keys}")).expect("write the configuration");
 }
 
-fn sighup(server: &Proc) {
-    // SAFETY: kill(2) on the pid of a child the test owns and has not reaped.
-    let rc = unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) };
-    assert_eq!(rc, 0);
-}
-
 /// A connection seen from the client's side.
-struct Peer {
-    reader: BufReader<TcpStream>,
+type Peer = LinePeer;
+
+/// What these tests do with a connection, beyond lines.
+trait PeerExt: Sized {
+    fn hello(addr: &str) -> (Self, serde_json::Value);
+    fn item_is_acked(&mut self, id: &str);
+    fn nothing_received(&mut self) -> bool;
+    fn server_keepalive_minutes(&self, server_addr: &str) -> u64;
 }
 
-impl Peer {
-    fn connect(addr: &str) -> Peer {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(common::PROMPT))
-            .expect("read timeout");
-        Peer {
-            reader: BufReader::new(stream),
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        self.reader
-            .get_mut()
-            .write_all(format!("{line}\n").as_bytes())
-            .expect("send");
-    }
-
-    fn line(&mut self) -> serde_json::Value {
-        let mut text = String::new();
-        self.reader.read_line(&mut text).expect("reply line");
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"))
-    }
-
+impl PeerExt for LinePeer {
     /// Says hello; the server's answer (`hello`, or the `server_full` error).
     fn hello(addr: &str) -> (Peer, serde_json::Value) {
         let mut peer = Peer::connect(addr);
@@ -168,7 +144,7 @@ fn sighup_changes_heartbeat_and_max_connections_for_new_peers_keeps_live_ones_an
         &path,
         "heartbeat_interval = \"1s\"\nmax_connections = 5\nkeepalive_idle = \"5s\"\nqueue = 128\n",
     );
-    sighup(&server);
+    server.sighup();
     let refused = server
         .wait_log(
             "this key cannot change while the server runs; its old value stays until a restart",
@@ -231,7 +207,7 @@ fn sighup_changes_heartbeat_and_max_connections_for_new_peers_keeps_live_ones_an
         &path,
         "heartbeat_interval = \"1s\"\nmax_connections = 2\nkeepalive_idle = \"5s\"\nlog_level = \"warn\"\n",
     );
-    sighup(&server);
+    server.sighup();
     server
         .wait_log("configuration reloaded")
         .expect("second reload");
@@ -251,7 +227,7 @@ fn sighup_changes_heartbeat_and_max_connections_for_new_peers_keeps_live_ones_an
         &path,
         "heartbeat_interval = \"soon\"\nmax_connections = 50\nkeepalive_idle = \"5s\"\n",
     );
-    sighup(&server);
+    server.sighup();
     server
         .wait_log("configuration reload refused; nothing changed")
         .expect("invalid file refused");

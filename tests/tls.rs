@@ -50,12 +50,6 @@ impl Fixture {
     }
 }
 
-fn sighup(server: &Proc) {
-    // SAFETY: kill(2) on the pid of a child the test owns and has not reaped.
-    let rc = unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) };
-    assert_eq!(rc, 0, "SIGHUP");
-}
-
 #[test]
 fn send_over_tls_delivers_every_item_and_is_acked() {
     let fixture = Fixture::new();
@@ -125,7 +119,7 @@ fn sighup_swaps_the_certificate_while_connections_made_before_and_after_deliver(
         "server",
         &renewed.issue("server", false),
     );
-    sighup(&server);
+    server.sighup();
     server
         .wait_log("TLS certificate read again; new handshakes use it")
         .expect("the reload is logged");
@@ -147,7 +141,7 @@ fn sighup_swaps_the_certificate_while_connections_made_before_and_after_deliver(
         fixture.ca.issue("x", false).1,
     );
     certs::write_pair(fixture.dir.path(), "server", &mismatched);
-    sighup(&server);
+    server.sighup();
     let refused = server
         .wait_log("configuration reload refused; nothing changed")
         .expect("the refusal is logged");
@@ -219,4 +213,51 @@ fn a_stalled_handshake_and_a_clear_text_peer_are_closed_with_their_reasons() {
     assert!(fixture.sink_lines().is_empty());
     server.terminate();
     assert!(server.wait_exit(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn mutual_tls_refuses_a_client_without_a_valid_certificate_and_names_the_others() {
+    let fixture = Fixture::new();
+    let client_ca = Ca::new("fleet CA");
+    let ca_path = client_ca.write(fixture.dir.path(), "fleet");
+    let (mut server, admin, addr) =
+        fixture.serve(&["--tls-client-ca", ca_path.to_str().expect("utf-8")]);
+
+    // No certificate, and one from another CA: both refused in the handshake.
+    let stranger = Ca::new("stranger CA").issue("intruder", true);
+    for identity in [None, Some(&stranger)] {
+        let refused = certs::connect(&addr, &fixture.ca, identity).and_then(|mut stream| {
+            // TLS 1.3: the client learns of the refusal at its first read.
+            stream.write_all(b"{\"ip\":\"192.0.2.1\",\"id\":1}\n")?;
+            let mut byte = [0u8; 1];
+            std::io::Read::read(&mut stream, &mut byte)
+        });
+        assert!(matches!(refused, Err(_) | Ok(0)), "{refused:?}");
+    }
+    common::poll_until(common::PROMPT, "two unauthorized closes", || {
+        let text = admin.metrics();
+        metric(
+            &text,
+            "connwarden_connections_closed_total{reason=\"unauthorized\"}",
+        ) == Some(2.0)
+    });
+
+    // A device with a certificate from the fleet CA: delivered, named by its subject.
+    let device = client_ca.issue("device-7", true);
+    let mut stream = certs::connect(&addr, &fixture.ca, Some(&device)).expect("mutual TLS");
+    let ack = certs::exchange(&mut stream, r#"{"ip":"192.0.2.7","id":1}"#);
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let listed = admin.json("/connections");
+    assert_eq!(listed["items"][0]["auth_name"], "CN=device-7", "{listed}");
+    server.terminate();
+    assert!(server.wait_exit(Duration::from_secs(20)).success());
+    let records = fixture.sink_lines();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["auth_name"], "CN=device-7", "{:?}", records[0]);
+    let log = server.stderr_so_far();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("connection closed") && l.contains("CN=device-7")),
+        "the close is logged with the name"
+    );
 }

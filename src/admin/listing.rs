@@ -305,7 +305,7 @@ impl ConnQuery {
         let items = page_entries
             .iter()
             .zip(page_tcp)
-            .map(|(entry, tcp)| Connection::new(&entry.snapshot_at(now, wall), tcp))
+            .map(|(entry, tcp)| Connection::new(&registry.snapshot_of(entry, now, wall), tcp))
             .collect();
         Page {
             total,

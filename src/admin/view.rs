@@ -41,6 +41,9 @@ pub struct Connection {
     /// (absent from gateways older than it: 0).
     #[serde(default)]
     pub buffered_bytes: u64,
+    /// The name it authenticated under (client certificate subject or token name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_name: Option<String>,
     /// The application heartbeat.
     pub heartbeat: Heartbeat,
     /// The kernel's view, read when the request was served; `null` where `TCP_INFO` is not
@@ -109,6 +112,9 @@ pub struct Closed {
     pub items: u64,
     /// Items refused.
     pub errors: u64,
+    /// The name it authenticated under (client certificate subject or token name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_name: Option<String>,
 }
 
 /// A page of a listing.
@@ -164,6 +170,7 @@ impl Connection {
             items: snapshot.items,
             errors: snapshot.errors,
             buffered_bytes: snapshot.buffered.into(),
+            auth_name: snapshot.auth_name.as_deref().map(str::to_owned),
             heartbeat: Heartbeat {
                 negotiated: snapshot.heartbeat,
                 pings_outstanding: snapshot.pings_outstanding,
@@ -205,6 +212,7 @@ impl From<&ClosedConn> for Closed {
             bytes_out: closed.bytes_out,
             items: closed.items,
             errors: closed.errors,
+            auth_name: closed.auth_name.as_deref().map(str::to_owned),
         }
     }
 }

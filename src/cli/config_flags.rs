@@ -121,6 +121,18 @@ pub struct ConfigFlags {
     /// PEM private key of --tls-cert [default: off].
     #[arg(long, value_name = "FILE|off")]
     tls_key: Option<String>,
+    /// PEM CA file: clients must present a certificate it signed (mutual TLS) [default: off].
+    #[arg(long, value_name = "FILE|off")]
+    tls_client_ca: Option<String>,
+    /// File of client tokens, `token` or `name:token` per line, read again on SIGHUP [default: off].
+    #[arg(long, value_name = "FILE|off")]
+    auth_tokens: Option<String>,
+    /// required: authenticate (client certificate or token in hello) before the first item [default: optional].
+    #[arg(long, value_name = "required|optional")]
+    auth: Option<String>,
+    /// With --auth required, time from accept to a valid hello [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    auth_timeout: Option<String>,
     /// A TLS handshake must finish within this from accept [default: 10s].
     #[arg(long, value_name = "DURATION")]
     handshake_timeout: Option<String>,
@@ -239,6 +251,10 @@ impl ConfigFlags {
             ("admin_token_file", &self.admin_token_file),
             ("tls_cert", &self.tls_cert),
             ("tls_key", &self.tls_key),
+            ("tls_client_ca", &self.tls_client_ca),
+            ("auth_tokens", &self.auth_tokens),
+            ("auth", &self.auth),
+            ("auth_timeout", &self.auth_timeout),
             ("handshake_timeout", &self.handshake_timeout),
             ("sink_rotate_size", &self.sink_rotate_size),
             ("sink_rotate_interval", &self.sink_rotate_interval),

@@ -95,6 +95,9 @@ pub struct SendArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// File whose first line is the token to send in hello (the server's --auth-tokens).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// The name the server's certificate must carry [default: the host of --to].
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
@@ -155,6 +158,17 @@ impl SendArgs {
             config.heartbeat_misses > 0,
             "--heartbeat-misses must be at least 1"
         );
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--token-file {}", path.display()))?;
+            let token = text.lines().next().unwrap_or("").trim();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "--token-file {}: no token on its first line",
+                path.display()
+            );
+            config.token = Some(token.to_owned());
+        }
         let wants_tls = self.tls || self.tls_ca.is_some() || self.tls_cert.is_some();
         if wants_tls {
             let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());

@@ -90,6 +90,8 @@ pub struct ClientConfig {
     pub client_id: String,
     /// TLS to the server, or `None` for plain TCP.
     pub tls: Option<crate::tls::ClientTls>,
+    /// The token sent in each `hello` (the server's `auth_tokens`), if any.
+    pub token: Option<String>,
 }
 
 impl ClientConfig {
@@ -114,6 +116,7 @@ impl ClientConfig {
             name: format!("connwarden/{}", env!("CARGO_PKG_VERSION")),
             client_id: random_client_id(),
             tls: None,
+            token: None,
         }
     }
 

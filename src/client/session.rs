@@ -160,8 +160,12 @@ async fn run_on(
         closing_code: None,
     };
     delivery.window.rewind();
+    let token = match &config.token {
+        Some(token) => format!(",\"token\":{}", serde_json::Value::from(token.as_str())),
+        None => String::new(),
+    };
     let hello = format!(
-        "{{\"type\":\"hello\",\"client\":{},\"client_id\":{}}}\n",
+        "{{\"type\":\"hello\",\"client\":{},\"client_id\":{}{token}}}\n",
         serde_json::Value::from(config.name.as_str()),
         serde_json::Value::from(config.client_id.as_str())
     );

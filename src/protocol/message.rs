@@ -31,6 +31,8 @@ pub struct Hello {
     /// the message id JetStream removes resends by ([`MAX_CLIENT_ID`] bytes at most, printable
     /// ASCII without spaces).
     pub client_id: Option<String>,
+    /// The client's token (`auth_tokens`), if it gave one: never logged.
+    pub token: Option<String>,
 }
 
 /// Longest `client_id` a `hello` may carry.
@@ -65,6 +67,9 @@ pub enum ErrorCode {
     FrameTooLarge,
     /// An object that had begun did not end within `frame_timeout`; the connection closes.
     FrameTimeout,
+    /// The client did not authenticate (`auth = "required"`): no valid token before its first
+    /// item or within `auth_timeout`, or an invalid token; the connection closes.
+    Unauthorized,
     /// The server's budget for partial objects (`max_buffered`) was exceeded and this
     /// connection held one of the largest; it closes.
     MemoryPressure,
@@ -91,7 +96,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::InvalidJson,
         ErrorCode::MissingIp,
         ErrorCode::InvalidIp,
@@ -99,6 +104,7 @@ impl ErrorCode {
         ErrorCode::UnexpectedType,
         ErrorCode::FrameTooLarge,
         ErrorCode::FrameTimeout,
+        ErrorCode::Unauthorized,
         ErrorCode::MemoryPressure,
         ErrorCode::TooManyErrors,
         ErrorCode::QueueFull,
@@ -134,6 +140,7 @@ impl ErrorCode {
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::FrameTimeout => "frame_timeout",
             ErrorCode::MemoryPressure => "memory_pressure",
+            ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::TooManyErrors => "too_many_errors",
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::ServerFull => "server_full",
@@ -342,16 +349,26 @@ fn parse_hello(text: &str) -> Result<Hello, ItemError> {
         #[serde(borrow)]
         client_id: Option<Cow<'a, str>>,
     }
+    #[derive(Deserialize)]
+    struct Token<'a> {
+        #[serde(borrow)]
+        token: Option<Cow<'a, str>>,
+    }
     let bad = |detail: String| ItemError::new(ErrorCode::InvalidClientId, detail, None);
     let fields: Fields<'_> =
         serde_json::from_str(text).map_err(|e| bad(format!("client_id must be a string: {e}")))?;
-    let Some(client_id) = fields.client_id else {
-        return Ok(Hello::default());
+    // A token that is not a string is no token: refused as such when tokens are required.
+    let token = serde_json::from_str::<Token<'_>>(text)
+        .map(|t| t.token.map(Cow::into_owned))
+        .unwrap_or_else(|_| Some(String::new()));
+    let client_id = match fields.client_id {
+        Some(client_id) => {
+            check_client_id(&client_id).map_err(bad)?;
+            Some(client_id.into_owned())
+        }
+        None => None,
     };
-    check_client_id(&client_id).map_err(bad)?;
-    Ok(Hello {
-        client_id: Some(client_id.into_owned()),
-    })
+    Ok(Hello { client_id, token })
 }
 
 /// Checks a `client_id`: 1 to [`MAX_CLIENT_ID`] printable ASCII characters without spaces (one
@@ -692,7 +709,23 @@ mod tests {
         assert_eq!(
             parse_str(r#"{"type":"hello","client_id":"a-1:b"}"#),
             Ok(Inbound::Hello(Hello {
-                client_id: Some("a-1:b".into())
+                client_id: Some("a-1:b".into()),
+                token: None,
+            }))
+        );
+        assert_eq!(
+            parse_str(r#"{"type":"hello","token":"s3cret-s3cret-s3cret"}"#),
+            Ok(Inbound::Hello(Hello {
+                client_id: None,
+                token: Some("s3cret-s3cret-s3cret".into()),
+            }))
+        );
+        // A token that is not a string is an empty one: no token matches it.
+        assert_eq!(
+            parse_str(r#"{"type":"hello","token":7}"#),
+            Ok(Inbound::Hello(Hello {
+                client_id: None,
+                token: Some(String::new()),
             }))
         );
         let long = format!("{:?}", "x".repeat(129));

@@ -411,6 +411,13 @@ impl Proc {
     }
 
     /// Sends SIGTERM.
+    /// Sends `SIGHUP` (reload).
+    pub fn sighup(&self) {
+        // SAFETY: kill(2) on the pid of a child this struct owns and has not reaped.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+        assert_eq!(rc, 0, "SIGHUP");
+    }
+
     pub fn terminate(&self) {
         // SAFETY: kill(2) on the pid of a child this struct owns and has not reaped.
         let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -688,3 +695,48 @@ pub const LOOPBACK_TO_NULL: &[&str] = &[
     "--log-format",
     "json",
 ];
+
+/// A plain connection seen from the client's side, line by line.
+pub struct LinePeer {
+    pub reader: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl LinePeer {
+    /// Connects to `addr`; reads wait at most [`PROMPT`].
+    pub fn connect(addr: &str) -> LinePeer {
+        let stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(PROMPT)).expect("read timeout");
+        LinePeer {
+            reader: std::io::BufReader::new(stream),
+        }
+    }
+
+    /// Sends one line.
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write;
+        self.reader
+            .get_mut()
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("send");
+    }
+
+    /// The server's next line.
+    pub fn line(&mut self) -> serde_json::Value {
+        use std::io::BufRead;
+        let mut text = String::new();
+        self.reader.read_line(&mut text).expect("a line");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"))
+    }
+
+    /// Sends one line and returns the server's next one.
+    pub fn say(&mut self, line: &str) -> serde_json::Value {
+        self.send(line);
+        self.line()
+    }
+
+    /// True once the server closed (end of stream after whatever it sent).
+    pub fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut self.reader, &mut rest).is_ok()
+    }
+}
