@@ -335,3 +335,61 @@ fn ss_seconds(field: &str) -> Option<f64> {
         None => ms.parse::<f64>().ok().map(|m| m / 1000.0),
     }
 }
+
+#[test]
+fn doctor_reports_tls_and_auth_and_warns_of_clear_text_beyond_loopback() {
+    let codes = |report: &serde_json::Value| -> Vec<String> {
+        report["warnings"]
+            .as_array()
+            .expect("warnings")
+            .iter()
+            .map(|w| w["code"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let exposed = doctor_json(&["--listen", "0.0.0.0:7000"]);
+    assert_eq!(exposed["security"]["transport"], "clear text", "{exposed}");
+    assert!(codes(&exposed).contains(&"clear_text_beyond_loopback".to_owned()));
+    let local = doctor_json(&["--listen", "127.0.0.1:7000"]);
+    assert!(!codes(&local).contains(&"clear_text_beyond_loopback".to_owned()));
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = common::certs::Ca::new("doctor CA");
+    let (cert, key) = common::certs::write_pair(dir.path(), "server", &ca.issue("server", false));
+    let client_ca = ca.write(dir.path(), "clients");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "a:0123456789abcdef0123\nb:fedcba9876543210fedc\n").expect("tokens");
+    let secured = doctor_json(&[
+        "--listen",
+        "0.0.0.0:7000",
+        "--tls-cert",
+        cert.to_str().expect("utf-8"),
+        "--tls-key",
+        key.to_str().expect("utf-8"),
+        "--tls-client-ca",
+        client_ca.to_str().expect("utf-8"),
+        "--auth-tokens",
+        tokens.to_str().expect("utf-8"),
+        "--auth",
+        "required",
+    ]);
+    let security = &secured["security"];
+    assert_eq!(security["transport"], "tls", "{secured}");
+    assert_eq!(security["client_certificates"], true);
+    assert_eq!(security["tokens"], 2);
+    assert_eq!(security["auth"], "required");
+    assert!(security["tls_error"].is_null(), "{security}");
+    assert!(!codes(&secured).contains(&"clear_text_beyond_loopback".to_owned()));
+
+    // A key that is not the certificate's: doctor says serve would not start.
+    let (other_cert, _) = common::certs::write_pair(dir.path(), "other", &ca.issue("x", false));
+    let mismatched = doctor_json(&[
+        "--tls-cert",
+        other_cert.to_str().expect("utf-8"),
+        "--tls-key",
+        key.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        codes(&mismatched).contains(&"tls_files_unusable".to_owned()),
+        "{mismatched}"
+    );
+}

@@ -85,3 +85,109 @@ async fn dead_peer_with_unacknowledged_data_closes_as_user_timeout_within_bound(
     assert!(server.registry.is_empty());
     server.shutdown().await;
 }
+
+/// A TLS session from the client namespace to a server whose certificate `ca` signed.
+async fn tls_client(
+    net: &NetnsPair,
+    port: u16,
+    ca: &common::certs::Ca,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).expect("trust the CA");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    tokio::time::timeout(
+        common::PROMPT,
+        connector.connect(name, net.client_connect(port)),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake")
+}
+
+/// The same two failures under TLS: keep-alive and the user timeout act on the TCP socket under
+/// the session, so the bounds are the same.
+#[tokio::test]
+async fn under_tls_idle_and_stuck_dead_peers_close_within_the_same_bounds() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = common::certs::Ca::new("netns CA");
+    let (cert, key) = common::certs::write_pair(dir.path(), "server", &ca.issue("server", false));
+    let mut config = test_config();
+    config.tls_cert = Some(cert);
+    config.tls_key = Some(key);
+    config.keepalive = Keepalive {
+        idle: Duration::from_secs(2),
+        interval: Duration::from_secs(1),
+        count: 3,
+    };
+    config.user_timeout = UserTimeout::Fixed(Duration::from_secs(3));
+    config.heartbeat = HeartbeatMode::Negotiated;
+    config.heartbeat_interval = Duration::from_secs(1);
+    config.heartbeat_misses = 60;
+
+    // Idle (no hello, no heartbeat): keep-alive.
+    let net = NetnsPair::create();
+    let (sink, mut records) = ChannelSink::new(16);
+    let server = TestServer::start_on(config.clone(), sink, net.server_listener(7002)).await;
+    let mut closes = server.registry.subscribe();
+    let mut idle = tls_client(&net, 7002, &ca).await;
+    idle.write_all(b"{\"ip\":\"10.231.0.2\"}\n")
+        .await
+        .expect("send");
+    idle.flush().await.expect("flush");
+    tokio::time::timeout(common::PROMPT, records.recv())
+        .await
+        .expect("the item in time")
+        .expect("a record");
+    let bound = config.keepalive.bound() + SLACK;
+    let cut = Instant::now();
+    net.client_link_down();
+    let closed = next_close(&mut closes, bound + Duration::from_secs(10)).await;
+    let detected = cut.elapsed();
+    assert_eq!(closed.reason, CloseReason::KeepaliveTimeout);
+    assert!(
+        detected <= bound,
+        "detected after {detected:?}, bound {bound:?}"
+    );
+    println!("TLS keepalive_timeout detected {detected:?} (bound {bound:?})");
+    server.shutdown().await;
+    drop(net);
+
+    // With a hello, the heartbeat's pings stay unacknowledged: the user timeout.
+    let net = NetnsPair::create();
+    let (sink, _records) = ChannelSink::new(16);
+    let server = TestServer::start_on(config.clone(), sink, net.server_listener(7003)).await;
+    let mut closes = server.registry.subscribe();
+    let mut stuck = BufReader::new(tls_client(&net, 7003, &ca).await);
+    stuck
+        .get_mut()
+        .write_all(b"{\"type\":\"hello\"}\n")
+        .await
+        .expect("send");
+    stuck.get_mut().flush().await.expect("flush");
+    let mut line = String::new();
+    tokio::time::timeout(common::PROMPT, stuck.read_line(&mut line))
+        .await
+        .expect("hello in time")
+        .expect("hello");
+    assert!(line.contains("\"hello\""), "{line}");
+    let bound = config.heartbeat_interval + Duration::from_secs(3) + SLACK;
+    let cut = Instant::now();
+    net.client_link_down();
+    let closed = next_close(&mut closes, bound + Duration::from_secs(20)).await;
+    let detected = cut.elapsed();
+    assert_eq!(closed.reason, CloseReason::UserTimeout);
+    assert!(
+        detected <= bound,
+        "detected after {detected:?}, bound {bound:?}"
+    );
+    println!("TLS user_timeout detected {detected:?} (bound {bound:?})");
+    server.shutdown().await;
+}

@@ -302,6 +302,37 @@ fn print_inspection(inspection: &Inspection) {
         table(&["monitor", "server", "sync"], &rows);
     }
 
+    let security = &inspection.security;
+    println!("\nsecurity");
+    let rows = vec![
+        vec!["transport".to_owned(), security.transport.to_owned()],
+        vec![
+            "client certificates".to_owned(),
+            if security.client_certificates {
+                "required (mutual TLS)"
+            } else {
+                "no"
+            }
+            .to_owned(),
+        ],
+        vec![
+            "tokens".to_owned(),
+            security
+                .tokens
+                .map_or_else(|| "none".to_owned(), |n| format!("{n} in auth_tokens")),
+        ],
+        vec!["authentication".to_owned(), security.auth.to_owned()],
+        vec![
+            "beyond loopback".to_owned(),
+            if security.exposed.is_empty() {
+                "none".to_owned()
+            } else {
+                security.exposed.join(", ")
+            },
+        ],
+    ];
+    table(&["", ""], &rows);
+
     if inspection.warnings.is_empty() {
         println!("\nno warnings");
     } else {

@@ -96,11 +96,70 @@ pub struct Inspection {
     pub kernel: KernelDefaults,
     /// Worst-case detection time of each failure mode.
     pub bounds: Vec<Bound>,
+    /// Who may connect and what the data port speaks.
+    pub security: Security,
     /// Settings that defeat their purpose.
     pub warnings: Vec<Warning>,
     /// The JetStream sync setting of each NATS server asked (`doctor --nats-monitor`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nats: Vec<super::NatsDurability>,
+}
+
+/// The TLS and authentication configuration, with its files checked as `serve` would read
+/// them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Security {
+    /// `tls` or `clear text`.
+    pub transport: &'static str,
+    /// What is wrong with the certificate, key or client CA files, if anything.
+    pub tls_error: Option<String>,
+    /// Whether clients must present a certificate (`tls_client_ca`).
+    pub client_certificates: bool,
+    /// Tokens in `auth_tokens`, when set and readable.
+    pub tokens: Option<usize>,
+    /// What is wrong with the tokens file, if anything.
+    pub tokens_error: Option<String>,
+    /// `required` or `optional`.
+    pub auth: &'static str,
+    /// Listen addresses that are not loopback.
+    pub exposed: Vec<String>,
+}
+
+impl Security {
+    fn of(config: &Config) -> Security {
+        let tls_error = crate::tls::server_config(config)
+            .err()
+            .map(|e| e.to_string());
+        let (tokens, tokens_error) = match config.auth_tokens.as_deref() {
+            None => (None, None),
+            Some(path) => match crate::auth::Tokens::from_file(path) {
+                Ok(tokens) => (Some(tokens.len()), None),
+                Err(error) => (None, Some(error.to_string())),
+            },
+        };
+        Security {
+            transport: if config.tls_cert.is_some() {
+                "tls"
+            } else {
+                "clear text"
+            },
+            tls_error,
+            client_certificates: config.tls_client_ca.is_some(),
+            tokens,
+            tokens_error,
+            auth: if config.auth_required {
+                "required"
+            } else {
+                "optional"
+            },
+            exposed: config
+                .listen
+                .iter()
+                .filter(|addr| !addr.ip().is_loopback())
+                .map(|addr| addr.to_string())
+                .collect(),
+        }
+    }
 }
 
 /// Why the inspection could not run.
@@ -134,6 +193,7 @@ pub fn inspect(config: &Config) -> Result<Inspection, InspectError> {
         missing_options: sockopt::SUPPORT.missing(),
         options: option_rows(&options, &server, &client, &kernel),
         bounds: bounds(config, &kernel),
+        security: Security::of(config),
         warnings: warnings(config, &kernel, &options, &[&server, &client]),
         nats: Vec::new(),
         kernel,
@@ -442,6 +502,28 @@ pub fn warnings(
         warn(
             "heartbeat_negotiated",
             "heartbeat is negotiated: clients that never send hello are not held to it (a frozen one is noticed only by idle_timeout, if set); use --heartbeat required if all clients answer ping".into(),
+        );
+    }
+    let security = Security::of(config);
+    if config.tls_cert.is_none() && !security.exposed.is_empty() {
+        warn(
+            "clear_text_beyond_loopback",
+            format!(
+                "{} listen beyond loopback without TLS: items (and tokens) travel in clear text; set tls_cert and tls_key",
+                security.exposed.join(", ")
+            ),
+        );
+    }
+    if let Some(error) = &security.tls_error {
+        warn(
+            "tls_files_unusable",
+            format!("serve would not start: {error}"),
+        );
+    }
+    if let Some(error) = &security.tokens_error {
+        warn(
+            "auth_tokens_unusable",
+            format!("serve would not start: {error}"),
         );
     }
     let headroom = 64u64;

@@ -14,7 +14,7 @@ pub mod measure;
 mod nats;
 
 pub use inspect::{
-    bounds, inspect, warnings, Bound, InspectError, Inspection, OptionRow, Warning,
+    bounds, inspect, warnings, Bound, InspectError, Inspection, OptionRow, Security, Warning,
     MIDDLEBOX_IDLE_TIMEOUTS,
 };
 pub use kernel::{retransmission_bound, KernelDefaults};
