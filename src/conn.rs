@@ -25,9 +25,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
 use socket2::SockRef;
-use std::io::Write;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, error::TrySendError, OwnedPermit};
 use tokio::time::{Instant, Sleep};
@@ -42,7 +41,7 @@ use crate::queue::{Producer, Pushed};
 use crate::record::Record;
 use crate::registry::{ConnGuard, ConnInfo, Registry};
 use crate::sockopt::{self, SocketOptions};
-use rustls::server::ServerConnection;
+use crate::tls::TlsSession;
 
 /// Bytes asked of the kernel per read. Objects larger than this take several reads.
 const READ_CHUNK: usize = 4096;
@@ -191,7 +190,7 @@ pub(crate) fn run(
     guard: ConnGuard,
     shared: Arc<ConnShared>,
     producer: Producer<Record>,
-    tls: Option<ServerConnection>,
+    tls: Option<TlsSession>,
 ) -> ConnTask {
     ConnTask {
         conn: Some(Connection::new(
@@ -385,27 +384,7 @@ struct Extras {
     /// The TLS session, on a TLS listener. Its records are read from the socket and written to
     /// [`Connection::out`] here, so that the rest of the connection sees plaintext in and
     /// ciphertext out.
-    tls: Option<ServerConnection>,
-}
-
-/// Reads the socket for rustls, without waiting.
-struct SocketReader<'a>(&'a TcpStream);
-
-impl io::Read for SocketReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
-    }
-}
-
-/// Moves every TLS record rustls has to send (handshake, sealed output, alerts) to `out`.
-fn take_tls_output(tls: &mut ServerConnection, out: &mut BytesMut) {
-    let mut writer = out.writer();
-    while tls.wants_write() {
-        // Writing to memory cannot fail.
-        if tls.write_tls(&mut writer).is_err() {
-            break;
-        }
-    }
+    tls: Option<TlsSession>,
 }
 
 impl Drop for Connection {
@@ -425,7 +404,7 @@ impl Connection {
         info: Arc<ConnInfo>,
         shared: Arc<ConnShared>,
         producer: Producer<Record>,
-        tls: Option<ServerConnection>,
+        tls: Option<TlsSession>,
     ) -> Connection {
         let params = &shared.params;
         let heartbeat = params.heartbeat == HeartbeatMode::Required;
@@ -600,9 +579,9 @@ impl Connection {
         if let Some(message) = &close.notice {
             self.send(message);
         }
-        if let Some((tls, out)) = self.tls_mut_parts() {
-            tls.send_close_notify();
-            take_tls_output(tls, out);
+        if let Some(tls) = self.extras.as_mut().and_then(|e| e.tls.as_mut()) {
+            tls.request_close();
+            let _ = tls.drive(&mut self.read_buf, &mut self.out);
         }
         if close.notice.is_some() || self.is_tls() {
             let bound = CLOSING_FLUSH.min(self.shared.live.config().write_timeout);
@@ -672,7 +651,14 @@ impl Connection {
         let Some(tls) = self.extras.as_mut().and_then(|e| e.tls.as_mut()) else {
             return Ok(false);
         };
-        let n = match tls.read_tls(&mut SocketReader(&self.stream)) {
+        let had_partial_record = !tls.incoming.is_empty();
+        tls.incoming.reserve(READ_CHUNK);
+        let read = self.stream.try_read_buf(&mut tls.incoming);
+        if tls.incoming.is_empty() {
+            // Nothing came: the room reserved for it goes, or an idle connection would keep it.
+            tls.incoming = BytesMut::new();
+        }
+        let n = match read {
             Ok(0) => {
                 self.end_of_stream();
                 return Ok(false);
@@ -682,7 +668,7 @@ impl Connection {
             Err(e) => return Err(self.io_close(&e)),
         };
         let was_handshaking = tls.is_handshaking();
-        let state = tls.process_new_packets();
+        let result = tls.drive(&mut self.read_buf, &mut self.out);
         let subject = match was_handshaking && !tls.is_handshaking() {
             true => tls
                 .peer_certificates()
@@ -690,18 +676,13 @@ impl Connection {
                 .and_then(crate::tls::certificate_subject),
             false => None,
         };
-        // Sent even after an error: the alert tells the peer why.
-        take_tls_output(tls, &mut self.out);
-        let result = state.map(|state| {
-            let plaintext = state.plaintext_bytes_to_read();
-            if plaintext > 0 {
-                let start = self.read_buf.len();
-                self.read_buf.resize(start + plaintext, 0);
-                let read = io::Read::read_exact(&mut tls.reader(), &mut self.read_buf[start..]);
-                debug_assert!(read.is_ok(), "rustls said {plaintext} bytes were ready");
-            }
-            state.peer_has_closed()
-        });
+        let peer_closed = tls.peer_closed();
+        // A record begun by this read starts the frame clock, as an object does: a peer
+        // sending a record a byte at a time is held to frame_timeout too.
+        let record_begun = !had_partial_record && !tls.incoming.is_empty();
+        if record_begun && !self.decoder.is_mid_frame() {
+            self.frame_started = self.millis_since_accept(Instant::now());
+        }
         if out_was_empty && !self.out.is_empty() {
             self.out_since = self.stamp(Instant::now());
         }
@@ -710,7 +691,7 @@ impl Connection {
             self.authenticate(subject.into(), "client certificate");
         }
         match result {
-            Ok(peer_closed) => {
+            Ok(()) => {
                 if peer_closed {
                     self.end_of_stream();
                 }
@@ -796,29 +777,15 @@ impl Connection {
 
     /// On a TLS connection, encrypts the plaintext appended to `out` from `plain_from` on.
     fn seal(&mut self, plain_from: usize) {
-        let Some(tls) = self.tls_mut_parts() else {
+        let Some(tls) = self.extras.as_mut().and_then(|e| e.tls.as_mut()) else {
             return;
         };
-        let (tls, out) = tls;
-        let plain = out.split_off(plain_from);
-        // rustls takes what fits its buffer (64 KiB by default) and is emptied into `out` at
-        // once, so a loop of at most a few turns takes all of it.
-        let mut rest = &plain[..];
-        while !rest.is_empty() {
-            let taken = tls.writer().write(rest).unwrap_or(0);
-            take_tls_output(tls, out);
-            if taken == 0 {
-                tracing::warn!(dropped = rest.len(), "TLS output buffer full");
-                break;
-            }
-            rest = &rest[taken..];
+        let plain = self.out.split_off(plain_from);
+        tls.queue(&plain);
+        if let Err(error) = tls.drive(&mut self.read_buf, &mut self.out) {
+            // The next read meets the same failure and closes the connection.
+            tracing::debug!(conn_id = self.info.id, error = %error, "TLS output failed");
         }
-    }
-
-    /// The TLS session and the output buffer, borrowed together.
-    fn tls_mut_parts(&mut self) -> Option<(&mut ServerConnection, &mut BytesMut)> {
-        let tls = self.extras.as_mut()?.tls.as_mut()?;
-        Some((tls, &mut self.out))
     }
 
     /// True while `auth = "required"` and the client has not authenticated yet.
@@ -839,6 +806,12 @@ impl Connection {
             .set_auth_name(&self.info, Arc::clone(&name));
         self.extras.get_or_insert_default().auth_name = Some(name);
         self.flags.insert(Flags::AUTHENTICATED);
+    }
+
+    /// True while an object, or a TLS record, has begun and not ended: `frame_timeout` runs.
+    fn mid_object(&self) -> bool {
+        let tls = self.extras.as_ref().and_then(|e| e.tls.as_ref());
+        self.decoder.is_mid_frame() || tls.is_some_and(|tls| !tls.incoming.is_empty())
     }
 
     /// True while a TLS handshake is under way.
@@ -894,7 +867,9 @@ impl Connection {
     /// Tells the server-wide budget (`max_buffered`) how much the read buffer holds, when that
     /// changed: its capacity, the memory it keeps, from the pending object's start.
     fn report_buffered(&self) {
-        let held = self.read_buf.capacity().min(u32::MAX as usize);
+        let tls = self.extras.as_ref().and_then(|e| e.tls.as_ref());
+        let records = tls.map_or(0, |tls| tls.incoming.capacity());
+        let held = (self.read_buf.capacity() + records).min(u32::MAX as usize);
         let reported = self.info.buffered() as usize;
         if held > reported {
             self.info.set_buffered(held as u32);
@@ -1143,7 +1118,7 @@ impl Connection {
             return Err(CloseReason::IdleTimeout.into());
         }
         if let Some(limit) = live.frame_timeout {
-            if self.decoder.is_mid_frame() && self.frame_age(now) >= limit {
+            if self.mid_object() && self.frame_age(now) >= limit {
                 self.shared.metrics.item_refused(ErrorCode::FrameTimeout);
                 tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, frame_timeout_ms = limit.as_millis() as u64, "object not finished within frame_timeout");
                 return Err(Close {
@@ -1198,7 +1173,7 @@ impl Connection {
         if let Some(idle) = live.idle_timeout {
             earliest(self.at(self.last_in) + idle);
         }
-        if let (Some(limit), true) = (live.frame_timeout, self.decoder.is_mid_frame()) {
+        if let (Some(limit), true) = (live.frame_timeout, self.mid_object()) {
             earliest(now + limit.saturating_sub(self.frame_age(now)));
         }
         if let Some(max_age) = live.max_age {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::ServerConnection;
+use rustls::server::UnbufferedServerConnection;
 use rustls::ServerConfig;
 
 use crate::config::Config;
@@ -170,10 +170,214 @@ impl ServerTls {
     }
 
     /// A server-side session for a connection just accepted, or `None` when TLS is off.
-    pub fn accept(&self) -> Option<Result<ServerConnection, rustls::Error>> {
+    pub fn accept(&self) -> Option<Result<TlsSession, rustls::Error>> {
         let config = self.current.load_full()?;
-        Some(ServerConnection::new(config))
+        Some(UnbufferedServerConnection::new(config).map(TlsSession::new))
     }
+}
+
+/// One connection's TLS session, on rustls's unbuffered API: the buffers are the connection's
+/// own and freed when empty, so an idle TLS connection keeps no record buffer (the buffered
+/// API keeps 4 KiB per connection for ever).
+///
+/// The connection appends what it reads from the socket to [`TlsSession::incoming`] and calls
+/// [`TlsSession::drive`], which decrypts application data into the connection's read buffer,
+/// writes handshake records, alerts and encrypted output into its output buffer, and encrypts
+/// the plaintext waiting in [`TlsSession::queue`] once the handshake allows it.
+#[doc(hidden)]
+pub struct TlsSession {
+    conn: UnbufferedServerConnection,
+    /// Records read from the socket and not yet processed: at most a partial record between
+    /// reads, and nothing (no allocation) on an idle connection.
+    pub incoming: bytes::BytesMut,
+    /// Plaintext to encrypt, waiting for the handshake to allow it.
+    pending: bytes::BytesMut,
+    /// A `close_notify` is to be sent.
+    close_requested: bool,
+    /// The peer sent its `close_notify`.
+    peer_closed: bool,
+}
+
+impl TlsSession {
+    pub fn new(conn: UnbufferedServerConnection) -> TlsSession {
+        TlsSession {
+            conn,
+            incoming: bytes::BytesMut::new(),
+            pending: bytes::BytesMut::new(),
+            close_requested: false,
+            peer_closed: false,
+        }
+    }
+
+    /// True while the handshake is under way.
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// The client's certificate chain, after a mutual TLS handshake.
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        self.conn.peer_certificates()
+    }
+
+    /// True once the peer sent its `close_notify`.
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+
+    /// Queues `plaintext` for encryption (sent at the next [`TlsSession::drive`]).
+    pub fn queue(&mut self, plaintext: &[u8]) {
+        self.pending.extend_from_slice(plaintext);
+    }
+
+    /// Asks for a `close_notify` at the next [`TlsSession::drive`] that may send one.
+    pub fn request_close(&mut self) {
+        self.close_requested = true;
+    }
+
+    /// Processes what is in `incoming` and what is queued, until rustls needs more from the
+    /// peer: application data goes to `plain`, records to send go to `out`.
+    pub fn drive(
+        &mut self,
+        plain: &mut bytes::BytesMut,
+        out: &mut bytes::BytesMut,
+    ) -> Result<(), rustls::Error> {
+        use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
+        // A TLS record starts with its content type (20 to 23): anything else before the
+        // handshake is a peer that does not speak TLS, told at once rather than held until
+        // the length its "header" claims has arrived.
+        if self.conn.is_handshaking()
+            && self
+                .incoming
+                .first()
+                .is_some_and(|b| !(20..=23).contains(b))
+        {
+            return Err(rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType,
+            ));
+        }
+        loop {
+            let UnbufferedStatus { mut discard, state } =
+                self.conn.process_tls_records(&mut self.incoming[..]);
+            let go_on = match state? {
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while let Some(record) = traffic.next_record() {
+                        let record = record?;
+                        discard += record.discard;
+                        plain.extend_from_slice(record.payload);
+                    }
+                    true
+                }
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    write_grown(out, |buf| encode.encode(buf).map_err(EncodeFailure::from))?;
+                    true
+                }
+                ConnectionState::TransmitTlsData(mut transmit) => {
+                    // `out` goes to the socket in order, before anything appended later.
+                    if let Some(mut traffic) = transmit.may_encrypt_app_data() {
+                        encrypt_pending(&mut self.pending, &mut traffic, out)?;
+                    }
+                    transmit.done();
+                    true
+                }
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    encrypt_pending(&mut self.pending, &mut traffic, out)?;
+                    if std::mem::take(&mut self.close_requested) {
+                        write_grown(out, |buf| {
+                            traffic.queue_close_notify(buf).map_err(EncodeFailure::from)
+                        })?;
+                    }
+                    false
+                }
+                ConnectionState::PeerClosed => {
+                    self.peer_closed = true;
+                    true
+                }
+                ConnectionState::Closed => {
+                    self.peer_closed = true;
+                    false
+                }
+                // Early data is not enabled; nothing else is waited for.
+                _ => false,
+            };
+            bytes::Buf::advance(&mut self.incoming, discard);
+            if !go_on {
+                break;
+            }
+        }
+        if self.incoming.is_empty() && self.incoming.capacity() > 0 {
+            self.incoming = bytes::BytesMut::new();
+        }
+        Ok(())
+    }
+}
+
+/// Why encoding a record failed (other than room, which [`write_grown`] makes).
+#[derive(Debug)]
+enum EncodeFailure {
+    Room(usize),
+    Other(rustls::Error),
+}
+
+impl From<rustls::unbuffered::EncodeError> for EncodeFailure {
+    fn from(error: rustls::unbuffered::EncodeError) -> EncodeFailure {
+        match error {
+            rustls::unbuffered::EncodeError::InsufficientSize(size) => {
+                EncodeFailure::Room(size.required_size)
+            }
+            other => EncodeFailure::Other(rustls::Error::General(other.to_string())),
+        }
+    }
+}
+
+impl From<rustls::unbuffered::EncryptError> for EncodeFailure {
+    fn from(error: rustls::unbuffered::EncryptError) -> EncodeFailure {
+        match error {
+            rustls::unbuffered::EncryptError::InsufficientSize(size) => {
+                EncodeFailure::Room(size.required_size)
+            }
+            other => EncodeFailure::Other(rustls::Error::General(other.to_string())),
+        }
+    }
+}
+
+/// Appends to `out` what `write` puts in a buffer, growing the room it is given until it fits.
+fn write_grown(
+    out: &mut bytes::BytesMut,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, EncodeFailure>,
+) -> Result<(), rustls::Error> {
+    let start = out.len();
+    let mut room = 1024;
+    loop {
+        out.resize(start + room, 0);
+        match write(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncodeFailure::Room(needed)) if needed > room => room = needed,
+            Err(EncodeFailure::Room(_)) => room *= 2,
+            Err(EncodeFailure::Other(error)) => {
+                out.truncate(start);
+                return Err(error);
+            }
+        }
+    }
+}
+
+/// Encrypts the queued plaintext into `out`, and frees the queue.
+fn encrypt_pending(
+    pending: &mut bytes::BytesMut,
+    traffic: &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+    out: &mut bytes::BytesMut,
+) -> Result<(), rustls::Error> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    write_grown(out, |buf| {
+        traffic.encrypt(pending, buf).map_err(EncodeFailure::from)
+    })?;
+    *pending = bytes::BytesMut::new();
+    Ok(())
 }
 
 /// TLS on the client's side: whom to trust, what to present, which name to check.

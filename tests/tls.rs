@@ -261,3 +261,26 @@ fn mutual_tls_refuses_a_client_without_a_valid_certificate_and_names_the_others(
         "the close is logged with the name"
     );
 }
+
+#[test]
+fn a_tls_record_left_unfinished_is_held_to_frame_timeout() {
+    let fixture = Fixture::new();
+    let (mut server, admin, addr) = fixture.serve(&["--frame-timeout", "1s"]);
+    let mut stream = certs::connect(&addr, &fixture.ca, None).expect("TLS");
+    let ack = certs::exchange(&mut stream, r#"{"ip":"192.0.2.1","id":1}"#);
+    assert_eq!(ack["type"], "ack", "{ack}");
+    // The header of an application data record of 64 bytes, and nothing more: no object has
+    // begun that the server can see, but a record has.
+    stream
+        .sock
+        .write_all(&[0x17, 0x03, 0x03, 0x00, 0x40, 0x00])
+        .expect("a partial record");
+    common::poll_until(common::PROMPT, "closed as frame_timeout", || {
+        metric(
+            &admin.metrics(),
+            "connwarden_connections_closed_total{reason=\"frame_timeout\"}",
+        ) == Some(1.0)
+    });
+    server.terminate();
+    assert!(server.wait_exit(Duration::from_secs(20)).success());
+}
