@@ -316,6 +316,23 @@ bitflags::bitflags! {
     }
 }
 
+/// What a client that sends anything but a valid `hello` first is told, under `auth = "required"`.
+const AUTHENTICATE_FIRST: &str = "authenticate first: send a hello with your token";
+
+/// The TLS session in `extras`, borrowed apart from the connection's other fields (its buffers
+/// go to [`TlsSession::drive`] beside it).
+fn session(extras: &mut Option<Box<Extras>>) -> Option<&mut TlsSession> {
+    extras.as_mut()?.tls.as_mut()
+}
+
+/// Frees an empty buffer's memory. Tested by emptiness, not capacity: a buffer whose reads
+/// filled it exactly and were all taken has no capacity left but still holds its allocation.
+pub(crate) fn release_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() {
+        *buf = BytesMut::new();
+    }
+}
+
 /// The close of a client that did not authenticate, with what it is told.
 fn unauthorized(message: &'static str) -> Close {
     Close {
@@ -579,7 +596,7 @@ impl Connection {
         if let Some(message) = &close.notice {
             self.send(message);
         }
-        if let Some(tls) = self.extras.as_mut().and_then(|e| e.tls.as_mut()) {
+        if let Some(tls) = session(&mut self.extras) {
             tls.request_close();
             let _ = tls.drive(&mut self.read_buf, &mut self.out);
         }
@@ -648,16 +665,14 @@ impl Connection {
     /// what it answers (handshake, alerts) into `out`, the plaintext into the read buffer.
     fn read_tls(&mut self) -> Result<bool, Close> {
         let out_was_empty = self.out.is_empty();
-        let Some(tls) = self.extras.as_mut().and_then(|e| e.tls.as_mut()) else {
+        let Some(tls) = session(&mut self.extras) else {
             return Ok(false);
         };
         let had_partial_record = !tls.incoming.is_empty();
         tls.incoming.reserve(READ_CHUNK);
         let read = self.stream.try_read_buf(&mut tls.incoming);
-        if tls.incoming.is_empty() {
-            // Nothing came: the room reserved for it goes, or an idle connection would keep it.
-            tls.incoming = BytesMut::new();
-        }
+        // Nothing came: the room reserved for it goes, or an idle connection would keep it.
+        release_if_empty(&mut tls.incoming);
         let n = match read {
             Ok(0) => {
                 self.end_of_stream();
@@ -739,10 +754,8 @@ impl Connection {
                 self.info.sent(n, now.into_std());
                 self.shared.metrics.bytes_sent(n);
                 self.out_since = self.stamp(now);
-                if self.out.is_empty() {
-                    // An idle connection keeps no output buffer.
-                    self.out = BytesMut::new();
-                }
+                // An idle connection keeps no output buffer.
+                release_if_empty(&mut self.out);
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
@@ -777,7 +790,7 @@ impl Connection {
 
     /// On a TLS connection, encrypts the plaintext appended to `out` from `plain_from` on.
     fn seal(&mut self, plain_from: usize) {
-        let Some(tls) = self.extras.as_mut().and_then(|e| e.tls.as_mut()) else {
+        let Some(tls) = session(&mut self.extras) else {
             return;
         };
         let plain = self.out.split_off(plain_from);
@@ -810,18 +823,22 @@ impl Connection {
 
     /// True while an object, or a TLS record, has begun and not ended: `frame_timeout` runs.
     fn mid_object(&self) -> bool {
-        let tls = self.extras.as_ref().and_then(|e| e.tls.as_ref());
-        self.decoder.is_mid_frame() || tls.is_some_and(|tls| !tls.incoming.is_empty())
+        let partial_record = self.tls().is_some_and(|tls| !tls.incoming.is_empty());
+        self.decoder.is_mid_frame() || partial_record
     }
 
     /// True while a TLS handshake is under way.
     fn handshaking(&self) -> bool {
-        let tls = self.extras.as_ref().and_then(|e| e.tls.as_ref());
-        tls.is_some_and(|tls| tls.is_handshaking())
+        self.tls().is_some_and(|tls| tls.is_handshaking())
     }
 
     fn is_tls(&self) -> bool {
-        self.extras.as_ref().is_some_and(|e| e.tls.is_some())
+        self.tls().is_some()
+    }
+
+    /// The TLS session, on a TLS connection.
+    fn tls(&self) -> Option<&TlsSession> {
+        self.extras.as_ref()?.tls.as_ref()
     }
 
     /// Names a socket error. `ETIMEDOUT` (or an unreachable host reported while retrying) comes
@@ -851,9 +868,7 @@ impl Connection {
         if self.decoder.is_mid_frame() && (frames > 0 || !was_mid_frame) {
             self.frame_started = self.millis_since_accept(Instant::now());
         }
-        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
-            self.read_buf = BytesMut::new();
-        }
+        release_if_empty(&mut self.read_buf);
         self.report_buffered();
         if !self.flags.contains(Flags::READING) && self.blocked.is_none() {
             // No item will follow: let the queue close, and let the reply channel end once
@@ -867,8 +882,7 @@ impl Connection {
     /// Tells the server-wide budget (`max_buffered`) how much the read buffer holds, when that
     /// changed: its capacity, the memory it keeps, from the pending object's start.
     fn report_buffered(&self) {
-        let tls = self.extras.as_ref().and_then(|e| e.tls.as_ref());
-        let records = tls.map_or(0, |tls| tls.incoming.capacity());
+        let records = self.tls().map_or(0, |tls| tls.incoming.capacity());
         let held = (self.read_buf.capacity() + records).min(u32::MAX as usize);
         let reported = self.info.buffered() as usize;
         if held > reported {
@@ -917,11 +931,9 @@ impl Connection {
             *frames += 1;
             match protocol::interpret(frame) {
                 Ok(Inbound::Item(item)) => {
-                    if self.shared.params.auth_required && !self.authenticated() {
+                    if self.awaits_authentication() {
                         self.shared.metrics.item_refused(ErrorCode::Unauthorized);
-                        return Err(unauthorized(
-                            "authenticate first: send a hello with your token",
-                        ));
+                        return Err(unauthorized(AUTHENTICATE_FIRST));
                     }
                     *items += 1;
                     self.accept(item);
@@ -948,11 +960,7 @@ impl Connection {
                     return Err(unauthorized("invalid token"));
                 }
             },
-            _ if self.shared.params.auth_required && !self.authenticated() => {
-                return Err(unauthorized(
-                    "authenticate first: send a hello with your token",
-                ));
-            }
+            _ if self.awaits_authentication() => return Err(unauthorized(AUTHENTICATE_FIRST)),
             _ => {}
         }
         let params = &self.shared.params;

@@ -304,9 +304,7 @@ impl TlsSession {
                 break;
             }
         }
-        if self.incoming.is_empty() && self.incoming.capacity() > 0 {
-            self.incoming = bytes::BytesMut::new();
-        }
+        crate::conn::release_if_empty(&mut self.incoming);
         Ok(())
     }
 }

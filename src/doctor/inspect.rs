@@ -162,6 +162,35 @@ impl Security {
     }
 }
 
+impl Security {
+    /// What defeats the purpose: clear text beyond loopback, files `serve` could not use.
+    fn warnings(&self) -> Vec<Warning> {
+        let mut out = Vec::new();
+        if self.transport == "clear text" && !self.exposed.is_empty() {
+            out.push(Warning {
+                code: "clear_text_beyond_loopback",
+                message: format!(
+                    "{} listen beyond loopback without TLS: items (and tokens) travel in clear text; set tls_cert and tls_key",
+                    self.exposed.join(", ")
+                ),
+            });
+        }
+        let unusable = [
+            ("tls_files_unusable", &self.tls_error),
+            ("auth_tokens_unusable", &self.tokens_error),
+        ];
+        for (code, error) in unusable {
+            if let Some(error) = error {
+                out.push(Warning {
+                    code,
+                    message: format!("serve would not start: {error}"),
+                });
+            }
+        }
+        out
+    }
+}
+
 /// Why the inspection could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
@@ -187,14 +216,19 @@ pub fn inspect(config: &Config) -> Result<Inspection, InspectError> {
     let server = sockopt::read_back(SockRef::from(&server));
     let client = sockopt::read_back(SockRef::from(&client));
     let kernel = KernelDefaults::read();
+    // Reads the certificate and tokens files once, for the report and its warnings.
+    let security = Security::of(config);
     Ok(Inspection {
         schema: 1,
         platform: std::env::consts::OS,
         missing_options: sockopt::SUPPORT.missing(),
         options: option_rows(&options, &server, &client, &kernel),
         bounds: bounds(config, &kernel),
-        security: Security::of(config),
-        warnings: warnings(config, &kernel, &options, &[&server, &client]),
+        warnings: warnings(config, &kernel, &options, &[&server, &client])
+            .into_iter()
+            .chain(security.warnings())
+            .collect(),
+        security,
         nats: Vec::new(),
         kernel,
     })
@@ -502,28 +536,6 @@ pub fn warnings(
         warn(
             "heartbeat_negotiated",
             "heartbeat is negotiated: clients that never send hello are not held to it (a frozen one is noticed only by idle_timeout, if set); use --heartbeat required if all clients answer ping".into(),
-        );
-    }
-    let security = Security::of(config);
-    if config.tls_cert.is_none() && !security.exposed.is_empty() {
-        warn(
-            "clear_text_beyond_loopback",
-            format!(
-                "{} listen beyond loopback without TLS: items (and tokens) travel in clear text; set tls_cert and tls_key",
-                security.exposed.join(", ")
-            ),
-        );
-    }
-    if let Some(error) = &security.tls_error {
-        warn(
-            "tls_files_unusable",
-            format!("serve would not start: {error}"),
-        );
-    }
-    if let Some(error) = &security.tokens_error {
-        warn(
-            "auth_tokens_unusable",
-            format!("serve would not start: {error}"),
         );
     }
     let headroom = 64u64;
