@@ -13,6 +13,28 @@ use connwarden::CloseReason;
 /// Slack on top of each bound: timer granularity and the kernel's probe scheduling.
 const SLACK: Duration = Duration::from_secs(1);
 
+/// Takes the client's link down and expects the server to close the connection with `reason`
+/// within `bound` (watching `bound + grace` for the close at all).
+async fn cut_link_and_expect(
+    net: &NetnsPair,
+    closes: &mut tokio::sync::broadcast::Receiver<connwarden::registry::ClosedConn>,
+    reason: CloseReason,
+    bound: Duration,
+    grace: Duration,
+    transport: &str,
+) {
+    let cut = Instant::now();
+    net.client_link_down();
+    let closed = next_close(closes, bound + grace).await;
+    let detected = cut.elapsed();
+    assert_eq!(closed.reason, reason);
+    assert!(
+        detected <= bound,
+        "detected after {detected:?}, bound {bound:?}"
+    );
+    println!("{transport}: {reason} detected {detected:?} after link down (bound {bound:?})");
+}
+
 #[tokio::test]
 async fn idle_dead_peer_closes_as_keepalive_timeout_within_bound() {
     let net = NetnsPair::create();
@@ -34,16 +56,15 @@ async fn idle_dead_peer_closes_as_keepalive_timeout_within_bound() {
         .unwrap()
         .unwrap();
 
-    let cut = Instant::now();
-    net.client_link_down();
-    let closed = next_close(&mut closes, bound + Duration::from_secs(10)).await;
-    let detected = cut.elapsed();
-    assert_eq!(closed.reason, CloseReason::KeepaliveTimeout);
-    assert!(
-        detected <= bound,
-        "detected after {detected:?}, bound {bound:?}"
-    );
-    println!("keepalive_timeout detected {detected:?} after link down (bound {bound:?})");
+    cut_link_and_expect(
+        &net,
+        &mut closes,
+        CloseReason::KeepaliveTimeout,
+        bound,
+        Duration::from_secs(10),
+        "plain",
+    )
+    .await;
     assert!(server.registry.is_empty());
     server.shutdown().await;
 }
@@ -72,16 +93,15 @@ async fn dead_peer_with_unacknowledged_data_closes_as_user_timeout_within_bound(
     client.send(b"{\"type\":\"hello\"}\n").await;
     assert_eq!(client.line().await["type"], "hello");
 
-    let cut = Instant::now();
-    net.client_link_down();
-    let closed = next_close(&mut closes, bound + Duration::from_secs(20)).await;
-    let detected = cut.elapsed();
-    assert_eq!(closed.reason, CloseReason::UserTimeout);
-    assert!(
-        detected <= bound,
-        "detected after {detected:?}, bound {bound:?}"
-    );
-    println!("user_timeout detected {detected:?} after link down (bound {bound:?})");
+    cut_link_and_expect(
+        &net,
+        &mut closes,
+        CloseReason::UserTimeout,
+        bound,
+        Duration::from_secs(20),
+        "plain",
+    )
+    .await;
     assert!(server.registry.is_empty());
     server.shutdown().await;
 }
@@ -92,15 +112,7 @@ async fn tls_client(
     port: u16,
     ca: &common::certs::Ca,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert.der().clone()).expect("trust the CA");
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(common::certs::client_config(ca, None));
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     tokio::time::timeout(
         common::PROMPT,
@@ -147,16 +159,15 @@ async fn under_tls_idle_and_stuck_dead_peers_close_within_the_same_bounds() {
         .expect("the item in time")
         .expect("a record");
     let bound = config.keepalive.bound() + SLACK;
-    let cut = Instant::now();
-    net.client_link_down();
-    let closed = next_close(&mut closes, bound + Duration::from_secs(10)).await;
-    let detected = cut.elapsed();
-    assert_eq!(closed.reason, CloseReason::KeepaliveTimeout);
-    assert!(
-        detected <= bound,
-        "detected after {detected:?}, bound {bound:?}"
-    );
-    println!("TLS keepalive_timeout detected {detected:?} (bound {bound:?})");
+    cut_link_and_expect(
+        &net,
+        &mut closes,
+        CloseReason::KeepaliveTimeout,
+        bound,
+        Duration::from_secs(10),
+        "TLS",
+    )
+    .await;
     server.shutdown().await;
     drop(net);
 
@@ -179,15 +190,14 @@ async fn under_tls_idle_and_stuck_dead_peers_close_within_the_same_bounds() {
         .expect("hello");
     assert!(line.contains("\"hello\""), "{line}");
     let bound = config.heartbeat_interval + Duration::from_secs(3) + SLACK;
-    let cut = Instant::now();
-    net.client_link_down();
-    let closed = next_close(&mut closes, bound + Duration::from_secs(20)).await;
-    let detected = cut.elapsed();
-    assert_eq!(closed.reason, CloseReason::UserTimeout);
-    assert!(
-        detected <= bound,
-        "detected after {detected:?}, bound {bound:?}"
-    );
-    println!("TLS user_timeout detected {detected:?} (bound {bound:?})");
+    cut_link_and_expect(
+        &net,
+        &mut closes,
+        CloseReason::UserTimeout,
+        bound,
+        Duration::from_secs(20),
+        "TLS",
+    )
+    .await;
     server.shutdown().await;
 }

@@ -51,16 +51,7 @@ fn an_idle_tls_session_keeps_no_record_buffer() {
     let server_config = connwarden::tls::server_config(&config)
         .expect("usable pair")
         .expect("TLS on");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert.der().clone()).expect("trust");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client_config = Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
+    let client_config = common::certs::client_config(&ca, None);
 
     const SESSIONS: isize = 100;
     let mut sessions = Vec::new();

@@ -66,16 +66,9 @@ pub fn write_pair(dir: &Path, name: &str, pair: &(String, String)) -> (PathBuf, 
     (cert, key)
 }
 
-/// A blocking TLS connection to `serve`.
-pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
-/// Connects to `addr` over TLS, trusting `ca`, presenting `identity` when given. The
-/// handshake completes (or fails) before it returns.
-pub fn connect(
-    addr: &str,
-    ca: &Ca,
-    identity: Option<&(String, String)>,
-) -> Result<TlsStream, std::io::Error> {
+/// A rustls client configuration trusting `ca`, presenting `identity` (certificate PEM, key
+/// PEM) when given.
+pub fn client_config(ca: &Ca, identity: Option<&(String, String)>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.cert.der().clone()).expect("trust the CA");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -83,7 +76,7 @@ pub fn connect(
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(roots);
-    let config = match identity {
+    Arc::new(match identity {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
             use rustls::pki_types::pem::PemObject;
@@ -94,9 +87,22 @@ pub fn connect(
                 rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
             builder.with_client_auth_cert(chain, key).expect("identity")
         }
-    };
+    })
+}
+
+/// A blocking TLS connection to `serve`.
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// Connects to `addr` over TLS, trusting `ca`, presenting `identity` when given. The
+/// handshake completes (or fails) before it returns.
+pub fn connect(
+    addr: &str,
+    ca: &Ca,
+    identity: Option<&(String, String)>,
+) -> Result<TlsStream, std::io::Error> {
+    let config = client_config(ca, identity);
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let session = rustls::ClientConnection::new(Arc::new(config), name).expect("session");
+    let session = rustls::ClientConnection::new(config, name).expect("session");
     let socket = TcpStream::connect(addr)?;
     socket.set_read_timeout(Some(super::PROMPT))?;
     let mut stream = rustls::StreamOwned::new(session, socket);
