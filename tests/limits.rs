@@ -324,14 +324,22 @@ fn siege(extra: &[&str]) -> Siege {
             assert_eq!(ack["type"], "ack", "{ack}");
         }
     }
-    // Settled: every partial object is read (the server's byte count) and the relief is done
-    // (what is held fits the budget, or nothing is closed).
-    let sent = (PEERS * PARTIAL) as f64;
-    let mut text = String::new();
+    // Settled: every peer was accepted, and each still open has had its whole partial object
+    // read (a peer closed under pressure may be closed before all of its bytes were read, so
+    // the server's byte count is no sign); then the relief is done (what is held fits the
+    // budget, or nothing is closed).
+    let brisk_addr = brisk.local_addr().expect("local address").to_string();
     common::poll_until(Duration::from_secs(60), "every partial object read", || {
-        text = admin.metrics();
-        metric(&text, "connwarden_received_bytes_total").unwrap_or(0.0) >= sent
+        let opened = metric(&admin.metrics(), "connwarden_connections_opened_total");
+        let listed = admin.json("/connections?limit=10000");
+        let items = listed["items"].as_array().expect("items");
+        opened >= Some((PEERS + 1) as f64)
+            && items.iter().all(|conn| {
+                conn["peer"] == brisk_addr.as_str()
+                    || conn["bytes_in"].as_u64() >= Some(PARTIAL as u64)
+            })
     });
+    let mut text = admin.metrics();
     let limit = metric(&text, "connwarden_buffered_limit_bytes").unwrap_or(f64::NAN);
     common::poll_until(Duration::from_secs(30), "the relief done", || {
         text = admin.metrics();
