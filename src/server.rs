@@ -134,7 +134,9 @@ impl ServerBuilder {
         self
     }
 
-    /// Calls `hook` when the server becomes ready and when it begins to stop.
+    /// Calls `hook` when the server becomes ready and when it begins to stop. It runs on a
+    /// worker thread of the runtime, so it must not block (`serve` sends to `NOTIFY_SOCKET`
+    /// without waiting).
     pub fn on_lifecycle(
         mut self,
         hook: impl Fn(Lifecycle) + Send + Sync + 'static,

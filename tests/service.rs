@@ -132,3 +132,93 @@ fn check_config_validates_without_starting() {
         );
     }
 }
+
+/// A service manager that never reads its socket (busy or wedged) must not freeze the server:
+/// a datagram socket's queue holds about ten messages, and a blocking send then waits for ever on
+/// a runtime worker thread (two such sends hold both workers of a 2-core machine). Fifty
+/// reloads each try to send two notifications; every reload completes, the messages that do not
+/// fit are dropped, counted and logged once, a new client is acknowledged, and `SIGTERM` ends the
+/// server with exit 0 within its grace.
+#[test]
+fn a_notify_socket_nobody_reads_never_freezes_the_server() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("notify.sock");
+    // Bound and never read until the end.
+    let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+    let mut server = Proc::spawn_with_env(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--sink",
+            "file:/dev/null",
+            "--shutdown-grace",
+            "5s",
+            "--log-format",
+            "json",
+        ],
+        &[("NOTIFY_SOCKET", path.as_os_str())],
+    );
+    let admin = common::Admin::of(&mut server);
+    let listening = server.wait_log("listening").expect("listening");
+    let addr = listening["addr"].as_str().expect("addr").to_owned();
+    const RELOADS: usize = 50;
+    for reload in 0..RELOADS {
+        server.sighup();
+        // Each reload finishes (a blocked notification would stop the handler here).
+        server
+            .wait_log_within("configuration reloaded", Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("reload {reload} never finished"));
+    }
+    let mut peer = common::LinePeer::connect(&addr);
+    let ack = peer.say(r#"{"ip":"192.0.2.1","id":7}"#);
+    assert_eq!(ack, serde_json::json!({"type": "ack", "id": 7}));
+
+    // READY=1 once, then RELOADING=1 and READY=1 per reload: all but what the queue held were
+    // dropped, each counted.
+    let queue: u64 = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(10);
+    let tried = 1 + 2 * RELOADS as u64;
+    let dropped = common::metric(
+        &admin.metrics(),
+        "connwarden_service_notifications_dropped_total",
+    )
+    .expect("the dropped notifications counter") as u64;
+    assert!(
+        dropped >= tried.saturating_sub(queue + 1) && dropped < tried,
+        "{dropped} of {tried} notifications dropped with a queue of {queue}"
+    );
+    let stderr = server.stderr_so_far();
+    let warnings = stderr
+        .matches("notification to the service manager dropped")
+        .count();
+    assert_eq!(
+        warnings, 1,
+        "logged once, however many were dropped:\n{stderr}"
+    );
+
+    let asked = Instant::now();
+    server.terminate();
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit {status:?} after SIGTERM");
+    assert!(asked.elapsed() < Duration::from_secs(10));
+    // What fitted was sent: every notification either waits in the queue or was counted.
+    socket.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 4096];
+    let mut queued = Vec::new();
+    while let Ok(n) = socket.recv(&mut buf) {
+        queued.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // SIGTERM's STOPPING=1 was one more try.
+    let dropped_in_all = tried + 1 - queued.len() as u64;
+    assert!(dropped_in_all >= dropped, "{queued:?}");
+    assert!(
+        queued
+            .iter()
+            .any(|m| m.lines().any(|line| line == "READY=1")),
+        "{queued:?}"
+    );
+}

@@ -7,6 +7,7 @@ use clap::Args;
 use connwarden::Server;
 
 use super::config_flags::{ConfigFlags, LAYERS_HELP};
+use super::service::Notifier;
 
 /// Flags of `serve`.
 #[derive(Debug, Args)]
@@ -45,12 +46,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
     runtime.block_on(async move {
         let shutdown = super::stop_signal()?;
-        super::service::spawn_watchdog();
+        let notifier = Notifier::from_env();
+        super::service::spawn_watchdog(&notifier);
+        let lifecycle = notifier.clone();
         let server = Server::builder(config)
-            .on_lifecycle(super::service::notify)
+            .on_lifecycle(move |moment| lifecycle.lifecycle(moment))
             .build()?;
+        notifier.count_in(server.metrics());
         super::service::reopen_sink_on_sigusr1(server.sink_reopen())?;
-        super::service::reload_on_sighup(server.reloader(), args.flags, log_level)?;
+        super::service::reload_on_sighup(server.reloader(), args.flags, log_level, notifier)?;
         let listeners = server.bind()?;
         let report = server.run(listeners, shutdown).await?;
         anyhow::ensure!(

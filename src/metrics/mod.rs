@@ -76,6 +76,9 @@ pub struct Metrics {
     sink_batches: Counter,
     sink_fsyncs: Counter,
     sink_errors: Counter,
+    sink_fsync_failures: Counter,
+    sink_files_abandoned: Counter,
+    service_notifications_dropped: Counter,
     fsync_duration: Histogram,
     /// False from a failed sink write or `fsync` until the next one succeeds.
     sink_healthy: AtomicBool,
@@ -213,6 +216,9 @@ impl Metrics {
             sink_batches: r.counter("sink_batches_total", &[]),
             sink_fsyncs: r.counter("sink_fsyncs_total", &[]),
             sink_errors: r.counter("sink_errors_total", &[]),
+            sink_fsync_failures: r.counter("sink_fsync_failures_total", &[]),
+            sink_files_abandoned: r.counter("sink_files_abandoned_total", &[]),
+            service_notifications_dropped: r.counter("service_notifications_dropped_total", &[]),
             fsync_duration: r.histogram("sink_fsync_duration_seconds", &[]),
             scraped: ScrapeTime {
                 connections_live: r.gauge("connections_live", &[]),
@@ -374,6 +380,24 @@ impl Metrics {
         self.fsync_duration.record(took.as_secs_f64());
     }
 
+    /// Counts a failed `fsync` (also a sink error: the sink is unhealthy until it stores again).
+    pub fn fsync_failed(&self) {
+        self.sink_fsync_failures.increment(1);
+        self.sink_error();
+    }
+
+    /// Counts a sink file given up after its `fsync` failed: it is never synced again, and its
+    /// unacknowledged records are written again to a new file.
+    pub fn sink_file_abandoned(&self) {
+        self.sink_files_abandoned.increment(1);
+    }
+
+    /// Counts `n` notifications to the service manager that could not be sent at once (its
+    /// socket full or gone) and were dropped rather than waited for.
+    pub fn service_notifications_dropped(&self, n: u64) {
+        self.service_notifications_dropped.increment(n);
+    }
+
     /// Folds histogram samples into their buckets, so that they take no memory between scrapes.
     /// The server calls it every second.
     pub fn run_upkeep(&self) {
@@ -504,6 +528,9 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::C, "sink_batches_total", None, "Batches the sink stored."),
     (Kind::C, "sink_fsyncs_total", None, "fsync calls completed by the sink."),
     (Kind::C, "sink_errors_total", None, "Failed sink writes and fsyncs (their records were refused with sink_failed)."),
+    (Kind::C, "sink_fsync_failures_total", None, "fsync calls that failed (EIO, ENOSPC...): the file is given up, never synced again, and the records it held unacknowledged are written again to a new file."),
+    (Kind::C, "sink_files_abandoned_total", None, "Sink files given up after a failed fsync (renamed aside as PATH.<UTC time>; a new PATH is opened)."),
+    (Kind::C, "service_notifications_dropped_total", None, "Notifications to the service manager (NOTIFY_SOCKET: READY, RELOADING, STOPPING, WATCHDOG) dropped because its socket was full or gone: the server never waits for it."),
     (Kind::H, "sink_fsync_duration_seconds", Some(Unit::Seconds), "Duration of each fsync."),
     (Kind::G, "sink_healthy", None, "1 while the sink's last write or fsync succeeded, 0 after a failure until the next success."),
     (Kind::G, "keepalive_probes", None, "Keep-alive probes sent and unanswered, summed over live connections (TCP_INFO tcpi_probes, read at scrape)."),
