@@ -380,10 +380,11 @@ impl Metrics {
         self.fsync_duration.record(took.as_secs_f64());
     }
 
-    /// Counts a failed `fsync` (also a sink error: the sink is unhealthy until it stores again).
+    /// Counts a failed `fsync`: the sink is unhealthy until it stores again. (Its records are
+    /// counted in `sink_errors_total` by what the drain does with them.)
     pub fn fsync_failed(&self) {
+        self.sink_healthy.store(false, Ordering::Relaxed);
         self.sink_fsync_failures.increment(1);
-        self.sink_error();
     }
 
     /// Counts a sink file given up after its `fsync` failed: it is never synced again, and its

@@ -5,7 +5,14 @@
 //! in exactly one file: when [`Rotation`] says so (the file is renamed `PATH.<UTC time>` and a
 //! new `PATH` opened), or when asked to reopen `PATH` ([`ReopenHandle`], `SIGUSR1` in `serve`:
 //! after `logrotate` moved the file). Before the switch the old file is flushed and synced, so
-//! an ack still means "synced in the file that holds it".
+//! an ack still means "synced in the file that holds it". A file is created, renamed and
+//! opened with its directory synced too, so that its name survives a power cut with its data.
+//!
+//! After a failed `fsync` the file is given up ([`Switch::Abandon`]): the kernel may have
+//! dropped the pages it could not write and marked them clean, so syncing the same file again
+//! would report success over lost data (PostgreSQL's "fsyncgate"). It is renamed aside like a
+//! rotated file, never synced again, and a new file takes the records that were not yet
+//! acknowledged ([`super::drain`] writes them again).
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -47,6 +54,9 @@ pub struct FileSink {
     /// Bytes in the current file, and when it was opened.
     bytes: u64,
     opened: Instant,
+    /// An `fsync` of the current file failed: it is never synced again, and the next batch
+    /// goes to a new file.
+    abandoned: bool,
 }
 
 /// Why a new file is started.
@@ -56,6 +66,8 @@ enum Switch {
     Rotate,
     /// Reopen: the path is opened again (someone moved the file).
     Reopen,
+    /// An `fsync` failed: the file is renamed aside unsynced, and a new one opened.
+    Abandon,
 }
 
 impl FileSink {
@@ -89,11 +101,15 @@ impl FileSink {
             reopen,
             bytes: opened.bytes,
             opened: Instant::now(),
+            abandoned: false,
         })
     }
 
     /// Whether the next batch goes to a new file, and why.
     fn switch_due(&self) -> Option<Switch> {
+        if self.abandoned {
+            return Some(Switch::Abandon);
+        }
         if self.reopen.take() {
             return Some(Switch::Reopen);
         }
@@ -105,20 +121,24 @@ impl FileSink {
         (self.bytes > 0 && (full || old)).then_some(Switch::Rotate)
     }
 
-    /// Finishes the current file (flushed, synced) and starts the next one.
+    /// Finishes the current file (flushed, synced, unless it is given up) and starts the next.
     async fn switch(&mut self, switch: Switch) -> io::Result<()> {
-        self.file.flush().await?;
-        let (path, keep, old) = (
-            self.path.clone(),
-            self.rotation.keep,
-            self.sync_handle.clone(),
-        );
+        match switch {
+            // What it says no longer matters: nothing more is asked of that file.
+            Switch::Abandon => drop(self.file.flush().await),
+            Switch::Rotate | Switch::Reopen => self.file.flush().await?,
+        }
+        let (path, keep) = (self.path.clone(), self.rotation.keep);
+        let old = match switch {
+            Switch::Abandon => None,
+            Switch::Rotate | Switch::Reopen => self.sync_handle.clone(),
+        };
         let (opened, archived) = blocking(move || {
             if let Some(old) = old {
                 old.sync_data()?;
             }
             let archived = match switch {
-                Switch::Rotate => match archive(&path, keep) {
+                Switch::Rotate | Switch::Abandon => match archive(&path, keep) {
                     Ok(to) => Some(to),
                     // Moved away meanwhile (logrotate, before its signal): a new file all the
                     // same, as for a reopen.
@@ -132,11 +152,15 @@ impl FileSink {
         .await?;
         (self.file, self.sync_handle, self.bytes) = (opened.file, opened.sync_handle, opened.bytes);
         self.opened = Instant::now();
-        match archived {
-            Some(to) => {
+        self.abandoned = false;
+        match (switch, archived) {
+            (Switch::Abandon, to) => {
+                tracing::error!(path = %self.path.display(), given_up_as = ?to, "sink file given up after its fsync failed; a new file is open")
+            }
+            (_, Some(to)) => {
                 tracing::info!(path = %self.path.display(), rotated_to = %to.display(), "sink file rotated")
             }
-            None => tracing::info!(path = %self.path.display(), "sink file reopened"),
+            (_, None) => tracing::info!(path = %self.path.display(), "sink file reopened"),
         }
         Ok(())
     }
@@ -157,9 +181,14 @@ struct Opened {
 }
 
 impl Opened {
-    /// Opens `path` (blocking; see [`open_for_append`]).
+    /// Opens `path` (blocking; see [`open_for_append`]); for a regular file, its directory is
+    /// synced too, so that its name (new, or moved here by a rotation) is durable before any
+    /// record in it is acknowledged.
     fn at(path: &Path) -> io::Result<Opened> {
         let (file, regular) = open_for_append(path)?;
+        if regular {
+            sync_directory_of(path)?;
+        }
         let bytes = file.metadata()?.len();
         let sync_handle = match regular {
             true => Some(Arc::new(file.try_clone()?)),
@@ -170,6 +199,19 @@ impl Opened {
             sync_handle,
             bytes,
         })
+    }
+}
+
+/// Syncs the directory that holds `path` (its entries: names created, renamed or removed).
+/// A filesystem that cannot sync a directory (`EINVAL`) has nothing more to offer.
+fn sync_directory_of(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    match std::fs::File::open(dir)?.sync_all() {
+        Err(error) if error.kind() == io::ErrorKind::InvalidInput => Ok(()),
+        other => other,
     }
 }
 
@@ -286,6 +328,15 @@ impl Sink for FileSink {
     fn sync(&mut self) -> Option<SinkFuture<'static>> {
         let handle = Arc::clone(self.sync_handle.as_ref()?);
         let sink = self.name();
+        if self.abandoned {
+            // Never again on this file (see the module's docs).
+            return Some(Box::pin(async move {
+                Err(SinkError::Io {
+                    sink,
+                    source: io::Error::other("an earlier fsync of this file failed"),
+                })
+            }));
+        }
         Some(Box::pin(async move {
             tokio::task::spawn_blocking(move || handle.sync_data())
                 .await
@@ -293,6 +344,12 @@ impl Sink for FileSink {
                 .and_then(|r| r)
                 .map_err(|source| SinkError::Io { sink, source })
         }))
+    }
+
+    fn start_afresh_after_failed_sync(&mut self) -> bool {
+        // Only a file that syncs can fail to; the next batch goes to a new one.
+        self.abandoned = self.sync_handle.is_some();
+        self.abandoned
     }
 
     fn name(&self) -> String {

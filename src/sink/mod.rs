@@ -55,6 +55,17 @@ pub trait Sink: Send + 'static {
         SyncKind::Fsync
     }
 
+    /// Called after [`Sink::sync`] failed. A sink that can start afresh gives up what it was
+    /// writing to, never syncs it again, and returns `true`: the drain then writes every record
+    /// not yet covered by a good sync to it again with [`Sink::write_batch`]. The file sink does
+    /// so: after a failed `fsync` the kernel may have dropped the unwritten pages and marked
+    /// them clean, so a second `fsync` of the same file would "succeed" over lost data
+    /// (PostgreSQL's fsyncgate); the file is renamed aside and a new one opened. `false` (the
+    /// default) fails the records the sync covered (`sink_failed`).
+    fn start_afresh_after_failed_sync(&mut self) -> bool {
+        false
+    }
+
     /// A short name for logs.
     fn name(&self) -> String;
 }
@@ -168,6 +179,8 @@ pub async fn drain(
     let mut unsynced: Vec<Record> = Vec::new();
     let mut syncing: Vec<Record> = Vec::new();
     let mut in_flight: Option<SinkFuture<'static>> = None;
+    // Syncs failed in a row.
+    let mut failed_syncs = 0u32;
     let mut open = true;
     loop {
         if in_flight.is_none() && !unsynced.is_empty() {
@@ -195,10 +208,38 @@ pub async fn drain(
             {
                 in_flight = None;
                 report.report.syncs += 1;
-                if kind == SyncKind::Fsync {
-                    metrics.fsync(sync_started.elapsed());
+                match result {
+                    Ok(()) => {
+                        if kind == SyncKind::Fsync {
+                            metrics.fsync(sync_started.elapsed());
+                        }
+                        failed_syncs = 0;
+                        settle(&mut syncing, Ok(()), &mut report, &*sink);
+                    }
+                    Err(error) => {
+                        failed_syncs += 1;
+                        if kind == SyncKind::Fsync {
+                            metrics.fsync_failed();
+                        }
+                        // Written again once at most: a second failure in a row fails them.
+                        if failed_syncs == 1 && sink.start_afresh_after_failed_sync() {
+                            metrics.sink_error();
+                            metrics.sink_file_abandoned();
+                            let mut again = std::mem::take(&mut syncing);
+                            again.append(&mut unsynced);
+                            tracing::error!(sink = %sink.name(), error = %error, cause = ?std::error::Error::source(&error), records = again.len(), "sync failed: its file is given up and never synced again; the records it held unacknowledged are written again to a new one");
+                            match sink.write_batch(&again).await {
+                                Ok(()) => {
+                                    metrics.sink_batch(again.len());
+                                    unsynced = again;
+                                }
+                                Err(error) => settle(&mut again, Err(error), &mut report, &*sink),
+                            }
+                        } else {
+                            settle(&mut syncing, Err(error), &mut report, &*sink);
+                        }
+                    }
                 }
-                settle(&mut syncing, result, &mut report, &*sink);
             }
             more = consumer.pop_batch(MAX_BATCH, &mut batch), if may_write => {
                 if !more {
