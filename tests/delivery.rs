@@ -313,12 +313,64 @@ fn every_fsync_mode_acknowledges_every_item_once_stored() {
 }
 
 #[test]
+fn send_reads_every_object_stream_the_server_reads_and_delivers_each_item_once() {
+    // 100 objects pretty-printed as `jq .` prints them, 100 back to back on one line (Go's
+    // json.Encoder without newlines), 100 one per line: 300 items, each once in the sink.
+    let mut text = String::new();
+    for n in 0..100u64 {
+        text.push_str(&format!(
+            "{{\n  \"ip\": \"10.1.0.{n}\",\n  \"n\": {n},\n  \"tags\": [\n    \"a b\",\n    {{ \"k\": \"}}\\n{{\" }}\n  ]\n}}\n"
+        ));
+    }
+    for n in 100..200u64 {
+        text.push_str(&format!(r#"{{"ip":"10.1.1.{}","n":{n}}}"#, n - 100));
+    }
+    text.push('\n');
+    for n in 200..300u64 {
+        text.push_str(&format!("{{\"ip\":\"10.1.2.{}\",\"n\":{n}}}\r\n", n - 200));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("streams.json");
+    std::fs::write(&input, text).expect("write input");
+    let sink = dir.path().join("sink.ndjson");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _server = serve_file(&addr, &sink, "batch");
+    let mut send = Proc::connwarden(&[
+        "send",
+        "--to",
+        &addr,
+        "--ack",
+        "--log-format",
+        "json",
+        input.to_str().expect("utf-8 path"),
+    ]);
+    let status = send.wait_exit(Duration::from_secs(30));
+    let summary = summary_line(&mut send);
+    assert!(status.success(), "{summary}\n{}", send.stderr_so_far());
+    assert!(
+        summary.contains("acknowledged 300, resent 0, rejected 0"),
+        "{summary}"
+    );
+    assert_each_item_once(&sink, 300);
+    // Each object is stored as the one line the server makes of it, strings untouched.
+    let stored = std::fs::read_to_string(&sink).expect("sink");
+    let first: serde_json::Value =
+        serde_json::from_str(stored.lines().next().expect("a record")).expect("json");
+    assert_eq!(
+        first["item"]["tags"],
+        serde_json::json!(["a b", {"k": "}\n{"}])
+    );
+}
+
+#[test]
 fn refused_lines_are_reported_with_their_number_and_the_rest_is_delivered() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("mixed.txt");
+    // A refused object is reported at the line where it starts: the pretty-printed one with a
+    // bad address starts on line 8.
     std::fs::write(
         &input,
-        "192.0.2.1\n{\"ip\":\"192.0.2.2\",\"x\":1}\n999.1.1.1\n\n{\"ip\":\"192.0.2.3\"\n2001:db8::7\n{\"x\":1}\n",
+        "192.0.2.1\n{\"ip\":\"192.0.2.2\",\"x\":1}\n999.1.1.1\n\n{\"ip\":\"192.0.2.3\",}\n2001:db8::7\n{\"x\":1}\n{\n  \"ip\":\n    \"192.0.2.999\"\n}\n",
     )
     .expect("write input");
     let sink = dir.path().join("sink.ndjson");
@@ -343,7 +395,7 @@ fn refused_lines_are_reported_with_their_number_and_the_rest_is_delivered() {
     let refused: Vec<(u64, String)> = stderr
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["message"] == "line refused")
+        .filter(|v| v["message"] == "input refused")
         .map(|v| {
             (
                 v["line"].as_u64().unwrap(),
@@ -356,12 +408,13 @@ fn refused_lines_are_reported_with_their_number_and_the_rest_is_delivered() {
         [
             (3, "invalid_ip".to_owned()),
             (5, "invalid_json".to_owned()),
-            (7, "missing_ip".to_owned())
+            (7, "missing_ip".to_owned()),
+            (8, "invalid_ip".to_owned())
         ]
     );
     assert!(
         summary_line(&mut send).contains(
-            "acknowledged 3, resent 0, rejected 3 (invalid_ip: 1, invalid_json: 1, missing_ip: 1)"
+            "acknowledged 3, resent 0, rejected 4 (invalid_ip: 2, invalid_json: 1, missing_ip: 1)"
         ),
         "{stderr}"
     );

@@ -1,5 +1,5 @@
-//! `connwarden send`: read items (NDJSON objects or bare addresses, one per line) and deliver
-//! them with the client library.
+//! `connwarden send`: read items (any JSON object stream, as the server reads it, or bare
+//! addresses one per line) and deliver them with the client library.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -10,15 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::BytesMut;
 use clap::Args;
 use connwarden::client::{
-    BackoffPolicy, Client, ClientConfig, ClientError, OutItem, Progress, Summary,
+    BackoffPolicy, Client, ClientConfig, ClientError, ItemReader, Progress, RefusedInput, Summary,
+    DEFAULT_MAX_OBJECT,
 };
 use connwarden::config::{self, LogFormat, UserTimeout};
 use connwarden::tls::ClientTls;
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio::time::Instant;
 use tracing::level_filters::LevelFilter;
 
@@ -43,9 +43,15 @@ pub struct SendArgs {
     /// Items per second, at most [default: as fast as the server takes them].
     #[arg(long, value_name = "PER_SEC")]
     rate: Option<f64>,
-    /// Input: a file of NDJSON objects or addresses, one per line, or - for standard input.
+    /// Input: a file, or - for standard input, of JSON objects as the server takes them (one
+    /// per line, pretty-printed over several, or back to back) or of bare IPv4 or IPv6
+    /// addresses, one per line.
     #[arg(value_name = "FILE|-", default_value = "-")]
     input: String,
+    /// Largest input object as read, whitespace included: a larger one is refused with its line
+    /// and skipped (the server's own max_frame applies to what is sent) [default: 16MiB].
+    #[arg(long, value_name = "SIZE", value_parser = config::parse_size, default_value_t = DEFAULT_MAX_OBJECT, hide_default_value = true)]
+    max_object: usize,
     /// Longest wait for a connection and the server's hello [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     connect_timeout: Option<Duration>,
@@ -208,7 +214,11 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the Tokio runtime")?;
-    runtime.block_on(async move {
+    anyhow::ensure!(
+        (16..=connwarden::protocol::MAX_FRAME_LIMIT).contains(&args.max_object),
+        "--max-object must be between 16 bytes and 1 GiB"
+    );
+    let outcome = runtime.block_on(async move {
         let input: Box<dyn AsyncRead + Unpin + Send> = if args.input == "-" {
             Box::new(tokio::io::stdin())
         } else {
@@ -223,7 +233,7 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
         let client = Client::start(config);
         let ticker = bar.clone().map(|bar| tokio::spawn(tick(bar, client.progress())));
-        let read = feed(input, &client, args.rate).await;
+        let read = feed(input, args.max_object, &client, args.rate).await;
         let result = client.finish().await;
         if let Some(ticker) = ticker {
             ticker.abort();
@@ -233,59 +243,46 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         }
         let refused = read?;
         report(result, refused, started.elapsed(), args.ack)
-    })
+    });
+    // A read of standard input still waiting on the blocking pool (the client gave up before
+    // the input ended) must not keep the process from exiting: dropping the runtime would wait
+    // for it.
+    runtime.shutdown_background();
+    outcome
 }
 
-/// Reads lines, checks each, and hands the good ones to the client at the requested rate.
+/// Reads items as the server would (any JSON object stream, or bare addresses one per line),
+/// checks each, and hands the good ones to the client at the requested rate.
 async fn feed(
-    mut input: Box<dyn AsyncRead + Unpin + Send>,
+    input: Box<dyn AsyncRead + Unpin + Send>,
+    max_object: usize,
     client: &Client,
     rate: Option<f64>,
 ) -> anyhow::Result<Refused> {
     let mut refused = Refused::default();
-    let mut buf = BytesMut::with_capacity(256 * 1024);
-    let mut line_number = 0u64;
+    let mut items = ItemReader::new(input, max_object);
     let mut handed = 0u64;
     let started = Instant::now();
-    loop {
-        if buf.capacity() - buf.len() < 64 * 1024 {
-            buf.reserve(256 * 1024);
-        }
-        let n = input
-            .read_buf(&mut buf)
-            .await
-            .context("cannot read the input")?;
-        let at_end = n == 0;
-        loop {
-            let line = match buf.iter().position(|b| *b == b'\n') {
-                Some(newline) => buf.split_to(newline + 1).freeze(),
-                None if at_end && !buf.is_empty() => buf.split().freeze(),
-                None => break,
-            };
-            line_number += 1;
-            match OutItem::from_line(line) {
-                Ok(Some(item)) => {
-                    if let Some(rate) = rate {
-                        let due = started + Duration::from_secs_f64(handed as f64 / rate);
-                        tokio::time::sleep_until(due).await;
-                    }
-                    if client.send(item).await.is_err() {
-                        // The client stopped (gave up); `finish` says why.
-                        return Ok(refused);
-                    }
-                    handed += 1;
+    while let Some(found) = items.next().await.context("cannot read the input")? {
+        match found {
+            Ok(item) => {
+                if let Some(rate) = rate {
+                    let due = started + Duration::from_secs_f64(handed as f64 / rate);
+                    tokio::time::sleep_until(due).await;
                 }
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::warn!(line = line_number, code = %error.code, detail = %error.message, "line refused");
-                    *refused.by_code.entry(error.code.to_string()).or_default() += 1;
+                if client.send(item).await.is_err() {
+                    // The client stopped (gave up); `finish` says why.
+                    return Ok(refused);
                 }
+                handed += 1;
+            }
+            Err(RefusedInput { line, error }) => {
+                tracing::warn!(line, code = %error.code, detail = %error.message, "input refused");
+                *refused.by_code.entry(error.code.to_string()).or_default() += 1;
             }
         }
-        if at_end {
-            return Ok(refused);
-        }
     }
+    Ok(refused)
 }
 
 fn report(

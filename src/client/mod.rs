@@ -29,6 +29,7 @@
 
 mod backoff;
 mod dial;
+mod input;
 mod item;
 mod session;
 mod window;
@@ -44,6 +45,7 @@ use tokio::task::JoinHandle;
 
 pub use backoff::{Backoff, BackoffPolicy};
 pub use dial::DialError;
+pub use input::{InputItem, ItemReader, RefusedInput, DEFAULT_MAX_OBJECT};
 pub use item::OutItem;
 pub use session::EndReason;
 

@@ -143,9 +143,15 @@ impl Decoder {
             State::Between => unreachable!("state set above"),
         };
         match end {
-            Some(len) if len > self.max_frame() => Err(FrameTooLarge {
-                limit: self.max_frame(),
-            }),
+            Some(len) if len > self.max_frame() => {
+                // It ended one byte past the limit: gone, so that `skip_frame` has nothing
+                // left of it to skip.
+                buf.advance(len);
+                self.state = State::Between;
+                Err(FrameTooLarge {
+                    limit: self.max_frame(),
+                })
+            }
             Some(len) => {
                 let mut bytes = buf.split_to(len);
                 let frame = match self.state {
@@ -188,6 +194,45 @@ impl Decoder {
         };
         self.state = State::Between;
         Ok(Some(frame))
+    }
+
+    /// After [`FrameTooLarge`], drops the rest of that frame as it arrives, keeping nothing of
+    /// it, so that a reader that can afford to (a file, unlike a peer) goes on with the frames
+    /// after it. True once the frame's end has been passed and [`decode`](Self::decode) may go
+    /// on; false when `buf` ran out first (call again with more).
+    pub fn skip_frame(&mut self, buf: &mut BytesMut) -> bool {
+        loop {
+            let scanned = (self.scanned as usize).min(buf.len());
+            let end = match self.state {
+                State::Between => return true,
+                State::Object(scan) => {
+                    // Keep the last byte kept: the scan looks back at it (whitespace between two
+                    // literal bytes).
+                    if scanned > 1 {
+                        buf[scanned - 1] = buf[self.kept as usize - 1];
+                        buf.advance(scanned - 1);
+                        (self.scanned, self.kept) = (1, 1);
+                    }
+                    if buf.len() <= self.scanned as usize {
+                        return false;
+                    }
+                    self.scan_object(scan, buf)
+                }
+                State::Junk => {
+                    buf.advance(scanned);
+                    self.scanned = 0;
+                    if buf.is_empty() {
+                        return false;
+                    }
+                    self.scan_junk(buf)
+                }
+            };
+            if let Some(len) = end {
+                buf.advance(len);
+                self.state = State::Between;
+                return true;
+            }
+        }
     }
 
     /// Scans on from where the last call stopped, moving each byte that is kept to its place
@@ -302,6 +347,49 @@ mod tests {
 
     fn object(s: &str) -> Frame {
         Frame::Object(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn an_oversized_frame_is_skipped_and_the_frames_after_it_are_read() {
+        let mut d = Decoder::new(16);
+        let big = format!(
+            r#"{{"ip":"1.1.1.1","pad":"{}","x":[1, 2 ,{{"}}":3}}]}}"#,
+            "}".repeat(100)
+        );
+        let text = format!("{big}{{\"a\":1}}\n{}\n{{\"b\":2}}", "j".repeat(40));
+        // Fed a few bytes at a time, as a file is read.
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        let mut skipping = false;
+        for chunk in text.as_bytes().chunks(7) {
+            buf.extend_from_slice(chunk);
+            loop {
+                if skipping {
+                    if !d.skip_frame(&mut buf) {
+                        break;
+                    }
+                    skipping = false;
+                }
+                match d.decode(&mut buf) {
+                    Ok(Some(frame)) => frames.push(frame),
+                    Ok(None) => break,
+                    Err(FrameTooLarge { limit: 16 }) => {
+                        frames.push(Frame::Junk(Bytes::from_static(b"(too large)")));
+                        skipping = true;
+                    }
+                    Err(other) => panic!("{other}"),
+                }
+            }
+        }
+        assert_eq!(
+            frames,
+            vec![
+                Frame::Junk(Bytes::from_static(b"(too large)")),
+                object(r#"{"a":1}"#),
+                Frame::Junk(Bytes::from_static(b"(too large)")),
+                object(r#"{"b":2}"#),
+            ]
+        );
     }
 
     #[test]

@@ -365,12 +365,14 @@ impl Proc {
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            // Lines are read as bytes: a line that is not UTF-8 must not end the reading (and
+            // with it every later wait) early.
             for line in std::io::BufReader::new(stderr)
-                .lines()
+                .split(b'\n')
                 .map_while(Result::ok)
             {
                 // Keep draining even when nobody listens any more.
-                let _ = tx.send(line);
+                let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
             }
         });
         Proc {
@@ -399,7 +401,15 @@ impl Proc {
                         return Some(value);
                     }
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    // The process closed its stderr (it exited, most likely): what it said is
+                    // the diagnosis when a caller expected the line, and is shown only then.
+                    eprintln!(
+                        "no {message:?} log line: stderr ended; it said:\n{}",
+                        self.seen.join("\n")
+                    );
+                    return None;
+                }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     panic!(
                         "no {message:?} log line within {bound:?}; stderr so far:\n{}",
