@@ -222,3 +222,95 @@ fn a_notify_socket_nobody_reads_never_freezes_the_server() {
         "{queued:?}"
     );
 }
+
+/// A standard error nobody reads (a wedged journald, a full pipe) must not freeze the server:
+/// a pipe holds 64 KiB, and a log line written by the thread that logs would then block it, on
+/// a runtime worker. Here stderr is a pipe the test holds open and never reads, while a peer
+/// sends junk that the server logs line by line (`item refused`): the log thread falls behind,
+/// lines are dropped and counted, and the server goes on answering /metrics, acknowledging a
+/// new client and stopping on `SIGTERM` with exit 0 within its grace.
+#[test]
+fn a_standard_error_nobody_reads_never_freezes_the_server() {
+    use std::io::Write;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .to_string()
+    };
+    let (listen, admin_addr) = (free(), free());
+    let mut child = Command::new(binary())
+        .args(["serve", "--listen", &listen, "--admin", &admin_addr])
+        .args(["--sink", "file:/dev/null", "--error-budget", "4000000000"])
+        .args(["--shutdown-grace", "5s", "--log-format", "json"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start connwarden");
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    // Held open and never read.
+    let _unread_stderr = child.stderr.take().expect("piped stderr");
+    let mut child = KillOnDrop(child);
+    common::poll_until(Duration::from_secs(10), "the server listening", || {
+        std::net::TcpStream::connect(&listen).is_ok()
+            && std::net::TcpStream::connect(&admin_addr).is_ok()
+    });
+    let admin = common::Admin {
+        addr: admin_addr,
+        token: None,
+    };
+
+    // The flood: junk lines, each refused and logged; its replies are read and thrown away.
+    let flood = std::net::TcpStream::connect(&listen).expect("connect");
+    let mut replies = flood.try_clone().expect("clone");
+    let drain = std::thread::spawn(move || std::io::copy(&mut replies, &mut std::io::sink()));
+    let writer = {
+        let mut flood = flood.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            let chunk = "not an object\n".repeat(1000);
+            // Until the test shuts the socket down.
+            while flood.write_all(chunk.as_bytes()).is_ok() {}
+        })
+    };
+    let dropped =
+        || common::metric(&admin.metrics(), "connwarden_log_lines_dropped_total").unwrap_or(0.0);
+    common::poll_until(Duration::from_secs(60), "log lines dropped", || {
+        dropped() > 0.0
+    });
+    // Still dropping, not frozen: the count goes on rising while the flood goes on.
+    let first = dropped();
+    common::poll_until(Duration::from_secs(30), "more log lines dropped", || {
+        dropped() > first
+    });
+    flood
+        .shutdown(std::net::Shutdown::Both)
+        .expect("end the flood");
+    writer.join().expect("writer");
+    let _ = drain.join();
+
+    let mut peer = common::LinePeer::connect(&listen);
+    let ack = peer.say(r#"{"ip":"192.0.2.1","id":7}"#);
+    assert_eq!(ack, serde_json::json!({"type": "ack", "id": 7}));
+
+    let asked = Instant::now();
+    // SAFETY: kill(2) on the pid of a child this test owns and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) }, 0);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit {status:?} after SIGTERM");
+}

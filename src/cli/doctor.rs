@@ -48,7 +48,7 @@ struct Report<'a> {
 
 pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let config = args.flags.load()?;
-    super::init_logging(config.log_format, LevelFilter::WARN, None);
+    let _logging = super::init_logging(config.log_format, LevelFilter::WARN, None);
     let mut inspection = doctor::inspect(&config).context("doctor")?;
     add_nats_durability(&mut inspection, &args.nats_monitor, &config);
     if !args.measure {

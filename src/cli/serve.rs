@@ -42,9 +42,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    let log_level = super::init_logging(config.log_format, config.log_level, None);
+    let logging = super::init_logging(config.log_format, config.log_level, None);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
-    runtime.block_on(async move {
+    // Borrowed: the logs outlive the runtime, so that its last lines are flushed.
+    let logging = &logging;
+    let outcome = runtime.block_on(async move {
         let shutdown = super::stop_signal()?;
         let notifier = Notifier::from_env();
         super::service::spawn_watchdog(&notifier);
@@ -53,8 +55,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .on_lifecycle(move |moment| lifecycle.lifecycle(moment))
             .build()?;
         notifier.count_in(server.metrics());
+        logging.count_drops_in(server.metrics());
         super::service::reopen_sink_on_sigusr1(server.sink_reopen())?;
-        super::service::reload_on_sighup(server.reloader(), args.flags, log_level, notifier)?;
+        super::service::reload_on_sighup(
+            server.reloader(),
+            args.flags,
+            logging.level.clone(),
+            notifier,
+        )?;
         let listeners = server.bind()?;
         let report = server.run(listeners, shutdown).await?;
         anyhow::ensure!(
@@ -63,5 +71,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             report.abandoned
         );
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Everything the server waited for is done; what is left on the blocking pool (a read of
+    // a reloaded file, an `fsync` of a dying disk) must not hold the exit beyond a moment.
+    runtime.shutdown_timeout(SHUTDOWN_LEFTOVERS);
+    outcome
 }
+
+/// Longest wait at exit for work left on the runtime's blocking pool.
+const SHUTDOWN_LEFTOVERS: std::time::Duration = std::time::Duration::from_secs(1);

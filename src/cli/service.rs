@@ -6,6 +6,7 @@
 //! (`RELOADING=1`, then `READY=1` once done, as `Type=notify-reload` expects), and `SIGUSR1` (as
 //! for nginx's logs) reopens a `file:` sink after `logrotate` moved it.
 
+#[cfg(unix)]
 use std::sync::Arc;
 
 use connwarden::sink::ReopenHandle;

@@ -79,6 +79,7 @@ pub struct Metrics {
     sink_fsync_failures: Counter,
     sink_files_abandoned: Counter,
     service_notifications_dropped: Counter,
+    log_lines_dropped: Counter,
     fsync_duration: Histogram,
     /// False from a failed sink write or `fsync` until the next one succeeds.
     sink_healthy: AtomicBool,
@@ -219,6 +220,7 @@ impl Metrics {
             sink_fsync_failures: r.counter("sink_fsync_failures_total", &[]),
             sink_files_abandoned: r.counter("sink_files_abandoned_total", &[]),
             service_notifications_dropped: r.counter("service_notifications_dropped_total", &[]),
+            log_lines_dropped: r.counter("log_lines_dropped_total", &[]),
             fsync_duration: r.histogram("sink_fsync_duration_seconds", &[]),
             scraped: ScrapeTime {
                 connections_live: r.gauge("connections_live", &[]),
@@ -397,6 +399,12 @@ impl Metrics {
     /// socket full or gone) and were dropped rather than waited for.
     pub fn service_notifications_dropped(&self, n: u64) {
         self.service_notifications_dropped.increment(n);
+    }
+
+    /// Counts `n` log lines dropped because standard error was not read fast enough (the
+    /// daemon's logs never wait for their reader).
+    pub fn log_lines_dropped(&self, n: u64) {
+        self.log_lines_dropped.increment(n);
     }
 
     /// Folds histogram samples into their buckets, so that they take no memory between scrapes.
