@@ -540,6 +540,7 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::C, "sink_fsync_failures_total", None, "fsync calls that failed (EIO, ENOSPC...): the file is given up, never synced again, and the records it held unacknowledged are written again to a new file."),
     (Kind::C, "sink_files_abandoned_total", None, "Sink files given up after a failed fsync (renamed aside as PATH.<UTC time>; a new PATH is opened)."),
     (Kind::C, "service_notifications_dropped_total", None, "Notifications to the service manager (NOTIFY_SOCKET: READY, RELOADING, STOPPING, WATCHDOG) dropped because its socket was full or gone: the server never waits for it."),
+    (Kind::C, "log_lines_dropped_total", None, "Log lines dropped because standard error was not read fast enough (a full pipe, a wedged journald): logs are written by a thread of their own and never make the server wait."),
     (Kind::H, "sink_fsync_duration_seconds", Some(Unit::Seconds), "Duration of each fsync."),
     (Kind::G, "sink_healthy", None, "1 while the sink's last write or fsync succeeded, 0 after a failure until the next success."),
     (Kind::G, "keepalive_probes", None, "Keep-alive probes sent and unanswered, summed over live connections (TCP_INFO tcpi_probes, read at scrape)."),
