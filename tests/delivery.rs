@@ -288,15 +288,7 @@ fn every_fsync_mode_acknowledges_every_item_once_stored() {
         let sink = dir.path().join(format!("sink-{mode}.ndjson"));
         let addr = format!("127.0.0.1:{}", free_port());
         let mut server = serve_file(&addr, &sink, mode);
-        let mut send = Proc::connwarden(&[
-            "send",
-            "--to",
-            &addr,
-            "--ack",
-            "--log-format",
-            "json",
-            input.to_str().expect("utf-8 path"),
-        ]);
+        let mut send = send_acked(&addr, &input);
         let status = send.wait_exit(Duration::from_secs(60));
         let summary = summary_line(&mut send);
         assert!(status.success(), "fsync {mode}: {summary}");
@@ -309,6 +301,47 @@ fn every_fsync_mode_acknowledges_every_item_once_stored() {
         );
         server.terminate();
         assert!(server.wait_exit(PROMPT).success());
+    }
+}
+
+/// Starts `send --ack --log-format json INPUT` to `addr`.
+fn send_acked(addr: &str, input: &Path) -> Proc {
+    Proc::connwarden(&[
+        "send",
+        "--to",
+        addr,
+        "--ack",
+        "--log-format",
+        "json",
+        input.to_str().expect("utf-8 path"),
+    ])
+}
+
+/// A finished `send --ack` of an input file holding `text`, to a `serve` storing into a file
+/// sink (`--fsync batch`), which still runs.
+struct Sent {
+    _dir: tempfile::TempDir,
+    _server: Proc,
+    sink: std::path::PathBuf,
+    send: Proc,
+    status: std::process::ExitStatus,
+}
+
+fn send_with_acks(text: &str) -> Sent {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("input");
+    std::fs::write(&input, text).expect("write input");
+    let sink = dir.path().join("sink.ndjson");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = serve_file(&addr, &sink, "batch");
+    let mut send = send_acked(&addr, &input);
+    let status = send.wait_exit(Duration::from_secs(30));
+    Sent {
+        _dir: dir,
+        _server: server,
+        sink,
+        send,
+        status,
     }
 }
 
@@ -329,31 +362,21 @@ fn send_reads_every_object_stream_the_server_reads_and_delivers_each_item_once()
     for n in 200..300u64 {
         text.push_str(&format!("{{\"ip\":\"10.1.2.{}\",\"n\":{n}}}\r\n", n - 200));
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let input = dir.path().join("streams.json");
-    std::fs::write(&input, text).expect("write input");
-    let sink = dir.path().join("sink.ndjson");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _server = serve_file(&addr, &sink, "batch");
-    let mut send = Proc::connwarden(&[
-        "send",
-        "--to",
-        &addr,
-        "--ack",
-        "--log-format",
-        "json",
-        input.to_str().expect("utf-8 path"),
-    ]);
-    let status = send.wait_exit(Duration::from_secs(30));
-    let summary = summary_line(&mut send);
-    assert!(status.success(), "{summary}\n{}", send.stderr_so_far());
+    // Bound whole: the directory and the server live to the end of the test.
+    let mut sent = send_with_acks(&text);
+    let summary = summary_line(&mut sent.send);
+    assert!(
+        sent.status.success(),
+        "{summary}\n{}",
+        sent.send.stderr_so_far()
+    );
     assert!(
         summary.contains("acknowledged 300, resent 0, rejected 0"),
         "{summary}"
     );
-    assert_each_item_once(&sink, 300);
+    assert_each_item_once(&sent.sink, 300);
     // Each object is stored as the one line the server makes of it, strings untouched.
-    let stored = std::fs::read_to_string(&sink).expect("sink");
+    let stored = std::fs::read_to_string(&sent.sink).expect("sink");
     let first: serde_json::Value =
         serde_json::from_str(stored.lines().next().expect("a record")).expect("json");
     assert_eq!(
@@ -364,31 +387,14 @@ fn send_reads_every_object_stream_the_server_reads_and_delivers_each_item_once()
 
 #[test]
 fn refused_lines_are_reported_with_their_number_and_the_rest_is_delivered() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let input = dir.path().join("mixed.txt");
     // A refused object is reported at the line where it starts: the pretty-printed one with a
     // bad address starts on line 8.
-    std::fs::write(
-        &input,
+    let mut sent = send_with_acks(
         "192.0.2.1\n{\"ip\":\"192.0.2.2\",\"x\":1}\n999.1.1.1\n\n{\"ip\":\"192.0.2.3\",}\n2001:db8::7\n{\"x\":1}\n{\n  \"ip\":\n    \"192.0.2.999\"\n}\n",
-    )
-    .expect("write input");
-    let sink = dir.path().join("sink.ndjson");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _server = serve_file(&addr, &sink, "batch");
-    let mut send = Proc::connwarden(&[
-        "send",
-        "--to",
-        &addr,
-        "--ack",
-        "--log-format",
-        "json",
-        input.to_str().expect("utf-8 path"),
-    ]);
-    let status = send.wait_exit(Duration::from_secs(30));
-    let stderr = send.stderr_so_far();
+    );
+    let stderr = sent.send.stderr_so_far();
     assert_eq!(
-        status.code(),
+        sent.status.code(),
         Some(1),
         "refused lines make the exit non-zero"
     );
@@ -413,12 +419,12 @@ fn refused_lines_are_reported_with_their_number_and_the_rest_is_delivered() {
         ]
     );
     assert!(
-        summary_line(&mut send).contains(
+        summary_line(&mut sent.send).contains(
             "acknowledged 3, resent 0, rejected 4 (invalid_ip: 2, invalid_json: 1, missing_ip: 1)"
         ),
         "{stderr}"
     );
-    let ips: Vec<String> = std::fs::read_to_string(&sink)
+    let ips: Vec<String> = std::fs::read_to_string(&sent.sink)
         .unwrap()
         .lines()
         .map(|l| {
