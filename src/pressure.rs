@@ -11,7 +11,7 @@
 //! scheduled while buffers keep growing. Whole items are never held across reads, so a
 //! well-behaved client holds little and is closed last.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,9 +28,14 @@ const LOG_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub(crate) struct BufferBudget {
     held: AtomicUsize,
-    /// One relief at a time: a connection that finds one under way goes on reading, the
-    /// relief under way sees its growth or the next one does.
+    /// One relief at a time: a connection that finds one under way goes on reading, and the
+    /// relief under way looks again before it ends ([`BufferBudget::recheck`]).
     relieving: Mutex<()>,
+    /// Set by a connection whose growth passed the budget while a relief was under way: that
+    /// relief may have measured the excess before the growth, and when every peer then stops
+    /// sending, no later read would ever look again (found by the `max_buffered` siege test,
+    /// which then stayed above the budget for good).
+    recheck: AtomicBool,
     /// What the reliefs closed since the last log line.
     unlogged: Mutex<Relief>,
     /// Wakes [`log_reliefs`].
@@ -58,19 +63,30 @@ impl BufferBudget {
     }
 
     fn relieve(&self, limit: u64, registry: &Registry) {
-        let Ok(_one_at_a_time) = self.relieving.try_lock() else {
-            return;
-        };
-        let excess = (self.held() as u64).saturating_sub(limit) as usize;
-        if excess == 0 {
-            return;
-        }
-        let relief = registry.close_largest_buffers(excess);
-        if relief.closed > 0 {
-            let mut unlogged = self.unlogged.lock().unwrap_or_else(|p| p.into_inner());
-            unlogged.closed += relief.closed;
-            unlogged.bytes += relief.bytes;
-            self.relieved.notify_one();
+        // Said before trying the lock: a relief under way that ends without seeing this flag
+        // began after this connection's growth, and measured it.
+        self.recheck.store(true, Ordering::SeqCst);
+        loop {
+            let Ok(one_at_a_time) = self.relieving.try_lock() else {
+                return;
+            };
+            // A swap, not a store: reading a connection's flag orders its growth before the
+            // measure below.
+            self.recheck.swap(false, Ordering::SeqCst);
+            let excess = (self.held() as u64).saturating_sub(limit) as usize;
+            if excess > 0 {
+                let relief = registry.close_largest_buffers(excess);
+                if relief.closed > 0 {
+                    let mut unlogged = self.unlogged.lock().unwrap_or_else(|p| p.into_inner());
+                    unlogged.closed += relief.closed;
+                    unlogged.bytes += relief.bytes;
+                    self.relieved.notify_one();
+                }
+            }
+            drop(one_at_a_time);
+            if !self.recheck.load(Ordering::SeqCst) {
+                return;
+            }
         }
     }
 }

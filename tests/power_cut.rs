@@ -12,7 +12,7 @@
 //! run must lose acknowledged items, or the test could not tell a durable ack from a hopeful one.
 //!
 //! Needs root and FUSE (`/dev/fuse`, `fusermount3` from Debian's fuse3); skipped with a message
-//! where they are missing, unless `CONNWARDEN_REQUIRE_FUSE=1` (as in CI).
+//! where they are missing, unless `CW_TEST_REQUIRE_FUSE=1` (as in CI).
 #![cfg(target_os = "linux")]
 
 mod common;

@@ -49,12 +49,12 @@ pub fn unavailable() -> Option<String> {
 }
 
 /// Whether a test that needs FUSE should go on: false (with a message) where FUSE is missing,
-/// unless `CONNWARDEN_REQUIRE_FUSE=1` (CI sets it), where a missing FUSE fails the test.
+/// unless `CW_TEST_REQUIRE_FUSE=1` (CI sets it), where a missing FUSE fails the test.
 pub fn available_or_skip(test: &str) -> bool {
     match unavailable() {
         None => true,
-        Some(why) if std::env::var_os("CONNWARDEN_REQUIRE_FUSE").is_some_and(|v| v == "1") => {
-            panic!("{test}: FUSE is required (CONNWARDEN_REQUIRE_FUSE=1) but {why}")
+        Some(why) if std::env::var_os("CW_TEST_REQUIRE_FUSE").is_some_and(|v| v == "1") => {
+            panic!("{test}: FUSE is required (CW_TEST_REQUIRE_FUSE=1) but {why}")
         }
         Some(why) => {
             eprintln!("SKIPPED {test}: {why}; install fuse3 and run as root to run it");
