@@ -166,6 +166,9 @@ pub const MAX_FRAME_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Most `heartbeat_misses`: far beyond any useful value, and it keeps a connection's count of
 /// pings small.
 pub const MAX_HEARTBEAT_MISSES: u32 = 1000;
+/// Closed connections kept by default for the admin API's `/closed` (`closed_history`), as NATS
+/// keeps for `/connz`; also what a registry keeps until it is told otherwise.
+pub const DEFAULT_CLOSED_HISTORY: usize = 10_000;
 /// Linux caps `TCP_KEEPIDLE` and `TCP_KEEPINTVL` at this many seconds (`MAX_TCP_KEEPIDLE`).
 const MAX_KEEPALIVE_SECS: u64 = 32_767;
 /// Linux caps `TCP_KEEPCNT` at this many probes (`MAX_TCP_KEEPCNT`).
@@ -653,7 +656,7 @@ impl Default for Config {
             auth_required: false,
             auth_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
-            closed_history: crate::registry::DEFAULT_CLOSED_HISTORY,
+            closed_history: DEFAULT_CLOSED_HISTORY,
             gateway_name: None,
             nats: NatsConfig::default(),
         }

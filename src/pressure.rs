@@ -18,7 +18,6 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::conn::Live;
 use crate::registry::{Registry, Relief};
 
 /// How often, at most, the relief is logged (an attack may need many rounds).
@@ -91,25 +90,30 @@ impl BufferBudget {
     }
 }
 
+/// What holds a [`BufferBudget`] and knows the limit in force (`max_buffered`, which a reload
+/// may change): the connections' shared state, seen from here without importing it.
+pub(crate) trait Budgeted: Send + Sync + 'static {
+    /// The budget.
+    fn budget(&self) -> &BufferBudget;
+    /// `max_buffered` in force.
+    fn limit(&self) -> Option<u64>;
+}
+
 /// Logs what the reliefs closed, at most once per [`LOG_EVERY`], until `stop`.
-pub(crate) async fn log_reliefs(live: Arc<Live>, stop: CancellationToken) {
+pub(crate) async fn log_reliefs(owner: Arc<impl Budgeted>, stop: CancellationToken) {
+    let budget = owner.budget();
     loop {
         tokio::select! {
-            _ = live.buffers.relieved.notified() => {}
+            _ = budget.relieved.notified() => {}
             _ = stop.cancelled() => return,
         }
-        let relief = std::mem::take(
-            &mut *live
-                .buffers
-                .unlogged
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let relief =
+            std::mem::take(&mut *budget.unlogged.lock().unwrap_or_else(|p| p.into_inner()));
         tracing::warn!(
             closed = relief.closed,
             freed_bytes = relief.bytes,
-            held_bytes = live.buffers.held(),
-            max_buffered = live.config().max_buffered,
+            held_bytes = budget.held(),
+            max_buffered = owner.limit(),
             "partial objects exceeded max_buffered: closed the connections holding the most (memory_pressure)"
         );
         tokio::select! {

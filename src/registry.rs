@@ -29,7 +29,7 @@ use atomic_waker::AtomicWaker;
 use tokio::sync::broadcast;
 
 use crate::close_reason::CloseReason;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Scrape};
 use crate::sockopt::TcpInfo;
 
 /// Entries whose `TCP_INFO` is read per hold of the map's lock: under a millisecond of work.
@@ -37,9 +37,6 @@ pub const TCP_INFO_CHUNK: usize = 512;
 
 /// Most threads that read `TCP_INFO` for one request (fewer on a machine with fewer cores).
 const TCP_INFO_THREADS: usize = 4;
-
-/// Closed connections kept by default for [`Registry::closed`], as NATS keeps for `/connz`.
-pub const DEFAULT_CLOSED_HISTORY: usize = 10_000;
 
 /// Capacity of the close-event channel: a subscriber that lags this far behind loses events
 /// (and is told so by `broadcast`), the server never waits for it.
@@ -457,7 +454,7 @@ impl Registry {
                 refused: std::array::from_fn(|_| AtomicU64::new(0)),
                 history: Mutex::new(VecDeque::new()),
                 names: Mutex::new(HashMap::new()),
-                history_limit: AtomicUsize::new(DEFAULT_CLOSED_HISTORY),
+                history_limit: AtomicUsize::new(crate::config::DEFAULT_CLOSED_HISTORY),
                 metrics: OnceLock::new(),
                 events: broadcast::channel(CLOSE_EVENTS).0,
             }),
@@ -673,6 +670,23 @@ impl Registry {
         (probes, probing)
     }
 
+    /// What a scrape of `/metrics` reads now ([`Metrics::render`]), with `queue`'s figures.
+    /// Reads `TCP_INFO` of every connection quiet past `keepalive_idle`: call it off the
+    /// runtime's worker threads.
+    pub fn scrape(&self, keepalive_idle: Duration, queue: crate::queue::QueueStats) -> Scrape {
+        let (keepalive_probes, connections_probing) = self.keepalive_probes(keepalive_idle);
+        Scrape {
+            connections_live: self.len(),
+            opened_total: self.opened_total(),
+            closed_total: CloseReason::ALL.map(|reason| self.closed_registered_total(reason)),
+            refused_total: CloseReason::ALL.map(|reason| self.refused_total(reason)),
+            keepalive_probes,
+            connections_probing,
+            buffered: self.buffered_total(),
+            queue,
+        }
+    }
+
     /// Bytes of partial objects held by live connections, as they last reported them.
     pub fn buffered_total(&self) -> u64 {
         self.conns()
@@ -779,7 +793,7 @@ impl Registry {
         counters[closed.reason.index()].fetch_add(1, Ordering::Relaxed);
         if !refused {
             if let Some(metrics) = self.shared.metrics.get() {
-                metrics.observe_close(&closed);
+                metrics.observe_close(closed.reason, closed.detection_delay, closed.duration);
             }
             self.remember(&closed);
         }

@@ -224,7 +224,7 @@ impl Reloader {
         self.put_in_force(next);
         log_report(&report);
         if report.applied("max_connections") {
-            crate::server::check_open_files(self.config().max_connections, false);
+            crate::sockopt::check_open_files(self.config().max_connections, false);
         }
         self.inner.metrics.reload_result(true);
         Ok(report)

@@ -529,35 +529,7 @@ fn report_start(config: &Config, options: &SocketOptions, listeners: &[TcpListen
     if !missing.is_empty() {
         tracing::warn!(missing = ?missing, "this platform lacks some socket options; their bounds do not apply");
     }
-    check_open_files(config.max_connections, true);
-}
-
-/// Raises the open-file soft limit to the hard limit and warns when `max_connections` does not
-/// fit under it (at start, and at a reload that changed it); at start, says the limit.
-pub(crate) fn check_open_files(max_connections: usize, at_start: bool) {
-    match sockopt::raise_nofile_limit() {
-        Ok(Some(limit)) => {
-            // Listeners, the sink, logs and the runtime need some descriptors of their own.
-            let headroom = 64;
-            let fits = (max_connections as u64).saturating_add(headroom) <= limit.soft;
-            if !fits {
-                tracing::warn!(
-                    max_connections,
-                    nofile_soft = limit.soft,
-                    nofile_hard = limit.hard,
-                    "max_connections does not fit under the open-file limit; accept will fail with EMFILE first (run several processes with reuse_port, or raise the hard limit)"
-                );
-            } else if at_start {
-                tracing::info!(
-                    nofile_soft = limit.soft,
-                    nofile_hard = limit.hard,
-                    "open-file limit raised"
-                );
-            }
-        }
-        Ok(None) => {}
-        Err(error) => tracing::warn!(error = %error, "cannot raise the open-file limit"),
-    }
+    sockopt::check_open_files(config.max_connections, true);
 }
 
 /// What the accept loops share.
@@ -609,9 +581,6 @@ async fn accept_loop(listener: TcpListener, acceptor: Arc<Acceptor>, stop: Cance
         }
     }
 }
-
-/// The kinds of [`AcceptError`], as the label `error` of `connwarden_accept_errors_total`.
-pub(crate) const ACCEPT_ERRORS: [&str; 4] = ["emfile", "enfile", "nomem", "other"];
 
 /// Why `accept` failed, as counted in `connwarden_accept_errors_total{error}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

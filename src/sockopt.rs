@@ -551,3 +551,31 @@ pub fn raise_nofile_limit() -> io::Result<Option<FileLimit>> {
         Ok(None)
     }
 }
+
+/// Raises the open-file soft limit to the hard limit and warns when `max_connections` does not
+/// fit under it (at start, and at a reload that changed it); at start, says the limit.
+pub(crate) fn check_open_files(max_connections: usize, at_start: bool) {
+    match raise_nofile_limit() {
+        Ok(Some(limit)) => {
+            // Listeners, the sink, logs and the runtime need some descriptors of their own.
+            let headroom = 64;
+            let fits = (max_connections as u64).saturating_add(headroom) <= limit.soft;
+            if !fits {
+                tracing::warn!(
+                    max_connections,
+                    nofile_soft = limit.soft,
+                    nofile_hard = limit.hard,
+                    "max_connections does not fit under the open-file limit; accept will fail with EMFILE first (run several processes with reuse_port, or raise the hard limit)"
+                );
+            } else if at_start {
+                tracing::info!(
+                    nofile_soft = limit.soft,
+                    nofile_hard = limit.hard,
+                    "open-file limit raised"
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(error) => tracing::warn!(error = %error, "cannot raise the open-file limit"),
+    }
+}

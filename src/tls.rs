@@ -3,19 +3,26 @@
 //!
 //! [`ServerTls`] holds the configuration new handshakes use. A reload that cannot read or use
 //! the new files keeps the pair in force and says why; connections already open keep the
-//! session they negotiated either way. The handshake and the records themselves are driven by
-//! the connection ([`crate::conn`]) on its own socket: rustls is used without an I/O wrapper,
-//! so that a plain connection pays nothing for TLS being possible.
+//! session they negotiated either way.
+//!
+//! [`TlsSession`] is the connection's transport: the connection's loop asks it to read the
+//! records its socket holds ([`TlsSession::read_from`]) and gets plaintext, and hands it the
+//! plaintext it appended to its output ([`TlsSession::seal`]) and gets records. rustls is used
+//! without an I/O wrapper, on the connection's own socket and buffers, so that a plain
+//! connection pays nothing for TLS being possible.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
+use bytes::BytesMut;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::UnbufferedServerConnection;
 use rustls::ServerConfig;
 
+use crate::buffer::{release_if_empty, READ_CHUNK};
+use crate::close_reason::CloseReason;
 use crate::config::Config;
 
 /// Why a certificate or key cannot be used.
@@ -234,6 +241,73 @@ impl TlsSession {
         self.close_requested = true;
     }
 
+    /// Reads the records `stream` holds, without waiting, and processes them: the plaintext is
+    /// appended to `plain`, what rustls answers (handshake, alerts) to `out`.
+    pub(crate) fn read_from(
+        &mut self,
+        stream: &tokio::net::TcpStream,
+        plain: &mut BytesMut,
+        out: &mut BytesMut,
+    ) -> RecordsRead {
+        let had_partial_record = !self.incoming.is_empty();
+        self.incoming.reserve(READ_CHUNK);
+        let read = stream.try_read_buf(&mut self.incoming);
+        // Nothing came: the room reserved for it goes, or an idle connection would keep it.
+        release_if_empty(&mut self.incoming);
+        let n = match read {
+            Ok(0) => return RecordsRead::Eof,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return RecordsRead::Nothing,
+            Err(e) => return RecordsRead::Failed(e),
+        };
+        let was_handshaking = self.is_handshaking();
+        let result = self.drive(plain, out);
+        let client_subject = match was_handshaking && !self.is_handshaking() {
+            true => self
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(certificate_subject),
+            false => None,
+        };
+        RecordsRead::Records {
+            bytes: n,
+            record_begun: !had_partial_record && !self.incoming.is_empty(),
+            client_subject,
+            peer_closed: self.peer_closed,
+            result,
+        }
+    }
+
+    /// Encrypts the plaintext appended to `out` from `plain_from` on: `out` then ends with its
+    /// records instead (or, during the handshake, the plaintext waits in the session).
+    /// Plaintext that processing brings in goes to `plain`.
+    pub(crate) fn seal(
+        &mut self,
+        plain: &mut BytesMut,
+        out: &mut BytesMut,
+        plain_from: usize,
+    ) -> Result<(), rustls::Error> {
+        let plaintext = out.split_off(plain_from);
+        self.queue(&plaintext);
+        self.drive(plain, out)
+    }
+
+    /// Writes a `close_notify` into `out` (once the handshake allows one).
+    pub(crate) fn close(&mut self, plain: &mut BytesMut, out: &mut BytesMut) {
+        self.request_close();
+        let _ = self.drive(plain, out);
+    }
+
+    /// True while a record has begun and not ended: the connection's `frame_timeout` runs.
+    pub(crate) fn mid_record(&self) -> bool {
+        !self.incoming.is_empty()
+    }
+
+    /// The memory the partial record holds, counted against `max_buffered`.
+    pub(crate) fn held(&self) -> usize {
+        self.incoming.capacity()
+    }
+
     /// Processes what is in `incoming` and what is queued, until rustls needs more from the
     /// peer: application data goes to `plain`, records to send go to `out`.
     pub fn drive(
@@ -304,8 +378,43 @@ impl TlsSession {
                 break;
             }
         }
-        crate::conn::release_if_empty(&mut self.incoming);
+        release_if_empty(&mut self.incoming);
         Ok(())
+    }
+}
+
+/// What one [`TlsSession::read_from`] brought.
+pub(crate) enum RecordsRead {
+    /// The socket held nothing.
+    Nothing,
+    /// The peer ended the TCP stream.
+    Eof,
+    /// The socket failed.
+    Failed(std::io::Error),
+    /// Records arrived and were processed.
+    Records {
+        /// Bytes read from the socket.
+        bytes: usize,
+        /// A record began with this read (none was partial before): a peer sending a record a
+        /// byte at a time is held to `frame_timeout` as one sending an object so.
+        record_begun: bool,
+        /// The handshake ended with this read, with a client certificate: its subject.
+        client_subject: Option<String>,
+        /// The peer has sent its `close_notify`.
+        peer_closed: bool,
+        /// How processing went: an error ends the connection ([`close_reason`]).
+        result: Result<(), rustls::Error>,
+    },
+}
+
+/// The reason a TLS failure closes its connection with: a refused client certificate is
+/// `unauthorized`, the rest `tls_error`.
+pub(crate) fn close_reason(error: &rustls::Error) -> CloseReason {
+    match error {
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+            CloseReason::Unauthorized
+        }
+        _ => CloseReason::TlsError,
     }
 }
 

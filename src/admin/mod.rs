@@ -4,10 +4,10 @@
 //! |---|---|
 //! | `GET /healthz` | 200 while the process runs (never needs the token) |
 //! | `GET /readyz` | 200 when listening with a working sink; 503 while starting, draining, with a failing sink or with the NATS connection down |
-//! | `GET /connections` | live connections, filtered, sorted and paged ([`listing::ConnQuery`]) |
+//! | `GET /connections` | live connections, filtered, sorted and paged ([`ConnQuery`]) |
 //! | `GET /connections/{id}` | one live connection |
 //! | `DELETE /connections/{id}` | closes it with reason `kicked`, answers what it was |
-//! | `GET /closed` | the most recent closes, newest first ([`listing::ClosedQuery`]) |
+//! | `GET /closed` | the most recent closes, newest first ([`ClosedQuery`]) |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /` | the live page ([`page`]): served without the token, it reads the endpoints above with it |
 //!
@@ -17,15 +17,12 @@
 //! is locked a bounded chunk at a time, so neither the runtime's workers nor the connections'
 //! opens and closes wait behind a listing.
 
-pub mod listing;
 mod page;
-pub mod view;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -35,7 +32,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use subtle::ConstantTimeEq;
 
-pub use listing::{
+pub use crate::view::listing::{
     BadParameter, ClosedQuery, ConnQuery, PeerFilter, SortKey, DEFAULT_LIMIT, MAX_LIMIT,
 };
 
@@ -43,9 +40,7 @@ use crate::metrics::Metrics;
 use crate::queue::Monitor;
 use crate::record::Record;
 use crate::registry::Registry;
-
-/// Longest wait of `DELETE /connections/{id}` for the kicked connection's close to be recorded.
-const KICK_WAIT: Duration = Duration::from_secs(5);
+use crate::view;
 
 /// The content type of the Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -362,61 +357,14 @@ fn no_such_connection(id: u64) -> ApiError {
     )
 }
 
-/// One live connection's view, with its `TCP_INFO`.
-fn connection_view(registry: &Registry, id: u64) -> Option<view::Connection> {
-    let snapshot = registry.get(id)?;
-    Some(view::Connection::new(&snapshot, registry.tcp_info(id)))
-}
-
 async fn get_connection(
     State(handle): State<AdminHandle>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<view::Connection>, ApiError> {
     let id = parse_id(&id)?;
-    connection_view(&handle.registry, id)
+    view::connection(&handle.registry, id)
         .map(Json)
         .ok_or_else(|| no_such_connection(id))
-}
-
-/// A connection closed by [`kick`]: what it was, and whether its close was recorded within
-/// the wait.
-#[derive(Clone, Debug)]
-pub struct Kicked {
-    /// The connection as it was when kicked.
-    pub view: view::Connection,
-    /// True once its close is recorded (a listing no longer shows it); false if it had not
-    /// closed within the wait.
-    pub closed: bool,
-}
-
-/// Kicks the live connection `id` (reason `kicked`) and waits, up to [`KICK_WAIT`], until its
-/// close is recorded, so that a listing right after no longer shows it. `None` when no such
-/// connection is live. Serves `DELETE /connections/{id}` and the cluster-wide registry's kick.
-pub async fn kick(registry: &Registry, id: u64, via: &'static str) -> Option<Kicked> {
-    let mut closes = registry.subscribe();
-    let view = connection_view(registry, id)?;
-    if !registry.kick(id) {
-        return None;
-    }
-    tracing::info!(conn_id = id, peer = %view.peer, via, "connection kicked");
-    let closed = tokio::time::timeout(KICK_WAIT, async {
-        loop {
-            match closes.recv().await {
-                Ok(closed) if closed.id == id => return true,
-                Ok(_) => {}
-                // Lagged: look at the registry instead of the events missed.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    if registry.get(id).is_none() {
-                        return true;
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return false,
-            }
-        }
-    })
-    .await
-    .unwrap_or(false);
-    Some(Kicked { view, closed })
 }
 
 /// 200 with what the connection was once its close is recorded; 202 if it had not closed
@@ -426,7 +374,7 @@ async fn kick_connection(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let kicked = kick(&handle.registry, id, "admin API")
+    let kicked = view::kick(&handle.registry, id, "admin API")
         .await
         .ok_or_else(|| no_such_connection(id))?;
     let status = if kicked.closed {
@@ -439,9 +387,10 @@ async fn kick_connection(
 
 async fn metrics(State(handle): State<AdminHandle>) -> Result<Response, ApiError> {
     let text = off_the_runtime(move || {
-        handle
-            .metrics
-            .render(&handle.registry, handle.queue.stats())
+        let now = handle
+            .registry
+            .scrape(handle.metrics.keepalive_idle(), handle.queue.stats());
+        handle.metrics.render(&now)
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text).into_response())

@@ -12,7 +12,7 @@ use connwarden::config::NatsConfig;
 use connwarden::nats::cluster::{Cluster, GatewayListing};
 use serde::Serialize;
 
-use super::admin::{self, Query};
+use super::rows::{self, Query};
 use super::table::table;
 
 /// Where the cluster-wide registry is.
@@ -108,8 +108,8 @@ pub fn conns(target: &NatsTarget, query: Query, json: bool) -> anyhow::Result<Ex
     show(
         &listings,
         json,
-        &admin::CONN_HEADER,
-        admin::connection_row,
+        &rows::CONN_HEADER,
+        rows::connection_row,
         "connections",
     )
 }
@@ -119,8 +119,8 @@ pub fn closed(target: &NatsTarget, query: Query, json: bool) -> anyhow::Result<E
     show(
         &listings,
         json,
-        &admin::CLOSED_HEADER,
-        admin::closed_row,
+        &rows::CLOSED_HEADER,
+        rows::closed_row,
         "closes",
     )
 }
@@ -143,7 +143,7 @@ pub fn kick(target: &NatsTarget, ids: &[String]) -> anyhow::Result<ExitCode> {
                 Ok(conn) => println!(
                     "{gateway}/{id} {} kicked: age {}, {} items",
                     conn.peer,
-                    admin::duration(conn.age_s),
+                    rows::duration(conn.age_s),
                     conn.items
                 ),
                 Err(error) => {

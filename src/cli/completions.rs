@@ -1,7 +1,7 @@
 //! `connwarden completions SHELL` and `connwarden man`: shell completions and a man page,
 //! generated from the same clap definitions that parse the command line, so they never drift.
 
-use clap::{Args, CommandFactory};
+use clap::Args;
 use clap_complete::Shell;
 
 /// Flags of `completions`.
@@ -11,9 +11,12 @@ pub struct CompletionsArgs {
     shell: Shell,
 }
 
-/// Prints the completion script of `args.shell` to standard output.
-pub fn completions(args: CompletionsArgs) -> anyhow::Result<std::process::ExitCode> {
-    let mut command = super::Cli::command();
+/// Prints the completion script of `args.shell` for `command` (the whole command line) to
+/// standard output.
+pub fn completions(
+    args: CompletionsArgs,
+    mut command: clap::Command,
+) -> anyhow::Result<std::process::ExitCode> {
     let mut script = Vec::new();
     clap_complete::generate(args.shell, &mut command, "connwarden", &mut script);
     print_quietly(&script)
@@ -28,9 +31,9 @@ pub struct ManArgs {
     dir: Option<std::path::PathBuf>,
 }
 
-/// Prints connwarden's man page (roff), or writes every page into `--dir`.
-pub fn man(args: ManArgs) -> anyhow::Result<std::process::ExitCode> {
-    let command = super::Cli::command();
+/// Prints the man page of `command` (the whole command line, roff), or writes every page into
+/// `--dir`.
+pub fn man(args: ManArgs, command: clap::Command) -> anyhow::Result<std::process::ExitCode> {
     match args.dir {
         Some(dir) => {
             std::fs::create_dir_all(&dir)?;

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use clap::Args;
 use connwarden::config::{Config, ConfigError, Settings};
 
+/// Exit status for a configuration error, so scripts can tell it from a runtime failure.
+pub const EXIT_CONFIG: u8 = 2;
+
 /// Help text on the layering, for the commands that take [`ConfigFlags`].
 pub const LAYERS_HELP: &str = "Every flag can also be set as CONNWARDEN_<KEY> (for example CONNWARDEN_KEEPALIVE_IDLE=20s) or in the --config file (keepalive_idle = \"20s\"). Durations: 30s, 2m, 1h, 500ms.";
 

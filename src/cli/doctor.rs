@@ -48,7 +48,7 @@ struct Report<'a> {
 
 pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let config = args.flags.load()?;
-    let _logging = super::init_logging(config.log_format, LevelFilter::WARN, None);
+    let _logging = super::logging::init_logging(config.log_format, LevelFilter::WARN, None);
     let mut inspection = doctor::inspect(&config).context("doctor")?;
     add_nats_durability(&mut inspection, &args.nats_monitor, &config);
     if !args.measure {
@@ -128,7 +128,7 @@ fn measure(
     let tag = std::process::id().to_string();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
     let outcome = runtime.block_on(async {
-        let interrupted = super::stop_signal()?;
+        let interrupted = super::signals::stop_signal()?;
         if !args.json {
             eprintln!("\nmeasuring in network namespaces cwd-s-{tag} / cwd-c-{tag} …");
         }

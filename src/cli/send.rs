@@ -207,7 +207,7 @@ struct Refused {
 pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let config = args.client_config()?;
     let bar = std::io::stderr().is_terminal().then(progress_bar);
-    let _logging = super::init_logging(args.log_format, LevelFilter::INFO, bar.clone());
+    let _logging = super::logging::init_logging(args.log_format, LevelFilter::INFO, bar.clone());
     // One connection's work: one thread. Feeding and delivering on the same thread spares a
     // cross-thread wake-up per handful of items (measured: most of the system time otherwise).
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -38,16 +38,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
             Err(error) => {
                 eprintln!("connwarden: error: {:#}", anyhow::Error::from(error));
-                ExitCode::from(super::EXIT_CONFIG)
+                ExitCode::from(super::config_flags::EXIT_CONFIG)
             }
         });
     }
-    let logging = super::init_logging(config.log_format, config.log_level, None);
+    let logging = super::logging::init_logging(config.log_format, config.log_level, None);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
     // Borrowed: the logs outlive the runtime, so that its last lines are flushed.
     let logging = &logging;
     let outcome = runtime.block_on(async move {
-        let shutdown = super::stop_signal()?;
+        let shutdown = super::signals::stop_signal()?;
         let notifier = Notifier::from_env();
         super::service::spawn_watchdog(&notifier);
         let lifecycle = notifier.clone();

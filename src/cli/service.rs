@@ -13,7 +13,7 @@ use connwarden::sink::ReopenHandle;
 use connwarden::{Lifecycle, Reloader};
 
 use super::config_flags::ConfigFlags;
-use super::LogLevel;
+use super::logging::LogLevel;
 
 pub use notifier::Notifier;
 

@@ -37,7 +37,6 @@ use crate::close_reason::CloseReason;
 use crate::config::Config;
 use crate::protocol::ErrorCode;
 use crate::queue::QueueStats;
-use crate::registry::{ClosedConn, Registry};
 
 /// Prefix of every connwarden metric.
 const PREFIX: &str = "connwarden_";
@@ -58,6 +57,31 @@ const DELAY_STEPS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
     7200.0, 14400.0, 28800.0, 86400.0,
 ];
+
+/// The kinds of failed `accept`, as the label `error` of `connwarden_accept_errors_total`.
+pub(crate) const ACCEPT_ERRORS: [&str; 4] = ["emfile", "enfile", "nomem", "other"];
+
+/// What a scrape reads from the registry and the queue, as plain values: the registry fills it
+/// (`Registry::scrape`), so that metrics knows neither.
+#[derive(Clone, Debug, Default)]
+pub struct Scrape {
+    /// Connections live now.
+    pub connections_live: usize,
+    /// Connections registered since start.
+    pub opened_total: u64,
+    /// Registered connections closed since start, by [`CloseReason::index`].
+    pub closed_total: [u64; CloseReason::ALL.len()],
+    /// Connections refused at accept since start, by [`CloseReason::index`].
+    pub refused_total: [u64; CloseReason::ALL.len()],
+    /// Keep-alive probes in flight now, across connections.
+    pub keepalive_probes: u64,
+    /// Connections with at least one keep-alive probe unanswered.
+    pub connections_probing: u64,
+    /// Bytes of partial objects held now.
+    pub buffered: u64,
+    /// The queue's depth, capacity and drops.
+    pub queue: QueueStats,
+}
 
 /// The metrics of one server. Cheap to share (`Arc`); every handle is an atomic.
 pub struct Metrics {
@@ -243,7 +267,7 @@ impl Metrics {
             jetstream: config.sink == crate::config::SinkSpec::JetStream,
             keepalive_idle_ms: AtomicU64::new(0),
             detection_bounds: Mutex::new(Vec::new()),
-            accept_errors: crate::server::ACCEPT_ERRORS
+            accept_errors: ACCEPT_ERRORS
                 .map(|kind| r.counter("accept_errors_total", &[("error", kind)])),
             config_reloads: ["success", "failure"]
                 .map(|result| r.counter("config_reloads_total", &[("result", result)])),
@@ -297,7 +321,7 @@ impl Metrics {
 
     /// Counts a failed `accept`, by kind (`emfile`, `enfile`, `nomem`, `other`).
     pub(crate) fn accept_error(&self, kind: &str) {
-        if let Some(i) = crate::server::ACCEPT_ERRORS.iter().position(|k| *k == kind) {
+        if let Some(i) = ACCEPT_ERRORS.iter().position(|k| *k == kind) {
             self.accept_errors[i].increment(1);
         }
     }
@@ -314,10 +338,15 @@ impl Metrics {
 
     /// Observes the close of a registered connection: its detection delay and its lifetime,
     /// under its reason. (Refused connections never lived: the registry only counts them.)
-    pub fn observe_close(&self, closed: &ClosedConn) {
-        let i = closed.reason.index();
-        self.detection_delay[i].record(closed.detection_delay.as_secs_f64());
-        self.lifetime[i].record(closed.duration.as_secs_f64());
+    pub fn observe_close(
+        &self,
+        reason: CloseReason,
+        detection_delay: Duration,
+        lifetime: Duration,
+    ) {
+        let i = reason.index();
+        self.detection_delay[i].record(detection_delay.as_secs_f64());
+        self.lifetime[i].record(lifetime.as_secs_f64());
     }
 
     /// Counts `n` items taken from one read.
@@ -413,25 +442,28 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
-    /// The exposition: values read now (live connections, queue, keep-alive probes in flight,
-    /// process), then every metric in the Prometheus text format. Reads `TCP_INFO` of every live
-    /// connection: call it off the runtime's worker threads.
-    pub fn render(&self, registry: &Registry, queue: QueueStats) -> String {
+    /// How long a connection stays idle before keep-alive probes it, in force now: what the
+    /// scrape counts probes against ([`Scrape::keepalive_probes`]).
+    pub fn keepalive_idle(&self) -> Duration {
+        Duration::from_millis(self.keepalive_idle_ms.load(Ordering::Relaxed))
+    }
+
+    /// The exposition: the values read at this scrape (`now`: connections, queue, keep-alive
+    /// probes in flight), the process's, then every metric in the Prometheus text format.
+    pub fn render(&self, now: &Scrape) -> String {
         let s = &self.scraped;
-        s.connections_live.set(registry.len() as f64);
-        s.connections_opened.absolute(registry.opened_total());
+        s.connections_live.set(now.connections_live as f64);
+        s.connections_opened.absolute(now.opened_total);
         for reason in CloseReason::ALL {
-            s.connections_closed[reason.index()].absolute(registry.closed_registered_total(reason));
-            s.connections_refused[reason.index()].absolute(registry.refused_total(reason));
+            s.connections_closed[reason.index()].absolute(now.closed_total[reason.index()]);
+            s.connections_refused[reason.index()].absolute(now.refused_total[reason.index()]);
         }
-        s.queue_depth.set(queue.depth as f64);
-        s.queue_capacity.set(queue.capacity as f64);
-        s.queue_dropped.absolute(queue.dropped);
-        let keepalive_idle = Duration::from_millis(self.keepalive_idle_ms.load(Ordering::Relaxed));
-        let (probes, probing) = registry.keepalive_probes(keepalive_idle);
-        s.keepalive_probes.set(probes as f64);
-        s.connections_probing.set(probing as f64);
-        s.buffered.set(registry.buffered_total() as f64);
+        s.queue_depth.set(now.queue.depth as f64);
+        s.queue_capacity.set(now.queue.capacity as f64);
+        s.queue_dropped.absolute(now.queue.dropped);
+        s.keepalive_probes.set(now.keepalive_probes as f64);
+        s.connections_probing.set(now.connections_probing as f64);
+        s.buffered.set(now.buffered as f64);
         s.sink_healthy
             .set(if self.sink_healthy() { 1.0 } else { 0.0 });
         self.nats.set_gauges();

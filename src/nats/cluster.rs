@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 
 use super::registry::{self, ClosedPage, ConnPage, GatewayInfo, MAX_PAGE};
 use super::NatsError;
-use crate::admin::view::{Closed, Connection, ErrorBody, ErrorDetail};
 use crate::config::NatsConfig;
+use crate::view::{Closed, Connection, ErrorBody, ErrorDetail};
 
 /// Why a gateway gave no answer.
 #[derive(Debug, thiserror::Error)]

@@ -29,10 +29,10 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::NatsError;
-use crate::admin::listing::{ClosedQuery, ConnQuery};
-use crate::admin::view::{self, Closed, Connection, ErrorBody, ErrorDetail, Page};
 use crate::config::Config;
 use crate::registry::Registry;
+use crate::view::listing::{ClosedQuery, ConnQuery};
+use crate::view::{self, Closed, Connection, ErrorBody, ErrorDetail, Page};
 
 /// Time between two announcements of a gateway.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -220,7 +220,7 @@ impl Answering {
                     .ok()
                     .and_then(|t| t.trim().parse().ok())
                     .ok_or_else(|| detail("bad_request", "expected a connection id"))?;
-                let kicked = crate::admin::kick(&registry, id, "cluster-wide registry")
+                let kicked = crate::view::kick(&registry, id, "cluster-wide registry")
                     .await
                     .ok_or_else(|| {
                         detail(
@@ -284,7 +284,7 @@ fn error_body(code: &str, message: String) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-fn bad_request(error: crate::admin::listing::BadParameter) -> ErrorDetail {
+fn bad_request(error: crate::view::listing::BadParameter) -> ErrorDetail {
     detail("bad_request", error.0)
 }
 

@@ -93,7 +93,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<ExitCode> {
     );
     match args.hold {
         Some(hold) => tokio::time::sleep(hold).await,
-        None => super::super::stop_signal()?.await,
+        None => super::super::signals::stop_signal()?.await,
     }
     let closed_by_server = held.iter().filter(|s| is_closed(tcp_of(s))).count() as u64;
     let report = Report {

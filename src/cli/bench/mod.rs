@@ -184,7 +184,7 @@ fn bind_address_no_port(socket: &TcpSocket) -> std::io::Result<()> {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let _logging =
-        super::init_logging(connwarden::config::LogFormat::Text, LevelFilter::WARN, None);
+        super::logging::init_logging(connwarden::config::LogFormat::Text, LevelFilter::WARN, None);
     // Many connections need many descriptors.
     let _ = connwarden::sockopt::raise_nofile_limit();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;

@@ -1,15 +1,20 @@
-//! The JSON the admin API answers with, one shape per resource. The same types read it back in
-//! `connwarden conns`, `kick` and `closed`, so the two sides cannot drift apart.
+//! Connections as the surfaces show them: the JSON the admin API and the cluster-wide registry
+//! (over NATS) answer with, one shape per resource, the queries they both take ([`listing`]),
+//! and the kick they both do ([`kick`]). The same types read the answers back in `connwarden
+//! conns`, `kick` and `closed`, so the sides cannot drift apart. Below both surfaces: neither
+//! imports the other.
 //!
 //! Durations are seconds as decimals (`age_s: 12.345`), times RFC 3339 in UTC, counters whole
 //! numbers.
+
+pub mod listing;
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::registry::{ClosedConn, ConnSnapshot};
+use crate::registry::{ClosedConn, ConnSnapshot, Registry};
 use crate::sockopt::TcpInfo;
 
 /// One live connection.
@@ -215,4 +220,54 @@ impl From<&ClosedConn> for Closed {
             auth_name: closed.auth_name.as_deref().map(str::to_owned),
         }
     }
+}
+
+/// Longest wait of a kick for the kicked connection's close to be recorded.
+const KICK_WAIT: Duration = Duration::from_secs(5);
+
+/// One live connection's view, with its `TCP_INFO`.
+pub fn connection(registry: &Registry, id: u64) -> Option<Connection> {
+    let snapshot = registry.get(id)?;
+    Some(Connection::new(&snapshot, registry.tcp_info(id)))
+}
+
+/// A connection closed by [`kick`]: what it was, and whether its close was recorded within
+/// the wait.
+#[derive(Clone, Debug)]
+pub struct Kicked {
+    /// The connection as it was when kicked.
+    pub view: Connection,
+    /// True once its close is recorded (a listing no longer shows it); false if it had not
+    /// closed within the wait.
+    pub closed: bool,
+}
+
+/// Kicks the live connection `id` (reason `kicked`) and waits, up to [`KICK_WAIT`], until its
+/// close is recorded, so that a listing right after no longer shows it. `None` when no such
+/// connection is live. Serves `DELETE /connections/{id}` and the cluster-wide registry's kick.
+pub async fn kick(registry: &Registry, id: u64, via: &'static str) -> Option<Kicked> {
+    let mut closes = registry.subscribe();
+    let view = connection(registry, id)?;
+    if !registry.kick(id) {
+        return None;
+    }
+    tracing::info!(conn_id = id, peer = %view.peer, via, "connection kicked");
+    let closed = tokio::time::timeout(KICK_WAIT, async {
+        loop {
+            match closes.recv().await {
+                Ok(closed) if closed.id == id => return true,
+                Ok(_) => {}
+                // Lagged: look at the registry instead of the events missed.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if registry.get(id).is_none() {
+                        return true;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    Some(Kicked { view, closed })
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
 
-use super::view::{Closed, Connection, Page};
+use super::{Closed, Connection, Page};
 use crate::close_reason::CloseReason;
 use crate::registry::{ConnInfo, Registry};
 use crate::sockopt::TcpInfo;

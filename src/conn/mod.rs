@@ -16,143 +16,41 @@
 //! slot on the registry entry, and the timer, the reply-slot wait and a backpressure wait are
 //! boxed only while they exist. An idle connection's task is under 300 bytes.
 
+mod hello;
+mod shared;
+
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use bytes::{Buf, BytesMut};
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, error::TrySendError, OwnedPermit};
 use tokio::time::{Instant, Sleep};
 
-use crate::auth::ClientTokens;
+pub(crate) use shared::{ConnShared, Live, Stage};
+
+use crate::buffer::{release_if_empty, READ_CHUNK};
 use crate::close_reason::CloseReason;
 use crate::config::{Config, HeartbeatMode, Overflow};
 use crate::metrics::Metrics;
-use crate::pressure::BufferBudget;
-use crate::protocol::{self, Decoder, ErrorCode, Hello, Inbound, Item, ItemError, Outbound};
+use crate::protocol::{self, Decoder, ErrorCode, Inbound, Item, ItemError, Outbound};
 use crate::queue::{Producer, Pushed};
 use crate::record::Record;
-use crate::registry::{ConnGuard, ConnInfo, Registry};
+use crate::registry::{ConnGuard, ConnInfo};
 use crate::sockopt::{self, SocketOptions};
-use crate::tls::TlsSession;
+use crate::tls::{self, RecordsRead, TlsSession};
+use hello::{unauthorized, AUTHENTICATE_FIRST};
 
-/// Bytes asked of the kernel per read. Objects larger than this take several reads.
-const READ_CHUNK: usize = 4096;
 /// Pending output above which the connection stops reading and stops taking replies: a client
 /// that does not read cannot make the server buffer without bound.
 const OUT_HIGH_WATER: usize = 64 * 1024;
 /// Longest time spent flushing a last message (an error or `shutting_down`) before closing.
 const CLOSING_FLUSH: Duration = Duration::from_secs(1);
-
-/// The server's lifecycle as connections see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-#[repr(u8)]
-pub(crate) enum Stage {
-    Running = 0,
-    /// First stage of shutdown: take no more items (what already arrived is still queued).
-    StopReading = 1,
-    /// Second stage: close now, after a brief flush.
-    Close = 2,
-}
-
-/// What every connection reads live, whichever configuration it was accepted under: the
-/// shutdown stage, and the configuration in force, which a reload replaces
-/// ([`crate::reload::Reloader`]).
-pub(crate) struct Live {
-    stage: AtomicU8,
-    config: ArcSwap<Config>,
-    /// Reloads that changed the socket options: a connection that sees the count change sets
-    /// them again on its socket (a reload that changed none costs no system call).
-    options_changes: AtomicU32,
-    /// The partial objects held across every connection, against `max_buffered`.
-    pub buffers: BufferBudget,
-    /// The client tokens in force (`auth_tokens`), read again at every reload.
-    pub tokens: ClientTokens,
-}
-
-impl Live {
-    pub fn new(config: Config) -> Live {
-        Live {
-            stage: AtomicU8::new(Stage::Running as u8),
-            config: ArcSwap::from_pointee(config),
-            options_changes: AtomicU32::new(0),
-            buffers: BufferBudget::default(),
-            tokens: ClientTokens::default(),
-        }
-    }
-
-    /// Moves to `stage`; the caller then wakes every connection (`Registry::wake_all`).
-    pub fn enter(&self, stage: Stage) {
-        self.stage.fetch_max(stage as u8, Ordering::AcqRel);
-    }
-
-    fn stage(&self) -> Stage {
-        match self.stage.load(Ordering::Acquire) {
-            0 => Stage::Running,
-            1 => Stage::StopReading,
-            _ => Stage::Close,
-        }
-    }
-
-    /// The configuration in force.
-    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
-        self.config.load()
-    }
-
-    /// Puts `config` in force; the caller then wakes every connection, so that each re-arms
-    /// its deadlines and, if they changed, sets the socket options again. The count of socket
-    /// option changes, this one included.
-    pub fn replace(&self, config: Config) -> u32 {
-        let options = SocketOptions::from_config(&config);
-        let old = self.config.swap(Arc::new(config));
-        if SocketOptions::from_config(&old) == options {
-            self.options_changes()
-        } else {
-            self.options_changes.fetch_add(1, Ordering::AcqRel) + 1
-        }
-    }
-
-    fn options_changes(&self) -> u32 {
-        self.options_changes.load(Ordering::Acquire)
-    }
-}
-
-/// What the connections accepted under one configuration share. A reload makes a new one for
-/// the connections accepted after it, and the older ones keep theirs: their `hello` announced
-/// its heartbeat and frame limit, and a client relies on what it was told. What applies to
-/// every connection at once is read from [`Live`]: the deadlines (write, idle, age), the error
-/// budget and the socket options.
-pub(crate) struct ConnShared {
-    /// The configuration in force when these connections were accepted.
-    pub params: Config,
-    /// The count of socket option changes when `params` was put in force: a connection whose
-    /// socket got its options from `params` sets them again when [`Live`] has counted more.
-    pub options_changes: u32,
-    pub metrics: Arc<Metrics>,
-    pub live: Arc<Live>,
-    /// Every live connection: the memory-pressure relief picks the largest holders in it.
-    pub registry: Registry,
-}
-
-impl ConnShared {
-    /// The first generation, for a server that has not reloaded yet.
-    pub fn first(params: Config, metrics: Arc<Metrics>, registry: Registry) -> ConnShared {
-        ConnShared {
-            registry,
-            live: Arc::new(Live::new(params.clone())),
-            params,
-            options_changes: 0,
-            metrics,
-        }
-    }
-}
 
 /// What woke the connection's loop.
 enum Event {
@@ -316,29 +214,10 @@ bitflags::bitflags! {
     }
 }
 
-/// What a client that sends anything but a valid `hello` first is told, under `auth = "required"`.
-const AUTHENTICATE_FIRST: &str = "authenticate first: send a hello with your token";
-
 /// The TLS session in `extras`, borrowed apart from the connection's other fields (its buffers
 /// go to [`TlsSession::drive`] beside it).
 fn session(extras: &mut Option<Box<Extras>>) -> Option<&mut TlsSession> {
     extras.as_mut()?.tls.as_mut()
-}
-
-/// Frees an empty buffer's memory. Tested by emptiness, not capacity: a buffer whose reads
-/// filled it exactly and were all taken has no capacity left but still holds its allocation.
-pub(crate) fn release_if_empty(buf: &mut BytesMut) {
-    if buf.is_empty() {
-        *buf = BytesMut::new();
-    }
-}
-
-/// The close of a client that did not authenticate, with what it is told.
-fn unauthorized(message: &'static str) -> Close {
-    Close {
-        reason: CloseReason::Unauthorized,
-        notice: notice(ErrorCode::Unauthorized, message),
-    }
 }
 
 /// The close the server asked for, with what the peer is told.
@@ -597,8 +476,7 @@ impl Connection {
             self.send(message);
         }
         if let Some(tls) = session(&mut self.extras) {
-            tls.request_close();
-            let _ = tls.drive(&mut self.read_buf, &mut self.out);
+            tls.close(&mut self.read_buf, &mut self.out);
         }
         if close.notice.is_some() || self.is_tls() {
             let bound = CLOSING_FLUSH.min(self.shared.live.config().write_timeout);
@@ -661,48 +539,41 @@ impl Connection {
         }
     }
 
-    /// [`Connection::read_some`] on a TLS connection: TLS records from the socket into rustls,
-    /// what it answers (handshake, alerts) into `out`, the plaintext into the read buffer.
+    /// [`Connection::read_some`] on a TLS connection: the session reads the records, answers
+    /// what rustls answers (handshake, alerts) into `out` and puts the plaintext in the read
+    /// buffer.
     fn read_tls(&mut self) -> Result<bool, Close> {
         let out_was_empty = self.out.is_empty();
         let Some(tls) = session(&mut self.extras) else {
             return Ok(false);
         };
-        let had_partial_record = !tls.incoming.is_empty();
-        tls.incoming.reserve(READ_CHUNK);
-        let read = self.stream.try_read_buf(&mut tls.incoming);
-        // Nothing came: the room reserved for it goes, or an idle connection would keep it.
-        release_if_empty(&mut tls.incoming);
-        let n = match read {
-            Ok(0) => {
-                self.end_of_stream();
-                return Ok(false);
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(self.io_close(&e)),
+        let read = tls.read_from(&self.stream, &mut self.read_buf, &mut self.out);
+        let RecordsRead::Records {
+            bytes,
+            record_begun,
+            client_subject,
+            peer_closed,
+            result,
+        } = read
+        else {
+            return match read {
+                RecordsRead::Eof => {
+                    self.end_of_stream();
+                    Ok(false)
+                }
+                RecordsRead::Failed(e) => Err(self.io_close(&e)),
+                _ => Ok(false),
+            };
         };
-        let was_handshaking = tls.is_handshaking();
-        let result = tls.drive(&mut self.read_buf, &mut self.out);
-        let subject = match was_handshaking && !tls.is_handshaking() {
-            true => tls
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(crate::tls::certificate_subject),
-            false => None,
-        };
-        let peer_closed = tls.peer_closed();
-        // A record begun by this read starts the frame clock, as an object does: a peer
-        // sending a record a byte at a time is held to frame_timeout too.
-        let record_begun = !had_partial_record && !tls.incoming.is_empty();
+        // A record begun by this read starts the frame clock, as an object does.
         if record_begun && !self.decoder.is_mid_frame() {
             self.frame_started = self.millis_since_accept(Instant::now());
         }
         if out_was_empty && !self.out.is_empty() {
             self.out_since = self.stamp(Instant::now());
         }
-        self.heard(n);
-        if let Some(subject) = subject {
+        self.heard(bytes);
+        if let Some(subject) = client_subject {
             self.authenticate(subject.into(), "client certificate");
         }
         match result {
@@ -712,20 +583,11 @@ impl Connection {
                 }
                 Ok(true)
             }
-            Err(error) => Err(self.tls_close(&error)),
-        }
-    }
-
-    /// Names a TLS failure: a refused client certificate is `unauthorized`, the rest `tls_error`.
-    fn tls_close(&self, error: &rustls::Error) -> Close {
-        tracing::info!(conn_id = self.info.id, peer = %self.info.peer, error = %error, "TLS failed");
-        let reason = match error {
-            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
-                CloseReason::Unauthorized
+            Err(error) => {
+                tracing::info!(conn_id = self.info.id, peer = %self.info.peer, error = %error, "TLS failed");
+                Err(tls::close_reason(&error).into())
             }
-            _ => CloseReason::TlsError,
-        };
-        reason.into()
+        }
     }
 
     /// At shutdown, takes the items that already arrived in the kernel's receive buffer, so that
@@ -793,37 +655,15 @@ impl Connection {
         let Some(tls) = session(&mut self.extras) else {
             return;
         };
-        let plain = self.out.split_off(plain_from);
-        tls.queue(&plain);
-        if let Err(error) = tls.drive(&mut self.read_buf, &mut self.out) {
+        if let Err(error) = tls.seal(&mut self.read_buf, &mut self.out, plain_from) {
             // The next read meets the same failure and closes the connection.
             tracing::debug!(conn_id = self.info.id, error = %error, "TLS output failed");
         }
     }
 
-    /// True while `auth = "required"` and the client has not authenticated yet.
-    fn awaits_authentication(&self) -> bool {
-        self.shared.params.auth_required && !self.authenticated()
-    }
-
-    /// True once the client authenticated.
-    fn authenticated(&self) -> bool {
-        self.flags.contains(Flags::AUTHENTICATED)
-    }
-
-    /// Records that the client authenticated as `name` (`via` a client certificate or a token).
-    fn authenticate(&mut self, name: Arc<str>, via: &'static str) {
-        tracing::info!(conn_id = self.info.id, peer = %self.info.peer, auth_name = %name, via, "authenticated");
-        self.shared
-            .registry
-            .set_auth_name(&self.info, Arc::clone(&name));
-        self.extras.get_or_insert_default().auth_name = Some(name);
-        self.flags.insert(Flags::AUTHENTICATED);
-    }
-
     /// True while an object, or a TLS record, has begun and not ended: `frame_timeout` runs.
     fn mid_object(&self) -> bool {
-        let partial_record = self.tls().is_some_and(|tls| !tls.incoming.is_empty());
+        let partial_record = self.tls().is_some_and(TlsSession::mid_record);
         self.decoder.is_mid_frame() || partial_record
     }
 
@@ -882,7 +722,7 @@ impl Connection {
     /// Tells the server-wide budget (`max_buffered`) how much the read buffer holds, when that
     /// changed: its capacity, the memory it keeps, from the pending object's start.
     fn report_buffered(&self) {
-        let records = self.tls().map_or(0, |tls| tls.incoming.capacity());
+        let records = self.tls().map_or(0, TlsSession::held);
         let held = (self.read_buf.capacity() + records).min(u32::MAX as usize);
         let reported = self.info.buffered() as usize;
         if held > reported {
@@ -944,40 +784,6 @@ impl Connection {
                 Err(error) => self.refuse(error)?,
             }
         }
-        Ok(())
-    }
-
-    fn hello(&mut self, hello: Hello) -> Result<(), Close> {
-        if let Some(client_id) = hello.client_id {
-            self.extras.get_or_insert_default().client_id = Some(client_id.into());
-        }
-        let tokens = &self.shared.live.tokens;
-        match hello.token {
-            Some(token) if tokens.configured() => match tokens.check(&token) {
-                Some(name) => self.authenticate(name, "token"),
-                None => {
-                    tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, "invalid token");
-                    return Err(unauthorized("invalid token"));
-                }
-            },
-            _ if self.awaits_authentication() => return Err(unauthorized(AUTHENTICATE_FIRST)),
-            _ => {}
-        }
-        let params = &self.shared.params;
-        if params.heartbeat != HeartbeatMode::Off {
-            self.flags.insert(Flags::HEARTBEAT);
-            self.info.heartbeat(true, self.pings_sent.into());
-        }
-        let heartbeat_ms = if self.flags.contains(Flags::HEARTBEAT) {
-            params.heartbeat_interval.as_millis() as u64
-        } else {
-            0
-        };
-        let max_frame = params.max_frame;
-        self.send(&Outbound::Hello {
-            heartbeat_ms,
-            max_frame,
-        });
         Ok(())
     }
 
@@ -1199,27 +1005,6 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Connections set their socket options again only after a reload that changed them.
-    #[test]
-    fn only_a_change_of_socket_options_is_counted() {
-        let live = Live::new(Config::default());
-        let heartbeat_only = Config {
-            heartbeat_interval: Duration::from_secs(5),
-            ..Config::default()
-        };
-        assert_eq!(live.replace(heartbeat_only.clone()), 0);
-        assert_eq!(live.config().heartbeat_interval, Duration::from_secs(5));
-        let keepalive = Config {
-            keepalive: crate::config::Keepalive {
-                idle: Duration::from_secs(7),
-                ..heartbeat_only.keepalive
-            },
-            ..heartbeat_only
-        };
-        assert_eq!(live.replace(keepalive.clone()), 1);
-        assert_eq!(live.replace(keepalive), 1);
-    }
 
     /// Every idle connection holds one such future: a regression here multiplies by the
     /// number of connections (measured by `bench/idle_memory.sh`).

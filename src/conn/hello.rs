@@ -1,0 +1,79 @@
+//! The hello path: a client's `hello` answered with the heartbeat and frame limit it gets, and
+//! authentication, by the hello's token or the client certificate, with what a client that
+//! must authenticate and did not is told.
+
+use std::sync::Arc;
+
+use super::{notice, Close, Connection, Flags};
+use crate::close_reason::CloseReason;
+use crate::config::HeartbeatMode;
+use crate::protocol::{ErrorCode, Hello, Outbound};
+
+/// What a client that sends anything but a valid `hello` first is told, under `auth = "required"`.
+pub(super) const AUTHENTICATE_FIRST: &str = "authenticate first: send a hello with your token";
+
+/// The close of a client that did not authenticate, with what it is told.
+pub(super) fn unauthorized(message: &'static str) -> Close {
+    Close {
+        reason: CloseReason::Unauthorized,
+        notice: notice(ErrorCode::Unauthorized, message),
+    }
+}
+
+impl Connection {
+    /// True while `auth = "required"` and the client has not authenticated yet.
+    pub(super) fn awaits_authentication(&self) -> bool {
+        self.shared.params.auth_required && !self.authenticated()
+    }
+
+    /// True once the client authenticated.
+    fn authenticated(&self) -> bool {
+        self.flags.contains(Flags::AUTHENTICATED)
+    }
+
+    /// Records that the client authenticated as `name` (`via` a client certificate or a token).
+    pub(super) fn authenticate(&mut self, name: Arc<str>, via: &'static str) {
+        tracing::info!(conn_id = self.info.id, peer = %self.info.peer, auth_name = %name, via, "authenticated");
+        self.shared
+            .registry
+            .set_auth_name(&self.info, Arc::clone(&name));
+        self.extras.get_or_insert_default().auth_name = Some(name);
+        self.flags.insert(Flags::AUTHENTICATED);
+    }
+
+    /// Answers a client's `hello`: keeps its `client_id`, checks its token, and tells it the
+    /// heartbeat it gets and the frame limit.
+    pub(super) fn hello(&mut self, hello: Hello) -> Result<(), Close> {
+        if let Some(client_id) = hello.client_id {
+            self.extras.get_or_insert_default().client_id = Some(client_id.into());
+        }
+        let tokens = &self.shared.live.tokens;
+        match hello.token {
+            Some(token) if tokens.configured() => match tokens.check(&token) {
+                Some(name) => self.authenticate(name, "token"),
+                None => {
+                    tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, "invalid token");
+                    return Err(unauthorized("invalid token"));
+                }
+            },
+            _ if self.awaits_authentication() => return Err(unauthorized(AUTHENTICATE_FIRST)),
+            _ => {}
+        }
+        let params = &self.shared.params;
+        if params.heartbeat != HeartbeatMode::Off {
+            self.flags.insert(Flags::HEARTBEAT);
+            self.info.heartbeat(true, self.pings_sent.into());
+        }
+        let heartbeat_ms = if self.flags.contains(Flags::HEARTBEAT) {
+            params.heartbeat_interval.as_millis() as u64
+        } else {
+            0
+        };
+        let max_frame = params.max_frame;
+        self.send(&Outbound::Hello {
+            heartbeat_ms,
+            max_frame,
+        });
+        Ok(())
+    }
+}
