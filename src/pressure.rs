@@ -4,7 +4,7 @@
 //! Each connection may hold up to `max_frame` bytes of an object it has not finished reading;
 //! thousands of peers each holding most of one (64 KiB × 20,000 = 1.3 GB) would exhaust the
 //! gateway without breaking any per-connection limit. Connections report what their read
-//! buffer holds after every read ([`BufferBudget::grow`], [`BufferBudget::shrink`]); the read
+//! buffer holds after every read ([`BufferBudget::report`]); the read
 //! that takes the total past the budget asks, there and then, the connections holding the most
 //! to close (reason `memory_pressure`, told to the peer) until the rest fits. Done in the
 //! reading connection rather than in a task of its own, so that no read waits for a task to be
@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::{Registry, Relief};
+use crate::registry::{ConnInfo, Registry, Relief};
 
 /// How often, at most, the relief is logged (an attack may need many rounds).
 const LOG_EVERY: Duration = Duration::from_secs(1);
@@ -42,9 +42,32 @@ pub(crate) struct BufferBudget {
 }
 
 impl BufferBudget {
+    /// `conn` now holds `held` bytes of a partial object (its read buffer's capacity, with a
+    /// partial TLS record's): what it reported before leaves the budget and `held` enters it,
+    /// and a growth past `limit` (asked only then: it reads the configuration in force) closes
+    /// the largest holders among `registry`'s connections until the rest fits. A connection
+    /// that goes reports 0.
+    pub fn report(
+        &self,
+        conn: &ConnInfo,
+        held: usize,
+        limit: impl FnOnce() -> Option<u64>,
+        registry: &Registry,
+    ) {
+        let held = held.min(u32::MAX as usize);
+        let reported = conn.buffered() as usize;
+        if held > reported {
+            conn.set_buffered(held as u32);
+            self.grow(reported, held, limit(), registry);
+        } else if held < reported {
+            conn.set_buffered(held as u32);
+            self.shrink(reported, held);
+        }
+    }
+
     /// A connection's buffer grew from `from` to `to` bytes. When that takes the total past
     /// `limit`, closes the largest holders among `registry`'s connections until it fits.
-    pub fn grow(&self, from: usize, to: usize, limit: Option<u64>, registry: &Registry) {
+    fn grow(&self, from: usize, to: usize, limit: Option<u64>, registry: &Registry) {
         let total = self.held.fetch_add(to - from, Ordering::Relaxed) + (to - from);
         if let Some(limit) = limit.filter(|&limit| total as u64 > limit) {
             self.relieve(limit, registry);
@@ -52,7 +75,7 @@ impl BufferBudget {
     }
 
     /// A connection's buffer shrank from `from` to `to` bytes (or went: `to` is 0).
-    pub fn shrink(&self, from: usize, to: usize) {
+    fn shrink(&self, from: usize, to: usize) {
         self.held.fetch_sub(from - to, Ordering::Relaxed);
     }
 

@@ -14,8 +14,15 @@
 //! thousands), so the loop waits in one hand-written `poll` that stores no futures: socket
 //! readiness is polled on the stream itself, kicks and shutdown stages arrive through a waker
 //! slot on the registry entry, and the timer, the reply-slot wait and a backpressure wait are
-//! boxed only while they exist. An idle connection's task is under 300 bytes.
+//! boxed only while they exist. An idle connection's task is at most 256 bytes.
+//!
+//! This file is the loop, its reads and writes, and the close reasons it ends with; beside it,
+//! `deadlines.rs` (every limit checked at each turn, and the one timer), `hello.rs` (the
+//! `hello` and authentication) and `shared.rs` (what connections share with the server and
+//! its reloads). TLS records are the session's work ([`crate::tls`]): the loop reads and
+//! writes plaintext through it.
 
+mod deadlines;
 mod hello;
 mod shared;
 
@@ -286,11 +293,8 @@ struct Extras {
 impl Drop for Connection {
     /// The read buffer goes with the connection: its bytes leave the budget, on every path.
     fn drop(&mut self) {
-        let reported = self.info.buffered() as usize;
-        if reported > 0 {
-            self.info.set_buffered(0);
-            self.shared.live.buffers.shrink(reported, 0);
-        }
+        let shared = &self.shared;
+        (shared.live.buffers).report(&self.info, 0, || None, &shared.registry);
     }
 }
 
@@ -453,20 +457,6 @@ impl Connection {
             }
         }
         Poll::Pending
-    }
-
-    /// Points the timer at the next deadline, creating it on first need and dropping it when
-    /// no deadline is left.
-    fn arm_timer(&mut self, now: Instant, live: &Config) {
-        match (self.next_deadline(now, live), &mut self.timer) {
-            (None, timer) => *timer = None,
-            (Some(at), Some(timer)) => {
-                if timer.deadline() != at {
-                    timer.as_mut().reset(at);
-                }
-            }
-            (Some(at), timer) => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
-        }
     }
 
     /// Sends the notice, if any, flushes briefly, and returns the reason with the connection,
@@ -723,20 +713,10 @@ impl Connection {
     /// changed: its capacity, the memory it keeps, from the pending object's start.
     fn report_buffered(&self) {
         let records = self.tls().map_or(0, TlsSession::held);
-        let held = (self.read_buf.capacity() + records).min(u32::MAX as usize);
-        let reported = self.info.buffered() as usize;
-        if held > reported {
-            self.info.set_buffered(held as u32);
-            let limit = self.shared.live.config().max_buffered;
-            let shared = &self.shared;
-            shared
-                .live
-                .buffers
-                .grow(reported, held, limit, &shared.registry);
-        } else if held < reported {
-            self.info.set_buffered(held as u32);
-            self.shared.live.buffers.shrink(reported, held);
-        }
+        let held = self.read_buf.capacity() + records;
+        let shared = &self.shared;
+        let limit = || shared.live.config().max_buffered;
+        (shared.live.buffers).report(&self.info, held, limit, &shared.registry);
     }
 
     /// Decodes and handles frames until the buffer holds no complete one or an item blocks;
@@ -899,106 +879,6 @@ impl Connection {
         if let Err(error) = sockopt::apply(SockRef::from(&self.stream), &options) {
             tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, option = error.option, error = %error.source, "cannot apply the reloaded socket options; the previous ones stay");
         }
-    }
-
-    /// Ends the connection when a deadline passed, and sends the pings and the `max_age`
-    /// notice that are due. The heartbeat follows the configuration the connection was
-    /// accepted under (its `hello` announced it); the other deadlines follow `live`.
-    fn check_timers(&mut self, now: Instant, live: &Config) -> Result<(), Close> {
-        if self.handshaking() && now >= self.started() + live.handshake_timeout {
-            return Err(CloseReason::HandshakeTimeout.into());
-        }
-        if self.awaits_authentication() && now >= self.started() + live.auth_timeout {
-            return Err(unauthorized(
-                "no hello with a valid token within auth_timeout",
-            ));
-        }
-        if !self.out.is_empty() && now >= self.at(self.out_since) + live.write_timeout {
-            return Err(CloseReason::WriteTimeout.into());
-        }
-        let silence = now.saturating_duration_since(self.at(self.last_in));
-        if self.flags.contains(Flags::HEARTBEAT) {
-            let interval = self.shared.params.heartbeat_interval;
-            if silence >= interval * self.shared.params.heartbeat_misses {
-                return Err(CloseReason::HeartbeatTimeout.into());
-            }
-            if silence >= interval * (u32::from(self.pings_sent) + 1) {
-                self.pings_sent += 1;
-                self.info.heartbeat(true, self.pings_sent.into());
-                self.send(&Outbound::Ping);
-            }
-        }
-        if live.idle_timeout.is_some_and(|idle| silence >= idle) {
-            return Err(CloseReason::IdleTimeout.into());
-        }
-        if let Some(limit) = live.frame_timeout {
-            if self.mid_object() && self.frame_age(now) >= limit {
-                self.shared.metrics.item_refused(ErrorCode::FrameTimeout);
-                tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, frame_timeout_ms = limit.as_millis() as u64, "object not finished within frame_timeout");
-                return Err(Close {
-                    reason: CloseReason::FrameTimeout,
-                    notice: notice(
-                        ErrorCode::FrameTimeout,
-                        "an object did not end within frame_timeout; closing",
-                    ),
-                });
-            }
-        }
-        if let Some(max_age) = live.max_age {
-            let age = now.saturating_duration_since(self.started());
-            if age >= max_age + live.max_age_grace {
-                return Err(CloseReason::MaxAge.into());
-            }
-            if age >= max_age && !self.flags.contains(Flags::MAX_AGE_NOTICED) {
-                self.flags.insert(Flags::MAX_AGE_NOTICED);
-                let message = format!(
-                    "connection reached its maximum age; it closes in {}: reconnect",
-                    humantime::format_duration(live.max_age_grace)
-                );
-                self.send(&Outbound::Error {
-                    code: ErrorCode::MaxAge,
-                    message: message.into(),
-                    id: None,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    fn next_deadline(&self, now: Instant, live: &Config) -> Option<Instant> {
-        let params = &self.shared.params;
-        let mut next: Option<Instant> = None;
-        let mut earliest = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
-        if self.handshaking() {
-            earliest(self.started() + live.handshake_timeout);
-        }
-        if self.awaits_authentication() {
-            earliest(self.started() + live.auth_timeout);
-        }
-        if !self.out.is_empty() {
-            earliest(self.at(self.out_since) + live.write_timeout);
-        }
-        if self.flags.contains(Flags::HEARTBEAT) {
-            let interval = params.heartbeat_interval;
-            let last_in = self.at(self.last_in);
-            earliest(last_in + interval * (u32::from(self.pings_sent) + 1));
-            earliest(last_in + interval * params.heartbeat_misses);
-        }
-        if let Some(idle) = live.idle_timeout {
-            earliest(self.at(self.last_in) + idle);
-        }
-        if let (Some(limit), true) = (live.frame_timeout, self.mid_object()) {
-            earliest(now + limit.saturating_sub(self.frame_age(now)));
-        }
-        if let Some(max_age) = live.max_age {
-            let at = if self.flags.contains(Flags::MAX_AGE_NOTICED) {
-                max_age + live.max_age_grace
-            } else {
-                max_age
-            };
-            earliest(self.started() + at);
-        }
-        next
     }
 }
 
