@@ -9,6 +9,7 @@
 #                                       at most ~19,000 here)
 # env:   STEPS (6) STEP (20)  samples and seconds between them
 #        SERVE_ARGS ("")      more flags for serve (default keep-alive: 30 s, 3 probes 10 s apart)
+#        CW_SERVE (target/release/connwarden)  the serve binary, e.g. one of an earlier commit
 #        OUT (bench/results/keepalive-burst-<time>)
 # It changes nothing on the host. To see the remedy, raise net.core.netdev_max_backlog above N
 # yourself (sysctl -w; it is global) and run it again.

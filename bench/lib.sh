@@ -34,7 +34,7 @@ prepare_release() {
 # too) with its admin API on ADMIN, then N idle connections from a separate `bench idle`
 # process; sets SRV and LOAD, and returns once all N are established on the server's side.
 serve_with_idle_load() {
-  local n=$1 port=$2 admin=$3 cw=$ROOT/target/release/connwarden
+  local n=$1 port=$2 admin=$3 cw=${CW_SERVE:-$ROOT/target/release/connwarden}
   RUST_LOG=warn "$cw" serve --listen "127.0.0.1:$port" --admin "$admin" --sink file:/dev/null \
     --max-connections $((n + 100)) ${SERVE_ARGS:-} >"$OUT/server.out" 2>"$OUT/server.err" &
   SRV=$!; PIDS+=("$SRV")

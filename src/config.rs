@@ -23,6 +23,7 @@
 //! | `keepalive_interval` | `10s` | `TCP_KEEPINTVL`: time between probes |
 //! | `keepalive_count` | `3` | `TCP_KEEPCNT`: unanswered probes before the kernel gives up |
 //! | `user_timeout` | `auto` | `TCP_USER_TIMEOUT`: `auto` = idle + interval × count, a duration, or `off` |
+//! | `keepalive_spread` | `true` | each accepted connection's first keep-alive idle shortened by a phase spread evenly over the idle period, so that connections accepted together do not probe together; then the idle is put back (never later than `keepalive_idle`) |
 //! | `nodelay` | `true` | `TCP_NODELAY`: acks and pings leave at once |
 //! | `heartbeat` | `negotiated` | `negotiated` (clients that sent `hello`), `required` (every client) or `off` |
 //! | `heartbeat_interval` | `15s` | inbound silence after which the server sends `ping` |
@@ -102,6 +103,7 @@ pub const KEYS: &[&str] = &[
     "keepalive_interval",
     "keepalive_count",
     "user_timeout",
+    "keepalive_spread",
     "nodelay",
     "heartbeat",
     "heartbeat_interval",
@@ -537,6 +539,8 @@ pub struct Config {
     pub keepalive: Keepalive,
     /// `TCP_USER_TIMEOUT`.
     pub user_timeout: UserTimeout,
+    /// Spread the keep-alive phases of accepted connections (`crate::phase`).
+    pub keepalive_spread: bool,
     /// `TCP_NODELAY`.
     pub nodelay: bool,
     /// When the application heartbeat applies.
@@ -624,6 +628,7 @@ impl Default for Config {
                 count: 3,
             },
             user_timeout: UserTimeout::Auto,
+            keepalive_spread: true,
             nodelay: true,
             heartbeat: HeartbeatMode::Negotiated,
             heartbeat_interval: Duration::from_secs(15),
@@ -931,6 +936,7 @@ impl Config {
             "keepalive_interval" => self.keepalive.interval = parse!(parse_duration),
             "keepalive_count" => self.keepalive.count = parse!(parse_number),
             "user_timeout" => self.user_timeout = parse!(parse_user_timeout),
+            "keepalive_spread" => self.keepalive_spread = parse!(parse_bool),
             "nodelay" => self.nodelay = parse!(parse_bool),
             "heartbeat" => self.heartbeat = parse!(parse_heartbeat),
             "heartbeat_interval" => self.heartbeat_interval = parse!(parse_duration),
@@ -1031,6 +1037,7 @@ impl Config {
                     UserTimeout::Fixed(d) => dur(d),
                 },
             ),
+            ("keepalive_spread", self.keepalive_spread.to_string()),
             ("nodelay", self.nodelay.to_string()),
             ("heartbeat", quoted(heartbeat_name(self.heartbeat))),
             ("heartbeat_interval", dur(self.heartbeat_interval)),

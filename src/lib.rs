@@ -10,6 +10,7 @@
 //! | [`protocol`] | the bounded JSON-object stream decoder, messages, error codes |
 //! | `conn` | one connection's task: reads, heartbeat, deadlines, writes, one close reason; the hello and authentication |
 //! | `buffer`, `pressure` | buffers held only while bytes are pending; the budget of partial objects (`max_buffered`) |
+//! | `phase` | keep-alive phases: connections accepted together do not probe together |
 //! | [`registry`] | live and recently closed connections; a guard that removes the entry and records the close |
 //! | [`metrics`] | Prometheus metrics: detection delay by close reason, items, queue, sink |
 //! | [`close_reason`] | the closed set of reasons a connection ends |
@@ -35,7 +36,7 @@
 //! 2. layer: `config` (checks values against what the protocol can hold)
 //! 3. layer: `sockopt`, `close_reason`, `queue`, `record`, `buffer`, `tls`
 //! 4. layer: `metrics` (takes plain values: a reason, a duration, a [`metrics::Scrape`])
-//! 5. layer: `registry`, `pressure`, `sink`, `client`
+//! 5. layer: `registry`, `pressure`, `phase`, `sink`, `client`
 //! 6. layer: `conn` (the loop and its close reasons)
 //! 7. layer: `reload`
 //! 8. layer: `view` (what `admin` and `nats` both show and do)
@@ -61,6 +62,7 @@ mod conn;
 pub mod doctor;
 pub mod metrics;
 pub mod nats;
+mod phase;
 mod pressure;
 pub mod protocol;
 pub mod queue;

@@ -20,7 +20,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Deref;
 use std::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+    AtomicBool, AtomicI32, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -181,6 +181,9 @@ pub struct ConnInfo {
     heartbeat: AtomicBool,
     /// `ping`s sent since the peer was last heard (saturates at 255).
     pings_outstanding: AtomicU8,
+    /// The shortened first `TCP_KEEPIDLE` this socket was given, in seconds, until the idle in
+    /// force is put back (`crate::phase`); 0 when none is pending.
+    keepalive_first_idle_s: AtomicU16,
     /// The socket's descriptor, for `TCP_INFO` (-1 when unknown, on other platforms, or once
     /// the entry left the map).
     fd: AtomicI32,
@@ -331,6 +334,21 @@ impl ConnInfo {
     /// Items refused.
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+
+    /// The shortened first keep-alive idle the socket was given, until it is put back.
+    pub(crate) fn keepalive_first_idle(&self) -> Option<Duration> {
+        match self.keepalive_first_idle_s.load(Ordering::Relaxed) {
+            0 => None,
+            secs => Some(Duration::from_secs(secs.into())),
+        }
+    }
+
+    /// Records the first keep-alive idle the socket was given (`None`: the idle in force is
+    /// back).
+    pub(crate) fn set_keepalive_first_idle(&self, first: Option<Duration>) {
+        let secs = first.map_or(0, |d| d.as_secs().clamp(1, u16::MAX.into()) as u16);
+        self.keepalive_first_idle_s.store(secs, Ordering::Relaxed);
     }
 
     /// Reads the socket's `TCP_INFO`. The caller holds the map's lock (read or write): the
@@ -540,6 +558,7 @@ impl Registry {
             buffered: AtomicU32::new(0),
             heartbeat: AtomicBool::new(false),
             pings_outstanding: AtomicU8::new(0),
+            keepalive_first_idle_s: AtomicU16::new(0),
             fd: AtomicI32::new(-1),
             control: AtomicWaker::new(),
         });
@@ -645,6 +664,34 @@ impl Registry {
             out.extend(chunk.iter().map(|entry| entry.tcp_info()));
         }
         out
+    }
+
+    /// Calls `f` with each of `entries` still live and its socket, holding the map's read lock
+    /// a chunk of entries at a time (so the descriptor is this connection's for the call).
+    /// Linux only (elsewhere the registry keeps no descriptor).
+    pub(crate) fn with_sockets(
+        &self,
+        entries: &[Arc<ConnInfo>],
+        mut f: impl FnMut(&ConnInfo, socket2::SockRef<'_>),
+    ) {
+        for chunk in entries.chunks(TCP_INFO_CHUNK) {
+            let _held = self.conns();
+            for entry in chunk {
+                let fd = entry.fd.load(Ordering::Relaxed);
+                if fd < 0 {
+                    continue;
+                }
+                #[cfg(unix)]
+                {
+                    // SAFETY: the descriptor stays open while the read lock is held (see
+                    // `ConnInfo::tcp_info`); `f` borrows it and neither closes nor keeps it.
+                    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                    f(entry, socket2::SockRef::from(&borrowed));
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = &mut f;
     }
 
     /// `TCP_INFO` of one live connection.

@@ -9,7 +9,7 @@
 //!   grace and the error budget are the deadlines every connection checks; `max_connections`,
 //!   `closed_history`, `shutdown_grace` and `log_level` are the server's own.
 //! - **Connections accepted after the reload** ([`FOR_NEW_CONNECTIONS`]): the heartbeat (mode,
-//!   interval, misses), `max_frame` and `max_pending_replies`. A connection's `hello` answer
+//!   interval, misses), `max_frame`, `max_pending_replies` and `keepalive_spread`. A connection's `hello` answer
 //!   announced its heartbeat interval and frame limit, and its client relies on them, so an open
 //!   connection keeps the values it was accepted under.
 //! - **Restart only**, every other key: the listen addresses and their socket (`reuse_port`,
@@ -57,6 +57,7 @@ pub const FOR_EVERY_CONNECTION: &[&str] = &[
 
 /// Keys a reload changes for the connections accepted after it.
 pub const FOR_NEW_CONNECTIONS: &[&str] = &[
+    "keepalive_spread",
     "heartbeat",
     "heartbeat_interval",
     "heartbeat_misses",
@@ -90,6 +91,7 @@ fn with_live_keys(old: &Config, new: &Config) -> Config {
         heartbeat_misses: new.heartbeat_misses,
         max_frame: new.max_frame,
         max_pending_replies: new.max_pending_replies,
+        keepalive_spread: new.keepalive_spread,
         ..old.clone()
     }
 }
@@ -330,6 +332,7 @@ mod tests {
         ("keepalive_interval", "5s"),
         ("keepalive_count", "4"),
         ("user_timeout", "off"),
+        ("keepalive_spread", "false"),
         ("nodelay", "false"),
         ("heartbeat", "required"),
         ("heartbeat_interval", "5s"),

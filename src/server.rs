@@ -28,6 +28,7 @@ use crate::config::{Config, ConfigError};
 use crate::conn::{self, Stage};
 use crate::metrics::Metrics;
 use crate::nats;
+use crate::phase::Phases;
 use crate::protocol::{ErrorCode, Outbound};
 use crate::queue::{self, Consumer, Monitor, Producer};
 use crate::record::Record;
@@ -369,9 +370,21 @@ impl Server {
             Arc::clone(&live),
             stop_background.clone(),
         ));
+        let phases = Arc::new(Phases::default());
+        let restorer = {
+            let (idle_live, answer_live) = (Arc::clone(&live), Arc::clone(&live));
+            tokio::spawn(crate::phase::restore(
+                Arc::clone(&phases),
+                registry.clone(),
+                move || idle_live.config().keepalive.idle,
+                move || answer_live.config().keepalive.interval / 2,
+                stop_background.clone(),
+            ))
+        };
         let stop_accepting = CancellationToken::new();
         let tracker = TaskTracker::new();
         let acceptor = Arc::new(Acceptor {
+            phases,
             registry: registry.clone(),
             live_connections: Arc::new(AtomicUsize::new(0)),
             producer,
@@ -470,6 +483,7 @@ impl Server {
         }
         let _ = upkeep.await;
         let _ = relief_log.await;
+        let _ = restorer.await;
         Ok(report)
     }
 }
@@ -546,6 +560,8 @@ struct Acceptor {
     /// The first accepted socket's options are read back once, to catch a platform that does
     /// not inherit or accept them.
     checked_first: AtomicBool,
+    /// Each accepted socket's keep-alive phase (its shortened first idle).
+    phases: Arc<Phases>,
 }
 
 async fn accept_loop(listener: TcpListener, acceptor: Arc<Acceptor>, stop: CancellationToken) {
@@ -677,7 +693,14 @@ impl Acceptor {
             self.refuse(stream, peer, local, ErrorCode::ServerFull, message);
             return;
         };
-        let options = SocketOptions::from_config(&shared.params);
+        let mut options = SocketOptions::from_config(&shared.params);
+        let first_idle = match shared.params.keepalive_spread {
+            true => self.phases.next_first_idle(options.keepalive.idle),
+            false => None,
+        };
+        if let Some(first) = first_idle {
+            options.keepalive.idle = first;
+        }
         if let Err(error) = sockopt::apply(SockRef::from(&stream), &options) {
             // Without its options the connection's liveness would not be bounded.
             tracing::error!(peer = %peer, option = error.option, error = %error.source, "cannot set socket option; closing");
@@ -700,6 +723,10 @@ impl Acceptor {
         };
         #[cfg(unix)]
         guard.set_socket(&stream);
+        if first_idle.is_some() {
+            guard.info().set_keepalive_first_idle(first_idle);
+            self.phases.given();
+        }
         let tls = match self.reloader.tls().accept() {
             None => None,
             Some(Ok(session)) => Some(session),

@@ -428,6 +428,9 @@ pub struct TcpInfo {
     pub notsent_bytes: u32,
     /// Bytes sent and not yet acknowledged: sent minus acknowledged.
     pub unacked_bytes: u64,
+    /// Milliseconds since the peer last acknowledged anything (`tcpi_last_ack_recv`): on an
+    /// idle connection, since it answered the last keep-alive probe.
+    pub last_ack_recv_ms: u32,
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -512,6 +515,7 @@ mod imp {
             backoff: info.tcpi_backoff,
             notsent_bytes: info.tcpi_notsent_bytes,
             unacked_bytes: info.tcpi_bytes_sent.saturating_sub(info.tcpi_bytes_acked),
+            last_ack_recv_ms: info.tcpi_last_ack_recv,
         })
     }
 }

@@ -21,6 +21,8 @@ sink = "file:/dev/null"
 log_format = "json"
 keepalive_interval = "10s"
 keepalive_count = 3
+# The keep-alive timers read here are the configured idle, not a phase (tests/keepalive_phase.rs).
+keepalive_spread = false
 # Pings go unanswered while the test looks elsewhere: no connection may close for it.
 heartbeat_misses = 1000
 "#;

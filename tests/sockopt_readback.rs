@@ -61,6 +61,8 @@ async fn accepted_socket_has_the_configured_keepalive_and_user_timeout() {
         count: 4,
     };
     config.user_timeout = UserTimeout::Fixed(Duration::from_secs(23));
+    // The configured idle exactly: no phase (that case is the next test).
+    config.keepalive_spread = false;
     let (effective, asked) = accepted_options(config).await;
     assert_eq!(effective.keepalive, Some(true));
     assert_eq!(effective.keepalive_idle, Some(Duration::from_secs(7)));
@@ -69,6 +71,48 @@ async fn accepted_socket_has_the_configured_keepalive_and_user_timeout() {
     assert_eq!(effective.user_timeout, Some(Duration::from_secs(23)));
     assert_eq!(effective.nodelay, Some(true));
     assert_eq!(effective.mismatches(&asked), vec![]);
+}
+
+/// With `keepalive_spread` (the default), the first accepted socket starts with the shortest
+/// first idle of the sequence (1 s), and gets the configured idle back once its first probe had
+/// the time to be answered; the other options are as configured throughout.
+#[tokio::test]
+async fn a_spread_socket_starts_with_a_shorter_idle_and_gets_the_configured_one_back() {
+    let mut config = test_config();
+    config.keepalive = Keepalive {
+        idle: Duration::from_secs(7),
+        interval: Duration::from_secs(1),
+        count: 4,
+    };
+    let server = TestServer::start(config).await;
+    let client = server.connect().await;
+    server.wait_live(1).await;
+    let client_addr = client.writer.local_addr().unwrap();
+    let read = || read_back_accepted(server.addr, client_addr).expect("accepted socket");
+    let first = read();
+    assert_eq!(
+        first.keepalive_idle,
+        Some(Duration::from_secs(1)),
+        "{first:?}"
+    );
+    assert_eq!(first.keepalive_interval, Some(Duration::from_secs(1)));
+    assert_eq!(first.keepalive_count, Some(4));
+    let deadline = tokio::time::Instant::now() + common::PROMPT;
+    loop {
+        let now = read();
+        if now.keepalive_idle == Some(Duration::from_secs(7)) {
+            assert_eq!(now.keepalive_count, Some(4));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle was not put back within {:?}: {now:?}",
+            common::PROMPT
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(client);
+    server.shutdown().await;
 }
 
 #[tokio::test]

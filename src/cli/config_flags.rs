@@ -49,6 +49,9 @@ pub struct ConfigFlags {
     /// TCP_USER_TIMEOUT: auto (idle + interval x count), a duration, or off [default: auto].
     #[arg(long, value_name = "auto|off|DURATION")]
     user_timeout: Option<String>,
+    /// Spread the first keep-alive probe of accepted connections over the idle period, so that connections accepted together do not probe together [default: true].
+    #[arg(long, value_name = "BOOL")]
+    keepalive_spread: Option<String>,
     /// TCP_NODELAY [default: true].
     #[arg(long, value_name = "BOOL")]
     nodelay: Option<String>,
@@ -229,6 +232,7 @@ impl ConfigFlags {
             ("keepalive_interval", &self.keepalive_interval),
             ("keepalive_count", &self.keepalive_count),
             ("user_timeout", &self.user_timeout),
+            ("keepalive_spread", &self.keepalive_spread),
             ("nodelay", &self.nodelay),
             ("heartbeat", &self.heartbeat),
             ("heartbeat_interval", &self.heartbeat_interval),

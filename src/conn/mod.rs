@@ -875,7 +875,11 @@ impl Connection {
     /// after a reload: Linux takes them on an established socket and re-arms its keep-alive
     /// timer. A failure leaves the options the socket had.
     fn reapply_socket_options(&self, live: &Config) {
-        let options = SocketOptions::from_config(live);
+        let mut options = SocketOptions::from_config(live);
+        // A phase not yet put back stays: the reload must not line the probes up again.
+        if let Some(first) = self.info.keepalive_first_idle() {
+            options.keepalive.idle = first.min(options.keepalive.idle);
+        }
         if let Err(error) = sockopt::apply(SockRef::from(&self.stream), &options) {
             tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, option = error.option, error = %error.source, "cannot apply the reloaded socket options; the previous ones stay");
         }

@@ -88,6 +88,10 @@ pub struct Tcp {
     pub backoff: u8,
     /// Bytes queued in the kernel, not yet sent.
     pub notsent_bytes: u32,
+    /// Milliseconds since the peer last acknowledged anything: on an idle connection, since it
+    /// answered the last keep-alive probe. (Absent from servers before it: read as 0.)
+    #[serde(default)]
+    pub since_ack_ms: u32,
 }
 
 /// One closed connection.
@@ -198,6 +202,7 @@ impl From<TcpInfo> for Tcp {
             probes: info.probes,
             backoff: info.backoff,
             notsent_bytes: info.notsent_bytes,
+            since_ack_ms: info.last_ack_recv_ms,
         }
     }
 }

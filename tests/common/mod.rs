@@ -439,6 +439,16 @@ impl Proc {
         let deadline = std::time::Instant::now() + bound;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Its last lines may still be on their way from the reading thread: take them
+                // all (until that thread meets the end of the pipe), so that what it wrote
+                // last is in `stderr_so_far` (a summary printed just before exit was missed).
+                let rest = std::time::Instant::now() + PROMPT;
+                while let Some(left) = rest.checked_duration_since(std::time::Instant::now()) {
+                    match self.stderr_lines.recv_timeout(left) {
+                        Ok(line) => self.seen.push(line),
+                        Err(_) => break,
+                    }
+                }
                 return status;
             }
             assert!(
