@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Keepalive;
 use crate::registry::Registry;
 
 /// Below this idle, no phase: the kernel counts `TCP_KEEPIDLE` in whole seconds.
@@ -77,17 +78,16 @@ fn first_idle(k: u64, idle: Duration) -> Option<Duration> {
     (first < secs).then(|| Duration::from_secs(first))
 }
 
-/// Puts the idle in force (`idle()`, read at each look: a reload may change it) back on every
-/// connection whose first probe has had the time to be answered: silent for its first idle
-/// and `answer_time()` more (half the probe interval). Until `stop`.
+/// Puts the idle in force (of `in_force()`, read at each look: a reload may change it) back on
+/// every connection whose first probe has had the time to be answered: silent for its first
+/// idle and half the probe interval more. Until `stop`.
 pub(crate) async fn restore(
     phases: Arc<Phases>,
     registry: Registry,
-    idle: impl Fn() -> Duration + Send + Sync + 'static,
-    answer_time: impl Fn() -> Duration + Send + Sync + 'static,
+    in_force: impl Fn() -> Keepalive + Send + Sync + 'static,
     stop: CancellationToken,
 ) {
-    let looks = Arc::new((idle, answer_time));
+    let in_force = Arc::new(in_force);
     loop {
         tokio::select! {
             _ = phases.pending.notified() => {}
@@ -98,10 +98,11 @@ pub(crate) async fn restore(
                 _ = tokio::time::sleep(RESTORE_EVERY) => {}
                 _ = stop.cancelled() => return,
             }
-            let (registry, looks) = (registry.clone(), Arc::clone(&looks));
+            let (registry, in_force) = (registry.clone(), Arc::clone(&in_force));
             // Every entry read, and a system call per restore: off the runtime's workers.
             let waiting = tokio::task::spawn_blocking(move || {
-                restore_due(&registry, (looks.0)(), (looks.1)())
+                let keepalive = in_force();
+                restore_due(&registry, keepalive.idle, keepalive.interval / 2)
             })
             .await
             .unwrap_or(0);

@@ -372,12 +372,11 @@ impl Server {
         ));
         let phases = Arc::new(Phases::default());
         let restorer = {
-            let (idle_live, answer_live) = (Arc::clone(&live), Arc::clone(&live));
+            let live = Arc::clone(&live);
             tokio::spawn(crate::phase::restore(
                 Arc::clone(&phases),
                 registry.clone(),
-                move || idle_live.config().keepalive.idle,
-                move || answer_live.config().keepalive.interval / 2,
+                move || live.config().keepalive,
                 stop_background.clone(),
             ))
         };
