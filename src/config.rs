@@ -19,9 +19,10 @@
 //! | `reuse_port` | `false` | `SO_REUSEPORT`, so several processes can share one port |
 //! | `backlog` | `1024` | accept queue length passed to `listen(2)` (the kernel caps it at `somaxconn`) |
 //! | `recv_buffer`, `send_buffer` | `auto` | `SO_RCVBUF` / `SO_SNDBUF` in bytes (`64KiB`); `auto` keeps kernel autotuning |
+//! | `keepalive_bound` | `off` | the dead-peer bound itself (whole seconds, 2 s or more): connwarden chooses idle = half the bound and the rest in up to 30 probes at least 1 s apart (`60s`: 30 s + 1 s × 30); then the three keys below may be left out, and if set must agree |
 //! | `keepalive_idle` | `30s` | `TCP_KEEPIDLE`: silence before the first probe, under common NAT timeouts |
-//! | `keepalive_interval` | `10s` | `TCP_KEEPINTVL`: time between probes |
-//! | `keepalive_count` | `3` | `TCP_KEEPCNT`: unanswered probes before the kernel gives up |
+//! | `keepalive_interval` | `1s` | `TCP_KEEPINTVL`: time between probes; a lost probe is not retransmitted, so many short retries (30 × 1 s) survive loss that a few long ones (3 × 10 s) do not, for the same bound |
+//! | `keepalive_count` | `30` | `TCP_KEEPCNT`: unanswered probes before the kernel gives up |
 //! | `user_timeout` | `auto` | `TCP_USER_TIMEOUT`: `auto` = idle + interval × count, a duration, or `off` |
 //! | `keepalive_spread` | `true` | each accepted connection's first keep-alive idle shortened by a phase spread evenly over the idle period, so that connections accepted together do not probe together; then the idle is put back (never later than `keepalive_idle`) |
 //! | `nodelay` | `true` | `TCP_NODELAY`: acks and pings leave at once |
@@ -99,6 +100,7 @@ pub const KEYS: &[&str] = &[
     "backlog",
     "recv_buffer",
     "send_buffer",
+    "keepalive_bound",
     "keepalive_idle",
     "keepalive_interval",
     "keepalive_count",
@@ -515,10 +517,39 @@ pub struct Keepalive {
     pub count: u32,
 }
 
+/// Most probes [`Keepalive::for_bound`] spends a bound on: enough that random loss cannot take
+/// them all (at 10 % loss each way, 0.19³⁰ ≈ 10⁻²²), few enough that a dead peer costs little.
+pub const SPLIT_PROBES: u64 = 30;
+
 impl Keepalive {
     /// Worst case from the last byte heard to the kernel dropping a silent dead peer.
     pub fn bound(&self) -> Duration {
         self.idle + self.interval * self.count
+    }
+
+    /// The split of a dead-peer `bound` that random loss does not break: idle half the bound
+    /// (one probe per idle period on a healthy link, whatever the count), the other half in up
+    /// to [`SPLIT_PROBES`] probes at least 1 s apart. A lost probe is not retransmitted, so a
+    /// healthy peer is closed only when every probe round trip fails: many short retries
+    /// survive loss that a few long ones do not, for the same bound. `60s` gives 30 s + 1 s × 30.
+    /// The bound must be whole seconds (the kernel counts them) and at least 2 s; the split's
+    /// bound is never above it.
+    pub fn for_bound(bound: Duration) -> Result<Keepalive, String> {
+        let secs = bound.as_secs();
+        if bound.subsec_nanos() != 0 || !(2..=2 * MAX_KEEPALIVE_SECS).contains(&secs) {
+            return Err(format!(
+                "must be whole seconds, 2s to {}s (the kernel counts keep-alive in seconds)",
+                2 * MAX_KEEPALIVE_SECS
+            ));
+        }
+        let idle = secs / 2;
+        let rest = secs - idle;
+        let interval = rest.div_ceil(SPLIT_PROBES);
+        Ok(Keepalive {
+            idle: Duration::from_secs(idle),
+            interval: Duration::from_secs(interval),
+            count: (rest / interval) as u32,
+        })
     }
 }
 
@@ -537,6 +568,9 @@ pub struct Config {
     pub send_buffer: Option<usize>,
     /// Kernel keep-alive probing.
     pub keepalive: Keepalive,
+    /// The dead-peer bound `keepalive` was chosen for ([`Keepalive::for_bound`]), if the
+    /// operator stated the bound rather than the split.
+    pub keepalive_bound: Option<Duration>,
     /// `TCP_USER_TIMEOUT`.
     pub user_timeout: UserTimeout,
     /// Spread the keep-alive phases of accepted connections (`crate::phase`).
@@ -624,9 +658,10 @@ impl Default for Config {
             send_buffer: None,
             keepalive: Keepalive {
                 idle: Duration::from_secs(30),
-                interval: Duration::from_secs(10),
-                count: 3,
+                interval: Duration::from_secs(1),
+                count: 30,
             },
+            keepalive_bound: None,
             user_timeout: UserTimeout::Auto,
             keepalive_spread: true,
             nodelay: true,
@@ -684,6 +719,22 @@ impl Config {
         let mut config = Config::default();
         for (key, (values, origin)) in &settings.entries {
             config.apply(key, values, origin)?;
+        }
+        // A stated bound chooses the split; keys of the split set beside it must agree with
+        // it (`validate`), so that nothing set is silently overridden.
+        if let Some(bound) = config.keepalive_bound {
+            if let Ok(split) = Keepalive::for_bound(bound) {
+                let set = |key: &str| settings.entries.contains_key(key);
+                if !set("keepalive_idle") {
+                    config.keepalive.idle = split.idle;
+                }
+                if !set("keepalive_interval") {
+                    config.keepalive.interval = split.interval;
+                }
+                if !set("keepalive_count") {
+                    config.keepalive.count = split.count;
+                }
+            }
         }
         config.validate()?;
         Ok(config)
@@ -794,6 +845,27 @@ impl Config {
             }
         }
         let ka = &self.keepalive;
+        if let Some(bound) = self.keepalive_bound {
+            let split = match Keepalive::for_bound(bound) {
+                Ok(split) => split,
+                Err(reason) => return fail("keepalive_bound", reason),
+            };
+            if split != *ka {
+                return fail(
+                    "keepalive_bound",
+                    format!(
+                        "{} chooses keepalive_idle {}, keepalive_interval {}, keepalive_count {}, but the keys set say {}, {}, {}: set the bound or the split, not both",
+                        humantime::format_duration(bound),
+                        humantime::format_duration(split.idle),
+                        humantime::format_duration(split.interval),
+                        split.count,
+                        humantime::format_duration(ka.idle),
+                        humantime::format_duration(ka.interval),
+                        ka.count
+                    ),
+                );
+            }
+        }
         if ka.idle < Duration::from_secs(1) || ka.idle.as_secs() > MAX_KEEPALIVE_SECS {
             return fail(
                 "keepalive_idle",
@@ -932,6 +1004,7 @@ impl Config {
             "backlog" => self.backlog = parse!(parse_number),
             "recv_buffer" => self.recv_buffer = parse!(parse_buffer),
             "send_buffer" => self.send_buffer = parse!(parse_buffer),
+            "keepalive_bound" => self.keepalive_bound = parse!(parse_optional_duration),
             "keepalive_idle" => self.keepalive.idle = parse!(parse_duration),
             "keepalive_interval" => self.keepalive.interval = parse!(parse_duration),
             "keepalive_count" => self.keepalive.count = parse!(parse_number),
@@ -1026,6 +1099,7 @@ impl Config {
             ("backlog", self.backlog.to_string()),
             ("recv_buffer", opt_buf(self.recv_buffer)),
             ("send_buffer", opt_buf(self.send_buffer)),
+            ("keepalive_bound", opt_dur(self.keepalive_bound)),
             ("keepalive_idle", dur(self.keepalive.idle)),
             ("keepalive_interval", dur(self.keepalive.interval)),
             ("keepalive_count", self.keepalive.count.to_string()),
@@ -1392,6 +1466,89 @@ mod tests {
             s.set_flag(k, *v).unwrap();
         }
         s
+    }
+
+    #[test]
+    fn a_stated_bound_is_spent_as_half_idle_and_many_short_probes() {
+        let split = |secs| Keepalive::for_bound(Duration::from_secs(secs)).unwrap();
+        let s = Duration::from_secs;
+        assert_eq!(
+            split(60),
+            Config::default().keepalive,
+            "the default is the 60 s split"
+        );
+        assert_eq!(
+            split(60),
+            Keepalive {
+                idle: s(30),
+                interval: s(1),
+                count: 30
+            }
+        );
+        assert_eq!(
+            split(2),
+            Keepalive {
+                idle: s(1),
+                interval: s(1),
+                count: 1
+            }
+        );
+        assert_eq!(
+            split(11),
+            Keepalive {
+                idle: s(5),
+                interval: s(1),
+                count: 6
+            }
+        );
+        assert_eq!(
+            split(600),
+            Keepalive {
+                idle: s(300),
+                interval: s(10),
+                count: 30
+            }
+        );
+        // Never above the bound, whatever the rounding.
+        for secs in 2..2000 {
+            let ka = split(secs);
+            assert!(ka.bound() <= s(secs), "{secs}: {ka:?}");
+            assert!(
+                ka.bound() + ka.interval > s(secs),
+                "{secs}: {ka:?} wastes the bound"
+            );
+            assert!(ka.count >= 1 && u64::from(ka.count) <= SPLIT_PROBES);
+        }
+        for bad in ["1s", "1500ms", "0s"] {
+            let err = Config::from_settings(&flags(&[("keepalive_bound", bad)])).unwrap_err();
+            assert_eq!(err.key(), Some("keepalive_bound"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn keepalive_bound_chooses_the_split_and_refuses_a_different_one_beside_it() {
+        let config = Config::from_settings(&flags(&[("keepalive_bound", "20s")])).unwrap();
+        assert_eq!(config.keepalive.bound(), Duration::from_secs(20));
+        assert_eq!(config.keepalive.interval, Duration::from_secs(1));
+        assert_eq!(
+            config.effective_user_timeout(),
+            Some(Duration::from_secs(20))
+        );
+        // What --print-config writes reads back as the same configuration.
+        let again = Config::from_settings(
+            &Settings::from_toml_str(&config.to_toml(), Path::new("x.toml")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(again, config);
+        let agreeing = flags(&[("keepalive_bound", "20s"), ("keepalive_idle", "10s")]);
+        assert_eq!(Config::from_settings(&agreeing).unwrap(), config);
+        let err = Config::from_settings(&flags(&[
+            ("keepalive_bound", "20s"),
+            ("keepalive_interval", "5s"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.key(), Some("keepalive_bound"));
+        assert!(err.to_string().contains("not both"), "{err}");
     }
 
     #[test]

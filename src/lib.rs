@@ -11,6 +11,7 @@
 //! | `conn` | one connection's task: reads, heartbeat, deadlines, writes, one close reason; the hello and authentication |
 //! | `buffer`, `pressure` | buffers held only while bytes are pending; the budget of partial objects (`max_buffered`) |
 //! | `phase` | keep-alive phases: connections accepted together do not probe together |
+//! | `storm` | probe storms noticed: keep-alive closes in a burst while the kernel drops received packets |
 //! | [`registry`] | live and recently closed connections; a guard that removes the entry and records the close |
 //! | [`metrics`] | Prometheus metrics: detection delay by close reason, items, queue, sink |
 //! | [`close_reason`] | the closed set of reasons a connection ends |
@@ -34,7 +35,7 @@
 //!
 //! 1. layer: `protocol`, `auth` (know no other module)
 //! 2. layer: `config` (checks values against what the protocol can hold)
-//! 3. layer: `sockopt`, `close_reason`, `queue`, `record`, `buffer`, `tls`
+//! 3. layer: `sockopt`, `close_reason`, `queue`, `record`, `buffer`, `tls`, `storm`
 //! 4. layer: `metrics` (takes plain values: a reason, a duration, a [`metrics::Scrape`])
 //! 5. layer: `registry`, `pressure`, `phase`, `sink`, `client`
 //! 6. layer: `conn` (the loop and its close reasons)
@@ -72,6 +73,7 @@ pub mod reload;
 pub mod server;
 pub mod sink;
 pub mod sockopt;
+mod storm;
 pub mod tls;
 pub mod view;
 

@@ -67,12 +67,26 @@ impl Phases {
     }
 }
 
+/// How much sooner than `interval` of silence connection `id` sends its first heartbeat ping:
+/// from none to 90 % of the interval, spread evenly over connection numbers (the same sequence
+/// as the keep-alive phases), so that connections accepted together do not ping together.
+/// Only the first ping moves; the close (`heartbeat_misses` silent intervals) does not.
+pub fn first_ping_early(id: u64, interval: Duration) -> Duration {
+    let fraction = golden_fraction(id) as f64 / 2f64.powi(64);
+    interval.mul_f64(0.9 * fraction)
+}
+
+/// `frac(k·φ)` in 64-bit fixed point: a low-discrepancy sequence, any run of it spread evenly.
+fn golden_fraction(k: u64) -> u64 {
+    // 2⁶⁴/φ: multiplying by it and keeping the low 64 bits is frac(k·φ) in fixed point.
+    const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+    k.wrapping_mul(GOLDEN)
+}
+
 /// The `k`-th connection's first idle, for `idle`: `1 + ⌊frac(k·φ)·idle⌋` seconds, at most
 /// `idle`. `None` when that is `idle` itself.
 fn first_idle(k: u64, idle: Duration) -> Option<Duration> {
-    // 2⁶⁴/φ: multiplying by it and keeping the low 64 bits is frac(k·φ) in fixed point.
-    const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-    let fraction = k.wrapping_mul(GOLDEN);
+    let fraction = golden_fraction(k);
     let secs = idle.as_secs();
     let first = 1 + ((u128::from(fraction) * u128::from(secs)) >> 64) as u64;
     (first < secs).then(|| Duration::from_secs(first))
@@ -137,9 +151,100 @@ fn restore_due(registry: &Registry, idle: Duration, answer_time: Duration) -> us
     waiting
 }
 
+/// The kernel tick rates in common use: what [`wheel_bucket`] assumes when it cannot know.
+const COMMON_HZ: [u64; 4] = [100, 250, 300, 1000];
+
+/// The widest timer-wheel bucket a timer `delay` ahead falls in, over the common tick rates.
+/// Every timer of a bucket fires in one softirq run: Linux's wheel has levels of 64 buckets,
+/// each level 8 times coarser than the one below, and a timer is put in the first level whose
+/// range holds its delay, rounded up to that level's bucket (`kernel/time/timer.c`). A 30 s
+/// timer sits in 2.048 s buckets at HZ 250.
+pub fn wheel_bucket(delay: Duration) -> Duration {
+    COMMON_HZ
+        .iter()
+        .map(|&hz| {
+            let ticks = (delay.as_secs_f64() * hz as f64).ceil() as u64;
+            // Level n starts at 63 · 8ⁿ⁻¹ ticks and has buckets of 8ⁿ ticks.
+            let mut level = 0;
+            while level < 8 && ticks >= 63 << (3 * level) {
+                level += 1;
+            }
+            Duration::from_secs_f64((1u64 << (3 * level)) as f64 / hz as f64)
+        })
+        .max()
+        .unwrap_or(Duration::ZERO)
+}
+
+/// Healthy idle connections whose keep-alive probes one CPU's receive backlog
+/// (`net.core.netdev_max_backlog` packets, on loopback and veth) takes without a drop: with
+/// `spread`, a bucket of the wheel holds `bucket / idle` of the connections; without, the
+/// connections accepted within one bucket all probe in it, so at most the backlog itself.
+pub fn backlog_carries(netdev_max_backlog: u64, idle: Duration, spread: bool) -> u64 {
+    if !spread || idle < MIN_SPREAD_IDLE {
+        return netdev_max_backlog;
+    }
+    let per_bucket = wheel_bucket(idle).as_secs_f64() / idle.as_secs_f64();
+    (netdev_max_backlog as f64 / per_bucket.min(1.0)) as u64
+}
+
+/// The `net.core.netdev_max_backlog` that carries `connections` ([`backlog_carries`]).
+pub fn backlog_needed(connections: u64, idle: Duration, spread: bool) -> u64 {
+    if !spread || idle < MIN_SPREAD_IDLE {
+        return connections;
+    }
+    let per_bucket = wheel_bucket(idle).as_secs_f64() / idle.as_secs_f64();
+    (connections as f64 * per_bucket.min(1.0)).ceil() as u64
+}
+
+/// The warning `serve` logs at start and `doctor` shows when `max_connections` is more than
+/// the backlog carries ([`backlog_carries`]); `None` when it is not.
+pub fn backlog_warning(
+    netdev_max_backlog: u64,
+    max_connections: u64,
+    idle: Duration,
+    spread: bool,
+) -> Option<String> {
+    let carries = backlog_carries(netdev_max_backlog, idle, spread);
+    (max_connections > carries).then(|| {
+        let why = if spread && idle >= MIN_SPREAD_IDLE {
+            format!(
+                "keepalive_idle {}s spread: the kernel fires the timers of one {} ms wheel bucket at once",
+                idle.as_secs(),
+                wheel_bucket(idle).as_millis()
+            )
+        } else {
+            "keepalive_spread off: connections accepted together probe together".to_owned()
+        };
+        format!(
+            "max_connections {max_connections} is above the {carries} idle connections whose keep-alive probes net.core.netdev_max_backlog = {netdev_max_backlog} carries ({why}): with peers on loopback or veth (containers, sidecars), probes beyond it are dropped and retried keepalive_interval later, and a split with few probes closes healthy peers (docs/OPERATIONS.md); net.core.netdev_max_backlog = {} carries {max_connections}",
+            backlog_needed(max_connections, idle, spread),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timers_fall_in_the_buckets_of_the_kernel_wheel() {
+        // HZ 250: 30 s is 7,500 ticks, level 3 (4,032 to 32,255 ticks), 512-tick buckets.
+        assert_eq!(
+            wheel_bucket(Duration::from_secs(30)),
+            Duration::from_millis(2048)
+        );
+        // 1 s: at HZ 100, 100 ticks, level 1 (63 to 503), 8-tick buckets = 80 ms; at HZ 250,
+        // 250 ticks, level 1, 32 ms; the widest is 80 ms.
+        assert_eq!(
+            wheel_bucket(Duration::from_secs(1)),
+            Duration::from_millis(80)
+        );
+        let idle = Duration::from_secs(30);
+        assert_eq!(backlog_carries(1000, idle, true), 14_648);
+        assert_eq!(backlog_carries(1000, idle, false), 1000);
+        assert_eq!(backlog_needed(15_000, idle, true), 1024);
+        assert!(backlog_carries(backlog_needed(15_000, idle, true), idle, true) >= 15_000);
+    }
 
     /// Any burst is spread evenly: the first n connections' first idles fill every second of
     /// the idle period about equally, and none is later than the idle.

@@ -139,6 +139,8 @@ struct Shared {
     /// Where closes are observed as metrics, once a server attached them.
     metrics: OnceLock<Arc<Metrics>>,
     events: broadcast::Sender<ClosedConn>,
+    /// Keep-alive closes in bursts, set beside the kernel's receive drops.
+    storms: crate::storm::StormWatch,
 }
 
 /// What [`Registry::close_largest_buffers`] did.
@@ -475,6 +477,7 @@ impl Registry {
                 history_limit: AtomicUsize::new(crate::config::DEFAULT_CLOSED_HISTORY),
                 metrics: OnceLock::new(),
                 events: broadcast::channel(CLOSE_EVENTS).0,
+                storms: crate::storm::StormWatch::default(),
             }),
         }
     }
@@ -493,6 +496,12 @@ impl Registry {
             .conns
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The probe-storm watch: the server samples the kernel's drops into it and sets the
+    /// keep-alive bound in force; closes are reported to it here.
+    pub(crate) fn storm_watch(&self) -> &crate::storm::StormWatch {
+        &self.shared.storms
     }
 
     /// Keeps the `limit` most recent closes for [`Registry::closed`] (0 keeps none).
@@ -717,6 +726,22 @@ impl Registry {
         (probes, probing)
     }
 
+    /// Logs a probe storm, if this keep-alive close made one (at most one line a minute).
+    fn notice_storm(&self) {
+        let Some(storm) = self.shared.storms.keepalive_closed(Instant::now()) else {
+            return;
+        };
+        if storm.warn {
+            tracing::warn!(
+                keepalive_closes = storm.closes,
+                window_s = crate::storm::WINDOW.as_secs(),
+                softnet_dropped = storm.dropped,
+                over_s = storm.over.as_secs(),
+                "probe storm: keep-alive closes in a burst while the kernel dropped received packets (/proc/net/softnet_stat); healthy peers are being closed because their keep-alive probes or answers were dropped, not because they died; raise net.core.netdev_max_backlog or spend the bound on more probes (keepalive_bound, docs/OPERATIONS.md); counted in connwarden_keepalive_storms_total"
+            );
+        }
+    }
+
     /// What a scrape of `/metrics` reads now ([`Metrics::render`]), with `queue`'s figures.
     /// Reads `TCP_INFO` of every connection quiet past `keepalive_idle`: call it off the
     /// runtime's worker threads.
@@ -729,6 +754,7 @@ impl Registry {
             refused_total: CloseReason::ALL.map(|reason| self.refused_total(reason)),
             keepalive_probes,
             connections_probing,
+            keepalive_storms: self.shared.storms.storms(),
             buffered: self.buffered_total(),
             queue,
         }
@@ -843,6 +869,9 @@ impl Registry {
                 metrics.observe_close(closed.reason, closed.detection_delay, closed.duration);
             }
             self.remember(&closed);
+            if closed.reason == CloseReason::KeepaliveTimeout {
+                self.notice_storm();
+            }
         }
         tracing::info!(
             conn_id = closed.id,

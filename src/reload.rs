@@ -34,6 +34,7 @@ use crate::tls::ServerTls;
 
 /// Keys a reload changes for every open connection and for the server at once.
 pub const FOR_EVERY_CONNECTION: &[&str] = &[
+    "keepalive_bound",
     "keepalive_idle",
     "keepalive_interval",
     "keepalive_count",
@@ -70,6 +71,7 @@ pub const FOR_NEW_CONNECTIONS: &[&str] = &[
 fn with_live_keys(old: &Config, new: &Config) -> Config {
     Config {
         keepalive: new.keepalive,
+        keepalive_bound: new.keepalive_bound,
         user_timeout: new.user_timeout,
         nodelay: new.nodelay,
         idle_timeout: new.idle_timeout,
@@ -276,6 +278,10 @@ impl Reloader {
         let inner = &self.inner;
         inner.metrics.reconfigure(&next);
         inner.registry.set_closed_history(next.closed_history);
+        inner
+            .registry
+            .storm_watch()
+            .set_bound(next.keepalive.bound());
         let options_changes = inner.live.replace(next.clone());
         inner.current.store(Arc::new(ConnShared {
             params: next,
@@ -328,6 +334,7 @@ mod tests {
         ("backlog", "99"),
         ("recv_buffer", "64KiB"),
         ("send_buffer", "64KiB"),
+        ("keepalive_bound", "20s"),
         ("keepalive_idle", "20s"),
         ("keepalive_interval", "5s"),
         ("keepalive_count", "4"),

@@ -158,6 +158,9 @@ impl ServerBuilder {
         let metrics = Arc::new(Metrics::new(&self.config));
         registry.attach_metrics(Arc::clone(&metrics));
         registry.set_closed_history(self.config.closed_history);
+        registry
+            .storm_watch()
+            .set_bound(self.config.keepalive.bound());
         let tls = ServerTls::new(&self.config)?;
         let reloader = Reloader::new(
             self.config.clone(),
@@ -364,7 +367,11 @@ impl Server {
         let fsync = config.fsync;
         let sink_task =
             tokio::spawn(async move { sink::drain(consumer, sink, fsync, &drain_metrics).await });
-        let upkeep = tokio::spawn(upkeep(Arc::clone(&metrics), stop_background.clone()));
+        let upkeep = tokio::spawn(upkeep(
+            Arc::clone(&metrics),
+            registry.clone(),
+            stop_background.clone(),
+        ));
         let live = Arc::clone(reloader.live());
         let relief_log = tokio::spawn(crate::pressure::log_reliefs(
             Arc::clone(&live),
@@ -505,20 +512,31 @@ async fn start_admin(
     }))
 }
 
-/// Folds histogram samples into buckets every [`METRICS_UPKEEP`], until `stop`.
-async fn upkeep(metrics: Arc<Metrics>, stop: CancellationToken) {
+/// Folds histogram samples into buckets every [`METRICS_UPKEEP`], and samples the kernel's
+/// receive drops for the probe-storm watch every [`crate::storm::SAMPLE_EVERY`], until `stop`.
+async fn upkeep(metrics: Arc<Metrics>, registry: Registry, stop: CancellationToken) {
     let mut every = tokio::time::interval(METRICS_UPKEEP);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sampled = tokio::time::Instant::now();
+    registry.storm_watch().sample();
     loop {
         tokio::select! {
-            _ = every.tick() => metrics.run_upkeep(),
+            _ = every.tick() => {
+                metrics.run_upkeep();
+                // A read of procfs, which never waits on a device.
+                if sampled.elapsed() >= crate::storm::SAMPLE_EVERY {
+                    sampled = tokio::time::Instant::now();
+                    registry.storm_watch().sample();
+                }
+            }
             _ = stop.cancelled() => return,
         }
     }
 }
 
 /// Logs the listening addresses, the socket options in force and any the kernel changed, the
-/// options this platform lacks, and whether `max_connections` fits the open-file limit.
+/// options this platform lacks, and whether `max_connections` fits the open-file limit and
+/// the receive backlog.
 fn report_start(config: &Config, options: &SocketOptions, listeners: &[TcpListener]) {
     for listener in listeners {
         let addr = listener
@@ -543,6 +561,16 @@ fn report_start(config: &Config, options: &SocketOptions, listeners: &[TcpListen
         tracing::warn!(missing = ?missing, "this platform lacks some socket options; their bounds do not apply");
     }
     sockopt::check_open_files(config.max_connections, true);
+    if let Some(backlog) = sockopt::netdev_max_backlog() {
+        if let Some(message) = crate::phase::backlog_warning(
+            backlog,
+            config.max_connections as u64,
+            config.keepalive.idle,
+            config.keepalive_spread,
+        ) {
+            tracing::warn!(netdev_max_backlog = backlog, "{message}");
+        }
+    }
 }
 
 /// What the accept loops share.

@@ -556,6 +556,16 @@ pub fn raise_nofile_limit() -> io::Result<Option<FileLimit>> {
     }
 }
 
+/// `net.core.netdev_max_backlog`: packets one CPU queues on receive from loopback and veth;
+/// `None` where it cannot be read (not Linux, no `/proc`).
+pub(crate) fn netdev_max_backlog() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/net/core/netdev_max_backlog")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Raises the open-file soft limit to the hard limit and warns when `max_connections` does not
 /// fit under it (at start, and at a reload that changed it); at start, says the limit.
 pub(crate) fn check_open_files(max_connections: usize, at_start: bool) {

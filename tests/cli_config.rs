@@ -35,8 +35,8 @@ fn print_config_shows_defaults() {
         Some("0.0.0.0:7000")
     );
     assert_eq!(config["keepalive_idle"].as_str(), Some("30s"));
-    assert_eq!(config["keepalive_interval"].as_str(), Some("10s"));
-    assert_eq!(config["keepalive_count"].as_integer(), Some(3));
+    assert_eq!(config["keepalive_interval"].as_str(), Some("1s"));
+    assert_eq!(config["keepalive_count"].as_integer(), Some(30));
     assert_eq!(config["queue"].as_integer(), Some(65536));
     assert_eq!(config["max_frame"].as_integer(), Some(65536));
 }

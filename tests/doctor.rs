@@ -134,13 +134,30 @@ fn settings_that_defeat_their_purpose_are_named() {
         .trim()
         .parse()
         .expect("a number");
-    let at = netdev_backlog.to_string();
-    let above = (netdev_backlog + 1).to_string();
+    // Spread over 30 s, the probes of one 2.048 s wheel bucket (HZ 250, the widest) are
+    // 2.048/30 of the connections; unspread, every connection accepted together.
     let code = "netdev_backlog_below_max_connections";
-    let at_backlog = codes(&["--max-connections", &at]);
-    assert!(!at_backlog.iter().any(|c| c == code), "{at_backlog:?}");
-    let above_backlog = codes(&["--max-connections", &above]);
-    assert!(above_backlog.iter().any(|c| c == code), "{above_backlog:?}");
+    for (spread, carries) in [
+        ("true", (netdev_backlog as f64 * 30.0 / 2.048) as u64),
+        ("false", netdev_backlog),
+    ] {
+        let (at, above) = (carries.to_string(), (carries + 1).to_string());
+        let at_backlog = codes(&["--max-connections", &at, "--keepalive-spread", spread]);
+        assert!(!at_backlog.iter().any(|c| c == code), "{at_backlog:?}");
+        let above_backlog = codes(&["--max-connections", &above, "--keepalive-spread", spread]);
+        assert!(above_backlog.iter().any(|c| c == code), "{above_backlog:?}");
+    }
+    // A split with few probes is fragile on lossy paths; the default, many short ones, is not.
+    let fragile = "keepalive_split_fragile";
+    assert!(!defaults.iter().any(|c| c == fragile), "{defaults:?}");
+    let few = codes(&["--keepalive-interval", "10s", "--keepalive-count", "3"]);
+    assert!(few.iter().any(|c| c == fragile), "{few:?}");
+    let odds = doctor_json(&["--keepalive-interval", "10s", "--keepalive-count", "3"]);
+    assert_eq!(odds["false_closes"]["probes_before_close"], 3);
+    let at_one = odds["false_closes"]["odds"][1]["per_1000_connection_days"]
+        .as_f64()
+        .unwrap();
+    assert!((20.0..25.0).contains(&at_one), "{odds:?}");
     let short = codes(&[
         "--keepalive-idle",
         "20s",

@@ -133,8 +133,8 @@ fn a_changed_value_is_reported_with_asked_and_effective() {
     let effective = Effective {
         keepalive: Some(true),
         keepalive_idle: Some(Duration::from_secs(7200)),
-        keepalive_interval: Some(Duration::from_secs(10)),
-        keepalive_count: Some(3),
+        keepalive_interval: Some(Duration::from_secs(1)),
+        keepalive_count: Some(30),
         user_timeout: Some(Duration::from_secs(60)),
         nodelay: Some(true),
         ..Effective::default()

@@ -37,13 +37,16 @@ pub struct ConfigFlags {
     /// SO_SNDBUF in bytes, or auto [default: auto].
     #[arg(long, value_name = "SIZE")]
     send_buffer: Option<String>,
+    /// The dead-peer bound (whole seconds): chooses idle (half) and interval x count (the rest, up to 30 probes at least 1 s apart) [default: off].
+    #[arg(long, value_name = "DURATION|off")]
+    keepalive_bound: Option<String>,
     /// TCP_KEEPIDLE: silence before the first keep-alive probe [default: 30s].
     #[arg(long, value_name = "DURATION")]
     keepalive_idle: Option<String>,
-    /// TCP_KEEPINTVL: time between probes [default: 10s].
+    /// TCP_KEEPINTVL: time between probes [default: 1s].
     #[arg(long, value_name = "DURATION")]
     keepalive_interval: Option<String>,
-    /// TCP_KEEPCNT: unanswered probes before the peer is dead [default: 3].
+    /// TCP_KEEPCNT: unanswered probes before the peer is dead [default: 30].
     #[arg(long, value_name = "N")]
     keepalive_count: Option<String>,
     /// TCP_USER_TIMEOUT: auto (idle + interval x count), a duration, or off [default: auto].
@@ -228,6 +231,7 @@ impl ConfigFlags {
             ("backlog", &self.backlog),
             ("recv_buffer", &self.recv_buffer),
             ("send_buffer", &self.send_buffer),
+            ("keepalive_bound", &self.keepalive_bound),
             ("keepalive_idle", &self.keepalive_idle),
             ("keepalive_interval", &self.keepalive_interval),
             ("keepalive_count", &self.keepalive_count),

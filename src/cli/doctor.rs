@@ -281,6 +281,26 @@ fn print_inspection(inspection: &Inspection) {
         .collect();
     table(&["failure", "bound", "close reason", "mechanism"], &rows);
 
+    let odds = &inspection.false_closes;
+    println!(
+        "\nhealthy idle peers closed on lossy paths ({} probes lost in a row close one; docs/DOCTOR.md)",
+        odds.probes_before_close
+    );
+    let rows: Vec<Vec<String>> = odds
+        .odds
+        .iter()
+        .map(|o| {
+            vec![
+                format!("{} %", o.loss_percent),
+                format!("{:.3e}", o.per_1000_connection_days),
+            ]
+        })
+        .collect();
+    table(
+        &["random loss each way", "per 1,000 connection-days"],
+        &rows,
+    );
+
     if !inspection.nats.is_empty() {
         println!("\nNATS servers (JetStream sync)");
         let rows: Vec<Vec<String>> = inspection

@@ -58,10 +58,10 @@ pub struct SendArgs {
     /// TCP_KEEPIDLE of the client's socket [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     keepalive_idle: Option<Duration>,
-    /// TCP_KEEPINTVL [default: 10s].
+    /// TCP_KEEPINTVL [default: 1s].
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     keepalive_interval: Option<Duration>,
-    /// TCP_KEEPCNT [default: 3].
+    /// TCP_KEEPCNT [default: 30].
     #[arg(long, value_name = "N")]
     keepalive_count: Option<u32>,
     /// TCP_USER_TIMEOUT: auto (idle + interval x count), a duration, or off [default: auto].

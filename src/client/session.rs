@@ -156,6 +156,7 @@ async fn run_on(
         server_max_frame: usize::MAX,
         last_inbound: Instant::now(),
         silent_intervals: 0,
+        ping_early: spread_within(config.heartbeat_interval.mul_f64(0.9)),
         draining: false,
         closing_code: None,
     };
@@ -191,6 +192,9 @@ struct Session<'c> {
     last_inbound: Instant,
     /// Heartbeat intervals gone by without an inbound byte.
     silent_intervals: u32,
+    /// How much sooner than `heartbeat_interval` the first ping leaves (zero once one has):
+    /// a fleet that reconnects together does not ping the server together.
+    ping_early: Duration,
     /// The server asked for a new connection (`max_age`): send nothing new, wait for the acks
     /// of what is in flight, then reconnect.
     draining: bool,
@@ -206,6 +210,7 @@ impl Session<'_> {
         delivery: &mut Delivery,
     ) -> EndReason {
         let connected_at = Instant::now();
+        let mut restore_keepalive_at = self.shorten_first_keepalive(reader, connected_at);
         loop {
             if self.greeted && !self.draining {
                 self.fill(delivery);
@@ -216,8 +221,9 @@ impl Session<'_> {
             if self.draining && delivery.window.in_flight() == 0 && self.out.is_empty() {
                 return EndReason::Refused(ErrorCode::MaxAge);
             }
-            let heartbeat_at =
-                self.last_inbound + self.config.heartbeat_interval * (self.silent_intervals + 1);
+            let heartbeat_at = self.last_inbound
+                + self.config.heartbeat_interval * (self.silent_intervals + 1)
+                - self.ping_early;
             let greet_by = connected_at + self.config.connect_timeout;
             let take_input = delivery.input_open && delivery.window.wants_more() && !self.draining;
             tokio::select! {
@@ -263,6 +269,11 @@ impl Session<'_> {
                         return EndReason::Lost(CloseReason::HeartbeatTimeout);
                     }
                     self.out.put_slice(b"{\"type\":\"ping\"}\n");
+                    self.ping_early = Duration::ZERO;
+                }
+                () = sleep_until_some(restore_keepalive_at), if restore_keepalive_at.is_some() => {
+                    restore_keepalive_at = None;
+                    self.restore_keepalive(reader);
                 }
                 () = tokio::time::sleep_until(greet_by), if !self.greeted => {
                     return EndReason::Protocol(format!(
@@ -271,6 +282,36 @@ impl Session<'_> {
                     ));
                 }
             }
+        }
+    }
+
+    /// Gives the socket a first keep-alive idle shortened by a random phase (1 s to the idle),
+    /// so that clients connected together do not probe the server together; says when to put
+    /// the idle back. The kernel re-arms the timer from the last segment received, the answer
+    /// to the first probe on an idle connection, so the phase stays. Probes come earlier, never
+    /// later: the bound holds. Costs one `setsockopt` pair now and one at the restore.
+    fn shorten_first_keepalive(&self, reader: &impl Reader, now: Instant) -> Option<Instant> {
+        let keepalive = self.config.keepalive;
+        let idle = keepalive.idle.as_secs();
+        if idle < 2 || cfg!(not(unix)) {
+            return None;
+        }
+        let first = Duration::from_secs(fastrand::u64(1..idle));
+        let socket = reader.socket()?;
+        socket
+            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(first))
+            .ok()?;
+        Some(now + first + keepalive.interval / 2)
+    }
+
+    fn restore_keepalive(&self, reader: &impl Reader) {
+        let Some(socket) = reader.socket() else {
+            return;
+        };
+        let idle = socket2::TcpKeepalive::new().with_time(self.config.keepalive.idle);
+        if let Err(error) = socket.set_tcp_keepalive(&idle) {
+            // The shorter idle stays: more probes, the same bound.
+            tracing::debug!(error = %error, "cannot put the keep-alive idle back");
         }
     }
 
@@ -439,4 +480,17 @@ fn take(delivery: &mut Delivery, object: Bytes) {
 /// The sequence number in an echoed `id`.
 fn sequence(id: &[u8]) -> Option<u64> {
     std::str::from_utf8(id).ok()?.parse().ok()
+}
+
+/// A random duration from zero to `most`.
+fn spread_within(most: Duration) -> Duration {
+    most.mul_f64(fastrand::f64())
+}
+
+/// Sleeps until `at`; never, for `None` (the branch is disabled then anyway).
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

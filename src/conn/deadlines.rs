@@ -25,6 +25,16 @@ impl Connection {
         }
     }
 
+    /// How much sooner than `interval` of silence the first ping leaves: connections accepted
+    /// together do not ping together. Zero once a ping was sent (the phase stays: the next
+    /// silence starts at the answer).
+    fn ping_early(&self, interval: std::time::Duration) -> std::time::Duration {
+        if self.flags.contains(Flags::PINGED) {
+            return std::time::Duration::ZERO;
+        }
+        crate::phase::first_ping_early(self.info.id, interval)
+    }
+
     /// Ends the connection when a deadline passed, and sends the pings and the `max_age`
     /// notice that are due. The heartbeat follows the configuration the connection was
     /// accepted under (its `hello` announced it); the other deadlines follow `live`.
@@ -46,7 +56,8 @@ impl Connection {
             if silence >= interval * self.shared.params.heartbeat_misses {
                 return Err(CloseReason::HeartbeatTimeout.into());
             }
-            if silence >= interval * (u32::from(self.pings_sent) + 1) {
+            if silence + self.ping_early(interval) >= interval * (u32::from(self.pings_sent) + 1) {
+                self.flags.insert(Flags::PINGED);
                 self.pings_sent += 1;
                 self.info.heartbeat(true, self.pings_sent.into());
                 self.send(&Outbound::Ping);
@@ -105,7 +116,9 @@ impl Connection {
         if self.flags.contains(Flags::HEARTBEAT) {
             let interval = params.heartbeat_interval;
             let last_in = self.at(self.last_in);
-            earliest(last_in + interval * (u32::from(self.pings_sent) + 1));
+            earliest(
+                last_in + interval * (u32::from(self.pings_sent) + 1) - self.ping_early(interval),
+            );
             earliest(last_in + interval * params.heartbeat_misses);
         }
         if let Some(idle) = live.idle_timeout {

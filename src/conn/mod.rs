@@ -218,6 +218,9 @@ bitflags::bitflags! {
         const MAX_AGE_NOTICED = 1 << 3;
         /// The client authenticated (client certificate or token).
         const AUTHENTICATED = 1 << 4;
+        /// The first heartbeat ping was sent: the pings follow the silence from then on, with
+        /// no phase ([`crate::phase::first_ping_early`]).
+        const PINGED = 1 << 5;
     }
 }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 use socket2::{Domain, SockRef, Socket, Type};
 
 use super::kernel::KernelDefaults;
-use crate::config::{Config, HeartbeatMode};
+use super::odds::{FalseCloses, FRAGILE_PER_1000_DAYS};
+use crate::config::{Config, HeartbeatMode, Keepalive};
 use crate::sockopt::{self, Effective, ListenerOptions, SocketOptions};
 
 /// Idle timeouts of common NATs and load balancers: an idle connection through one of them is
@@ -82,7 +83,7 @@ pub struct Warning {
 }
 
 /// Everything `connwarden doctor` reports without measuring.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Inspection {
     /// Version of this JSON layout; changes only when a field changes meaning or goes away.
     pub schema: u32,
@@ -96,6 +97,8 @@ pub struct Inspection {
     pub kernel: KernelDefaults,
     /// Worst-case detection time of each failure mode.
     pub bounds: Vec<Bound>,
+    /// The other side of the keep-alive judgment: healthy idle peers closed on lossy paths.
+    pub false_closes: FalseCloses,
     /// Who may connect and what the data port speaks.
     pub security: Security,
     /// Settings that defeat their purpose.
@@ -224,6 +227,7 @@ pub fn inspect(config: &Config) -> Result<Inspection, InspectError> {
         missing_options: sockopt::SUPPORT.missing(),
         options: option_rows(&options, &server, &client, &kernel),
         bounds: bounds(config, &kernel),
+        false_closes: FalseCloses::of(config),
         warnings: warnings(config, &kernel, &options, &[&server, &client])
             .into_iter()
             .chain(security.warnings())
@@ -527,6 +531,25 @@ pub fn warnings(
         ),
         Some(_) => {}
     }
+    let odds = FalseCloses::of(config);
+    if odds.at_one_percent() > FRAGILE_PER_1000_DAYS {
+        warn(
+            "keepalive_split_fragile",
+            format!(
+                "the keep-alive split {} + {} x {} (bound {}) closes healthy peers on lossy paths: a lost probe is not retransmitted, and {} lost in a row close the connection; at 1 % random loss each way that is {:.3} false closes per 1,000 connection-days; spend the same bound as keepalive_bound = \"{}s\" ({}) instead",
+                show(config.keepalive.idle),
+                show(config.keepalive.interval),
+                config.keepalive.count,
+                show(config.keepalive.bound()),
+                odds.probes_before_close,
+                odds.at_one_percent(),
+                config.keepalive.bound().as_secs(),
+                Keepalive::for_bound(Duration::from_secs(config.keepalive.bound().as_secs()))
+                    .map(|k| format!("{} + {} x {}", show(k.idle), show(k.interval), k.count))
+                    .unwrap_or_else(|_| "a longer bound".into())
+            ),
+        );
+    }
     if config.heartbeat == HeartbeatMode::Off && config.idle_timeout.is_none() {
         warn(
             "frozen_peer_undetected",
@@ -570,14 +593,13 @@ pub fn warnings(
         }
     }
     if let Some(backlog) = kernel.netdev_max_backlog {
-        if config.max_connections as u64 > backlog {
-            warn(
-                "netdev_backlog_below_max_connections",
-                format!(
-                    "net.core.netdev_max_backlog = {backlog} is below max_connections {}: with peers on loopback or behind veth (containers), the keep-alive probes of connections accepted together leave in one burst, the excess is dropped, and healthy peers can be closed as keepalive_timeout (docs/OPERATIONS.md); raise it to at least the connections you expect",
-                    config.max_connections
-                ),
-            );
+        if let Some(message) = crate::phase::backlog_warning(
+            backlog,
+            config.max_connections as u64,
+            config.keepalive.idle,
+            config.keepalive_spread,
+        ) {
+            warn("netdev_backlog_below_max_connections", message);
         }
     }
     for (option, asked_size, max) in [

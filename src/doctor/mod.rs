@@ -12,6 +12,7 @@ mod kernel;
 #[cfg(target_os = "linux")]
 pub mod measure;
 mod nats;
+pub mod odds;
 
 pub use inspect::{
     bounds, inspect, warnings, Bound, InspectError, Inspection, OptionRow, Security, Warning,
@@ -19,3 +20,4 @@ pub use inspect::{
 };
 pub use kernel::{retransmission_bound, KernelDefaults};
 pub use nats::NatsDurability;
+pub use odds::FalseCloses;

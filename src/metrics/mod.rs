@@ -77,6 +77,9 @@ pub struct Scrape {
     pub keepalive_probes: u64,
     /// Connections with at least one keep-alive probe unanswered.
     pub connections_probing: u64,
+    /// Probe storms since start: keep-alive closes in a burst while the kernel dropped
+    /// received packets.
+    pub keepalive_storms: u64,
     /// Bytes of partial objects held now.
     pub buffered: u64,
     /// The queue's depth, capacity and drops.
@@ -137,6 +140,7 @@ struct ScrapeTime {
     queue_dropped: Counter,
     keepalive_probes: Gauge,
     connections_probing: Gauge,
+    keepalive_storms: Counter,
     sink_healthy: Gauge,
     buffered: Gauge,
 }
@@ -259,6 +263,7 @@ impl Metrics {
                 ),
                 keepalive_probes: r.gauge("keepalive_probes", &[]),
                 connections_probing: r.gauge("connections_probing", &[]),
+                keepalive_storms: r.counter("keepalive_storms_total", &[]),
                 sink_healthy: r.gauge("sink_healthy", &[]),
                 buffered: r.gauge("buffered_bytes", &[]),
             },
@@ -463,6 +468,7 @@ impl Metrics {
         s.queue_dropped.absolute(now.queue.dropped);
         s.keepalive_probes.set(now.keepalive_probes as f64);
         s.connections_probing.set(now.connections_probing as f64);
+        s.keepalive_storms.absolute(now.keepalive_storms);
         s.buffered.set(now.buffered as f64);
         s.sink_healthy
             .set(if self.sink_healthy() { 1.0 } else { 0.0 });
@@ -582,6 +588,7 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::G, "buffered_bytes", Some(Unit::Bytes), "Bytes of read buffers holding partial objects, summed over live connections (read at scrape)."),
     (Kind::G, "buffered_limit_bytes", Some(Unit::Bytes), "max_buffered: beyond it the connections holding the most are closed (memory_pressure); NaN when off."),
     (Kind::G, "connections_probing", None, "Live connections with at least one unanswered keep-alive probe (read at scrape)."),
+    (Kind::C, "keepalive_storms_total", None, "Probe storms: 10 or more keepalive_timeout closes within 2 s while the kernel dropped received packets (/proc/net/softnet_stat) within the keep-alive bound before; healthy peers closed by the loss of their probes."),
 ];
 
 #[cfg(test)]

@@ -142,6 +142,7 @@
       capacity: total(m, 'queue_capacity_items'),
       probing: total(m, 'connections_probing'),
       probes: total(m, 'keepalive_probes'),
+      storms: total(m, 'keepalive_storms_total'),
       fsync: histograms(m, 'sink_fsync_duration_seconds')[''] || { buckets: [], count: 0, sum: 0 },
       bounds: byLabel(m, 'detection_bound_seconds', 'reason'),
       delays: histograms(m, 'detection_delay_seconds', 'reason'),
@@ -200,6 +201,8 @@
     $('queue-fill').style.width = `${f.capacity > 0 ? Math.min(100, (100 * f.queue) / f.capacity) : 0}%`;
     $('probing').textContent = number.format(f.probing);
     $('probes').textContent = `${number.format(f.probes)} keep-alive probes unanswered`;
+    // Healthy peers closed because the kernel dropped their probes: named where it shows.
+    $('storms').textContent = f.storms > 0 ? `${number.format(f.storms)} probe storms (healthy peers closed: the kernel dropped probes)` : '';
     $('fsync-p99').textContent = fsyncP99(f.fsync);
     if (!base) return;
     const dt = (t - base.t) / 1000;
