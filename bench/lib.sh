@@ -22,7 +22,8 @@ pct() { sort -g | awk -v p="$1" '{a[NR]=$1} END {i=int(NR*p/100+0.999); if (i<1)
 json_num() { python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))[sys.argv[2]]))' "$1" "$2"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 # established connections whose local (server) port is PORT, counted on the server side only
-established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
+# (in the server's network namespace when IN_SERVER is set, e.g. "ip netns exec NS")
+established() { ${IN_SERVER:-} ss -Htn state established "( sport = :$1 )" | wc -l; }
 
 # Builds the release binary (quietly when it is up to date) and makes sure curl is there.
 prepare_release() {
@@ -30,16 +31,20 @@ prepare_release() {
   command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
 }
 
-# serve_with_idle_load N PORT ADMIN: starts `serve` on 127.0.0.1:PORT (flags from SERVE_ARGS
-# too) with its admin API on ADMIN, then N idle connections from a separate `bench idle`
-# process; sets SRV and LOAD, and returns once all N are established on the server's side.
+# serve_with_idle_load N PORT ADMIN: starts `serve` on LISTEN_HOST:PORT (127.0.0.1; flags from
+# SERVE_ARGS too) with its admin API on ADMIN, then N idle connections from a separate
+# `bench idle` process (8 source addresses from SOURCE_BASE, 127.0.0.2); sets SRV and LOAD, and
+# returns once all N are established on the server's side. IN_SERVER and IN_CLIENT prefix the
+# commands of each side ("ip netns exec NS", to run them in network namespaces).
 serve_with_idle_load() {
   local n=$1 port=$2 admin=$3 cw=${CW_SERVE:-$ROOT/target/release/connwarden}
-  RUST_LOG=warn "$cw" serve --listen "127.0.0.1:$port" --admin "$admin" --sink file:/dev/null \
+  local host=${LISTEN_HOST:-127.0.0.1}
+  RUST_LOG=warn ${IN_SERVER:-} "$cw" serve --listen "$host:$port" --admin "$admin" --sink file:/dev/null \
     --max-connections $((n + 100)) ${SERVE_ARGS:-} >"$OUT/server.out" 2>"$OUT/server.err" &
   SRV=$!; PIDS+=("$SRV")
-  for _ in $(seq 200); do curl -sf "http://$admin/healthz" >/dev/null && break; sleep 0.05; done
-  "$cw" bench idle --to "127.0.0.1:$port" --conns "$n" --sources 8 --json >"$OUT/idle.json" 2>"$OUT/idle.err" &
+  for _ in $(seq 200); do ${IN_SERVER:-} curl -sf "http://$admin/healthz" >/dev/null && break; sleep 0.05; done
+  ${IN_CLIENT:-} "$cw" bench idle --to "$host:$port" --conns "$n" --sources 8 \
+    --source-base "${SOURCE_BASE:-127.0.0.2}" --json >"$OUT/idle.json" 2>"$OUT/idle.err" &
   LOAD=$!; PIDS+=("$LOAD")
   for _ in $(seq 600); do [ "$(established "$port")" -ge "$n" ] && break; sleep 0.1; done
 }

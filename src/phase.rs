@@ -93,8 +93,7 @@ fn first_idle(k: u64, idle: Duration) -> Option<Duration> {
 }
 
 /// Puts the idle in force (of `in_force()`, read at each look: a reload may change it) back on
-/// every connection whose first probe has had the time to be answered: silent for its first
-/// idle and half the probe interval more. Until `stop`.
+/// every connection whose first probe was answered ([`first_probe_answered`]). Until `stop`.
 pub(crate) async fn restore(
     phases: Arc<Phases>,
     registry: Registry,
@@ -127,6 +126,26 @@ pub(crate) async fn restore(
     }
 }
 
+/// Whether the first probe of a connection silent for `silence`, with first idle `first`, has
+/// had its answer, so that putting the idle back re-arms the timer from that answer and keeps
+/// the phase. Put back too early, the timer re-arms from the last segment before the probe, and
+/// the connection falls back into the burst it was accepted in: a timer fires up to one wheel
+/// bucket late (2 s for 30 s at HZ 250), and a probe may be lost and sent again an interval
+/// later. So: an ACK arrived at or after the probe was due ([`crate::sockopt::probe_answered`]);
+/// where `TCP_INFO` is not read, the wheel's lateness and `answer_time` more.
+fn first_probe_answered(
+    silence: Duration,
+    first: Duration,
+    answer_time: Duration,
+    socket: &socket2::SockRef<'_>,
+) -> bool {
+    if silence < first {
+        return false;
+    }
+    crate::sockopt::probe_answered(socket, silence, first)
+        .unwrap_or_else(|| silence >= first + wheel_bucket(first) + answer_time)
+}
+
 /// One look: restores what is due, and says how many connections still wait.
 fn restore_due(registry: &Registry, idle: Duration, answer_time: Duration) -> usize {
     let now = Instant::now();
@@ -138,7 +157,7 @@ fn restore_due(registry: &Registry, idle: Duration, answer_time: Duration) -> us
         let Some(first) = entry.keepalive_first_idle() else {
             return;
         };
-        if entry.idle_in_at(now) < first + answer_time {
+        if !first_probe_answered(entry.idle_in_at(now), first, answer_time, &socket) {
             waiting += 1;
             return;
         }

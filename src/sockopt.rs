@@ -459,6 +459,20 @@ pub fn tcp_info(socket: SockRef<'_>) -> Option<TcpInfo> {
     imp::tcp_info(socket)
 }
 
+/// How much before a keep-alive probe was due an ACK may come and still be taken for its
+/// answer ([`probe_answered`]): the segments before the probe (the answer to our own last
+/// reply) come within a round trip of the last data, and a keep-alive idle is 1 s or more.
+const ROUND_TRIP_ALLOWANCE: Duration = Duration::from_millis(500);
+
+/// Whether the peer of a connection silent for `silence` has answered the keep-alive probe due
+/// `first` into that silence: its last ACK (`tcpi_last_ack_recv`) came at or after the probe
+/// was due. `None` where `TCP_INFO` cannot be read.
+pub fn probe_answered(socket: &SockRef<'_>, silence: Duration, first: Duration) -> Option<bool> {
+    let info = tcp_info(SockRef::from(&**socket))?;
+    let since_due = silence.saturating_sub(first) + ROUND_TRIP_ALLOWANCE;
+    Some(Duration::from_millis(info.last_ack_recv_ms.into()) <= since_due)
+}
+
 /// Tells, from `TCP_INFO`, which timer dropped a connection that failed with `ETIMEDOUT`.
 ///
 /// The kernel purges the send queue when it drops the connection, so the count of unacknowledged

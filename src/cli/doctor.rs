@@ -31,6 +31,17 @@ pub struct DoctorArgs {
     /// acknowledges (`sync_interval: always`).
     #[arg(long, value_name = "URL", value_delimiter = ',')]
     nats_monitor: Vec<String>,
+    /// With --measure: instead of the failure modes, healthy idle peers over a link that drops
+    /// this share of packets each way (per cent, nftables), their false closes beside the
+    /// prediction, then the same peers dead (link down), each closed within the bound.
+    #[arg(long, value_name = "PERCENT", requires = "measure")]
+    loss: Option<f64>,
+    /// With --loss: healthy idle peers.
+    #[arg(long, value_name = "N", default_value_t = 500, requires = "loss")]
+    loss_peers: usize,
+    /// With --loss: how long the peers are watched on the lossy link.
+    #[arg(long, value_name = "DURATION", default_value = "2m", requires = "loss", value_parser = connwarden::config::parse_duration)]
+    loss_duration: Duration,
     /// With --measure: how far past its bound a measurement may land and still pass.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = connwarden::config::parse_duration)]
     tolerance: Duration,
@@ -44,6 +55,9 @@ struct Report<'a> {
     #[cfg(target_os = "linux")]
     #[serde(skip_serializing_if = "Option::is_none")]
     measurement: Option<&'a doctor::measure::MeasureReport>,
+    #[cfg(target_os = "linux")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss: Option<&'a doctor::loss::LossMeasurement>,
 }
 
 pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
@@ -109,6 +123,7 @@ fn json_report<'a>(
     Report {
         inspection,
         measurement,
+        loss: None,
     }
 }
 
@@ -127,6 +142,9 @@ fn measure(
     let binary = std::env::current_exe().context("cannot find the connwarden executable")?;
     let tag = std::process::id().to_string();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
+    if let Some(percent) = args.loss {
+        return measure_loss(config, inspection, args, percent, &tag, runtime);
+    }
     let outcome = runtime.block_on(async {
         let interrupted = super::signals::stop_signal()?;
         if !args.json {
@@ -167,6 +185,119 @@ fn measure(
             })
         }
     }
+}
+
+/// `doctor --measure --loss`: false closes on a lossy link, then the same peers dead.
+#[cfg(target_os = "linux")]
+fn measure_loss(
+    config: &connwarden::Config,
+    inspection: &Inspection,
+    args: &DoctorArgs,
+    percent: f64,
+    tag: &str,
+    runtime: tokio::runtime::Runtime,
+) -> anyhow::Result<ExitCode> {
+    use connwarden::doctor::loss::{self, LossPlan};
+    let plan = LossPlan {
+        loss: percent / 100.0,
+        peers: args.loss_peers,
+        duration: args.loss_duration,
+    };
+    let outcome = runtime.block_on(async {
+        let interrupted = super::signals::stop_signal()?;
+        if !args.json {
+            eprintln!(
+                "\nmeasuring {} healthy idle peers at {percent} % loss each way for {} in network namespaces cwd-s-{tag} / cwd-c-{tag} …",
+                plan.peers,
+                humantime::format_duration(plan.duration)
+            );
+        }
+        tokio::select! {
+            result = loss::measure_loss(config, plan, args.tolerance, tag) => Ok(Some(result)),
+            () = interrupted => Ok::<_, anyhow::Error>(None),
+        }
+    })?;
+    drop(runtime);
+    let (measured, namespaces) = match outcome {
+        None => {
+            eprintln!("connwarden: doctor --measure interrupted; namespaces cwd-s-{tag} and cwd-c-{tag} removed");
+            return Ok(ExitCode::from(130));
+        }
+        Some(Err(error)) if error.is_unsupported() => {
+            eprintln!("connwarden: error: {error}");
+            return Ok(ExitCode::from(EXIT_UNSUPPORTED));
+        }
+        Some(Err(error)) => return Err(error.into()),
+        Some(Ok(result)) => result,
+    };
+    if args.json {
+        let report = Report {
+            inspection,
+            measurement: None,
+            loss: Some(&measured),
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let m = &measured;
+        println!(
+            "\nmeasured (network namespaces {} / {}, now removed): keep-alive {}, {} probes lost in a row close a peer",
+            namespaces[0], namespaces[1], m.split, m.probes_before_close
+        );
+        let by_reason: Vec<String> = m
+            .false_closes_by_reason
+            .iter()
+            .map(|(reason, n)| format!("{n} {reason}"))
+            .collect();
+        let rows = vec![
+            vec![
+                format!("healthy peers closed ({} % loss each way)", m.loss_percent),
+                format!(
+                    "{} of {} in {}{}",
+                    m.false_closes,
+                    m.peers,
+                    millis(Some(m.duration_ms)),
+                    if by_reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", by_reason.join(", "))
+                    }
+                ),
+                format!("predicted {:.3}", m.predicted),
+                if m.agrees {
+                    "agrees (within 3x)"
+                } else {
+                    "DISAGREES"
+                }
+                .into(),
+            ],
+            vec![
+                "dead peers closed (link down)".into(),
+                format!(
+                    "{} of {}, slowest {}",
+                    m.dead_closed_in_bound,
+                    m.dead_peers,
+                    millis(m.dead_slowest_ms)
+                ),
+                format!(
+                    "bound {} + {}",
+                    millis(Some(m.bound_ms)),
+                    millis(Some(m.tolerance_ms))
+                ),
+                if m.dead_closed_in_bound == m.dead_peers {
+                    "pass"
+                } else {
+                    "FAIL"
+                }
+                .into(),
+            ],
+        ];
+        table(&["", "measured", "expected", "result"], &rows);
+    }
+    Ok(if measured.pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -20,6 +20,7 @@ use super::dial::{DialError, Transport};
 use super::{ClientConfig, Delivery, Progress};
 use crate::close_reason::CloseReason;
 use crate::protocol::{parse_reply, Decoder, ErrorCode, Frame, Reply};
+use crate::sockopt;
 
 /// Output the client gathers before writing; also the most it holds unwritten.
 const OUT_TARGET: usize = 64 * 1024;
@@ -271,9 +272,9 @@ impl Session<'_> {
                     self.out.put_slice(b"{\"type\":\"ping\"}\n");
                     self.ping_early = Duration::ZERO;
                 }
-                () = sleep_until_some(restore_keepalive_at), if restore_keepalive_at.is_some() => {
-                    restore_keepalive_at = None;
-                    self.restore_keepalive(reader);
+                () = sleep_until_some(restore_keepalive_at.map(|(at, _)| at)), if restore_keepalive_at.is_some() => {
+                    restore_keepalive_at = restore_keepalive_at
+                        .and_then(|(_, first)| self.restore_keepalive(reader, first));
                 }
                 () = tokio::time::sleep_until(greet_by), if !self.greeted => {
                     return EndReason::Protocol(format!(
@@ -290,7 +291,11 @@ impl Session<'_> {
     /// the idle back. The kernel re-arms the timer from the last segment received, the answer
     /// to the first probe on an idle connection, so the phase stays. Probes come earlier, never
     /// later: the bound holds. Costs one `setsockopt` pair now and one at the restore.
-    fn shorten_first_keepalive(&self, reader: &impl Reader, now: Instant) -> Option<Instant> {
+    fn shorten_first_keepalive(
+        &self,
+        reader: &impl Reader,
+        now: Instant,
+    ) -> Option<(Instant, Duration)> {
         let keepalive = self.config.keepalive;
         let idle = keepalive.idle.as_secs();
         if idle < 2 || cfg!(not(unix)) {
@@ -301,18 +306,29 @@ impl Session<'_> {
         socket
             .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(first))
             .ok()?;
-        Some(now + first + keepalive.interval / 2)
+        Some((now + first + keepalive.interval / 2, first))
     }
 
-    fn restore_keepalive(&self, reader: &impl Reader) {
-        let Some(socket) = reader.socket() else {
-            return;
-        };
+    /// Puts the idle back once the first probe (due `first` into the silence) was answered, so
+    /// the timer re-arms from that answer; until then, says when to look again.
+    fn restore_keepalive(
+        &self,
+        reader: &impl Reader,
+        first: Duration,
+    ) -> Option<(Instant, Duration)> {
+        let socket = reader.socket()?;
+        let silence = self.last_inbound.elapsed();
+        // A timer fires up to a wheel bucket late, and a lost probe goes again an interval
+        // later: put back before the answer, the phase would be lost.
+        if silence >= first && sockopt::probe_answered(&socket, silence, first) == Some(false) {
+            return Some((Instant::now() + Duration::from_secs(1), first));
+        }
         let idle = socket2::TcpKeepalive::new().with_time(self.config.keepalive.idle);
         if let Err(error) = socket.set_tcp_keepalive(&idle) {
             // The shorter idle stays: more probes, the same bound.
             tracing::debug!(error = %error, "cannot put the keep-alive idle back");
         }
+        None
     }
 
     /// Moves unsent items of the window into the output.

@@ -267,13 +267,21 @@ pub async fn measure(
     })
 }
 
-/// A server in the lab's server namespace, and the close events of its connections.
-async fn start_server(
+/// A server in the lab's server namespace, the close events of its connections, and its
+/// registry.
+pub(super) async fn start_server(
     lab: &Lab,
     config: Config,
     port: u16,
     servers: &mut JoinSet<()>,
-) -> Result<(SocketAddr, broadcast::Receiver<ClosedConn>), MeasureError> {
+) -> Result<
+    (
+        SocketAddr,
+        broadcast::Receiver<ClosedConn>,
+        crate::registry::Registry,
+    ),
+    MeasureError,
+> {
     let addr = SocketAddr::from((SERVER_IP, port));
     let options = crate::sockopt::SocketOptions::from_config(&config);
     let listener: TcpListener = Lab::in_ns(&lab.server_ns, move || {
@@ -300,12 +308,13 @@ async fn start_server(
         .build()
         .map_err(|e| run_error(format!("server: {e}")))?;
     let closes = server.registry().subscribe();
+    let registry = server.registry();
     servers.spawn(async move {
         let drain = tokio::spawn(async move { while records.recv().await.is_some() {} });
         let _ = server.run(vec![listener], std::future::pending()).await;
         drain.abort();
     });
-    Ok((addr, closes))
+    Ok((addr, closes, registry))
 }
 
 /// A raw client connection from the client namespace.
@@ -389,7 +398,7 @@ async fn idle_dead_peer(
         ..base.clone()
     };
     let ka = config.keepalive;
-    let (addr, closes) = start_server(lab, config, port, servers).await?;
+    let (addr, closes, _) = start_server(lab, config, port, servers).await?;
     let client = connect(lab, addr)?;
     Ok(Pending {
         failure: "idle_dead_peer",
@@ -424,7 +433,7 @@ async fn unacked_dead_peer(
     if config.keepalive.idle <= interval {
         expected.push("keepalive_timeout");
     }
-    let (addr, closes) = start_server(lab, config, port, servers).await?;
+    let (addr, closes, _) = start_server(lab, config, port, servers).await?;
     let client = connect(lab, addr)?;
     Ok(Pending {
         failure: "dead_peer_with_unacked_data",
@@ -457,7 +466,7 @@ async fn frozen_peer(
         ..base.clone()
     };
     let bound = config.heartbeat_interval * config.heartbeat_misses;
-    let (addr, closes) = start_server(lab, config, port, servers).await?;
+    let (addr, closes, _) = start_server(lab, config, port, servers).await?;
     let mut client = connect(lab, addr)?;
     client
         .write_all(b"{\"type\":\"hello\",\"client\":\"connwarden-doctor\"}\n")
@@ -482,7 +491,7 @@ async fn killed_peer(
     binary: &std::path::Path,
     port: u16,
 ) -> Result<MeasureFuture, MeasureError> {
-    let (addr, closes) = start_server(lab, base.clone(), port, servers).await?;
+    let (addr, closes, _) = start_server(lab, base.clone(), port, servers).await?;
     let mut child = tokio::process::Command::new("ip")
         .args(["netns", "exec", &lab.client_ns])
         .arg(binary)

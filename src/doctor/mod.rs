@@ -10,6 +10,8 @@
 mod inspect;
 mod kernel;
 #[cfg(target_os = "linux")]
+pub mod loss;
+#[cfg(target_os = "linux")]
 pub mod measure;
 mod nats;
 pub mod odds;
