@@ -737,7 +737,9 @@ impl Registry {
                 window_s = crate::storm::WINDOW.as_secs(),
                 softnet_dropped = storm.dropped,
                 over_s = storm.over.as_secs(),
-                "probe storm: keep-alive closes in a burst while the kernel dropped received packets (/proc/net/softnet_stat); healthy peers are being closed because their keep-alive probes or answers were dropped, not because they died; raise net.core.netdev_max_backlog or spend the bound on more probes (keepalive_bound, docs/OPERATIONS.md); counted in connwarden_keepalive_storms_total"
+                cause = "keep-alive closes in a burst while the kernel dropped received packets (/proc/net/softnet_stat): healthy peers closed because their probes or the answers were dropped, not because they died",
+                remedy = "raise net.core.netdev_max_backlog, or spend the bound on more probes (keepalive_bound; docs/OPERATIONS.md)",
+                "probe storm: healthy peers closed by dropped keep-alive probes (counted in connwarden_keepalive_storms_total)"
             );
         }
     }

@@ -222,9 +222,16 @@ impl Session<'_> {
             if self.draining && delivery.window.in_flight() == 0 && self.out.is_empty() {
                 return EndReason::Refused(ErrorCode::MaxAge);
             }
+            // Only a ping comes early: the interval that gives up is never shortened.
+            let gives_up = self.silent_intervals + 1 >= self.config.heartbeat_misses.max(1);
+            let early = if gives_up {
+                Duration::ZERO
+            } else {
+                self.ping_early
+            };
             let heartbeat_at = self.last_inbound
                 + self.config.heartbeat_interval * (self.silent_intervals + 1)
-                - self.ping_early;
+                - early;
             let greet_by = connected_at + self.config.connect_timeout;
             let take_input = delivery.input_open && delivery.window.wants_more() && !self.draining;
             tokio::select! {
