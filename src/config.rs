@@ -27,7 +27,7 @@
 //! | `keepalive_spread` | `true` | each accepted connection's first keep-alive idle shortened by a phase spread evenly over the idle period, so that connections accepted together do not probe together; then the idle is put back (never later than `keepalive_idle`) |
 //! | `nodelay` | `true` | `TCP_NODELAY`: acks and pings leave at once |
 //! | `heartbeat` | `negotiated` | `negotiated` (clients that sent `hello`), `required` (every client) or `off` |
-//! | `heartbeat_interval` | `15s` | inbound silence after which the server sends `ping` |
+//! | `heartbeat_interval` | `15s` | inbound silence after which the server sends `ping` (a connection's first ping up to 90 % sooner, spread over connections so that those accepted together do not ping together; the close after `heartbeat_misses` intervals never comes sooner) |
 //! | `heartbeat_misses` | `3` | silent intervals after which the connection is closed (1 to 1000) |
 //! | `idle_timeout` | `off` | close a connection with no inbound byte for this long |
 //! | `write_timeout` | `30s` | close a peer that accepts no byte of pending output for this long |
