@@ -10,6 +10,8 @@
 # env:   CONNS (4) connections; ITEMS ("20000 60000") items per connection in the two runs;
 #        BATCH (1) items per write; RUNS (1) repetitions of the pair (the count barely moves)
 #        PORT (7740); FLOOD_ARGS ("") more flags for the load, e.g. "--ack" (the ack path)
+#        PROFILE_DIR (unset) keep each run's cachegrind output there, as ITEMS.cg (the last
+#        binary's; bench/item_profile.sh breaks them down by function)
 # Each binary serves two floods of different sizes from `connwarden bench flood` (run natively,
 # only the server is under valgrind); the difference of the two counts divided by the
 # difference of items is the cost per item: start-up and shutdown cancel out. Needs valgrind
@@ -42,9 +44,10 @@ wait_port() {
 
 # count BIN ITEMS: prints the instructions of one `serve` that took CONNS × ITEMS items.
 count() {
-  local bin=$1 items=$2 expected=$(( CONNS * $2 )) written
+  local bin=$1 items=$2 expected=$(( CONNS * $2 )) written cg=/dev/null
+  [ -n "${PROFILE_DIR:-}" ] && cg=$PROFILE_DIR/$items.cg
   RUST_LOG=warn,connwarden::server=info valgrind --tool=cachegrind --cache-sim=no \
-    --cachegrind-out-file=/dev/null --log-file="$OUT/vg" \
+    --cachegrind-out-file="$cg" --log-file="$OUT/vg" \
     "$bin" serve --listen "127.0.0.1:$PORT" --sink file:/dev/null --log-format json \
     >/dev/null 2>"$OUT/err" &
   SRV=$!
