@@ -326,8 +326,9 @@ fn log_failure(sink: &dyn Sink, error: &SinkError, records: u64) {
 /// Serialises a batch as NDJSON.
 pub(crate) fn encode_batch(batch: &[Record]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(batch.iter().map(|r| r.item.len() + 96).sum());
+    let mut times = crate::record::TimeFormat::default();
     for record in batch {
-        record.write_ndjson(&mut buf);
+        record.write_ndjson_with(&mut buf, &mut times);
     }
     buf
 }

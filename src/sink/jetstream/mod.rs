@@ -133,13 +133,14 @@ impl Drop for JetStreamSink {
 impl Sink for JetStreamSink {
     fn write_batch<'a>(&'a mut self, batch: &'a [Record]) -> SinkFuture<'a> {
         Box::pin(async move {
+            let mut times = crate::record::TimeFormat::default();
             for record in batch {
                 let permit = Arc::clone(&self.window)
                     .acquire_owned()
                     .await
                     .expect("the window is never closed");
                 let mut line = Vec::with_capacity(record.item.len() + 160);
-                record.write_ndjson(&mut line);
+                record.write_ndjson_with(&mut line, &mut times);
                 line.pop(); // the newline: a message is one record
                 let entry = Entry {
                     payload: Bytes::from(line),
