@@ -149,8 +149,7 @@ fn first_probe_answered(
 /// One look: restores what is due, and says how many connections still wait.
 fn restore_due(registry: &Registry, idle: Duration, answer_time: Duration) -> usize {
     let now = Instant::now();
-    let mut entries = registry.entries();
-    entries.retain(|entry| entry.keepalive_first_idle().is_some());
+    let entries = registry.entries_where(|entry| entry.keepalive_first_idle().is_some());
     let mut waiting = 0;
     let params = socket2::TcpKeepalive::new().with_time(idle);
     registry.with_sockets(&entries, |entry, socket| {

@@ -636,6 +636,16 @@ impl Registry {
         self.conns().values().cloned().collect()
     }
 
+    /// The live entries for which `keep` holds: only those are collected, so a look for a few
+    /// among many costs no list of all of them.
+    pub fn entries_where(&self, keep: impl Fn(&ConnInfo) -> bool) -> Vec<Arc<ConnInfo>> {
+        self.conns()
+            .values()
+            .filter(|entry| keep(entry))
+            .cloned()
+            .collect()
+    }
+
     /// `TCP_INFO` of each of `entries` still live, in the same order; a connection that closed
     /// meanwhile has `None`. A system call per connection, spread over up to
     /// [`TCP_INFO_THREADS`] threads for long lists: call it off the runtime's worker threads
