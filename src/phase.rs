@@ -18,10 +18,11 @@
 //! every bound still holds.
 //!
 //! The cost, per connection: no system call more at accept (the shortened idle is the one the
-//! accept sets anyway), one `setsockopt` pair (`SO_KEEPALIVE`, `TCP_KEEPIDLE`) once, a little
-//! after its first idle period, and two bytes of its registry entry (within its padding). The
-//! restorer wakes once a second while some connection waits for its idle back, and reads every
-//! live entry then; it sleeps while none does.
+//! accept sets anyway), after its first idle period a `getsockopt(TCP_INFO)` a second until its
+//! probe was answered (one or two) and then one `setsockopt` pair (`SO_KEEPALIVE`,
+//! `TCP_KEEPIDLE`), and two bytes of its registry entry (within its padding). The restorer
+//! wakes once a second while some connection waits for its idle back, and looks at those
+//! entries only; it sleeps while none does.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -112,7 +113,7 @@ pub(crate) async fn restore(
                 _ = stop.cancelled() => return,
             }
             let (registry, in_force) = (registry.clone(), Arc::clone(&in_force));
-            // Every entry read, and a system call per restore: off the runtime's workers.
+            // The registry read and system calls per waiting entry: off the runtime's workers.
             let waiting = tokio::task::spawn_blocking(move || {
                 let keepalive = in_force();
                 restore_due(&registry, keepalive.idle, keepalive.interval / 2)
@@ -198,20 +199,21 @@ pub fn wheel_bucket(delay: Duration) -> Duration {
 /// `spread`, a bucket of the wheel holds `bucket / idle` of the connections; without, the
 /// connections accepted within one bucket all probe in it, so at most the backlog itself.
 pub fn backlog_carries(netdev_max_backlog: u64, idle: Duration, spread: bool) -> u64 {
-    if !spread || idle < MIN_SPREAD_IDLE {
-        return netdev_max_backlog;
-    }
-    let per_bucket = wheel_bucket(idle).as_secs_f64() / idle.as_secs_f64();
-    (netdev_max_backlog as f64 / per_bucket.min(1.0)) as u64
+    (netdev_max_backlog as f64 / share_per_bucket(idle, spread)) as u64
 }
 
 /// The `net.core.netdev_max_backlog` that carries `connections` ([`backlog_carries`]).
 pub fn backlog_needed(connections: u64, idle: Duration, spread: bool) -> u64 {
+    (connections as f64 * share_per_bucket(idle, spread)).ceil() as u64
+}
+
+/// The share of the connections whose probes one wheel bucket fires together: `bucket / idle`
+/// when phases spread them, all of them when not.
+fn share_per_bucket(idle: Duration, spread: bool) -> f64 {
     if !spread || idle < MIN_SPREAD_IDLE {
-        return connections;
+        return 1.0;
     }
-    let per_bucket = wheel_bucket(idle).as_secs_f64() / idle.as_secs_f64();
-    (connections as f64 * per_bucket.min(1.0)).ceil() as u64
+    (wheel_bucket(idle).as_secs_f64() / idle.as_secs_f64()).min(1.0)
 }
 
 /// The warning `serve` logs at start and `doctor` shows when `max_connections` is more than

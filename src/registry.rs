@@ -743,7 +743,7 @@ impl Registry {
         };
         if storm.warn {
             tracing::warn!(
-                keepalive_closes = storm.closes,
+                keepalive_closes = crate::storm::BURST,
                 window_s = crate::storm::WINDOW.as_secs(),
                 softnet_dropped = storm.dropped,
                 over_s = storm.over.as_secs(),

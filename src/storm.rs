@@ -30,8 +30,6 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 /// A burst of keep-alive closes while the kernel dropped received packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Storm {
-    /// Keep-alive closes in the window.
-    pub closes: u32,
     /// Packets the kernel dropped on receive over the look-back.
     pub dropped: u64,
     /// How far back `dropped` counts.
@@ -140,7 +138,6 @@ impl StormWatch {
             *last_warned = Some(now);
         }
         Some(Storm {
-            closes: BURST,
             dropped: dropped - before,
             over: now.saturating_duration_since(at),
             warn,

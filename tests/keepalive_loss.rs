@@ -38,14 +38,6 @@ fn doctor_loss(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn lossy_paths_close_no_healthy_peer_with_the_defaults_and_as_predicted_with_a_fragile_split() {
-    let fragile = [
-        "--keepalive-idle",
-        "2s",
-        "--keepalive-interval",
-        "1s",
-        "--keepalive-count",
-        "3",
-    ];
     let robust = thread::spawn(|| {
         doctor_loss(&[
             "--loss",
@@ -56,30 +48,26 @@ fn lossy_paths_close_no_healthy_peer_with_the_defaults_and_as_predicted_with_a_f
             "6m",
         ])
     });
-    let at_5 = thread::spawn(move || {
-        let mut args = vec![
-            "--loss",
-            "5",
-            "--loss-peers",
-            "500",
-            "--loss-duration",
-            "2m",
-        ];
-        args.extend(fragile);
-        doctor_loss(&args)
-    });
-    let at_10 = thread::spawn(move || {
-        let mut args = vec![
-            "--loss",
-            "10",
-            "--loss-peers",
-            "500",
-            "--loss-duration",
-            "2m",
-        ];
-        args.extend(fragile);
-        doctor_loss(&args)
-    });
+    // The split 2 s + 1 s x 3, 500 peers for 2 minutes, at `loss` per cent each way.
+    let fragile = |loss: &'static str| {
+        thread::spawn(move || {
+            doctor_loss(&[
+                "--loss",
+                loss,
+                "--loss-peers",
+                "500",
+                "--loss-duration",
+                "2m",
+                "--keepalive-idle",
+                "2s",
+                "--keepalive-interval",
+                "1s",
+                "--keepalive-count",
+                "3",
+            ])
+        })
+    };
+    let (at_5, at_10) = (fragile("5"), fragile("10"));
 
     for (name, fragile) in [("5 %", at_5), ("10 %", at_10)] {
         let m = fragile.join().expect("fragile measurement");

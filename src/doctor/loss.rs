@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::measure::{start_server, Lab, MeasureError, SERVER_IP};
+use super::measure::{run_error, start_server, Lab, MeasureError, SERVER_IP};
 use super::odds;
 use crate::config::{Config, HeartbeatMode};
 
@@ -221,10 +221,6 @@ fn drop_packets(lab: &Lab, loss: f64) -> Result<(), MeasureError> {
         });
     }
     Ok(())
-}
-
-fn run_error(what: impl Into<String>) -> MeasureError {
-    MeasureError::Run { what: what.into() }
 }
 
 #[cfg(test)]

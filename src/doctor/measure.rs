@@ -69,7 +69,7 @@ impl MeasureError {
     }
 }
 
-fn run_error(what: impl Into<String>) -> MeasureError {
+pub(super) fn run_error(what: impl Into<String>) -> MeasureError {
     MeasureError::Run { what: what.into() }
 }
 
