@@ -9,6 +9,7 @@ use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use super::envelope::{self, Envelope};
 use super::Frame;
 
 /// A message from a client.
@@ -182,20 +183,15 @@ impl ItemError {
     }
 }
 
-/// The keys the server looks at; every other key is skipped, unparsed beyond validation.
-#[derive(Default)]
-struct Envelope<'a> {
-    ip: Option<&'a RawValue>,
-    kind: Option<&'a RawValue>,
-    id: Option<&'a RawValue>,
-    ip_keys: u32,
-}
+/// The keys the server looks at, read by serde_json: every other key is skipped, unparsed
+/// beyond validation. The slow path, for what [`envelope::scan`] leaves undecided.
+struct SerdeEnvelope<'a>(Envelope<'a>);
 
-impl<'de> Deserialize<'de> for Envelope<'de> {
+impl<'de> Deserialize<'de> for SerdeEnvelope<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct EnvelopeVisitor;
         impl<'de> Visitor<'de> for EnvelopeVisitor {
-            type Value = Envelope<'de>;
+            type Value = SerdeEnvelope<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
@@ -205,18 +201,22 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
                     let name = key_name(key);
                     let name = name.as_deref().unwrap_or_default();
                     if name.eq_ignore_ascii_case("ip") {
-                        envelope.ip = Some(map.next_value()?);
+                        envelope.ip = raw_text(&mut map)?;
                         envelope.ip_keys += 1;
                     } else if name == "type" {
-                        envelope.kind = Some(map.next_value()?);
+                        envelope.kind = raw_text(&mut map)?;
                     } else if name == "id" {
-                        envelope.id = Some(map.next_value()?);
+                        envelope.id = raw_text(&mut map)?;
                     } else {
                         map.next_value::<IgnoredAny>()?;
                     }
                 }
-                Ok(envelope)
+                Ok(SerdeEnvelope(envelope))
             }
+        }
+        /// A value's raw JSON text.
+        fn raw_text<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<&'de str>, A::Error> {
+            Ok(Some(map.next_value::<&'de RawValue>()?.get()))
         }
         deserializer.deserialize_map(EnvelopeVisitor)
     }
@@ -265,28 +265,17 @@ pub fn interpret(frame: Frame) -> Result<Inbound, ItemError> {
 /// IPv4 or IPv6 address. A `"type"` of `hello`, `ping` or `pong` makes a control message; any
 /// other type, or none, leaves the object an item, so clients' own `type` fields keep working.
 pub fn parse(frame: Bytes) -> Result<Inbound, ItemError> {
-    // Checked first and whole: serde_json skips the strings of ignored fields without checking
-    // their encoding, and the sink must only ever hold valid UTF-8.
-    let text = std::str::from_utf8(&frame).map_err(|e| {
-        ItemError::new(
-            ErrorCode::InvalidJson,
-            format!("not valid UTF-8: {e}"),
-            None,
-        )
-    })?;
-    let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
-        ItemError::new(
-            ErrorCode::InvalidJson,
-            format!("not a valid JSON object: {e}"),
-            None,
-        )
-    })?;
-    let id = envelope.id.map(|raw| frame.slice_ref(raw.get().as_bytes()));
+    let envelope = match envelope::scan(&frame) {
+        Some(envelope) => envelope,
+        None => read_envelope(&frame)?,
+    };
+    let id = envelope.id.map(|raw| frame.slice_ref(raw.as_bytes()));
     let id_valid = id
         .as_ref()
         .is_none_or(|raw| matches!(raw.first(), Some(b'"' | b'-' | b'0'..=b'9')));
     // Only an id that is a string or a number is ever echoed: it is one token, one line.
-    if let Some(control) = control_message(envelope.kind, id.as_ref().filter(|_| id_valid), text)? {
+    if let Some(control) = control_message(envelope.kind, id.as_ref().filter(|_| id_valid), &frame)?
+    {
         return Ok(control);
     }
     if !id_valid {
@@ -317,15 +306,36 @@ pub fn parse(frame: Bytes) -> Result<Inbound, ItemError> {
     Ok(Inbound::Item(Item { raw: frame, ip, id }))
 }
 
+/// The slow path: serde_json reads the keys, or says why `frame` is not a JSON object.
+pub(super) fn read_envelope(frame: &[u8]) -> Result<Envelope<'_>, ItemError> {
+    // Checked first and whole: serde_json skips the strings of ignored fields without checking
+    // their encoding, and the sink must only ever hold valid UTF-8.
+    let text = std::str::from_utf8(frame).map_err(|e| {
+        ItemError::new(
+            ErrorCode::InvalidJson,
+            format!("not valid UTF-8: {e}"),
+            None,
+        )
+    })?;
+    match serde_json::from_str(text) {
+        Ok(SerdeEnvelope(envelope)) => Ok(envelope),
+        Err(e) => Err(ItemError::new(
+            ErrorCode::InvalidJson,
+            format!("not a valid JSON object: {e}"),
+            None,
+        )),
+    }
+}
+
 fn control_message(
-    kind: Option<&RawValue>,
+    kind: Option<&str>,
     id: Option<&Bytes>,
-    text: &str,
+    text: &[u8],
 ) -> Result<Option<Inbound>, ItemError> {
     let Some(kind) = kind else {
         return Ok(None);
     };
-    let Ok(kind) = serde_json::from_str::<Cow<'_, str>>(kind.get()) else {
+    let Ok(kind) = serde_json::from_str::<Cow<'_, str>>(kind) else {
         return Ok(None);
     };
     match kind.as_ref() {
@@ -343,7 +353,7 @@ fn control_message(
 
 /// Reads a `hello`'s fields. Parsed a second time, and only for `hello`: items, the frames that
 /// count, pay nothing for the keys only a `hello` has.
-fn parse_hello(text: &str) -> Result<Hello, ItemError> {
+fn parse_hello(text: &[u8]) -> Result<Hello, ItemError> {
     #[derive(Deserialize)]
     struct Fields<'a> {
         #[serde(borrow)]
@@ -355,10 +365,10 @@ fn parse_hello(text: &str) -> Result<Hello, ItemError> {
         token: Option<Cow<'a, str>>,
     }
     let bad = |detail: String| ItemError::new(ErrorCode::InvalidClientId, detail, None);
-    let fields: Fields<'_> =
-        serde_json::from_str(text).map_err(|e| bad(format!("client_id must be a string: {e}")))?;
+    let fields: Fields<'_> = serde_json::from_slice(text)
+        .map_err(|e| bad(format!("client_id must be a string: {e}")))?;
     // A token that is not a string is no token: refused as such when tokens are required.
-    let token = serde_json::from_str::<Token<'_>>(text)
+    let token = serde_json::from_slice::<Token<'_>>(text)
         .map(|t| t.token.map(Cow::into_owned))
         .unwrap_or_else(|_| Some(String::new()));
     let client_id = match fields.client_id {
@@ -387,9 +397,12 @@ pub fn check_client_id(client_id: &str) -> Result<(), String> {
     }
 }
 
-fn parse_ip(raw: &RawValue) -> Result<IpAddr, String> {
-    let text: Cow<'_, str> = serde_json::from_str(raw.get())
-        .map_err(|_| format!("ip must be a string, got {}", raw.get()))?;
+fn parse_ip(raw: &str) -> Result<IpAddr, String> {
+    // Mostly a string without escapes: its text is the address.
+    let text: Cow<'_, str> = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Cow::Borrowed(inner),
+        _ => serde_json::from_str(raw).map_err(|_| format!("ip must be a string, got {raw}"))?,
+    };
     text.parse()
         .map_err(|_| format!("{text:?} is not a valid IPv4 or IPv6 address"))
 }

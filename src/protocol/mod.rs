@@ -6,6 +6,7 @@
 //! server sends and [`parse_reply`] reads it back on the client's side. Nothing here does I/O.
 
 mod decoder;
+mod envelope;
 mod message;
 
 pub use decoder::{Decoder, Frame, FrameTooLarge, Truncated, MAX_FRAME_LIMIT};
