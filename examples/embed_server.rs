@@ -55,8 +55,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         while let Some(record) = records.recv().await {
             println!(
                 "conn {} from {} sent ip {}: {}",
-                record.conn_id,
-                record.peer,
+                record.conn_id(),
+                record.peer(),
                 record.ip,
                 String::from_utf8_lossy(&record.item)
             );

@@ -79,7 +79,7 @@ pub mod view;
 
 pub use close_reason::CloseReason;
 pub use config::Config;
-pub use record::Record;
+pub use record::{Origin, Record};
 pub use registry::Registry;
 pub use reload::Reloader;
 pub use server::{Lifecycle, Server, ServerBuilder, ServerError};

@@ -1,7 +1,7 @@
 //! A received item on its way to the sink, and the way back to its sender.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -9,17 +9,85 @@ use tokio::sync::mpsc::OwnedPermit;
 
 use crate::protocol::{ErrorCode, Outbound};
 
+/// The connection a record came on: what every record of it carries beside its item.
+///
+/// Shared (an [`Arc`]) by the records a connection reads together, and its fields' NDJSON
+/// formatted once for all of them: per record, that formatting was a third of the cost of an
+/// item (issue 28). A connection builds one per read that holds items, so an idle connection
+/// keeps none.
+#[derive(Debug)]
+pub struct Origin {
+    /// The registry id of the connection.
+    pub conn_id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The `client_id` the connection's `hello` gave, if any.
+    pub client_id: Option<Arc<str>>,
+    /// The name the connection authenticated under (client certificate subject or token name).
+    pub auth_name: Option<Arc<str>>,
+    /// `","conn_id":…,"peer":"…"` and the rest of a record's fields before its item, up to
+    /// `"item":`: formatted by the first record written.
+    fields: OnceLock<Box<[u8]>>,
+}
+
+impl Origin {
+    /// The origin of records from `peer` on connection `conn_id`.
+    pub fn new(
+        conn_id: u64,
+        peer: SocketAddr,
+        client_id: Option<Arc<str>>,
+        auth_name: Option<Arc<str>>,
+    ) -> Origin {
+        Origin {
+            conn_id,
+            peer,
+            client_id,
+            auth_name,
+            fields: OnceLock::new(),
+        }
+    }
+
+    /// The record's fields between its receive time and its item, as NDJSON.
+    fn fields(&self) -> &[u8] {
+        self.fields.get_or_init(|| {
+            let mut dst = Vec::with_capacity(64);
+            dst.extend_from_slice(b"\",\"conn_id\":");
+            dst.extend_from_slice(itoa::Buffer::new().format(self.conn_id).as_bytes());
+            dst.extend_from_slice(b",\"peer\":\"");
+            write_peer(self.peer, &mut dst);
+            dst.push(b'"');
+            if let Some(client_id) = &self.client_id {
+                // Printable ASCII without spaces (`check_client_id`): only `"` and `\` need an
+                // escape.
+                dst.extend_from_slice(b",\"client_id\":\"");
+                for byte in client_id.bytes() {
+                    if byte == b'"' || byte == b'\\' {
+                        dst.push(b'\\');
+                    }
+                    dst.push(byte);
+                }
+                dst.push(b'"');
+            }
+            if let Some(name) = &self.auth_name {
+                // A certificate subject may hold any character: escaped by serde_json.
+                dst.extend_from_slice(b",\"auth_name\":");
+                let _ = serde_json::to_writer(&mut dst, &**name);
+            }
+            dst.extend_from_slice(b",\"item\":");
+            dst.into_boxed_slice()
+        })
+    }
+}
+
 /// One item with where and when it came from.
 ///
 /// A record may hold a reserved slot in its connection's reply channel: the ack (or the
 /// `queue_full` / `sink_failed` error) is then sent without waiting, whatever the client does.
 #[derive(Debug)]
 pub struct Record {
-    /// The registry id of the connection the item came on.
-    pub conn_id: u64,
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// When the server read the item.
+    /// The connection it came on (shared with the records read with it).
+    pub origin: Arc<Origin>,
+    /// When the server read the item (the records of one read share the time).
     pub received_at: SystemTime,
     /// The address in the item's `ip` key.
     pub ip: IpAddr,
@@ -29,10 +97,6 @@ pub struct Record {
     pub item: Bytes,
     /// The raw JSON of the item's `"id"`, if it had one.
     pub id: Option<Bytes>,
-    /// The `client_id` its connection's `hello` gave, if any.
-    pub client_id: Option<Arc<str>>,
-    /// The name its connection authenticated under (client certificate subject or token name).
-    pub auth_name: Option<Arc<str>>,
     pub(crate) reply: Option<OwnedPermit<Outbound>>,
 }
 
@@ -45,39 +109,69 @@ impl Record {
         item: Bytes,
         id: Option<Bytes>,
     ) -> Record {
-        Record {
-            conn_id,
-            peer,
-            received_at: SystemTime::now(),
+        Record::of(
+            Arc::new(Origin::new(conn_id, peer, None, None)),
+            SystemTime::now(),
             ip,
             item,
             id,
-            client_id: None,
-            auth_name: None,
+        )
+    }
+
+    /// A record of `origin`'s, with no way back to a sender.
+    pub fn of(
+        origin: Arc<Origin>,
+        received_at: SystemTime,
+        ip: IpAddr,
+        item: Bytes,
+        id: Option<Bytes>,
+    ) -> Record {
+        Record {
+            origin,
+            received_at,
+            ip,
+            item,
+            id,
             reply: None,
         }
     }
 
+    /// The registry id of the connection the item came on.
+    pub fn conn_id(&self) -> u64 {
+        self.origin.conn_id
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.origin.peer
+    }
+
+    /// The `client_id` its connection's `hello` gave, if any.
+    pub fn client_id(&self) -> Option<&Arc<str>> {
+        self.origin.client_id.as_ref()
+    }
+
+    /// The name its connection authenticated under, if any.
+    pub fn auth_name(&self) -> Option<&Arc<str>> {
+        self.origin.auth_name.as_ref()
+    }
+
     /// A copy without the reply slot, for sinks that hand records on.
     pub fn detached(&self) -> Record {
-        Record {
-            conn_id: self.conn_id,
-            peer: self.peer,
-            received_at: self.received_at,
-            ip: self.ip,
-            item: self.item.clone(),
-            id: self.id.clone(),
-            client_id: self.client_id.clone(),
-            auth_name: self.auth_name.clone(),
-            reply: None,
-        }
+        Record::of(
+            Arc::clone(&self.origin),
+            self.received_at,
+            self.ip,
+            self.item.clone(),
+            self.id.clone(),
+        )
     }
 
     /// The id that makes a resend of this item recognisable wherever it arrives: the client's
     /// `client_id` and the item's `id` (`client-7:42`). `None` unless the item has both: an item
     /// without them cannot be told apart from another one.
     pub fn message_id(&self) -> Option<String> {
-        let (client, id) = (self.client_id.as_deref()?, self.id.as_deref()?);
+        let (client, id) = (self.client_id()?, self.id.as_deref()?);
         let id = std::str::from_utf8(id).ok()?;
         Some(format!("{client}:{id}"))
     }
@@ -90,34 +184,12 @@ impl Record {
     }
 
     /// [`Record::write_ndjson`], with the receive time's date and time of day formatted once
-    /// per second by `times` (kept across the records of a batch): the same bytes, no
-    /// allocation.
+    /// per second by `times` (kept across the records of a batch) and the connection's fields
+    /// once per [`Origin`]: the same bytes.
     pub fn write_ndjson_with(&self, dst: &mut Vec<u8>, times: &mut TimeFormat) {
         dst.extend_from_slice(b"{\"received_at\":\"");
         times.write(self.received_at, dst);
-        dst.extend_from_slice(b"\",\"conn_id\":");
-        dst.extend_from_slice(itoa::Buffer::new().format(self.conn_id).as_bytes());
-        dst.extend_from_slice(b",\"peer\":\"");
-        write_peer(self.peer, dst);
-        dst.push(b'"');
-        if let Some(client_id) = &self.client_id {
-            // Printable ASCII without spaces (`check_client_id`): only `"` and `\` need an
-            // escape, written in place rather than through an allocation per record.
-            dst.extend_from_slice(b",\"client_id\":\"");
-            for byte in client_id.bytes() {
-                if byte == b'"' || byte == b'\\' {
-                    dst.push(b'\\');
-                }
-                dst.push(byte);
-            }
-            dst.push(b'"');
-        }
-        if let Some(name) = &self.auth_name {
-            // A certificate subject may hold any character: escaped by serde_json.
-            dst.extend_from_slice(b",\"auth_name\":");
-            let _ = serde_json::to_writer(&mut *dst, &**name);
-        }
-        dst.extend_from_slice(b",\"item\":");
+        dst.extend_from_slice(self.origin.fields());
         dst.extend_from_slice(&self.item);
         dst.extend_from_slice(b"}\n");
     }
@@ -291,7 +363,12 @@ mod tests {
             Bytes::from_static(br#"{"ip":"1.2.3.4","id":7}"#),
             Some(Bytes::from_static(b"7")),
         );
-        record.client_id = Some(r#"a"b\c:d"#.into());
+        record.origin = Arc::new(Origin::new(
+            1,
+            record.peer(),
+            Some(r#"a"b\c:d"#.into()),
+            None,
+        ));
         let mut line = Vec::new();
         record.write_ndjson(&mut line);
         let value: serde_json::Value = serde_json::from_slice(&line).unwrap();

@@ -96,7 +96,7 @@ pub enum ServerError {
 /// let listeners = server.bind()?;
 /// tokio::spawn(async move {
 ///     while let Some(record) = records.recv().await {
-///         println!("{} sent {}", record.peer, record.ip);
+///         println!("{} sent {}", record.peer(), record.ip);
 ///     }
 /// });
 /// server.run(listeners, async { let _ = tokio::signal::ctrl_c().await; }).await?;

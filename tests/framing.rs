@@ -159,7 +159,7 @@ async fn ipv4_and_ipv6_listeners_both_take_items() {
         client.send(b"{\"ip\":\"2001:db8::7\",\"id\":1}\n").await;
         assert_eq!(client.line().await["type"], "ack");
         let record = records.recv().await.unwrap();
-        assert_eq!(record.peer.is_ipv6(), addr.is_ipv6());
+        assert_eq!(record.peer().is_ipv6(), addr.is_ipv6());
     }
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();

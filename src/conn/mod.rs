@@ -47,7 +47,7 @@ use crate::config::{Config, HeartbeatMode, Overflow};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Decoder, ErrorCode, Inbound, Item, ItemError, Outbound};
 use crate::queue::{Producer, Pushed};
-use crate::record::Record;
+use crate::record::{Origin, Record};
 use crate::registry::{ConnGuard, ConnInfo};
 use crate::sockopt::{self, SocketOptions};
 use crate::tls::{self, RecordsRead, TlsSession};
@@ -281,6 +281,13 @@ struct Connection {
 }
 
 /// The state only some connections have.
+/// What the items of one read share, made once for the read: they arrived together.
+#[derive(Default)]
+struct ReadShare {
+    origin: Option<Arc<Origin>>,
+    received_at: Option<SystemTime>,
+}
+
 #[derive(Default)]
 struct Extras {
     /// The `client_id` of the client's `hello`, carried by each of its records.
@@ -390,7 +397,7 @@ impl Connection {
                     else {
                         unreachable!("a reply slot is awaited only while blocked on one");
                     };
-                    self.enqueue(item, permit);
+                    self.enqueue(item, permit, &mut ReadShare::default());
                 }
                 Event::Unblocked(Unblocked::QueueRoom(pushed)) => {
                     self.blocked = None;
@@ -725,6 +732,7 @@ impl Connection {
     /// Decodes and handles frames until the buffer holds no complete one or an item blocks;
     /// counts the items accepted in `items`.
     fn process_frames(&mut self, items: &mut u64, frames: &mut u32) -> Result<(), Close> {
+        let mut share = ReadShare::default();
         while self.blocked.is_none() {
             let decoded = if self.flags.contains(Flags::EOF) {
                 self.decoder.decode_eof(&mut self.read_buf)
@@ -759,9 +767,13 @@ impl Connection {
                         return Err(unauthorized(AUTHENTICATE_FIRST));
                     }
                     *items += 1;
-                    self.accept(item);
+                    self.accept(item, &mut share);
                 }
-                Ok(Inbound::Hello(hello)) => self.hello(hello)?,
+                Ok(Inbound::Hello(hello)) => {
+                    self.hello(hello)?;
+                    // The items after it carry what it said.
+                    share.origin = None;
+                }
                 Ok(Inbound::Ping) => self.send(&Outbound::Pong),
                 Ok(Inbound::Pong) => {}
                 Err(error) => self.refuse(error)?,
@@ -787,11 +799,11 @@ impl Connection {
     }
 
     /// Queues a valid item, first reserving its reply slot when it will need one.
-    fn accept(&mut self, item: Item) {
+    fn accept(&mut self, item: Item, share: &mut ReadShare) {
         let needs_reply =
             item.id.is_some() || self.shared.params.overflow != Overflow::Backpressure;
         if !needs_reply {
-            return self.enqueue(item, None);
+            return self.enqueue(item, None, share);
         }
         let capacity = self.shared.params.max_pending_replies;
         let tx = match &self.reply_tx {
@@ -803,7 +815,7 @@ impl Connection {
             }
         };
         match tx.try_reserve_owned() {
-            Ok(permit) => self.enqueue(item, Some(permit)),
+            Ok(permit) => self.enqueue(item, Some(permit), share),
             Err(TrySendError::Full(tx)) => {
                 self.blocked = Some(Box::new(Blocked::ReplySlot {
                     item,
@@ -816,25 +828,25 @@ impl Connection {
 
     /// Offers the item to the queue. Under `backpressure` with a full queue, the connection is
     /// blocked until there is room; the wait is boxed, so only a waiting connection pays for it.
-    fn enqueue(&mut self, item: Item, reply: Option<OwnedPermit<Outbound>>) {
+    fn enqueue(&mut self, item: Item, reply: Option<OwnedPermit<Outbound>>, share: &mut ReadShare) {
         let Some(producer) = &self.producer else {
             unreachable!("the producer is dropped only when no item can follow");
         };
-        let (client_id, auth_name) = match &self.extras {
-            Some(extras) => (extras.client_id.clone(), extras.auth_name.clone()),
-            None => (None, None),
-        };
-        let record = Record {
-            conn_id: self.info.id,
-            peer: self.info.peer,
-            received_at: SystemTime::now(),
-            ip: item.ip,
-            item: item.raw,
-            id: item.id,
-            client_id,
-            auth_name,
-            reply,
-        };
+        let origin = share.origin.get_or_insert_with(|| {
+            let (client_id, auth_name) = match &self.extras {
+                Some(extras) => (extras.client_id.clone(), extras.auth_name.clone()),
+                None => (None, None),
+            };
+            Arc::new(Origin::new(
+                self.info.id,
+                self.info.peer,
+                client_id,
+                auth_name,
+            ))
+        });
+        let received_at = *share.received_at.get_or_insert_with(SystemTime::now);
+        let mut record = Record::of(Arc::clone(origin), received_at, item.ip, item.raw, item.id);
+        record.reply = reply;
         self.info.item();
         match producer.try_push(record) {
             Ok(pushed) => settle(pushed, &self.shared.metrics),
