@@ -23,6 +23,20 @@ pub(super) struct Envelope<'a> {
     pub id: Option<&'a str>,
 }
 
+/// The bytes a string may hold as they are: all but `"`, `\\` and the control characters (the
+/// UTF-8 of the others is checked once for the whole object).
+const PLAIN: [bool; 256] = {
+    let mut plain = [true; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        plain[byte] = false;
+        byte += 1;
+    }
+    plain[b'"' as usize] = false;
+    plain[b'\\' as usize] = false;
+    plain
+};
+
 /// Nesting the single pass follows (a bit per level); deeper objects go to serde_json, whose
 /// own limit (128) is above this one.
 const MAX_DEPTH: u32 = 64;
@@ -30,12 +44,9 @@ const MAX_DEPTH: u32 = 64;
 /// The keys of `text` if it is, beyond doubt, one valid JSON object without whitespace between
 /// its tokens; `None` when serde_json must decide.
 pub(super) fn scan(text: &[u8]) -> Option<Envelope<'_>> {
-    let mut scanner = Scanner {
-        text,
-        at: 0,
-        non_ascii: false,
-    };
-    let mut envelope = Envelope::default();
+    let mut scanner = Scanner { text, at: 0 };
+    // Where the values are; made text once the whole object is known to be UTF-8.
+    let (mut ip, mut kind, mut id, mut ip_keys) = (None, None, None, 0);
     scanner.expect(b'{')?;
     if scanner.peek()? == b'}' {
         scanner.at += 1;
@@ -46,14 +57,14 @@ pub(super) fn scan(text: &[u8]) -> Option<Envelope<'_>> {
             scanner.expect(b':')?;
             let start = scanner.at;
             scanner.value()?;
-            let value = &text[start..scanner.at];
+            let value = start..scanner.at;
             if key.eq_ignore_ascii_case(b"ip") {
-                envelope.ip = Some(value_text(value)?);
-                envelope.ip_keys += 1;
+                ip = Some(value);
+                ip_keys += 1;
             } else if key == b"type" {
-                envelope.kind = Some(value_text(value)?);
+                kind = Some(value);
             } else if key == b"id" {
-                envelope.id = Some(value_text(value)?);
+                id = Some(value);
             }
             match scanner.next()? {
                 b',' => {}
@@ -65,24 +76,21 @@ pub(super) fn scan(text: &[u8]) -> Option<Envelope<'_>> {
     if scanner.at != text.len() {
         return None;
     }
-    // Bytes above ASCII only ever pass inside strings: checked once, whole, when there were any.
-    if scanner.non_ascii && std::str::from_utf8(text).is_err() {
-        return None;
-    }
-    Some(envelope)
-}
-
-/// A value's text. Only ASCII bytes end a value, so a slice of a valid object is valid UTF-8
-/// exactly when the object is; checked here because that is not yet known for a string value.
-fn value_text(value: &[u8]) -> Option<&str> {
-    std::str::from_utf8(value).ok()
+    // Bytes above ASCII pass inside strings only: checked here, once, whole. Values begin and
+    // end at ASCII bytes, so each is text too.
+    let text = std::str::from_utf8(text).ok()?;
+    let value = |range: Option<std::ops::Range<usize>>| range.map(|r| &text[r]);
+    Some(Envelope {
+        ip: value(ip),
+        ip_keys,
+        kind: value(kind),
+        id: value(id),
+    })
 }
 
 struct Scanner<'a> {
     text: &'a [u8],
     at: usize,
-    /// A byte above ASCII was seen (inside a string): the object's UTF-8 must be checked.
-    non_ascii: bool,
 }
 
 impl<'a> Scanner<'a> {
@@ -114,6 +122,9 @@ impl<'a> Scanner<'a> {
     /// (half of a pair, or a lone one: serde_json decides those).
     fn string(&mut self) -> Option<()> {
         loop {
+            // Most string bytes need no decision: skipped by a table look-up each.
+            let rest = self.text.get(self.at..)?;
+            self.at += rest.iter().take_while(|&&b| PLAIN[usize::from(b)]).count();
             match self.next()? {
                 b'"' => return Some(()),
                 b'\\' => match self.next()? {
@@ -129,9 +140,8 @@ impl<'a> Scanner<'a> {
                     }
                     _ => return None,
                 },
-                0x00..=0x1F => return None,
-                0x80.. => self.non_ascii = true,
-                _ => {}
+                // A raw control character.
+                _ => return None,
             }
         }
     }
