@@ -280,7 +280,6 @@ struct Connection {
     extras: Option<Box<Extras>>,
 }
 
-/// The state only some connections have.
 /// What the items of one read share, made once for the read: they arrived together.
 #[derive(Default)]
 struct ReadShare {
@@ -288,6 +287,7 @@ struct ReadShare {
     received_at: Option<SystemTime>,
 }
 
+/// The state only some connections have.
 #[derive(Default)]
 struct Extras {
     /// The `client_id` of the client's `hello`, carried by each of its records.

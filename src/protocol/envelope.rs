@@ -112,34 +112,37 @@ impl<'a> Scanner<'a> {
     /// spell `ip`; serde_json decodes it).
     fn key(&mut self) -> Option<&'a [u8]> {
         let start = self.at;
-        self.string()?;
-        let inner = &self.text[start..self.at - 1];
-        (!inner.contains(&b'\\')).then_some(inner)
+        let escaped = self.string()?;
+        (!escaped).then(|| &self.text[start..self.at - 1])
     }
 
     /// The rest of a string after its opening quote. Refuses a raw control character (JSON
     /// forbids them in strings), an unknown escape and a `\u` escape of a UTF-16 surrogate
-    /// (half of a pair, or a lone one: serde_json decides those).
-    fn string(&mut self) -> Option<()> {
+    /// (half of a pair, or a lone one: serde_json decides those). True when it held an escape.
+    fn string(&mut self) -> Option<bool> {
+        let mut escaped = false;
         loop {
             // Most string bytes need no decision: skipped by a table look-up each.
             let rest = self.text.get(self.at..)?;
             self.at += rest.iter().take_while(|&&b| PLAIN[usize::from(b)]).count();
             match self.next()? {
-                b'"' => return Some(()),
-                b'\\' => match self.next()? {
-                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
-                    b'u' => {
-                        let mut unit = 0u32;
-                        for _ in 0..4 {
-                            unit = unit * 16 + (self.next()? as char).to_digit(16)?;
+                b'"' => return Some(escaped),
+                b'\\' => {
+                    escaped = true;
+                    match self.next()? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                        b'u' => {
+                            let mut unit = 0u32;
+                            for _ in 0..4 {
+                                unit = unit * 16 + (self.next()? as char).to_digit(16)?;
+                            }
+                            if (0xD800..=0xDFFF).contains(&unit) {
+                                return None;
+                            }
                         }
-                        if (0xD800..=0xDFFF).contains(&unit) {
-                            return None;
-                        }
+                        _ => return None,
                     }
-                    _ => return None,
-                },
+                }
                 // A raw control character.
                 _ => return None,
             }
@@ -193,7 +196,9 @@ impl<'a> Scanner<'a> {
         loop {
             // A value starts here.
             match self.next()? {
-                b'"' => self.string()?,
+                b'"' => {
+                    self.string()?;
+                }
                 b'{' | b'[' if depth == MAX_DEPTH => return None,
                 b'{' => {
                     if self.peek() == Some(b'}') {
