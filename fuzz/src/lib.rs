@@ -58,6 +58,59 @@ pub fn decoder_chunks(data: &[u8]) {
     for piece in &at_once.pieces {
         check_piece(&input, piece);
     }
+    // The server reads with `next_message`, whose fast path reads a whole compact object in
+    // one walk: the same answers as cutting and interpreting, however the stream is chunked.
+    let two_steps = read_messages(&input, input.chunk_sizes(), false);
+    for (sizes, name) in [
+        (
+            Box::new(std::iter::repeat(usize::MAX)) as Box<dyn Iterator<Item = usize>>,
+            "at once",
+        ),
+        (Box::new(std::iter::repeat(1)), "byte by byte"),
+        (Box::new(input.chunk_sizes()), "chunked"),
+    ] {
+        let one_step = read_messages(&input, sizes, true);
+        assert_eq!(
+            two_steps, one_step,
+            "next_message vs decode and interpret, {name}"
+        );
+    }
+}
+
+/// What a reader makes of `input`'s stream fed in `chunk_sizes`: with
+/// [`protocol::next_message`] (`one_step`) or with [`Decoder::decode`] and
+/// [`protocol::interpret`]. Ends at the stream's end or at the first frame too large.
+fn read_messages(
+    input: &Input<'_>,
+    mut chunk_sizes: impl Iterator<Item = usize>,
+    one_step: bool,
+) -> Vec<Result<Result<Inbound, protocol::ItemError>, protocol::FrameTooLarge>> {
+    let stream = input.stream;
+    let mut decoder = Decoder::new(input.max_frame);
+    let (mut buf, mut fed, mut messages) = (BytesMut::new(), 0, Vec::new());
+    loop {
+        let eof = feed(stream, &mut fed, &mut buf, &mut chunk_sizes);
+        loop {
+            let next = if one_step {
+                protocol::next_message(&mut decoder, &mut buf, eof)
+            } else if eof {
+                decoder
+                    .decode_eof(&mut buf)
+                    .map(|f| f.map(protocol::interpret))
+            } else {
+                decoder.decode(&mut buf).map(|f| f.map(protocol::interpret))
+            };
+            match next {
+                Ok(Some(message)) => messages.push(Ok(message)),
+                Ok(None) if eof => return messages,
+                Ok(None) => break,
+                Err(too_large) => {
+                    messages.push(Err(too_large));
+                    return messages;
+                }
+            }
+        }
+    }
 }
 
 /// Whatever one frame holds, [`protocol::parse`] does not panic; an item it accepts is a JSON
@@ -167,6 +220,26 @@ impl<'a> Input<'a> {
     }
 }
 
+/// Appends the next chunk of `stream` to `buf`, as a socket would deliver it; true once all of
+/// it had been fed before this call (the stream has ended).
+fn feed(
+    stream: &[u8],
+    fed: &mut usize,
+    buf: &mut BytesMut,
+    chunk_sizes: &mut impl Iterator<Item = usize>,
+) -> bool {
+    if *fed == stream.len() {
+        return true;
+    }
+    let size = chunk_sizes
+        .next()
+        .expect("endless")
+        .min(stream.len() - *fed);
+    buf.extend_from_slice(&stream[*fed..*fed + size]);
+    *fed += size;
+    false
+}
+
 /// What the decoder made of one stream.
 #[derive(Debug, PartialEq, Eq)]
 struct Cut {
@@ -193,12 +266,7 @@ fn cut(input: &Input<'_>, chunk_sizes: impl Iterator<Item = usize>) -> Cut {
     let mut pieces = Vec::new();
     let mut chunk_sizes = chunk_sizes;
     loop {
-        let eof = fed == stream.len();
-        if !eof {
-            let size = chunk_sizes.next().expect("endless").min(stream.len() - fed);
-            buf.extend_from_slice(&stream[fed..fed + size]);
-            fed += size;
-        }
+        let eof = feed(stream, &mut fed, &mut buf, &mut chunk_sizes);
         loop {
             let decoded = if eof {
                 decoder.decode_eof(&mut buf)

@@ -734,13 +734,10 @@ impl Connection {
     fn process_frames(&mut self, items: &mut u64, frames: &mut u32) -> Result<(), Close> {
         let mut share = ReadShare::default();
         while self.blocked.is_none() {
-            let decoded = if self.flags.contains(Flags::EOF) {
-                self.decoder.decode_eof(&mut self.read_buf)
-            } else {
-                self.decoder.decode(&mut self.read_buf)
-            };
-            let frame = match decoded {
-                Ok(Some(frame)) => frame,
+            let eof = self.flags.contains(Flags::EOF);
+            let decoded = protocol::next_message(&mut self.decoder, &mut self.read_buf, eof);
+            let message = match decoded {
+                Ok(Some(message)) => message,
                 Ok(None) => break,
                 Err(too_large) => {
                     self.shared.metrics.item_refused(ErrorCode::FrameTooLarge);
@@ -760,7 +757,7 @@ impl Connection {
                 }
             };
             *frames += 1;
-            match protocol::interpret(frame) {
+            match message {
                 Ok(Inbound::Item(item)) => {
                     if self.awaits_authentication() {
                         self.shared.metrics.item_refused(ErrorCode::Unauthorized);

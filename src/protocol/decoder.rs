@@ -127,8 +127,7 @@ impl Decoder {
     /// no complete frame yet (whitespace between frames is consumed).
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameTooLarge> {
         if self.state == State::Between {
-            let blanks = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
-            buf.advance(blanks);
+            skip_blanks(buf);
             self.state = match buf.first() {
                 None => return Ok(None),
                 Some(b'{') => State::Object(ObjectScan::default()),
@@ -169,6 +168,29 @@ impl Decoder {
             }),
             None => Ok(None),
         }
+    }
+
+    /// The fast path of [`decode`](Self::decode): when no frame is pending and `buf` begins
+    /// (after the whitespace between frames) with an object that `measure` recognises whole, it
+    /// is cut and returned with what `measure` learnt, and the byte-by-byte scan is skipped.
+    /// `measure` sees at most `max_frame` bytes and returns the object's length; it must only
+    /// recognise a compact object (nothing to remove) that ends where the scan would end it.
+    /// `None` leaves the decoder as it was: then call `decode`.
+    pub(super) fn decode_measured<T>(
+        &mut self,
+        buf: &mut BytesMut,
+        measure: impl FnOnce(&[u8]) -> Option<(usize, T)>,
+    ) -> Option<(Bytes, T)> {
+        if self.state != State::Between {
+            return None;
+        }
+        skip_blanks(buf);
+        if buf.first() != Some(&b'{') {
+            return None;
+        }
+        let limit = buf.len().min(self.max_frame());
+        let (len, learnt) = measure(&buf[..limit])?;
+        Some((buf.split_to(len).freeze(), learnt))
     }
 
     /// Like [`decode`](Self::decode), for when the stream has ended: once the complete frames
@@ -319,6 +341,12 @@ impl Decoder {
         self.scanned = found.unwrap_or(limit) as u32;
         found
     }
+}
+
+/// Consumes the whitespace between frames.
+fn skip_blanks(buf: &mut BytesMut) {
+    let blanks = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    buf.advance(blanks);
 }
 
 /// True when `before` and `after`, written side by side, could be read as one token: both are

@@ -10,6 +10,8 @@
 //! on a 30-byte item (visitor calls, raw-value keys, a separate UTF-8 pass) where one loop over
 //! the bytes spends a few per byte (issue 28, docs/BENCHMARKS.md).
 
+use std::ops::Range;
+
 /// Raw JSON texts of the keys the server looks at, as slices of the object.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Envelope<'a> {
@@ -44,6 +46,16 @@ const MAX_DEPTH: u32 = 64;
 /// The keys of `text` if it is, beyond doubt, one valid JSON object without whitespace between
 /// its tokens; `None` when serde_json must decide.
 pub(super) fn scan(text: &[u8]) -> Option<Envelope<'_>> {
+    scan_prefix(text)
+        .filter(|(len, _)| *len == text.len())
+        .map(|(_, envelope)| envelope)
+}
+
+/// Like [`scan`], for an object at the start of `text` with anything after it: its length and
+/// keys. The decoder's fast path (`super::next_message`): an object checked here needs no
+/// other walk over its bytes, its end is where the decoder's scan would find it (a valid
+/// compact object's braces and brackets balance there), and it has no whitespace to remove.
+pub(super) fn scan_prefix(text: &[u8]) -> Option<(usize, Envelope<'_>)> {
     let mut scanner = Scanner { text, at: 0 };
     // Where the values are; made text once the whole object is known to be UTF-8.
     let (mut ip, mut kind, mut id, mut ip_keys) = (None, None, None, 0);
@@ -73,19 +85,47 @@ pub(super) fn scan(text: &[u8]) -> Option<Envelope<'_>> {
             }
         }
     }
-    if scanner.at != text.len() {
-        return None;
-    }
+    let len = scanner.at;
     // Bytes above ASCII pass inside strings only: checked here, once, whole. Values begin and
     // end at ASCII bytes, so each is text too.
-    let text = std::str::from_utf8(text).ok()?;
+    let text = std::str::from_utf8(&text[..len]).ok()?;
     let value = |range: Option<std::ops::Range<usize>>| range.map(|r| &text[r]);
-    Some(Envelope {
+    let envelope = Envelope {
         ip: value(ip),
         ip_keys,
         kind: value(kind),
         id: value(id),
-    })
+    };
+    Some((len, envelope))
+}
+
+/// Where an [`Envelope`]'s values are in the object, so that they outlive the borrow of the
+/// bytes they were read from (the object becomes a [`bytes::Bytes`] after it is read).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct Keys {
+    pub ip: Option<Range<usize>>,
+    pub ip_keys: u32,
+    pub kind: Option<Range<usize>>,
+    pub id: Option<Range<usize>>,
+}
+
+impl Envelope<'_> {
+    /// The positions of the values in `object`, the text they were read from.
+    pub(super) fn locate(&self, object: &[u8]) -> Keys {
+        let base = object.as_ptr() as usize;
+        let range = |value: Option<&str>| {
+            value.map(|value| {
+                let start = value.as_ptr() as usize - base;
+                start..start + value.len()
+            })
+        };
+        Keys {
+            ip: range(self.ip),
+            ip_keys: self.ip_keys,
+            kind: range(self.kind),
+            id: range(self.id),
+        }
+    }
 }
 
 struct Scanner<'a> {

@@ -9,8 +9,8 @@ use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use super::envelope::{self, Envelope};
-use super::Frame;
+use super::envelope::{self, Envelope, Keys};
+use super::{Decoder, Frame, FrameTooLarge};
 
 /// A message from a client.
 #[derive(Debug, PartialEq, Eq)]
@@ -265,17 +265,47 @@ pub fn interpret(frame: Frame) -> Result<Inbound, ItemError> {
 /// IPv4 or IPv6 address. A `"type"` of `hello`, `ping` or `pong` makes a control message; any
 /// other type, or none, leaves the object an item, so clients' own `type` fields keep working.
 pub fn parse(frame: Bytes) -> Result<Inbound, ItemError> {
-    let envelope = match envelope::scan(&frame) {
-        Some(envelope) => envelope,
-        None => read_envelope(&frame)?,
+    let keys = match envelope::scan(&frame) {
+        Some(envelope) => envelope.locate(&frame),
+        None => read_envelope(&frame)?.locate(&frame),
     };
-    let id = envelope.id.map(|raw| frame.slice_ref(raw.as_bytes()));
+    judge(frame, keys)
+}
+
+/// Cuts the next frame from `buf` and says what it means: [`Decoder::decode`] (or, once the
+/// stream has ended, [`Decoder::decode_eof`]) and [`interpret`] in one. An object that arrived
+/// whole and compact is checked and its keys read in the same walk that finds its end, instead
+/// of one walk to cut it and another to read it (issue 28); any other frame takes the two
+/// steps. The answer is the same either way.
+pub fn next_message(
+    decoder: &mut Decoder,
+    buf: &mut BytesMut,
+    eof: bool,
+) -> Result<Option<Result<Inbound, ItemError>>, FrameTooLarge> {
+    let measure = |text: &[u8]| envelope::scan_prefix(text).map(|(len, e)| (len, e.locate(text)));
+    if let Some((frame, keys)) = decoder.decode_measured(buf, measure) {
+        return Ok(Some(judge(frame, keys)));
+    }
+    let frame = if eof {
+        decoder.decode_eof(buf)?
+    } else {
+        decoder.decode(buf)?
+    };
+    Ok(frame.map(interpret))
+}
+
+/// What a valid object means, given where its keys are.
+fn judge(frame: Bytes, keys: Keys) -> Result<Inbound, ItemError> {
+    // Both readers checked the whole object is UTF-8, and a value begins and ends at ASCII
+    // bytes: the conversion cannot fail.
+    let text = |range: std::ops::Range<usize>| std::str::from_utf8(&frame[range]).unwrap_or("");
+    let id = keys.id.map(|range| frame.slice(range));
     let id_valid = id
         .as_ref()
         .is_none_or(|raw| matches!(raw.first(), Some(b'"' | b'-' | b'0'..=b'9')));
     // Only an id that is a string or a number is ever echoed: it is one token, one line.
-    if let Some(control) = control_message(envelope.kind, id.as_ref().filter(|_| id_valid), &frame)?
-    {
+    let kind = keys.kind.map(text);
+    if let Some(control) = control_message(kind, id.as_ref().filter(|_| id_valid), &frame)? {
         return Ok(control);
     }
     if !id_valid {
@@ -285,7 +315,7 @@ pub fn parse(frame: Bytes) -> Result<Inbound, ItemError> {
             None,
         ));
     }
-    let ip = match (envelope.ip, envelope.ip_keys) {
+    let ip = match (keys.ip, keys.ip_keys) {
         (None, _) => {
             return Err(ItemError::new(
                 ErrorCode::MissingIp,
@@ -300,7 +330,7 @@ pub fn parse(frame: Bytes) -> Result<Inbound, ItemError> {
                 id,
             ))
         }
-        (Some(raw), _) => parse_ip(raw)
+        (Some(raw), _) => parse_ip(text(raw))
             .map_err(|message| ItemError::new(ErrorCode::InvalidIp, message, id.clone()))?,
     };
     Ok(Inbound::Item(Item { raw: frame, ip, id }))
@@ -700,6 +730,65 @@ mod tests {
         for code in ErrorCode::ALL {
             assert_eq!(ErrorCode::from_wire(code.as_str()), Some(code));
         }
+    }
+
+    /// The server's one-step reading and the two steps it replaces give the same answers, in
+    /// the same order, whatever the stream holds and however it is cut.
+    #[test]
+    fn next_message_answers_as_decode_and_interpret_do() {
+        let stream = concat!(
+            "{\"ip\":\"10.0.0.1\",\"id\":1}{\"IP\":\"::1\",\"id\":\"a\"}\n",
+            "  {\n  \"ip\": \"10.0.0.2\",\n  \"n\": [1, 2]\n}\r\n",
+            "not json\n{\"type\":\"ping\"}{\"type\":\"hello\",\"client_id\":\"c-1\"}",
+            "{\"ip\":\"300.0.0.1\"}{\"n\":1}{\"ip\":1}{\"ip\":\"1.1.1.1\",\"Ip\":\"2.2.2.2\"}",
+            "{\"ip\":\"1.2.3.4\",\"id\":[1]}{\"ip\":\"1.2.3.4\",\"x\":01}\u{c}",
+            "{\"\\u0069p\":\"5.6.7.8\",\"s\":\"\\\"}\\u00e9\"}{\"ip\":\"9.9.9.9\",\"deep\":",
+            "{\"a\":{\"b\":[{\"c\":\"}\"}]}}}{\"ip\":\"1.1.1.1\",\"long\":\"xxxxxxxxxxxxxxxxxxxxxxxx\"}",
+            "{\"ip\":\"7.7.7.7\""
+        );
+        let read = |max_frame: usize, step: usize, one_step: bool| {
+            let mut decoder = Decoder::new(max_frame);
+            let (mut buf, mut fed, mut answers) = (BytesMut::new(), 0, Vec::new());
+            loop {
+                let eof = fed == stream.len();
+                let end = fed.saturating_add(step).min(stream.len());
+                buf.extend_from_slice(&stream.as_bytes()[fed..end]);
+                fed = end;
+                loop {
+                    let next = if one_step {
+                        next_message(&mut decoder, &mut buf, eof)
+                    } else if eof {
+                        decoder.decode_eof(&mut buf).map(|f| f.map(interpret))
+                    } else {
+                        decoder.decode(&mut buf).map(|f| f.map(interpret))
+                    };
+                    match next {
+                        Ok(Some(answer)) => answers.push(Ok(answer)),
+                        Ok(None) if eof => return answers,
+                        Ok(None) => break,
+                        Err(too_large) => {
+                            answers.push(Err(too_large));
+                            return answers;
+                        }
+                    }
+                }
+            }
+        };
+        for max_frame in [40, 64, 1 << 20] {
+            let expected = read(max_frame, usize::MAX, false);
+            assert!(expected.len() > 3, "{expected:?}");
+            for step in [1, 2, 3, 7, 16, 33, usize::MAX] {
+                let answers = read(max_frame, step, true);
+                assert_eq!(answers, expected, "max_frame {max_frame}, step {step}");
+            }
+        }
+        let whole = read(1 << 20, usize::MAX, true);
+        let items = whole
+            .iter()
+            .filter(|a| matches!(a, Ok(Ok(Inbound::Item(_)))))
+            .count();
+        let refused = whole.iter().filter(|a| matches!(a, Ok(Err(_)))).count();
+        assert_eq!((whole.len(), items, refused), (16, 6, 8), "{whole:#?}");
     }
 
     fn parse_str(s: &str) -> Result<Inbound, ItemError> {

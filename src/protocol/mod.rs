@@ -11,6 +11,6 @@ mod message;
 
 pub use decoder::{Decoder, Frame, FrameTooLarge, Truncated, MAX_FRAME_LIMIT};
 pub use message::{
-    check_client_id, interpret, parse, parse_reply, ErrorCode, Hello, Inbound, Item, ItemError,
-    Outbound, Reply, ReplyError, MAX_CLIENT_ID,
+    check_client_id, interpret, next_message, parse, parse_reply, ErrorCode, Hello, Inbound, Item,
+    ItemError, Outbound, Reply, ReplyError, MAX_CLIENT_ID,
 };
