@@ -1,11 +1,12 @@
 //! A received item on its way to the sink, and the way back to its sender.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use tokio::sync::mpsc::OwnedPermit;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc::UnboundedSender;
 
 use crate::protocol::{ErrorCode, Outbound};
 
@@ -79,10 +80,67 @@ impl Origin {
     }
 }
 
+/// The replies (acks, `queue_full` and `sink_failed` errors) to the records of one read that
+/// need one, gathered as each is settled and sent to their connection in one message once the
+/// last of them is: one channel message, one wake-up and one count per read instead of one
+/// per item (issue 28). The channel is unbounded, so the sink never waits for a client: the
+/// connection bounds it by the records it has queued unanswered (`max_pending_replies`).
+#[derive(Debug)]
+pub(crate) struct Replies {
+    /// The replies so far, encoded.
+    lines: Mutex<BytesMut>,
+    /// Records of the read that joined, counted as the connection queues them.
+    records: AtomicU32,
+    to: UnboundedSender<Answered>,
+}
+
+/// What a connection receives for one read's records once all of them are settled.
+#[derive(Debug)]
+pub(crate) struct Answered {
+    /// Their replies, encoded (empty when none of them asked for one).
+    pub lines: BytesMut,
+    /// How many records they were, answered or not.
+    pub records: u32,
+}
+
+impl Replies {
+    /// A group whose replies go to `to`.
+    pub(crate) fn new(to: UnboundedSender<Answered>) -> Arc<Replies> {
+        Arc::new(Replies {
+            lines: Mutex::new(BytesMut::new()),
+            records: AtomicU32::new(0),
+            to,
+        })
+    }
+
+    /// One more record of the group: the handle it carries.
+    pub(crate) fn join(self: &Arc<Replies>) -> Arc<Replies> {
+        self.records.fetch_add(1, Ordering::Relaxed);
+        Arc::clone(self)
+    }
+
+    fn add(&self, reply: &Outbound) {
+        // A panic elsewhere while holding the lock left whole lines: each is appended at once.
+        reply.encode(&mut self.lines.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
+impl Drop for Replies {
+    /// The last record of the group is settled (or dropped, at shutdown): its replies leave.
+    fn drop(&mut self) {
+        let answered = Answered {
+            lines: std::mem::take(self.lines.get_mut().unwrap_or_else(PoisonError::into_inner)),
+            records: *self.records.get_mut(),
+        };
+        // The connection is gone when the send fails: nobody is left to answer.
+        let _ = self.to.send(answered);
+    }
+}
+
 /// One item with where and when it came from.
 ///
-/// A record may hold a reserved slot in its connection's reply channel: the ack (or the
-/// `queue_full` / `sink_failed` error) is then sent without waiting, whatever the client does.
+/// A record may belong to its read's [`Replies`]: its ack (or its `queue_full` / `sink_failed`
+/// error) is then sent with theirs, without waiting, whatever the client does.
 #[derive(Debug)]
 pub struct Record {
     /// The connection it came on (shared with the records read with it).
@@ -97,7 +155,7 @@ pub struct Record {
     pub item: Bytes,
     /// The raw JSON of the item's `"id"`, if it had one.
     pub id: Option<Bytes>,
-    pub(crate) reply: Option<OwnedPermit<Outbound>>,
+    pub(crate) reply: Option<Arc<Replies>>,
 }
 
 impl Record {
@@ -196,8 +254,8 @@ impl Record {
 
     /// The sink has the item: send its ack, if it asked for one. True when an ack was sent.
     pub fn acknowledge(self) -> bool {
-        if let (Some(permit), Some(id)) = (self.reply, self.id) {
-            permit.send(Outbound::Ack { id });
+        if let (Some(replies), Some(id)) = (self.reply, self.id) {
+            replies.add(&Outbound::Ack { id });
             return true;
         }
         false
@@ -205,8 +263,8 @@ impl Record {
 
     /// The item was not stored: tell its sender why.
     pub fn reject(self, code: ErrorCode, message: &'static str) {
-        if let Some(permit) = self.reply {
-            permit.send(Outbound::Error {
+        if let Some(replies) = self.reply {
+            replies.add(&Outbound::Error {
                 code,
                 message: message.into(),
                 id: self.id,

@@ -7,7 +7,9 @@ use std::collections::HashSet;
 
 use common::{test_config, wait_until, TestServer, PROMPT};
 use connwarden::config::Overflow;
-use tokio::io::AsyncWriteExt;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn tiny_queue_with_backpressure_delivers_every_item_in_order() {
@@ -130,4 +132,65 @@ async fn drop_oldest_tells_the_sender_of_the_evicted_item() {
     drop(client);
     server.shutdown().await;
     assert_eq!(drainer.await.unwrap(), ITEMS - evicted);
+}
+
+/// What the sink has not yet answered is bounded per connection by `max_pending_replies`, not
+/// by the queue: with the sink stalled, a connection stops taking items once that many of its
+/// own wait for an answer, and goes on, acknowledging every item once and in order, as soon as
+/// the sink moves again.
+#[tokio::test]
+async fn unanswered_items_stop_at_max_pending_replies_until_the_sink_moves() {
+    const ITEMS: usize = 5_000;
+    const PENDING: usize = 16;
+    // The test server's channel sink takes this many records before it waits for the test.
+    const SINK_CHANNEL: usize = 1024;
+    let mut config = test_config();
+    config.max_pending_replies = PENDING;
+    let mut server = TestServer::start(config).await;
+    let mut records = server.records.take().unwrap();
+    let client = server.connect().await;
+    let (mut reader, mut writer) = (client.reader, client.writer);
+    let sender = tokio::spawn(async move {
+        writer
+            .write_all(items_with_ids(ITEMS).as_bytes())
+            .await
+            .unwrap();
+        writer
+    });
+    server.wait_live(1).await;
+    let items = || server.registry.snapshot()[0].items as usize;
+    // The sink fills its channel, then waits: answers stop, and so does the connection.
+    wait_until(PROMPT, || items() >= SINK_CHANNEL - PENDING).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    while tokio::time::Instant::now() < deadline {
+        let taken = items();
+        assert!(
+            taken <= SINK_CHANNEL + PENDING,
+            "{taken} items taken with {SINK_CHANNEL} answered at most"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let drainer = tokio::spawn(async move {
+        let mut n = 0;
+        while n < ITEMS && records.recv().await.is_some() {
+            n += 1;
+        }
+        (n, records)
+    });
+    let mut line = String::new();
+    for expected in 0..ITEMS {
+        line.clear();
+        tokio::time::timeout(PROMPT, reader.read_line(&mut line))
+            .await
+            .expect("an ack within the bound")
+            .unwrap();
+        let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(reply["type"], "ack", "{line}");
+        assert_eq!(reply["id"], expected, "acks in order, each once");
+    }
+    let (stored, _records) = drainer.await.unwrap();
+    assert_eq!((stored, items()), (ITEMS, ITEMS));
+    drop(sender.await.unwrap());
+    drop(reader);
+    server.shutdown().await;
 }

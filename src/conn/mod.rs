@@ -3,8 +3,9 @@
 //! The task holds no read buffer while the connection is idle: it waits for readiness, reads
 //! into a buffer that lives only while bytes are pending, and frees it once every complete
 //! object has been taken out. Replies written by the sink (acks, `queue_full`) arrive through a
-//! per-connection channel that is created at the first item that needs one; each such item
-//! reserves its reply slot before it is queued, so the sink never waits for a client.
+//! per-connection channel that is created at the first item that needs one, one message per
+//! read (`record::Replies`); the channel never makes the sink wait, and the connection stops
+//! taking items while `max_pending_replies` of them are unanswered.
 //!
 //! Everything that can end the connection is checked in one loop: the server's shutdown, a
 //! kick, socket errors (classified into reset, keep-alive or user timeout), the heartbeat, the
@@ -13,7 +14,7 @@
 //! Memory per idle connection is the budget that matters most (a gateway holds hundreds of
 //! thousands), so the loop waits in one hand-written `poll` that stores no futures: socket
 //! readiness is polled on the stream itself, kicks and shutdown stages arrive through a waker
-//! slot on the registry entry, and the timer, the reply-slot wait and a backpressure wait are
+//! slot on the registry entry, and the timer, the reply channel and a backpressure wait are
 //! boxed only while they exist. An idle connection's task is at most 256 bytes.
 //!
 //! This file is the loop, its reads and writes, and the close reasons it ends with; beside it,
@@ -36,7 +37,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Buf, BytesMut};
 use socket2::SockRef;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc::{self, error::TrySendError, OwnedPermit};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
 pub(crate) use shared::{ConnShared, Live, Stage};
@@ -47,7 +48,7 @@ use crate::config::{Config, HeartbeatMode, Overflow};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Decoder, ErrorCode, Inbound, Item, ItemError, Outbound};
 use crate::queue::{Producer, Pushed};
-use crate::record::{Origin, Record};
+use crate::record::{Answered, Origin, Record, Replies};
 use crate::registry::{ConnGuard, ConnInfo};
 use crate::sockopt::{self, SocketOptions};
 use crate::tls::{self, RecordsRead, TlsSession};
@@ -67,25 +68,22 @@ enum Event {
     StopReading,
     Writable(io::Result<()>),
     Unblocked(Unblocked),
-    Reply(Option<Outbound>),
+    Reply(Option<Answered>),
     Readable(io::Result<()>),
     Deadline,
 }
 
 /// Why the connection takes no new item for now, with the (boxed) wait.
 enum Blocked {
-    /// An item waits for a slot in the reply channel: the client is not reading its acks.
-    ReplySlot {
-        item: Item,
-        wait: Pin<Box<dyn Future<Output = Option<OwnedPermit<Outbound>>> + Send>>,
-    },
+    /// An item waits until fewer than `max_pending_replies` are unanswered: the client is not
+    /// reading its acks. Woken by the reply channel, polled anyway.
+    Replies(Item),
     /// A record waits for room in the queue (`backpressure`).
     QueueRoom(Pin<Box<dyn Future<Output = Pushed<Record>> + Send>>),
 }
 
 /// The end of a [`Blocked`] wait.
 enum Unblocked {
-    ReplySlot(Option<OwnedPermit<Outbound>>),
     QueueRoom(Pushed<Record>),
 }
 
@@ -252,9 +250,9 @@ struct Connection {
     read_buf: BytesMut,
     decoder: Decoder,
     out: BytesMut,
-    reply_tx: Option<mpsc::Sender<Outbound>>,
-    reply_rx: Option<mpsc::Receiver<Outbound>>,
-    /// Set while an item waits for a reply slot or for room in the queue.
+    /// The way back from the sink, made at the first item that needs a reply.
+    replies: Option<Box<ReplyChannel>>,
+    /// Set while an item waits for its replies to be taken or for room in the queue.
     blocked: Option<Box<Blocked>>,
     /// The next deadline's timer, while there is one.
     timer: Option<Pin<Box<Sleep>>>,
@@ -285,6 +283,20 @@ struct Connection {
 struct ReadShare {
     origin: Option<Arc<Origin>>,
     received_at: Option<SystemTime>,
+    /// Where the replies of the read's records gather.
+    replies: Option<Arc<Replies>>,
+}
+
+/// A connection's reply channel: the sink sends each read's replies at once, when its last
+/// record is settled ([`Replies`]).
+struct ReplyChannel {
+    /// `None` once no item will follow, so that the channel ends with the last group.
+    tx: Option<mpsc::UnboundedSender<Answered>>,
+    /// `None` once the channel has ended.
+    rx: Option<mpsc::UnboundedReceiver<Answered>>,
+    /// Records queued with a reply group whose answers have not arrived: at most
+    /// `max_pending_replies`, which bounds what the channel holds.
+    unanswered: usize,
 }
 
 /// The state only some connections have.
@@ -333,8 +345,7 @@ impl Connection {
             producer: Some(producer),
             read_buf: BytesMut::new(),
             out: BytesMut::new(),
-            reply_tx: None,
-            reply_rx: None,
+            replies: None,
             blocked: None,
             timer: None,
             last_in: 0,
@@ -355,7 +366,8 @@ impl Connection {
     fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Result<CloseReason, Close>> {
         loop {
             self.process_buffered()?;
-            if self.flags.contains(Flags::EOF) && self.reply_rx.is_none() && self.out.is_empty() {
+            let replies_ended = self.replies.as_ref().is_none_or(|r| r.rx.is_none());
+            if self.flags.contains(Flags::EOF) && replies_ended && self.out.is_empty() {
                 return Poll::Ready(Ok(self.orderly_reason()));
             }
             let now = Instant::now();
@@ -392,13 +404,6 @@ impl Connection {
                     ready.map_err(|e| self.io_close(&e))?;
                     self.write_some()?;
                 }
-                Event::Unblocked(Unblocked::ReplySlot(permit)) => {
-                    let Some(Blocked::ReplySlot { item, .. }) = self.blocked.take().map(|b| *b)
-                    else {
-                        unreachable!("a reply slot is awaited only while blocked on one");
-                    };
-                    self.enqueue(item, permit, &mut ReadShare::default());
-                }
                 Event::Unblocked(Unblocked::QueueRoom(pushed)) => {
                     self.blocked = None;
                     // The server made the peer wait; that is not the peer's silence, nor its
@@ -408,11 +413,16 @@ impl Connection {
                     self.frame_started = self.millis_since_accept(now);
                     settle(pushed, &self.shared.metrics);
                 }
-                Event::Reply(Some(message)) => {
-                    self.send(&message);
+                Event::Reply(Some(answered)) => {
+                    self.take_answered(answered);
                     self.take_ready_replies();
+                    self.unblock_replies();
                 }
-                Event::Reply(None) => self.reply_rx = None,
+                Event::Reply(None) => {
+                    if let Some(replies) = &mut self.replies {
+                        replies.rx = None;
+                    }
+                }
                 Event::Readable(ready) => {
                     ready.map_err(|e| self.io_close(&e))?;
                     self.read_some()?;
@@ -442,16 +452,15 @@ impl Connection {
             }
         }
         if let Some(blocked) = &mut self.blocked {
-            let unblocked = match blocked.as_mut() {
-                Blocked::ReplySlot { wait, .. } => wait.as_mut().poll(cx).map(Unblocked::ReplySlot),
-                Blocked::QueueRoom(wait) => wait.as_mut().poll(cx).map(Unblocked::QueueRoom),
-            };
-            if let Poll::Ready(unblocked) = unblocked {
-                return Poll::Ready(Event::Unblocked(unblocked));
+            if let Blocked::QueueRoom(wait) = blocked.as_mut() {
+                if let Poll::Ready(pushed) = wait.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Unblocked(Unblocked::QueueRoom(pushed)));
+                }
             }
         }
         let room = self.out.len() < OUT_HIGH_WATER;
-        if let (Some(rx), true) = (&mut self.reply_rx, room) {
+        let rx = self.replies.as_mut().and_then(|r| r.rx.as_mut());
+        if let (Some(rx), true) = (rx, room) {
             if let Poll::Ready(reply) = rx.poll_recv(cx) {
                 return Poll::Ready(Event::Reply(reply));
             }
@@ -628,17 +637,44 @@ impl Connection {
     /// Appends every reply already waiting (up to the output high-water mark), so that the
     /// acks of a whole sink batch leave in one write instead of one write each.
     fn take_ready_replies(&mut self) {
-        let Some(rx) = &mut self.reply_rx else {
-            return;
-        };
-        let plain_from = self.out.len();
         while self.out.len() < OUT_HIGH_WATER {
-            match rx.try_recv() {
-                Ok(message) => message.encode(&mut self.out),
-                Err(_) => break,
+            let rx = self.replies.as_mut().and_then(|r| r.rx.as_mut());
+            match rx.map(|rx| rx.try_recv()) {
+                Some(Ok(answered)) => self.take_answered(answered),
+                _ => break,
             }
         }
+    }
+
+    /// Appends one read's replies to the output.
+    fn take_answered(&mut self, answered: Answered) {
+        if let Some(replies) = &mut self.replies {
+            replies.unanswered = replies.unanswered.saturating_sub(answered.records as usize);
+        }
+        if answered.lines.is_empty() {
+            return;
+        }
+        if self.out.is_empty() {
+            self.out_since = self.stamp(Instant::now());
+        }
+        let plain_from = self.out.len();
+        self.out.extend_from_slice(&answered.lines);
         self.seal(plain_from);
+    }
+
+    /// Queues the item that waited for replies to be taken, once few enough are unanswered.
+    fn unblock_replies(&mut self) {
+        let room = self
+            .replies
+            .as_ref()
+            .is_some_and(|r| r.unanswered < self.shared.params.max_pending_replies);
+        if !room || !matches!(self.blocked.as_deref(), Some(Blocked::Replies(_))) {
+            return;
+        }
+        let Some(Blocked::Replies(item)) = self.blocked.take().map(|b| *b) else {
+            unreachable!("checked above");
+        };
+        self.accept(item, &mut ReadShare::default());
     }
 
     fn send(&mut self, message: &Outbound) {
@@ -714,7 +750,9 @@ impl Connection {
             // No item will follow: let the queue close, and let the reply channel end once
             // every queued item has been answered.
             self.producer = None;
-            self.reply_tx = None;
+            if let Some(replies) = &mut self.replies {
+                replies.tx = None;
+            }
         }
         Ok(())
     }
@@ -795,37 +833,39 @@ impl Connection {
         Ok(())
     }
 
-    /// Queues a valid item, first reserving its reply slot when it will need one.
+    /// Queues a valid item, in its read's reply group when it will need a reply.
     fn accept(&mut self, item: Item, share: &mut ReadShare) {
         let needs_reply =
             item.id.is_some() || self.shared.params.overflow != Overflow::Backpressure;
         if !needs_reply {
             return self.enqueue(item, None, share);
         }
-        let capacity = self.shared.params.max_pending_replies;
-        let tx = match &self.reply_tx {
-            Some(tx) => tx.clone(),
-            None => {
-                let (tx, rx) = mpsc::channel(capacity);
-                self.reply_rx = Some(rx);
-                self.reply_tx.insert(tx).clone()
-            }
-        };
-        match tx.try_reserve_owned() {
-            Ok(permit) => self.enqueue(item, Some(permit), share),
-            Err(TrySendError::Full(tx)) => {
-                self.blocked = Some(Box::new(Blocked::ReplySlot {
-                    item,
-                    wait: Box::pin(async move { tx.reserve_owned().await.ok() }),
-                }));
-            }
-            Err(TrySendError::Closed(_)) => unreachable!("the connection holds the receiver"),
+        let channel = self.replies.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            Box::new(ReplyChannel {
+                tx: Some(tx),
+                rx: Some(rx),
+                unanswered: 0,
+            })
+        });
+        if channel.unanswered >= self.shared.params.max_pending_replies {
+            self.blocked = Some(Box::new(Blocked::Replies(item)));
+            return;
         }
+        let Some(tx) = &channel.tx else {
+            unreachable!("the channel's sender is dropped only when no item can follow");
+        };
+        channel.unanswered += 1;
+        let group = share
+            .replies
+            .get_or_insert_with(|| Replies::new(tx.clone()));
+        let reply = group.join();
+        self.enqueue(item, Some(reply), share);
     }
 
     /// Offers the item to the queue. Under `backpressure` with a full queue, the connection is
     /// blocked until there is room; the wait is boxed, so only a waiting connection pays for it.
-    fn enqueue(&mut self, item: Item, reply: Option<OwnedPermit<Outbound>>, share: &mut ReadShare) {
+    fn enqueue(&mut self, item: Item, reply: Option<Arc<Replies>>, share: &mut ReadShare) {
         let Some(producer) = &self.producer else {
             unreachable!("the producer is dropped only when no item can follow");
         };

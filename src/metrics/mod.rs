@@ -381,9 +381,10 @@ impl Metrics {
         self.bytes_sent.increment(n as u64);
     }
 
-    /// Observes one acknowledgement handed to its connection, `latency` after its item was read.
-    pub fn ack_latency(&self, latency: Duration) {
-        self.ack_latency.observe(latency);
+    /// Observes `acks` acknowledgements handed to their connection, `latency` after their items
+    /// were read (together).
+    pub fn ack_latency(&self, latency: Duration, acks: u64) {
+        self.ack_latency.observe_many(latency, acks);
     }
 
     /// Counts the acknowledgements of one sink batch.

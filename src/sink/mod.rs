@@ -292,16 +292,31 @@ fn settle(
     match result {
         Ok(()) => {
             settled.report.written += count;
-            // One clock read for the batch (its acks leave together), and none for a batch
-            // that asked for no ack: this loop is on every item's path.
+            // One clock read for the batch (its acks leave together), none for a batch that
+            // asked for no ack, and one latency per run of records read together (they share
+            // the receive time): this loop is on every item's path.
             let (mut now, mut acks) = (None, 0);
+            let mut observe = |received_at: SystemTime, n: u64| {
+                let now = *now.get_or_insert_with(SystemTime::now);
+                metrics.ack_latency(now.duration_since(received_at).unwrap_or_default(), n);
+            };
+            let mut run: Option<(SystemTime, u64)> = None;
             for record in records.drain(..) {
                 let received_at = record.received_at;
                 if record.acknowledge() {
-                    let now = *now.get_or_insert_with(SystemTime::now);
-                    metrics.ack_latency(now.duration_since(received_at).unwrap_or_default());
                     acks += 1;
+                    match &mut run {
+                        Some((at, n)) if *at == received_at => *n += 1,
+                        _ => {
+                            if let Some((at, n)) = run.replace((received_at, 1)) {
+                                observe(at, n);
+                            }
+                        }
+                    }
                 }
+            }
+            if let Some((at, n)) = run {
+                observe(at, n);
             }
             if acks > 0 {
                 metrics.acknowledged(acks);
@@ -342,8 +357,8 @@ mod tests {
 
     use super::*;
     use crate::config::Overflow;
-    use crate::protocol::Outbound;
     use crate::queue::{self, Producer};
+    use crate::record::{Answered, Replies};
 
     /// A sink that records what happens, and whose every `fsync` waits for the test to let it
     /// finish.
@@ -393,7 +408,7 @@ mod tests {
     }
 
     /// Queues the item `id`, whose ack (or error) arrives on `replies`.
-    async fn push(producer: &Producer<Record>, replies: &mpsc::Sender<Outbound>, id: u64) {
+    async fn push(producer: &Producer<Record>, replies: &mpsc::UnboundedSender<Answered>, id: u64) {
         let mut record = Record::new(
             1,
             "127.0.0.1:9".parse().unwrap(),
@@ -401,8 +416,19 @@ mod tests {
             Bytes::from_static(br#"{"ip":"192.0.2.1"}"#),
             Some(Bytes::from(id.to_string())),
         );
-        record.reply = Some(replies.clone().reserve_owned().await.unwrap());
+        record.reply = Some(Replies::new(replies.clone()).join());
         producer.push(record).await;
+    }
+
+    /// The id a read's one record was acknowledged with.
+    fn ack_of(answered: Option<Answered>) -> String {
+        let answered = answered.expect("an answer");
+        assert_eq!(answered.records, 1);
+        let line = std::str::from_utf8(&answered.lines).unwrap();
+        let id = line.strip_prefix("{\"type\":\"ack\",\"id\":");
+        id.and_then(|id| id.strip_suffix("}\n"))
+            .unwrap_or_else(|| panic!("not one ack: {line:?}"))
+            .to_string()
     }
 
     /// Waits until `event` has happened `times` times.
@@ -421,7 +447,7 @@ mod tests {
     #[tokio::test]
     async fn group_commit_writes_on_while_fsync_runs_and_acks_only_after_it() {
         let (producer, consumer) = queue::bounded(64, Overflow::Backpressure);
-        let (replies, mut acks) = mpsc::channel(64);
+        let (replies, mut acks) = mpsc::unbounded_channel();
         let sink = GatedSink::default();
         let metrics = Arc::new(Metrics::new(&crate::Config::default()));
         let gated: Box<dyn Sink> = Box::new(sink.clone());
@@ -435,12 +461,12 @@ mod tests {
         wait_for(&sink, "write 2", 1).await;
         assert!(acks.try_recv().is_err(), "no ack before its fsync");
         sink.release_sync();
-        assert_eq!(acks.recv().await, Some(Outbound::Ack { id: "1".into() }));
+        assert_eq!(ack_of(acks.recv().await), "1");
         // Item 2 waits for the second fsync, which covers it.
         wait_for(&sink, "sync", 2).await;
         assert!(acks.try_recv().is_err());
         sink.release_sync();
-        assert_eq!(acks.recv().await, Some(Outbound::Ack { id: "2".into() }));
+        assert_eq!(ack_of(acks.recv().await), "2");
         drop(producer);
         let report = drain.await.unwrap();
         assert_eq!((report.written, report.failed, report.syncs), (2, 0, 2));
@@ -450,7 +476,7 @@ mod tests {
     #[tokio::test]
     async fn fsync_always_writes_nothing_while_a_sync_runs() {
         let (producer, consumer) = queue::bounded(64, Overflow::Backpressure);
-        let (replies, mut acks) = mpsc::channel(64);
+        let (replies, mut acks) = mpsc::unbounded_channel();
         let sink = GatedSink::default();
         let metrics = Arc::new(Metrics::new(&crate::Config::default()));
         let gated: Box<dyn Sink> = Box::new(sink.clone());
@@ -465,10 +491,10 @@ mod tests {
         }
         assert_eq!(sink.events(), ["write 1", "sync"], "item 2 waits");
         sink.release_sync();
-        assert_eq!(acks.recv().await, Some(Outbound::Ack { id: "1".into() }));
+        assert_eq!(ack_of(acks.recv().await), "1");
         wait_for(&sink, "sync", 2).await;
         sink.release_sync();
-        assert_eq!(acks.recv().await, Some(Outbound::Ack { id: "2".into() }));
+        assert_eq!(ack_of(acks.recv().await), "2");
         drop(producer);
         assert_eq!(drain.await.unwrap().syncs, 2);
     }
