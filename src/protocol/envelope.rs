@@ -44,21 +44,29 @@ const PLAIN: [bool; 256] = {
 const MAX_DEPTH: u32 = 64;
 
 /// The keys of `text` if it is, beyond doubt, one valid JSON object without whitespace between
-/// its tokens; `None` when serde_json must decide.
+/// its tokens; `None` when serde_json must decide. As text, for comparing with serde_json's
+/// reading ([`super::message::read_envelope`]).
+#[cfg(test)]
 pub(super) fn scan(text: &[u8]) -> Option<Envelope<'_>> {
-    scan_prefix(text)
-        .filter(|(len, _)| *len == text.len())
-        .map(|(_, envelope)| envelope)
+    let (len, keys) = scan_prefix(text).filter(|(len, _)| *len == text.len())?;
+    let text = std::str::from_utf8(&text[..len]).expect("checked by the scan");
+    let value = |range: Option<Range<usize>>| range.map(|r| &text[r]);
+    Some(Envelope {
+        ip: value(keys.ip),
+        ip_keys: keys.ip_keys,
+        kind: value(keys.kind),
+        id: value(keys.id),
+    })
 }
 
-/// Like [`scan`], for an object at the start of `text` with anything after it: its length and
-/// keys. The decoder's fast path (`super::next_message`): an object checked here needs no
-/// other walk over its bytes, its end is where the decoder's scan would find it (a valid
-/// compact object's braces and brackets balance there), and it has no whitespace to remove.
-pub(super) fn scan_prefix(text: &[u8]) -> Option<(usize, Envelope<'_>)> {
+/// The length and keys of a valid JSON object without whitespace between its tokens at the
+/// start of `text` (anything may follow it), or `None` when serde_json must decide. The
+/// decoder's fast path (`super::next_message`): an object checked here needs no other walk
+/// over its bytes, its end is where the decoder's scan would find it (a valid compact object's
+/// braces and brackets balance there), and it has no whitespace to remove.
+pub(super) fn scan_prefix(text: &[u8]) -> Option<(usize, Keys)> {
     let mut scanner = Scanner { text, at: 0 };
-    // Where the values are; made text once the whole object is known to be UTF-8.
-    let (mut ip, mut kind, mut id, mut ip_keys) = (None, None, None, 0);
+    let mut keys = Keys::default();
     scanner.expect(b'{')?;
     if scanner.peek()? == b'}' {
         scanner.at += 1;
@@ -71,12 +79,12 @@ pub(super) fn scan_prefix(text: &[u8]) -> Option<(usize, Envelope<'_>)> {
             scanner.value()?;
             let value = start..scanner.at;
             if key.eq_ignore_ascii_case(b"ip") {
-                ip = Some(value);
-                ip_keys += 1;
+                keys.ip = Some(value);
+                keys.ip_keys += 1;
             } else if key == b"type" {
-                kind = Some(value);
+                keys.kind = Some(value);
             } else if key == b"id" {
-                id = Some(value);
+                keys.id = Some(value);
             }
             match scanner.next()? {
                 b',' => {}
@@ -86,17 +94,11 @@ pub(super) fn scan_prefix(text: &[u8]) -> Option<(usize, Envelope<'_>)> {
         }
     }
     let len = scanner.at;
-    // Bytes above ASCII pass inside strings only: checked here, once, whole. Values begin and
-    // end at ASCII bytes, so each is text too.
-    let text = std::str::from_utf8(&text[..len]).ok()?;
-    let value = |range: Option<std::ops::Range<usize>>| range.map(|r| &text[r]);
-    let envelope = Envelope {
-        ip: value(ip),
-        ip_keys,
-        kind: value(kind),
-        id: value(id),
-    };
-    Some((len, envelope))
+    // Bytes above ASCII pass inside strings only: checked here, once, whole (most objects are
+    // ASCII, which a word at a time tells). Values begin and end at ASCII bytes, so each is
+    // text too.
+    let object = &text[..len];
+    (object.is_ascii() || std::str::from_utf8(object).is_ok()).then_some((len, keys))
 }
 
 /// Where an [`Envelope`]'s values are in the object, so that they outlive the borrow of the

@@ -184,7 +184,7 @@ impl ItemError {
 }
 
 /// The keys the server looks at, read by serde_json: every other key is skipped, unparsed
-/// beyond validation. The slow path, for what [`envelope::scan`] leaves undecided.
+/// beyond validation. The slow path, for what [`envelope::scan_prefix`] leaves undecided.
 struct SerdeEnvelope<'a>(Envelope<'a>);
 
 impl<'de> Deserialize<'de> for SerdeEnvelope<'de> {
@@ -265,9 +265,9 @@ pub fn interpret(frame: Frame) -> Result<Inbound, ItemError> {
 /// IPv4 or IPv6 address. A `"type"` of `hello`, `ping` or `pong` makes a control message; any
 /// other type, or none, leaves the object an item, so clients' own `type` fields keep working.
 pub fn parse(frame: Bytes) -> Result<Inbound, ItemError> {
-    let keys = match envelope::scan(&frame) {
-        Some(envelope) => envelope.locate(&frame),
-        None => read_envelope(&frame)?.locate(&frame),
+    let keys = match envelope::scan_prefix(&frame) {
+        Some((len, keys)) if len == frame.len() => keys,
+        _ => read_envelope(&frame)?.locate(&frame),
     };
     judge(frame, keys)
 }
@@ -282,8 +282,7 @@ pub fn next_message(
     buf: &mut BytesMut,
     eof: bool,
 ) -> Result<Option<Result<Inbound, ItemError>>, FrameTooLarge> {
-    let measure = |text: &[u8]| envelope::scan_prefix(text).map(|(len, e)| (len, e.locate(text)));
-    if let Some((frame, keys)) = decoder.decode_measured(buf, measure) {
+    if let Some((frame, keys)) = decoder.decode_measured(buf, envelope::scan_prefix) {
         return Ok(Some(judge(frame, keys)));
     }
     let frame = if eof {
@@ -453,25 +452,27 @@ fn parse_ip(raw: &[u8]) -> Result<IpAddr, String> {
 /// reads (or refuses) as before.
 fn dotted_quad(text: &[u8]) -> Option<std::net::Ipv4Addr> {
     let mut octets = [0u8; 4];
-    let mut parts = text.split(|&b| b == b'.');
-    for octet in &mut octets {
-        let digits = parts.next()?;
-        if digits.is_empty() || digits.len() > 3 || (digits.len() > 1 && digits[0] == b'0') {
-            return None;
+    let mut at = 0;
+    for (i, octet) in octets.iter_mut().enumerate() {
+        if i > 0 {
+            (text.get(at) == Some(&b'.')).then_some(())?;
+            at += 1;
         }
+        let start = at;
         let mut value = 0u16;
-        for &digit in digits {
-            if !digit.is_ascii_digit() {
-                return None;
-            }
+        while let Some(digit) = text.get(at).filter(|d| d.is_ascii_digit()) {
+            // A fourth digit: no octet has one (and 0255 is not 255).
+            (at - start < 3).then_some(())?;
             value = value * 10 + u16::from(digit - b'0');
+            at += 1;
+        }
+        let digits = at - start;
+        if digits == 0 || (digits > 1 && text[start] == b'0') {
+            return None;
         }
         *octet = u8::try_from(value).ok()?;
     }
-    parts
-        .next()
-        .is_none()
-        .then_some(std::net::Ipv4Addr::from(octets))
+    (at == text.len()).then_some(std::net::Ipv4Addr::from(octets))
 }
 
 /// A message from the server. Each is written as one line of JSON.
