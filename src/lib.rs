@@ -35,7 +35,7 @@
 //!
 //! 1. layer: `protocol`, `auth` (know no other module)
 //! 2. layer: `config` (checks values against what the protocol can hold)
-//! 3. layer: `sockopt`, `close_reason`, `queue`, `record`, `buffer`, `tls`, `storm`
+//! 3. layer: `sockopt`, `close_reason`, `queue`, `record`, `buffer`, `tls`, `storm`, `handover`
 //! 4. layer: `metrics` (takes plain values: a reason, a duration, a [`metrics::Scrape`])
 //! 5. layer: `registry`, `pressure`, `phase`, `sink`, `client`
 //! 6. layer: `conn` (the loop and its close reasons)
@@ -61,6 +61,8 @@ pub mod close_reason;
 pub mod config;
 mod conn;
 pub mod doctor;
+#[cfg(target_os = "linux")]
+pub mod handover;
 pub mod metrics;
 pub mod nats;
 mod phase;
