@@ -361,6 +361,14 @@ async fn deliver(
             tracing::info!(addr = %config.addr, reason = %end.reason, unsettled = delivery.window.len(), "reconnecting");
             continue;
         }
+        if let EndReason::GoAway(within) = end.reason {
+            // Anywhere in the window the server gave, uniformly: a fleet told together comes
+            // back spread over it, not in one wave.
+            let delay = Duration::from_nanos(fastrand::u64(0..=within.as_nanos() as u64));
+            tracing::info!(addr = %config.addr, reconnect_in_ms = delay.as_millis() as u64, within_ms = within.as_millis() as u64, unsettled = delivery.window.len(), "the server asked for a new connection");
+            tokio::time::sleep(delay).await;
+            continue;
+        }
         let waiting = delivery.window.len() + delivery.input.len();
         match backoff.next_delay() {
             Some(delay) => {

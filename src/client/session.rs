@@ -43,6 +43,10 @@ pub enum EndReason {
     Refused(ErrorCode),
     /// The server said something the client cannot read.
     Protocol(String),
+    /// The server asked for a new connection within this window (`goaway`: it is being
+    /// upgraded, or it sheds connections gently): the client reconnects after a random delay
+    /// inside it.
+    GoAway(Duration),
 }
 
 impl fmt::Display for EndReason {
@@ -59,6 +63,13 @@ impl fmt::Display for EndReason {
             EndReason::Lost(reason) => f.write_str(reason.as_str()),
             EndReason::Refused(code) => write!(f, "server sent {code}"),
             EndReason::Protocol(what) => write!(f, "protocol error: {what}"),
+            EndReason::GoAway(within) => {
+                write!(
+                    f,
+                    "server sent goaway (reconnect within {} ms)",
+                    within.as_millis()
+                )
+            }
         }
     }
 }
@@ -159,6 +170,7 @@ async fn run_on(
         silent_intervals: 0,
         ping_early: spread_within(config.heartbeat_interval.mul_f64(0.9)),
         draining: false,
+        goaway: None,
         closing_code: None,
     };
     delivery.window.rewind();
@@ -196,9 +208,11 @@ struct Session<'c> {
     /// How much sooner than `heartbeat_interval` the first ping leaves (zero once one has):
     /// a fleet that reconnects together does not ping the server together.
     ping_early: Duration,
-    /// The server asked for a new connection (`max_age`): send nothing new, wait for the acks
-    /// of what is in flight, then reconnect.
+    /// The server asked for a new connection (`max_age`, `goaway`): send nothing new, wait for
+    /// the acks of what is in flight, then reconnect.
     draining: bool,
+    /// The window of the server's `goaway`, once it sent one.
+    goaway: Option<Duration>,
     /// The last connection-level error the server sent, which names the close that follows.
     closing_code: Option<ErrorCode>,
 }
@@ -220,7 +234,10 @@ impl Session<'_> {
                 return EndReason::Finished;
             }
             if self.draining && delivery.window.in_flight() == 0 && self.out.is_empty() {
-                return EndReason::Refused(ErrorCode::MaxAge);
+                return match self.goaway {
+                    Some(within) => EndReason::GoAway(within),
+                    None => EndReason::Refused(ErrorCode::MaxAge),
+                };
             }
             // Only a ping comes early: the interval that gives up is never shortened.
             let gives_up = self.silent_intervals + 1 >= self.config.heartbeat_misses.max(1);
@@ -399,6 +416,12 @@ impl Session<'_> {
             }
             Reply::Ping => self.out.put_slice(b"{\"type\":\"pong\"}\n"),
             Reply::Pong => {}
+            Reply::GoAway {
+                reconnect_within_ms,
+            } => {
+                self.draining = true;
+                self.goaway = Some(Duration::from_millis(reconnect_within_ms));
+            }
             Reply::Ack { id } => match sequence(&id) {
                 Some(seq) => {
                     if delivery.window.settle(seq) == super::window::Settled::Now {
@@ -447,6 +470,11 @@ impl Session<'_> {
 
     /// The server closed its side; the reason is the last error it sent, if it said one.
     fn closed_by_server(&self) -> EndReason {
+        // Closed after a `goaway` before every ack came: what is unacknowledged is sent again
+        // on the next connection, which still waits for its spread delay.
+        if let Some(within) = self.goaway {
+            return EndReason::GoAway(within);
+        }
         match self.closing_code {
             Some(ErrorCode::FrameTooLarge) => EndReason::Lost(CloseReason::FrameTooLarge),
             Some(ErrorCode::TooManyErrors) => EndReason::Lost(CloseReason::ProtocolError),

@@ -496,6 +496,13 @@ pub enum Outbound {
     Ping,
     /// Answer to the client's `ping`.
     Pong,
+    /// The server asks the client to reconnect (to another process, or later): stop sending
+    /// new items, wait for the acks of those in flight, close, and connect again after a random
+    /// delay within `reconnect_within_ms`, so that many clients come back spread out.
+    GoAway {
+        /// The window over which the client spreads its reconnect, in milliseconds.
+        reconnect_within_ms: u64,
+    },
     /// Answer to `hello`: the heartbeat the server will enforce (0 when off) and the frame limit.
     Hello {
         /// Interval of the server's pings in milliseconds; 0 when the heartbeat is off.
@@ -528,6 +535,11 @@ pub enum Reply {
     Ping,
     /// Answer to the client's `ping`.
     Pong,
+    /// The server asks the client to reconnect within this window (see [`Outbound::GoAway`]).
+    GoAway {
+        /// The window, in milliseconds.
+        reconnect_within_ms: u64,
+    },
     /// Answer to the client's `hello`.
     Hello {
         /// The server's ping interval in milliseconds; 0 when its heartbeat is off.
@@ -556,6 +568,8 @@ struct WireReply<'a> {
     heartbeat_ms: Option<u64>,
     #[serde(default)]
     max_frame: Option<usize>,
+    #[serde(default)]
+    reconnect_within_ms: Option<u64>,
 }
 
 /// Interprets one object the server sent.
@@ -580,6 +594,9 @@ pub fn parse_reply(frame: &[u8]) -> Result<Reply, ReplyError> {
         }
         "ping" => Reply::Ping,
         "pong" => Reply::Pong,
+        "goaway" => Reply::GoAway {
+            reconnect_within_ms: wire.reconnect_within_ms.unwrap_or(0),
+        },
         "hello" => Reply::Hello {
             heartbeat_ms: wire.heartbeat_ms.unwrap_or(0),
             max_frame: wire.max_frame.unwrap_or(usize::MAX),
@@ -622,6 +639,13 @@ impl Outbound {
             }
             Outbound::Ping => dst.put_slice(b"{\"type\":\"ping\"}\n"),
             Outbound::Pong => dst.put_slice(b"{\"type\":\"pong\"}\n"),
+            Outbound::GoAway {
+                reconnect_within_ms,
+            } => {
+                dst.put_slice(b"{\"type\":\"goaway\",\"reconnect_within_ms\":");
+                dst.put_slice(itoa::Buffer::new().format(*reconnect_within_ms).as_bytes());
+                dst.put_slice(b"}\n");
+            }
             Outbound::Hello {
                 heartbeat_ms,
                 max_frame,
@@ -718,6 +742,14 @@ mod tests {
             ),
             (Outbound::Ping, Reply::Ping),
             (Outbound::Pong, Reply::Pong),
+            (
+                Outbound::GoAway {
+                    reconnect_within_ms: 30_000,
+                },
+                Reply::GoAway {
+                    reconnect_within_ms: 30_000,
+                },
+            ),
             (
                 Outbound::Hello {
                     heartbeat_ms: 1500,
@@ -933,6 +965,9 @@ mod tests {
             },
             Outbound::Ping,
             Outbound::Pong,
+            Outbound::GoAway {
+                reconnect_within_ms: 0,
+            },
             Outbound::Hello {
                 heartbeat_ms: 15000,
                 max_frame: 65536,
