@@ -200,6 +200,46 @@ impl ConnInfo {
         self.started
     }
 
+    /// What the entry keeps when the connection moves to another process, as of `now`.
+    pub fn carried(&self, now: Instant) -> Carried {
+        Carried {
+            id: self.id,
+            peer: self.peer,
+            local: self.local,
+            age_ms: self.since_start(now),
+            last_in_ms: self.last_in_ms.load(Ordering::Relaxed),
+            last_out_ms: self.last_out_ms.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in(),
+            bytes_out: self.bytes_out(),
+            items: self.items(),
+            errors: self.errors(),
+        }
+    }
+
+    /// A fresh entry: nothing counted yet.
+    fn new(id: u64, peer: SocketAddr, local: SocketAddr, started: Instant) -> ConnInfo {
+        ConnInfo {
+            id,
+            peer,
+            local,
+            started,
+            last_in_ms: AtomicU64::new(0),
+            last_out_ms: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            items: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            closing: AtomicU8::new(0),
+            named: AtomicBool::new(false),
+            buffered: AtomicU32::new(0),
+            heartbeat: AtomicBool::new(false),
+            pings_outstanding: AtomicU8::new(0),
+            keepalive_first_idle_s: AtomicU16::new(0),
+            fd: AtomicI32::new(-1),
+            control: AtomicWaker::new(),
+        }
+    }
+
     fn since_start(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.started).as_millis() as u64
     }
@@ -382,6 +422,34 @@ fn read_tcp_info(_fd: i32) -> Option<TcpInfo> {
     None
 }
 
+/// What a connection's registry entry keeps when the connection moves to another process (a
+/// binary upgrade, issue 29): its id, its age and its counters, so that the new process lists it
+/// as it was. Times are offsets, so that they mean the same to a process with another clock
+/// origin.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Carried {
+    /// The registry id, kept.
+    pub id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The local address it reached.
+    pub local: SocketAddr,
+    /// Milliseconds since the connection was accepted.
+    pub age_ms: u64,
+    /// Milliseconds from accept to the last byte in (0: none yet).
+    pub last_in_ms: u64,
+    /// Milliseconds from accept to the last byte out (0: none yet).
+    pub last_out_ms: u64,
+    /// Bytes received so far.
+    pub bytes_in: u64,
+    /// Bytes sent so far.
+    pub bytes_out: u64,
+    /// Items taken so far.
+    pub items: u64,
+    /// Items refused so far.
+    pub errors: u64,
+}
+
 /// A copy of one connection's state.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ConnSnapshot {
@@ -536,6 +604,39 @@ impl Registry {
         guard
     }
 
+    /// Registers a connection another process handed over, under its id and with its age and
+    /// counters; the ids given to new connections from then on are above it. `None` when a live
+    /// connection has that id already.
+    pub fn adopt(&self, carried: &Carried) -> Option<ConnGuard> {
+        self.shared
+            .next_id
+            .fetch_max(carried.id + 1, Ordering::Relaxed);
+        let now = Instant::now();
+        let started = now
+            .checked_sub(Duration::from_millis(carried.age_ms))
+            .unwrap_or(now);
+        let info = Arc::new(ConnInfo {
+            last_in_ms: AtomicU64::new(carried.last_in_ms),
+            last_out_ms: AtomicU64::new(carried.last_out_ms),
+            bytes_in: AtomicU64::new(carried.bytes_in),
+            bytes_out: AtomicU64::new(carried.bytes_out),
+            items: AtomicU64::new(carried.items),
+            errors: AtomicU64::new(carried.errors),
+            ..ConnInfo::new(carried.id, carried.peer, carried.local, started)
+        });
+        let mut conns = self.conns_mut();
+        if conns.by_id.contains_key(&carried.id) || !conns.add(&info, None) {
+            return None;
+        }
+        drop(conns);
+        self.shared.opened.fetch_add(1, Ordering::Relaxed);
+        Some(ConnGuard {
+            registry: self.clone(),
+            info,
+            reason: None,
+        })
+    }
+
     /// Registers a new connection. Dropping the guard removes it.
     pub fn insert(&self, peer: SocketAddr, local: SocketAddr) -> ConnGuard {
         self.insert_within(peer, local, None)
@@ -551,26 +652,7 @@ impl Registry {
         per_source: Option<usize>,
     ) -> Option<ConnGuard> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let info = Arc::new(ConnInfo {
-            id,
-            peer,
-            local,
-            started: Instant::now(),
-            last_in_ms: AtomicU64::new(0),
-            last_out_ms: AtomicU64::new(0),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            items: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            closing: AtomicU8::new(0),
-            named: AtomicBool::new(false),
-            buffered: AtomicU32::new(0),
-            heartbeat: AtomicBool::new(false),
-            pings_outstanding: AtomicU8::new(0),
-            keepalive_first_idle_s: AtomicU16::new(0),
-            fd: AtomicI32::new(-1),
-            control: AtomicWaker::new(),
-        });
+        let info = Arc::new(ConnInfo::new(id, peer, local, Instant::now()));
         if !self.conns_mut().add(&info, per_source) {
             return None;
         }
@@ -1126,6 +1208,53 @@ mod tests {
         let registry = Registry::new();
         drop(registry.insert(addr(1), addr(2)));
         assert_eq!(registry.closed_total(CloseReason::Shutdown), 1);
+    }
+
+    #[test]
+    fn a_carried_entry_is_adopted_with_its_id_age_and_counters_and_ids_go_on_above_it() {
+        let old = Registry::new();
+        let guards: Vec<_> = (0..3).map(|i| old.insert(addr(10 + i), addr(2))).collect();
+        let moving = guards[2].info();
+        moving.received(120, moving.started() + Duration::from_millis(5));
+        moving.sent(40, moving.started() + Duration::from_millis(7));
+        moving.item();
+        moving.error();
+        let carried = moving.carried(moving.started() + Duration::from_secs(90));
+        assert_eq!(
+            (carried.id, carried.age_ms, carried.last_in_ms),
+            (3, 90_000, 5)
+        );
+
+        // The new process: its own first connection took id 1 before the hand-over.
+        let new = Registry::new();
+        let first = new.insert(addr(20), addr(2));
+        let adopted = new.adopt(&carried).expect("a free id");
+        let info = adopted.info();
+        assert_eq!(
+            (info.id, info.peer, info.local),
+            (3, carried.peer, carried.local)
+        );
+        assert_eq!(
+            (
+                info.bytes_in(),
+                info.bytes_out(),
+                info.items(),
+                info.errors()
+            ),
+            (120, 40, 1, 1)
+        );
+        assert!(info.age_at(Instant::now()) >= Duration::from_secs(90));
+        assert_eq!(
+            info.carried(info.started() + Duration::from_secs(90)),
+            carried
+        );
+        assert!(new.adopt(&carried).is_none(), "an id is live once");
+        assert_eq!(
+            new.insert(addr(21), addr(2)).info().id,
+            4,
+            "ids go on above it"
+        );
+        assert_eq!((first.info().id, new.len()), (1, 2));
     }
 
     #[test]
