@@ -189,6 +189,9 @@ pub struct ConnInfo {
     /// The socket's descriptor, for `TCP_INFO` (-1 when unknown, on other platforms, or once
     /// the entry left the map).
     fd: AtomicI32,
+    /// The window of a `goaway` asked for and not yet sent, in tenths of a second (0: none;
+    /// 16 bits, which the entry had spare, so the entry's size class stays: up to 109 minutes).
+    goaway_ds: AtomicU16,
     /// Wakes the connection's task for a kick or a shutdown stage: a waker slot rather than a
     /// stored future, so an idle connection pays 16 bytes for it.
     control: AtomicWaker,
@@ -236,6 +239,7 @@ impl ConnInfo {
             pings_outstanding: AtomicU8::new(0),
             keepalive_first_idle_s: AtomicU16::new(0),
             fd: AtomicI32::new(-1),
+            goaway_ds: AtomicU16::new(0),
             control: AtomicWaker::new(),
         }
     }
@@ -301,6 +305,21 @@ impl ConnInfo {
             self.control.wake();
         }
         asked
+    }
+
+    /// Asks the connection to tell its client `goaway` with this window and wakes its task.
+    fn ask_goaway(&self, within: Duration) {
+        let tenths = within.as_millis().div_ceil(100).clamp(1, u16::MAX.into()) as u16;
+        self.goaway_ds.store(tenths, Ordering::Release);
+        self.control.wake();
+    }
+
+    /// A `goaway` asked for and not yet sent: its window. Taken once (the connection sends it).
+    pub(crate) fn take_goaway(&self) -> Option<Duration> {
+        match self.goaway_ds.swap(0, Ordering::AcqRel) {
+            0 => None,
+            tenths => Some(Duration::from_millis(u64::from(tenths) * 100)),
+        }
     }
 
     /// The bytes of partial object the connection holds, as it last reported them.
@@ -876,6 +895,19 @@ impl Registry {
         true
     }
 
+    /// Asks every live connection to tell its client `goaway`: reconnect after a random delay
+    /// within `within` (rounded up to a tenth of a second, at most 109 minutes), once the acks
+    /// of its items in flight came. The connections stay open
+    /// (a client that does not know the message keeps its own); the caller closes what is left
+    /// when it must (`kick`). Returns how many were asked.
+    pub fn goaway_all(&self, within: Duration) -> usize {
+        let conns = self.conns();
+        for info in conns.values() {
+            info.ask_goaway(within);
+        }
+        conns.len()
+    }
+
     /// Asks the connections holding the largest partial objects to close (reason
     /// `memory_pressure`) until they hold `excess` bytes in all. Buffers of connections
     /// already asked to close count as freed: they are on their way out.
@@ -1320,5 +1352,22 @@ mod tests {
             }
         }
         assert_eq!(infos.iter().flatten().count(), open.len());
+    }
+}
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn probe() {
+        eprintln!("ConnInfo {} bytes", std::mem::size_of::<super::ConnInfo>());
+    }
+}
+#[cfg(all(test, target_os = "linux", target_pointer_width = "64"))]
+mod entry_size {
+    /// Every connection holds one entry, in an `Arc` (16 bytes more): 176 bytes make 192, a
+    /// jemalloc size class; one byte more takes the next class, 224 (`bench/idle_memory.sh`).
+    #[test]
+    fn a_connection_entry_stays_within_its_allocation_class() {
+        let size = std::mem::size_of::<super::ConnInfo>();
+        assert!(size <= 176, "ConnInfo is {size} bytes");
     }
 }

@@ -1,13 +1,17 @@
 //! `goaway`: a client told to reconnect stops sending new items, waits for the acks of those in
 //! flight, closes, and connects again after a random delay inside the window the server gave,
 //! so that a fleet told together comes back spread out (issue 29). Against a scripted server on
-//! real sockets, with many library clients at once.
+//! real sockets, with many library clients at once, and through the server itself.
 
-use std::collections::HashMap;
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{test_config, wait_until, TestServer, PROMPT};
 use connwarden::client::{Client, ClientConfig, OutItem};
+use connwarden::CloseReason;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
@@ -80,6 +84,49 @@ async fn scripted_server(
     }
 }
 
+/// `clients` library clients, each sending items `{"ip":…,"n":0..items}` one every 5 ms (so
+/// that items keep coming while a goaway is handled), then finishing.
+fn start_clients(
+    clients: usize,
+    addr: std::net::SocketAddr,
+    items: u64,
+) -> Vec<tokio::task::JoinHandle<connwarden::client::Summary>> {
+    (0..clients)
+        .map(|_| {
+            tokio::spawn(async move {
+                let client = Client::start(ClientConfig::new(addr.to_string()));
+                for n in 0..items {
+                    let item = format!("{{\"ip\":\"192.0.2.1\",\"n\":{n}}}");
+                    client
+                        .send(OutItem::from_json(item.into()).unwrap())
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                client.finish().await.unwrap()
+            })
+        })
+        .collect()
+}
+
+/// Each client finished with every item acknowledged, none resent, over two connections.
+async fn every_item_acked_over_two_connections(
+    clients: Vec<tokio::task::JoinHandle<connwarden::client::Summary>>,
+    items: u64,
+) {
+    for client in clients {
+        let summary = tokio::time::timeout(Duration::from_secs(30), client)
+            .await
+            .expect("every client finishes")
+            .unwrap();
+        assert_eq!(
+            (summary.acknowledged, summary.resent, summary.connections),
+            (items, 0, 2),
+            "{summary:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_told_goaway_finish_in_flight_items_and_come_back_spread_over_the_window() {
     const CLIENTS: usize = 24;
@@ -95,33 +142,8 @@ async fn clients_told_goaway_finish_in_flight_items_and_come_back_spread_over_th
         within,
         Arc::clone(&seen),
     ));
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        clients.push(tokio::spawn(async move {
-            let client = Client::start(ClientConfig::new(addr.to_string()));
-            for n in 0..ITEMS {
-                let item = format!("{{\"ip\":\"192.0.2.1\",\"n\":{n}}}");
-                client
-                    .send(OutItem::from_json(item.into()).unwrap())
-                    .await
-                    .unwrap();
-                // Items keep coming while the goaway is handled.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            client.finish().await.unwrap()
-        }));
-    }
-    for client in clients {
-        let summary = tokio::time::timeout(Duration::from_secs(30), client)
-            .await
-            .expect("every client finishes")
-            .unwrap();
-        assert_eq!(
-            (summary.acknowledged, summary.resent, summary.connections),
-            (ITEMS, 0, 2),
-            "{summary:?}"
-        );
-    }
+    let clients = start_clients(CLIENTS, addr, ITEMS);
+    every_item_acked_over_two_connections(clients, ITEMS).await;
     server.abort();
 
     let seen = seen.lock().unwrap();
@@ -161,4 +183,65 @@ async fn clients_told_goaway_finish_in_flight_items_and_come_back_spread_over_th
         spread >= within / 3,
         "{CLIENTS} reconnects within {spread:?} of each other: {delays:?}"
     );
+}
+
+/// Through the server: `Registry::goaway_all` makes every live connection send `goaway` (a raw
+/// client reads it as one line); library clients drain, close and come back on a new
+/// connection, and every item is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_tells_every_connection_goaway_and_clients_come_back_losing_nothing() {
+    const CLIENTS: usize = 3;
+    const ITEMS: u64 = 200;
+    let mut server = TestServer::start(test_config()).await;
+    let mut records = server.records.take().unwrap();
+    let stored = tokio::spawn(async move {
+        let mut by_client: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        while let Some(record) = records.recv().await {
+            let item: serde_json::Value = serde_json::from_slice(&record.item).unwrap();
+            let client = record
+                .client_id()
+                .map(|c| c.to_string())
+                .unwrap_or_default();
+            by_client
+                .entry(client)
+                .or_default()
+                .push(item["n"].as_u64().unwrap());
+        }
+        by_client
+    });
+    let mut raw = server.connect().await;
+    raw.send(b"{\"type\":\"hello\"}\n").await;
+    assert_eq!(raw.line().await["type"], "hello");
+    let clients = start_clients(CLIENTS, server.addr, ITEMS);
+    // Every client connected and sending.
+    wait_until(PROMPT, || {
+        let live = server.registry.snapshot();
+        live.len() == CLIENTS + 1 && live.iter().filter(|c| c.items > 10).count() == CLIENTS
+    })
+    .await;
+    assert_eq!(
+        server.registry.goaway_all(Duration::from_millis(700)),
+        CLIENTS + 1
+    );
+    let told = raw.line().await;
+    assert_eq!(
+        (told["type"].as_str(), told["reconnect_within_ms"].as_u64()),
+        (Some("goaway"), Some(700))
+    );
+    every_item_acked_over_two_connections(clients, ITEMS).await;
+    // The first connection of each ended by its client, in good order.
+    for _ in 0..CLIENTS {
+        assert_eq!(server.next_close().await.reason, CloseReason::PeerClosed);
+    }
+    drop(raw);
+    server.shutdown().await;
+    let stored = stored.await.unwrap();
+    assert_eq!(stored.len(), CLIENTS);
+    for (client, ns) in stored {
+        assert_eq!(
+            ns,
+            (0..ITEMS).collect::<Vec<_>>(),
+            "{client}: once each, in order"
+        );
+    }
 }

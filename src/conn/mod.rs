@@ -65,6 +65,8 @@ enum Event {
     Close,
     /// The server asked the connection to close: a kick, or memory pressure.
     Asked(CloseReason),
+    /// The server asked the client to reconnect within this window (`goaway`).
+    GoAway(Duration),
     StopReading,
     Writable(io::Result<()>),
     Unblocked(Unblocked),
@@ -396,6 +398,9 @@ impl Connection {
                     }
                     return Poll::Ready(Err(asked_to_close(reason)));
                 }
+                Event::GoAway(within) => self.send(&Outbound::GoAway {
+                    reconnect_within_ms: within.as_millis() as u64,
+                }),
                 Event::StopReading => {
                     self.read_what_arrived()?;
                     self.flags.remove(Flags::READING);
@@ -442,6 +447,9 @@ impl Connection {
         }
         if let Some(reason) = self.info.closing_reason() {
             return Poll::Ready(Event::Asked(reason));
+        }
+        if let Some(within) = self.info.take_goaway() {
+            return Poll::Ready(Event::GoAway(within));
         }
         if stage == Stage::StopReading && self.flags.contains(Flags::READING) {
             return Poll::Ready(Event::StopReading);
