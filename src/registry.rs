@@ -316,6 +316,10 @@ impl ConnInfo {
 
     /// A `goaway` asked for and not yet sent: its window. Taken once (the connection sends it).
     pub(crate) fn take_goaway(&self) -> Option<Duration> {
+        // Read first: the loop asks at every turn, and a write each time would dirty the line.
+        if self.goaway_ds.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         match self.goaway_ds.swap(0, Ordering::AcqRel) {
             0 => None,
             tenths => Some(Duration::from_millis(u64::from(tenths) * 100)),
