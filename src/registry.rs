@@ -96,8 +96,12 @@ impl Deref for Conns {
 }
 
 impl Conns {
-    /// Adds `info` unless its source already has `per_source` live connections.
+    /// Adds `info` unless its id is live already (an adopted entry keeps the id it had) or its
+    /// source already has `per_source` live connections.
     fn add(&mut self, info: &Arc<ConnInfo>, per_source: Option<usize>) -> bool {
+        let Entry::Vacant(slot) = self.by_id.entry(info.id) else {
+            return false;
+        };
         let count = self
             .by_source
             .entry(Source::of(info.peer.ip()))
@@ -107,7 +111,7 @@ impl Conns {
             return false;
         }
         *count += 1;
-        self.by_id.insert(info.id, Arc::clone(info));
+        slot.insert(Arc::clone(info));
         true
     }
 
@@ -638,7 +642,7 @@ impl Registry {
         let started = now
             .checked_sub(Duration::from_millis(carried.age_ms))
             .unwrap_or(now);
-        let info = Arc::new(ConnInfo {
+        let info = ConnInfo {
             last_in_ms: AtomicU64::new(carried.last_in_ms),
             last_out_ms: AtomicU64::new(carried.last_out_ms),
             bytes_in: AtomicU64::new(carried.bytes_in),
@@ -646,18 +650,8 @@ impl Registry {
             items: AtomicU64::new(carried.items),
             errors: AtomicU64::new(carried.errors),
             ..ConnInfo::new(carried.id, carried.peer, carried.local, started)
-        });
-        let mut conns = self.conns_mut();
-        if conns.by_id.contains_key(&carried.id) || !conns.add(&info, None) {
-            return None;
-        }
-        drop(conns);
-        self.shared.opened.fetch_add(1, Ordering::Relaxed);
-        Some(ConnGuard {
-            registry: self.clone(),
-            info,
-            reason: None,
-        })
+        };
+        self.register(info, None)
     }
 
     /// Registers a new connection. Dropping the guard removes it.
@@ -675,7 +669,12 @@ impl Registry {
         per_source: Option<usize>,
     ) -> Option<ConnGuard> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let info = Arc::new(ConnInfo::new(id, peer, local, Instant::now()));
+        self.register(ConnInfo::new(id, peer, local, Instant::now()), per_source)
+    }
+
+    /// Puts `info` in the map (see [`Conns::add`]) and counts it opened.
+    fn register(&self, info: ConnInfo, per_source: Option<usize>) -> Option<ConnGuard> {
+        let info = Arc::new(info);
         if !self.conns_mut().add(&info, per_source) {
             return None;
         }

@@ -78,7 +78,8 @@ enum Event {
 /// Why the connection takes no new item for now, with the (boxed) wait.
 enum Blocked {
     /// An item waits until fewer than `max_pending_replies` are unanswered: the client is not
-    /// reading its acks. Woken by the reply channel, polled anyway.
+    /// reading its acks. Nothing to poll of its own: the answers that free it come through the
+    /// reply channel, which the loop polls in any case.
     Replies(Item),
     /// A record waits for room in the queue (`backpressure`).
     QueueRoom(Pin<Box<dyn Future<Output = Pushed<Record>> + Send>>),

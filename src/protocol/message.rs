@@ -295,15 +295,16 @@ pub fn next_message(
 
 /// What a valid object means, given where its keys are.
 fn judge(frame: Bytes, keys: Keys) -> Result<Inbound, ItemError> {
-    // Both readers checked the whole object is UTF-8, and a value begins and ends at ASCII
-    // bytes: the conversion cannot fail.
-    let text = |range: std::ops::Range<usize>| std::str::from_utf8(&frame[range]).unwrap_or("");
     let id = keys.id.map(|range| frame.slice(range));
     let id_valid = id
         .as_ref()
         .is_none_or(|raw| matches!(raw.first(), Some(b'"' | b'-' | b'0'..=b'9')));
     // Only an id that is a string or a number is ever echoed: it is one token, one line.
-    let kind = keys.kind.map(text);
+    // Both readers checked the whole object is UTF-8, and a value begins and ends at ASCII
+    // bytes: the conversion cannot fail.
+    let kind = keys
+        .kind
+        .map(|range| std::str::from_utf8(&frame[range]).unwrap_or(""));
     if let Some(control) = control_message(kind, id.as_ref().filter(|_| id_valid), &frame)? {
         return Ok(control);
     }
@@ -440,9 +441,8 @@ fn parse_ip(raw: &[u8]) -> Result<IpAddr, String> {
         Some(inner) if !inner.contains('\\') => Cow::Borrowed(inner),
         _ => serde_json::from_str(raw).map_err(|_| format!("ip must be a string, got {raw}"))?,
     };
-    if let Some(v4) = dotted_quad(text.as_bytes()) {
-        return Ok(IpAddr::V4(v4));
-    }
+    // Not a plain dotted quad: the standard library reads the rest (IPv6, an escaped address;
+    // its IPv4 reading is the one `dotted_quad` is checked against).
     text.parse()
         .map_err(|_| format!("{text:?} is not a valid IPv4 or IPv6 address"))
 }
