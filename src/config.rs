@@ -48,6 +48,8 @@
 //! | `sink_rotate_interval` | `off` | … or at the first batch this long after it was opened |
 //! | `sink_keep` | `off` | rotated files kept (the oldest beyond it are deleted), or `off` to keep them all |
 //! | `shutdown_grace` | `10s` | time from SIGINT/SIGTERM to exit, queue drain included |
+//! | `upgrade_timeout` | `30s` | at an upgrade (`SIGUSR2`), how long the new process has to take the listeners and report ready; past it, the old one goes on serving |
+//! | `goaway_window` | `10s` | at an upgrade, the window in which connections that cannot move (TLS) are asked to reconnect, each client at a random moment inside it |
 //! | `log_format` | `text` | `text` or `json` |
 //! | `log_level` | `info` | least severe level logged: `error`, `warn`, `info`, `debug`, `trace` or `off` (`RUST_LOG`, when set, wins with its own directives) |
 //! | `admin` | `127.0.0.1:9464` | address of the admin API and `/metrics` (never a data port), or `off` |
@@ -129,6 +131,8 @@ pub const KEYS: &[&str] = &[
     "sink_rotate_interval",
     "sink_keep",
     "shutdown_grace",
+    "upgrade_timeout",
+    "goaway_window",
     "log_format",
     "log_level",
     "admin",
@@ -617,6 +621,10 @@ pub struct Config {
     pub sink_rotation: Rotation,
     /// Time from the shutdown signal to exit.
     pub shutdown_grace: Duration,
+    /// At an upgrade, the time the new process has to report ready.
+    pub upgrade_timeout: Duration,
+    /// At an upgrade, the window the connections that cannot move are told to reconnect within.
+    pub goaway_window: Duration,
     /// Format of the log lines.
     pub log_format: LogFormat,
     /// Least severe level logged (by `connwarden serve`; a library user logs as it likes).
@@ -685,6 +693,8 @@ impl Default for Config {
             fsync: FsyncMode::Batch,
             sink_rotation: Rotation::default(),
             shutdown_grace: Duration::from_secs(10),
+            upgrade_timeout: Duration::from_secs(30),
+            goaway_window: Duration::from_secs(10),
             log_format: LogFormat::Text,
             log_level: LevelFilter::INFO,
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
@@ -1033,6 +1043,8 @@ impl Config {
             "sink_rotate_interval" => self.sink_rotation.interval = parse!(parse_optional_duration),
             "sink_keep" => self.sink_rotation.keep = parse!(parse_optional_count),
             "shutdown_grace" => self.shutdown_grace = parse!(parse_duration),
+            "upgrade_timeout" => self.upgrade_timeout = parse!(parse_duration),
+            "goaway_window" => self.goaway_window = parse!(parse_duration),
             "log_format" => self.log_format = parse!(parse_log_format),
             "log_level" => self.log_level = parse!(parse_log_level),
             "admin" => self.admin = parse!(parse_admin),
@@ -1160,6 +1172,8 @@ impl Config {
                     .map_or_else(|| quoted("off"), |n| n.to_string()),
             ),
             ("shutdown_grace", dur(self.shutdown_grace)),
+            ("upgrade_timeout", dur(self.upgrade_timeout)),
+            ("goaway_window", dur(self.goaway_window)),
             (
                 "log_format",
                 quoted(match self.log_format {

@@ -29,6 +29,9 @@ pub const MAX_FDS: usize = 250;
 /// bounds a `SOCK_SEQPACKET` message.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 
+/// The largest payload [`Channel::send_long`] takes: it goes in as many messages as it needs.
+pub const MAX_LONG_PAYLOAD: usize = 256 * 1024 * 1024;
+
 /// Why a hand-over message could not be sent or received.
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
@@ -109,6 +112,64 @@ impl Channel {
         if sent != payload.len() {
             return Err(HandoverError::Truncated);
         }
+        Ok(())
+    }
+
+    /// Sends a payload of any size up to [`MAX_LONG_PAYLOAD`] with `fds`, as a first message
+    /// holding the payload's length, the descriptors and the first bytes, followed by as many
+    /// messages as the rest needs. [`Channel::recv_long`] puts it together again.
+    pub fn send_long(&self, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), HandoverError> {
+        if payload.len() > MAX_LONG_PAYLOAD {
+            return Err(HandoverError::PayloadTooLarge(payload.len()));
+        }
+        let first_len = payload.len().min(MAX_PAYLOAD - 4);
+        let mut first = Vec::with_capacity(4 + first_len);
+        first.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        first.extend_from_slice(&payload[..first_len]);
+        self.send(&first, fds)?;
+        for part in payload[first_len..].chunks(MAX_PAYLOAD) {
+            self.send(part, &[])?;
+        }
+        Ok(())
+    }
+
+    /// The next payload sent by [`Channel::send_long`], whole, or `None` once the other end is
+    /// closed and everything it sent was read.
+    pub fn recv_long(&self) -> Result<Option<Received>, HandoverError> {
+        let Some(first) = self.recv()? else {
+            return Ok(None);
+        };
+        let Some((length, start)) = first.payload.split_first_chunk::<4>() else {
+            return Err(HandoverError::Truncated);
+        };
+        let length = u32::from_le_bytes(*length) as usize;
+        if length > MAX_LONG_PAYLOAD || start.len() > length {
+            return Err(HandoverError::Truncated);
+        }
+        let mut payload = Vec::with_capacity(length);
+        payload.extend_from_slice(start);
+        while payload.len() < length {
+            match self.recv()? {
+                Some(part)
+                    if part.fds.is_empty() && payload.len() + part.payload.len() <= length =>
+                {
+                    payload.extend_from_slice(&part.payload)
+                }
+                _ => return Err(HandoverError::Truncated),
+            }
+        }
+        Ok(Some(Received {
+            payload,
+            fds: first.fds,
+        }))
+    }
+
+    /// Makes every later call wait at most `timeout` (`None`: without bound); a call that
+    /// waited that long fails with [`io::ErrorKind::WouldBlock`].
+    pub fn set_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        use rustix::net::sockopt::{set_socket_timeout, Timeout};
+        set_socket_timeout(&self.socket, Timeout::Recv, timeout)?;
+        set_socket_timeout(&self.socket, Timeout::Send, timeout)?;
         Ok(())
     }
 
@@ -210,5 +271,31 @@ mod tests {
         let bare = new.recv().unwrap().unwrap();
         assert_eq!((bare.payload.len(), bare.fds.len()), (0, 1));
         assert!(new.recv().unwrap().is_none(), "the end of the channel");
+    }
+
+    /// A payload many messages long arrives whole, with its descriptors, from another thread
+    /// (the socket's buffer holds less than the payload, so the sender waits for the reader).
+    #[test]
+    fn a_long_payload_arrives_whole_with_its_descriptors() {
+        let (old, new) = Channel::pair().unwrap();
+        let payload: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let expected = payload.clone();
+        let sender = std::thread::spawn(move || {
+            let file = std::fs::File::open("/dev/null").unwrap();
+            old.send_long(&payload, &[file.as_fd(), file.as_fd()])
+                .unwrap();
+            old.send_long(b"", &[]).unwrap();
+        });
+        let long = new.recv_long().unwrap().unwrap();
+        assert_eq!(long.fds.len(), 2);
+        assert!(
+            long.payload == expected,
+            "the payload arrives whole and in order"
+        );
+        let empty = new.recv_long().unwrap().unwrap();
+        assert!(empty.payload.is_empty() && empty.fds.is_empty());
+        sender.join().unwrap();
+        assert!(new.recv_long().unwrap().is_none());
+        new.set_timeout(Some(Duration::from_millis(10))).unwrap();
     }
 }

@@ -41,7 +41,7 @@
 //! 6. layer: `conn` (the loop and its close reasons)
 //! 7. layer: `reload`
 //! 8. layer: `view` (what `admin` and `nats` both show and do)
-//! 9. layer: `admin`, `nats`
+//! 9. layer: `admin`, `nats`, `upgrade` (the hand-over between two processes)
 //! 10. layer: `server` (puts the pieces together, as mini-redis's does)
 //! 11. layer: `doctor` (runs a server to time its bounds)
 //!
@@ -77,6 +77,8 @@ pub mod sink;
 pub mod sockopt;
 mod storm;
 pub mod tls;
+#[cfg(target_os = "linux")]
+pub mod upgrade;
 pub mod view;
 
 pub use close_reason::CloseReason;

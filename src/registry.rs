@@ -133,6 +133,8 @@ struct Shared {
     conns: RwLock<Conns>,
     next_id: AtomicU64,
     opened: AtomicU64,
+    /// Connections handed over to another process (an upgrade).
+    handed_over: AtomicU64,
     closed: [AtomicU64; CloseReason::ALL.len()],
     refused: [AtomicU64; CloseReason::ALL.len()],
     /// The most recent closes, newest last, at most `history_limit`.
@@ -220,6 +222,8 @@ impl ConnInfo {
             bytes_out: self.bytes_out(),
             items: self.items(),
             errors: self.errors(),
+            keepalive_first_idle_s: self.keepalive_first_idle_s.load(Ordering::Relaxed),
+            auth_name: None,
         }
     }
 
@@ -475,6 +479,13 @@ pub struct Carried {
     pub items: u64,
     /// Items refused so far.
     pub errors: u64,
+    /// The shortened first keep-alive idle, in seconds, not yet put back (0: none): the new
+    /// process puts it back in its time ([`crate::phase`]).
+    #[serde(default)]
+    pub keepalive_first_idle_s: u16,
+    /// The name the client authenticated under.
+    #[serde(default)]
+    pub auth_name: Option<String>,
 }
 
 /// A copy of one connection's state.
@@ -565,6 +576,7 @@ impl Registry {
                 conns: RwLock::new(Conns::default()),
                 next_id: AtomicU64::new(1),
                 opened: AtomicU64::new(0),
+                handed_over: AtomicU64::new(0),
                 closed: std::array::from_fn(|_| AtomicU64::new(0)),
                 refused: std::array::from_fn(|_| AtomicU64::new(0)),
                 history: Mutex::new(VecDeque::new()),
@@ -649,9 +661,14 @@ impl Registry {
             bytes_out: AtomicU64::new(carried.bytes_out),
             items: AtomicU64::new(carried.items),
             errors: AtomicU64::new(carried.errors),
+            keepalive_first_idle_s: AtomicU16::new(carried.keepalive_first_idle_s),
             ..ConnInfo::new(carried.id, carried.peer, carried.local, started)
         };
-        self.register(info, None)
+        let guard = self.register(info, None)?;
+        if let Some(name) = &carried.auth_name {
+            self.set_auth_name(guard.info(), name.as_str().into());
+        }
+        Some(guard)
     }
 
     /// Registers a new connection. Dropping the guard removes it.
@@ -683,6 +700,7 @@ impl Registry {
             registry: self.clone(),
             info,
             reason: None,
+            handed_over: false,
         })
     }
 
@@ -961,6 +979,11 @@ impl Registry {
         self.shared.opened.load(Ordering::Relaxed)
     }
 
+    /// Connections handed over to another process (at an upgrade), which recorded no close.
+    pub fn handed_over_total(&self) -> u64 {
+        self.shared.handed_over.load(Ordering::Relaxed)
+    }
+
     /// Connections closed with `reason` since start (refused ones included).
     pub fn closed_total(&self, reason: CloseReason) -> u64 {
         self.shared.closed[reason.index()].load(Ordering::Relaxed) + self.refused_total(reason)
@@ -1046,6 +1069,9 @@ pub struct ConnGuard {
     registry: Registry,
     info: Arc<ConnInfo>,
     reason: Option<CloseReason>,
+    /// The connection went on in another process: the entry leaves the map, no close is
+    /// recorded.
+    handed_over: bool,
 }
 
 impl ConnGuard {
@@ -1066,6 +1092,19 @@ impl ConnGuard {
     pub fn close(&mut self, reason: CloseReason) {
         self.reason = Some(reason);
     }
+
+    /// Removes the entry without recording a close: the connection goes on in another process,
+    /// with what this returns ([`Registry::adopt`] there).
+    pub fn hand_over(mut self) -> Carried {
+        let now = Instant::now();
+        let mut carried = self.info.carried(now);
+        carried.auth_name = self
+            .registry
+            .auth_name(&self.info)
+            .map(|name| name.to_string());
+        self.handed_over = true;
+        carried
+    }
 }
 
 impl Drop for ConnGuard {
@@ -1081,6 +1120,16 @@ impl Drop for ConnGuard {
             // either the open socket's descriptor or none.
             self.info.fd.store(-1, Ordering::Relaxed);
             conns.remove(&self.info);
+        }
+        if self.handed_over {
+            if self.info.named.load(Ordering::Acquire) {
+                lock(&self.registry.shared.names).remove(&self.info.id);
+            }
+            self.registry
+                .shared
+                .handed_over
+                .fetch_add(1, Ordering::Relaxed);
+            return;
         }
         let snapshot = self.info.snapshot();
         self.registry.record_close(ClosedConn {

@@ -7,7 +7,8 @@
 //!   and `TCP_NODELAY` are set again on every open socket (Linux takes them on an established
 //!   socket and re-arms its keep-alive timer); the write, idle and frame timeouts, `max_age` and its
 //!   grace and the error budget are the deadlines every connection checks; `max_connections`,
-//!   `closed_history`, `shutdown_grace` and `log_level` are the server's own.
+//!   `closed_history`, `shutdown_grace`, `upgrade_timeout`, `goaway_window` and `log_level` are the
+//!   server's own.
 //! - **Connections accepted after the reload** ([`FOR_NEW_CONNECTIONS`]): the heartbeat (mode,
 //!   interval, misses), `max_frame`, `max_pending_replies` and `keepalive_spread`. A connection's `hello` answer
 //!   announced its heartbeat interval and frame limit, and its client relies on them, so an open
@@ -53,6 +54,8 @@ pub const FOR_EVERY_CONNECTION: &[&str] = &[
     "max_connections_per_ip",
     "closed_history",
     "shutdown_grace",
+    "upgrade_timeout",
+    "goaway_window",
     "log_level",
 ];
 
@@ -87,6 +90,8 @@ fn with_live_keys(old: &Config, new: &Config) -> Config {
         max_connections_per_ip: new.max_connections_per_ip,
         closed_history: new.closed_history,
         shutdown_grace: new.shutdown_grace,
+        upgrade_timeout: new.upgrade_timeout,
+        goaway_window: new.goaway_window,
         log_level: new.log_level,
         heartbeat: new.heartbeat,
         heartbeat_interval: new.heartbeat_interval,
@@ -363,6 +368,8 @@ mod tests {
         ("sink_rotate_interval", "1h"),
         ("sink_keep", "3"),
         ("shutdown_grace", "3s"),
+        ("upgrade_timeout", "7s"),
+        ("goaway_window", "4s"),
         ("log_format", "json"),
         ("log_level", "debug"),
         ("admin", "127.0.0.1:9999"),

@@ -112,6 +112,12 @@ pub struct ConfigFlags {
     /// Time from SIGINT/SIGTERM to exit [default: 10s].
     #[arg(long, value_name = "DURATION")]
     shutdown_grace: Option<String>,
+    /// At an upgrade (SIGUSR2), the time the new process has to report ready [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    upgrade_timeout: Option<String>,
+    /// At an upgrade, the window TLS clients are told to reconnect within [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    goaway_window: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
@@ -256,6 +262,8 @@ impl ConfigFlags {
             ("overflow", &self.overflow),
             ("fsync", &self.fsync),
             ("shutdown_grace", &self.shutdown_grace),
+            ("upgrade_timeout", &self.upgrade_timeout),
+            ("goaway_window", &self.goaway_window),
             ("log_format", &self.log_format),
             ("log_level", &self.log_level),
             ("admin", &self.admin),

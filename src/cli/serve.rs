@@ -25,6 +25,9 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // Where `argv[0]` leads now, before anything could change the working directory.
+    #[cfg(target_os = "linux")]
+    let program = connwarden::upgrade::Program::of_this_process();
     let config = args.flags.load()?;
     if args.print_config {
         print!("{}", config.to_toml());
@@ -51,12 +54,29 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let notifier = Notifier::from_env();
         super::service::spawn_watchdog(&notifier);
         let lifecycle = notifier.clone();
-        let server = Server::builder(config)
-            .on_lifecycle(move |moment| lifecycle.lifecycle(moment))
-            .build()?;
+        #[cfg(target_os = "linux")]
+        let inherited = connwarden::upgrade::Inherited::from_env()?;
+        #[cfg(target_os = "linux")]
+        let upgraded = inherited.is_some();
+        #[cfg(not(target_os = "linux"))]
+        let upgraded = false;
+        let builder = Server::builder(config).on_lifecycle(move |moment| {
+            if upgraded && moment == connwarden::server::Lifecycle::Ready {
+                lifecycle.main_pid(std::process::id());
+            }
+            lifecycle.lifecycle(moment)
+        });
+        #[cfg(target_os = "linux")]
+        let builder = match inherited {
+            Some(inherited) => builder.inherit(inherited),
+            None => builder,
+        };
+        let server = builder.build()?;
         notifier.count_in(server.metrics());
         logging.count_drops_in(server.metrics());
         super::service::reopen_sink_on_sigusr1(server.sink_reopen())?;
+        #[cfg(target_os = "linux")]
+        super::service::upgrade_on_sigusr2(server.upgrader(), program)?;
         super::service::reload_on_sighup(
             server.reloader(),
             args.flags,

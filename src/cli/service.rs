@@ -172,13 +172,31 @@ impl Notifier {
         #[cfg(unix)]
         {
             use sd_notify::NotifyState;
-            self.send(match moment {
-                Lifecycle::Ready => &[NotifyState::Ready, NotifyState::Status("listening")],
-                Lifecycle::Stopping => &[NotifyState::Stopping, NotifyState::Status("draining")],
-            });
+            let states: Vec<NotifyState> = match moment {
+                Lifecycle::Ready => vec![NotifyState::Ready, NotifyState::Status("listening")],
+                Lifecycle::Stopping => {
+                    vec![NotifyState::Stopping, NotifyState::Status("draining")]
+                }
+                // The new process is the service's main process from now on (this one exits
+                // once its connections are handed over).
+                Lifecycle::HandedOver(pid) => vec![
+                    NotifyState::MainPid(pid),
+                    NotifyState::Status("upgrading: handing the connections to the new process"),
+                ],
+            };
+            self.send(&states);
         }
         #[cfg(not(unix))]
         let _ = moment;
+    }
+
+    /// `MAINPID=`: a process started by an upgrade says it is the main one (systemd takes it
+    /// with `NotifyAccess=all`; the old process says so too, which `NotifyAccess=main` takes).
+    pub fn main_pid(&self, pid: u32) {
+        #[cfg(unix)]
+        self.send(&[sd_notify::NotifyState::MainPid(pid)]);
+        #[cfg(not(unix))]
+        let _ = pid;
     }
 
     /// `RELOADING=1` with the monotonic time when a reload begins, `READY=1` when it is over.
@@ -234,6 +252,30 @@ pub fn reopen_sink_on_sigusr1(reopen: ReopenHandle) -> anyhow::Result<()> {
     }
     #[cfg(not(unix))]
     let _ = reopen;
+    Ok(())
+}
+
+/// Upgrades at each `SIGUSR2`: starts the executable found at `program`'s path (a file
+/// replaced there is what starts) with this process's arguments and environment, and hands it
+/// the listeners and the connections ([`connwarden::upgrade`]). A failure is logged and counted
+/// by the server, which goes on serving. Linux only.
+#[cfg(target_os = "linux")]
+pub fn upgrade_on_sigusr2(
+    upgrader: connwarden::server::Upgrader,
+    program: connwarden::upgrade::Program,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr2 = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
+    tokio::spawn(async move {
+        while usr2.recv().await.is_some() {
+            tracing::info!(program = %program.path.display(), "SIGUSR2: upgrading to the executable at this path");
+            let upgrade = connwarden::upgrade::Upgrade::same_program(&program);
+            if let Ok(pid) = upgrader.upgrade(upgrade).await {
+                tracing::info!(pid, "upgrade: the new process serves; this one exits once its connections are handed over");
+            }
+        }
+    });
     Ok(())
 }
 

@@ -24,6 +24,8 @@
 //! writes plaintext through it.
 
 mod deadlines;
+#[cfg(target_os = "linux")]
+mod handed;
 mod hello;
 mod shared;
 
@@ -40,6 +42,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
+#[cfg(target_os = "linux")]
+pub(crate) use handed::{resume, Departed, HandedState};
 pub(crate) use shared::{ConnShared, Live, Stage};
 
 use crate::buffer::{release_if_empty, READ_CHUNK};
@@ -156,7 +160,21 @@ impl Future for ConnTask {
             return Poll::Ready(());
         };
         match std::task::ready!(conn.poll_serve(cx)) {
-            Ok(reason) => this.close(reason),
+            Ok(End::Closed(reason)) => this.close(reason),
+            #[cfg(target_os = "linux")]
+            Ok(End::Departs) => {
+                let conn = this.conn.take().expect("checked above");
+                let guard = this.guard.take().expect("taken only at the end");
+                let shared = Arc::clone(&conn.shared);
+                match conn.depart(guard) {
+                    Ok(departed) => shared.live.hand_over(departed),
+                    Err((_, mut guard)) => guard.close(CloseReason::InternalError),
+                }
+                Poll::Ready(())
+            }
+            // Nothing moves off Linux (`Live::moving` stays false).
+            #[cfg(not(target_os = "linux"))]
+            Ok(End::Departs) => this.close(CloseReason::Shutdown),
             Err(close) => {
                 let conn = this.conn.take().expect("checked above");
                 // Boxed: the flush's timer and futures exist only while closing.
@@ -166,6 +184,14 @@ impl Future for ConnTask {
             }
         }
     }
+}
+
+/// How the loop ends without a notice.
+enum End {
+    /// Orderly, with nothing left to send.
+    Closed(CloseReason),
+    /// To go on in another process ([`handed`]): quiet, with every reply owed in its output.
+    Departs,
 }
 
 /// Why the loop stops, and what to tell the peer first.
@@ -222,6 +248,9 @@ bitflags::bitflags! {
         /// The first heartbeat ping was sent: the pings follow the silence from then on, with
         /// no phase ([`crate::phase::first_ping_early`]).
         const PINGED = 1 << 5;
+        /// The connection saw an upgrade's hand-over and cannot move: counted in
+        /// [`Live::staying`] until it ends.
+        const STAYS = 1 << 6;
     }
 }
 
@@ -320,6 +349,9 @@ impl Drop for Connection {
     fn drop(&mut self) {
         let shared = &self.shared;
         (shared.live.buffers).report(&self.info, 0, || None, &shared.registry);
+        if self.flags.contains(Flags::STAYS) {
+            shared.live.count_staying(false);
+        }
     }
 }
 
@@ -365,13 +397,20 @@ impl Connection {
         }
     }
 
-    /// The loop. `Ok` is an orderly end with nothing left to send; `Err` closes after a notice.
-    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Result<CloseReason, Close>> {
+    /// The loop. `Ok` is an orderly end with nothing left to send, or a departure; `Err`
+    /// closes after a notice.
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Result<End, Close>> {
         loop {
             self.process_buffered()?;
             let replies_ended = self.replies.as_ref().is_none_or(|r| r.rx.is_none());
             if self.flags.contains(Flags::EOF) && replies_ended && self.out.is_empty() {
-                return Poll::Ready(Ok(self.orderly_reason()));
+                return Poll::Ready(Ok(End::Closed(self.orderly_reason())));
+            }
+            let quiet = !self.flags.intersects(Flags::READING | Flags::EOF)
+                && self.blocked.is_none()
+                && replies_ended;
+            if quiet && self.moves() {
+                return Poll::Ready(Ok(End::Departs));
             }
             let now = Instant::now();
             // The count before the configuration: a reload in between is seen at the next turn.
@@ -399,6 +438,8 @@ impl Connection {
                     }
                     return Poll::Ready(Err(asked_to_close(reason)));
                 }
+                // A connection that moves to the new process is not told to go.
+                Event::GoAway(_) if self.moves() => {}
                 Event::GoAway(within) => self.send(&Outbound::GoAway {
                     reconnect_within_ms: within.as_millis() as u64,
                 }),
@@ -452,7 +493,13 @@ impl Connection {
         if let Some(within) = self.info.take_goaway() {
             return Poll::Ready(Event::GoAway(within));
         }
-        if stage == Stage::StopReading && self.flags.contains(Flags::READING) {
+        let handing_over = stage == Stage::HandOver && self.moves();
+        if stage == Stage::HandOver && !handing_over && !self.flags.contains(Flags::STAYS) {
+            self.flags.insert(Flags::STAYS);
+            self.shared.live.count_staying(true);
+        }
+        let stops = stage == Stage::StopReading || handing_over;
+        if stops && self.flags.contains(Flags::READING) {
             return Poll::Ready(Event::StopReading);
         }
         if !self.out.is_empty() {
@@ -467,7 +514,9 @@ impl Connection {
                 }
             }
         }
-        let room = self.out.len() < OUT_HIGH_WATER;
+        // A connection about to move takes every reply owed, however much: its output goes
+        // with it.
+        let room = self.out.len() < OUT_HIGH_WATER || handing_over;
         let rx = self.replies.as_mut().and_then(|r| r.rx.as_mut());
         if let (Some(rx), true) = (rx, room) {
             if let Poll::Ready(reply) = rx.poll_recv(cx) {
@@ -508,6 +557,12 @@ impl Connection {
             let _ = tokio::time::timeout(bound, flush).await;
         }
         (close.reason, self)
+    }
+
+    /// True while the server hands its connections to a new process and this one can go
+    /// (a TLS session cannot: rustls keeps its keys in this process).
+    fn moves(&self) -> bool {
+        self.shared.live.stage() == Stage::HandOver && !self.is_tls() && self.shared.live.moving()
     }
 
     fn orderly_reason(&self) -> CloseReason {

@@ -2,10 +2,17 @@
 //! configuration in force, the partial-object budget and the client tokens ([`Live`], for every
 //! connection), and what those accepted under one configuration keep ([`ConnShared`]).
 
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+#[cfg(target_os = "linux")]
+use std::sync::Mutex;
 
 use arc_swap::ArcSwap;
+#[cfg(target_os = "linux")]
+use tokio::sync::mpsc;
+
+#[cfg(target_os = "linux")]
+use super::Departed;
 
 use crate::auth::ClientTokens;
 use crate::config::Config;
@@ -19,10 +26,13 @@ use crate::sockopt::SocketOptions;
 #[repr(u8)]
 pub(crate) enum Stage {
     Running = 0,
+    /// An upgrade: the connections that can move stop reading (what already arrived is still
+    /// queued), take their replies and leave for the new process ([`Live::hand_over`]).
+    HandOver = 1,
     /// First stage of shutdown: take no more items (what already arrived is still queued).
-    StopReading = 1,
+    StopReading = 2,
     /// Second stage: close now, after a brief flush.
-    Close = 2,
+    Close = 3,
 }
 
 /// What every connection reads live, whichever configuration it was accepted under: the
@@ -38,6 +48,15 @@ pub(crate) struct Live {
     pub buffers: BufferBudget,
     /// The client tokens in force (`auth_tokens`), read again at every reload.
     pub tokens: ClientTokens,
+    /// Where connections leaving for a new process go, during an upgrade that moves them.
+    #[cfg(target_os = "linux")]
+    departures: Mutex<Option<mpsc::UnboundedSender<Departed>>>,
+    /// True while `departures` is set: read at every turn of a connection's loop during the
+    /// hand-over, without the lock.
+    moving: AtomicBool,
+    /// Connections that saw the hand-over and cannot move (TLS), still live: the hand-over is
+    /// over when only they are left.
+    staying: AtomicUsize,
 }
 
 impl Live {
@@ -48,6 +67,58 @@ impl Live {
             options_changes: AtomicU32::new(0),
             buffers: BufferBudget::default(),
             tokens: ClientTokens::default(),
+            #[cfg(target_os = "linux")]
+            departures: Mutex::new(None),
+            moving: AtomicBool::new(false),
+            staying: AtomicUsize::new(0),
+        }
+    }
+
+    /// No connection leaves from now on; the channel of departures ends with the ones that left.
+    #[cfg(target_os = "linux")]
+    pub fn stop_moving(&self) {
+        self.moving.store(false, Ordering::Release);
+        self.departures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+
+    /// Connections live that cannot move to the new process.
+    #[cfg(target_os = "linux")]
+    pub fn staying(&self) -> usize {
+        self.staying.load(Ordering::Acquire)
+    }
+
+    /// Counts a connection that cannot move in, or (`false`) out as it ends.
+    pub(super) fn count_staying(&self, stays: bool) {
+        match stays {
+            true => self.staying.fetch_add(1, Ordering::AcqRel),
+            false => self.staying.fetch_sub(1, Ordering::AcqRel),
+        };
+    }
+
+    #[cfg(target_os = "linux")]
+    /// Connections that leave from now on go to `departures`; the caller then enters
+    /// [`Stage::HandOver`] and wakes every connection.
+    pub fn move_connections_to(&self, departures: mpsc::UnboundedSender<Departed>) {
+        *self.departures.lock().unwrap_or_else(|e| e.into_inner()) = Some(departures);
+        self.moving.store(true, Ordering::Release);
+    }
+
+    /// True while connections that can move leave for a new process.
+    pub(super) fn moving(&self) -> bool {
+        self.moving.load(Ordering::Acquire)
+    }
+
+    #[cfg(target_os = "linux")]
+    /// Gives a departed connection to the hand-over. If the hand-over is over already, the
+    /// connection is dropped here: its copy of the socket closes, which the peer sees as the
+    /// shutdown's close.
+    pub(super) fn hand_over(&self, departed: Departed) {
+        let departures = self.departures.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(departures) = departures.as_ref() {
+            let _ = departures.send(departed);
         }
     }
 
@@ -59,7 +130,8 @@ impl Live {
     pub(super) fn stage(&self) -> Stage {
         match self.stage.load(Ordering::Acquire) {
             0 => Stage::Running,
-            1 => Stage::StopReading,
+            1 => Stage::HandOver,
+            2 => Stage::StopReading,
             _ => Stage::Close,
         }
     }

@@ -61,6 +61,16 @@ const DELAY_STEPS: &[f64] = &[
 /// The kinds of failed `accept`, as the label `error` of `connwarden_accept_errors_total`.
 pub(crate) const ACCEPT_ERRORS: [&str; 4] = ["emfile", "enfile", "nomem", "other"];
 
+/// How an upgrade (`SIGUSR2`) ended, as the label `result` of `connwarden_upgrades_total`:
+/// handed over, or one of the ways the new process failed (the old one goes on serving).
+pub const UPGRADE_RESULTS: [&str; 5] = [
+    "handed_over",
+    "spawn_failed",
+    "exited",
+    "timeout",
+    "refused",
+];
+
 /// What a scrape reads from the registry and the queue, as plain values: the registry fills it
 /// (`Registry::scrape`), so that metrics knows neither.
 #[derive(Clone, Debug, Default)]
@@ -117,6 +127,8 @@ pub struct Metrics {
     detection_bounds: Mutex<Vec<(CloseReason, Gauge)>>,
     /// `accept` failures by kind ([`crate::server`]'s `AcceptError`).
     accept_errors: [Counter; 4],
+    /// Upgrades by [`UPGRADE_RESULTS`].
+    upgrades: [Counter; 5],
     /// Reloads by result: success, failure.
     config_reloads: [Counter; 2],
     config_last_reload_successful: Gauge,
@@ -274,6 +286,8 @@ impl Metrics {
             detection_bounds: Mutex::new(Vec::new()),
             accept_errors: ACCEPT_ERRORS
                 .map(|kind| r.counter("accept_errors_total", &[("error", kind)])),
+            upgrades: UPGRADE_RESULTS
+                .map(|result| r.counter("upgrades_total", &[("result", result)])),
             config_reloads: ["success", "failure"]
                 .map(|result| r.counter("config_reloads_total", &[("result", result)])),
             config_last_reload_successful: r.gauge("config_last_reload_successful", &[]),
@@ -328,6 +342,13 @@ impl Metrics {
     pub(crate) fn accept_error(&self, kind: &str) {
         if let Some(i) = ACCEPT_ERRORS.iter().position(|k| *k == kind) {
             self.accept_errors[i].increment(1);
+        }
+    }
+
+    /// Counts an upgrade by its result, one of [`UPGRADE_RESULTS`].
+    pub fn upgrade(&self, result: &str) {
+        if let Some(i) = UPGRADE_RESULTS.iter().position(|r| *r == result) {
+            self.upgrades[i].increment(1);
         }
     }
 
@@ -583,6 +604,7 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::H, "sink_fsync_duration_seconds", Some(Unit::Seconds), "Duration of each fsync."),
     (Kind::G, "sink_healthy", None, "1 while the sink's last write or fsync succeeded, 0 after a failure until the next success."),
     (Kind::G, "keepalive_probes", None, "Keep-alive probes sent and unanswered, summed over live connections (TCP_INFO tcpi_probes, read at scrape)."),
+    (Kind::C, "upgrades_total", None, "Binary upgrades (SIGUSR2) by result: handed_over (the new process took the listeners and the connections; this one exits), or, leaving this process serving as before, spawn_failed (the executable could not be started), exited (it ended before it was ready, e.g. it refused the configuration), timeout (not ready within upgrade_timeout) or refused (it did not speak the hand-over's protocol)."),
     (Kind::C, "config_reloads_total", None, "Configuration reloads (SIGHUP), by result: success (keys that need a restart may have been refused, see the log) or failure (the configuration could not be read or was invalid; nothing changed)."),
     (Kind::G, "config_last_reload_successful", None, "1 when the last configuration reload succeeded, or none was tried; 0 after a failed one."),
     (Kind::G, "config_last_reload_success_timestamp_seconds", Some(Unit::Seconds), "Unix time of the last successful configuration reload, or of the start."),

@@ -102,6 +102,22 @@ pub struct Decoder {
     state: State,
 }
 
+/// Where a decoder stands in its buffer: what a connection handed to another process carries
+/// with its unread bytes, so that the object it is in the middle of goes on there as if nothing
+/// happened (the same bytes kept, the same count against `max_frame`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DecoderState {
+    max_frame: u32,
+    scanned: u32,
+    kept: u32,
+    /// 0 between objects, 1 in an object, 2 in junk.
+    mode: u8,
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    spaced: bool,
+}
+
 impl Decoder {
     fn max_frame(&self) -> usize {
         self.max_frame as usize
@@ -116,6 +132,53 @@ impl Decoder {
             kept: 0,
             state: State::Between,
         }
+    }
+
+    /// Where it stands, to [`Decoder::resume`] elsewhere over the same buffer.
+    pub fn state(&self) -> DecoderState {
+        let (mode, scan) = match self.state {
+            State::Between => (0, ObjectScan::default()),
+            State::Object(scan) => (1, scan),
+            State::Junk => (2, ObjectScan::default()),
+        };
+        DecoderState {
+            max_frame: self.max_frame,
+            scanned: self.scanned,
+            kept: self.kept,
+            mode,
+            depth: scan.depth,
+            in_string: scan.in_string,
+            escaped: scan.escaped,
+            spaced: scan.spaced,
+        }
+    }
+
+    /// The decoder `state` describes, over a buffer of `buffered` bytes; `None` when the two do
+    /// not fit together (the state of another buffer, or a peer that does not speak this).
+    pub fn resume(state: DecoderState, buffered: usize) -> Option<Decoder> {
+        let fits = state.kept <= state.scanned
+            && state.scanned as usize <= buffered
+            && state.max_frame as usize <= MAX_FRAME_LIMIT
+            && state.scanned <= state.max_frame.saturating_add(1);
+        let scan = ObjectScan {
+            depth: state.depth,
+            in_string: state.in_string,
+            escaped: state.escaped,
+            spaced: state.spaced,
+        };
+        let mode = match state.mode {
+            // Between objects the counts are set afresh at the next one.
+            0 => return Some(Decoder::new(state.max_frame as usize)),
+            1 => State::Object(scan),
+            2 => State::Junk,
+            _ => return None,
+        };
+        fits.then_some(Decoder {
+            max_frame: state.max_frame,
+            scanned: state.scanned,
+            kept: state.kept,
+            state: mode,
+        })
     }
 
     /// True while part of a frame has been seen but not its end.
@@ -375,6 +438,35 @@ mod tests {
 
     fn object(s: &str) -> Frame {
         Frame::Object(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    /// A decoder resumed from its state over the same bytes (another process, at an upgrade)
+    /// goes on exactly as the original would: at every cut of a stream of objects with
+    /// whitespace and strings, the frames are the same; a state that does not fit its bytes is
+    /// refused.
+    #[test]
+    fn a_resumed_decoder_goes_on_as_the_original() {
+        let stream = b"{\"ip\": \"1.2.3.4\",\n \"note\": \"a \\\" b { }\"}\n  {\"ip\":\"5.6.7.8\", \"k\": [1, 2]}\n{\"ip\":\"9.9.9.9\"}";
+        let mut whole = Decoder::new(1024);
+        let expected = decode_all(&mut whole, &mut BytesMut::from(&stream[..]));
+        assert_eq!(expected.len(), 3);
+        for cut in 0..stream.len() {
+            let mut first = Decoder::new(1024);
+            let mut buf = BytesMut::from(&stream[..cut]);
+            let mut frames = decode_all(&mut first, &mut buf);
+            let state = first.state();
+            let mut resumed = Decoder::resume(state, buf.len()).expect("a state that fits");
+            buf.extend_from_slice(&stream[cut..]);
+            frames.extend(decode_all(&mut resumed, &mut buf));
+            assert_eq!(frames, expected, "cut at {cut}");
+        }
+        let mut mid = Decoder::new(1024);
+        let mut buf = BytesMut::from(&b"{\"ip\": \"1.2"[..]);
+        assert!(mid.decode(&mut buf).unwrap().is_none());
+        assert!(
+            Decoder::resume(mid.state(), buf.len() - 1).is_none(),
+            "bytes missing"
+        );
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! and acknowledged while their connections are still open; then close every connection with
 //! reason `shutdown` after a brief flush of its last acks and a `shutting_down` notice.
 //!
+//! An upgrade ([`Upgrader`], `SIGUSR2` in `connwarden serve`) ends a run another way: once a
+//! new process took the listeners ([`crate::upgrade`]), this one stops accepting, hands over
+//! every connection that can move (`upgrade.rs` beside this file), tells the others `goaway`,
+//! and then shuts down as above with what is left.
+//!
 //! With `admin` set, the admin API ([`crate::admin`]) serves on its own listener from before the
 //! first accept to the end of shutdown; `/readyz` says "draining" from the first stage on.
 
@@ -37,6 +42,13 @@ use crate::reload::Reloader;
 use crate::sink::{self, DrainReport, ReopenHandle, Sink, SinkError};
 use crate::sockopt::{self, ListenError, ListenerOptions, SocketOptions};
 use crate::tls::{ServerTls, TlsError};
+#[cfg(target_os = "linux")]
+use crate::upgrade::{Inherited, UpgradeError};
+
+#[cfg(target_os = "linux")]
+mod upgrade;
+#[cfg(target_os = "linux")]
+pub use upgrade::Upgrader;
 
 /// First wait before retrying `accept` after it ran out of a resource (`EMFILE`, `ENFILE`,
 /// `ENOBUFS`, `ENOMEM`): retrying at once would spin a core while descriptors are exhausted.
@@ -74,6 +86,10 @@ pub enum ServerError {
     #[error(transparent)]
     /// The admin token file cannot be used.
     AdminToken(#[from] TokenError),
+    #[cfg(target_os = "linux")]
+    #[error(transparent)]
+    /// The listeners could not be taken from the process this one upgrades.
+    Upgrade(#[from] UpgradeError),
     #[error("cannot listen on the admin address {addr}")]
     /// The admin listener could not be opened.
     AdminListen {
@@ -107,6 +123,8 @@ pub struct ServerBuilder {
     sink: Option<Box<dyn Sink>>,
     registry: Option<Registry>,
     on_lifecycle: Option<LifecycleHook>,
+    #[cfg(target_os = "linux")]
+    inherited: Option<Inherited>,
 }
 
 /// A moment in a server's life that a service manager wants to hear of (`connwarden serve`
@@ -117,6 +135,9 @@ pub enum Lifecycle {
     Ready,
     /// Shutdown began: no new connections; the live ones drain within `shutdown_grace`.
     Stopping,
+    /// An upgrade: the new process (this pid) took the listeners and is ready; this one hands
+    /// over its connections and exits (`serve` tells systemd `MAINPID=`).
+    HandedOver(u32),
 }
 
 /// Called at each [`Lifecycle`] moment.
@@ -146,6 +167,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Takes over from the process that started this one for an upgrade: [`Server::bind`]
+    /// returns its listeners, and [`Server::run`] adopts its connections once ready.
+    #[cfg(target_os = "linux")]
+    pub fn inherit(mut self, inherited: Inherited) -> ServerBuilder {
+        self.inherited = Some(inherited);
+        self
+    }
+
     /// Validates the configuration, reads the admin token, creates the queue and the metrics.
     pub fn build(self) -> Result<Server, ServerError> {
         self.config.validate()?;
@@ -172,7 +201,16 @@ impl ServerBuilder {
             .live()
             .tokens
             .load(self.config.auth_tokens.as_deref())?;
+        #[cfg(target_os = "linux")]
+        let (upgrades, upgrade_requests) = tokio::sync::mpsc::unbounded_channel();
         Ok(Server {
+            #[cfg(target_os = "linux")]
+            upgrades,
+            #[cfg(target_os = "linux")]
+            upgrade_requests,
+            #[cfg(target_os = "linux")]
+            inherited: self.inherited,
+            handed_admin: std::sync::Mutex::new(None),
             config: self.config,
             reloader,
             sink: self.sink,
@@ -202,6 +240,16 @@ pub struct Server {
     token: Option<Token>,
     on_lifecycle: Option<LifecycleHook>,
     reopen: ReopenHandle,
+    /// Where [`Upgrader`]s send their requests, and where `run` reads them.
+    #[cfg(target_os = "linux")]
+    upgrades: tokio::sync::mpsc::UnboundedSender<upgrade::Request>,
+    #[cfg(target_os = "linux")]
+    upgrade_requests: tokio::sync::mpsc::UnboundedReceiver<upgrade::Request>,
+    /// The process this one takes over from, at an upgrade.
+    #[cfg(target_os = "linux")]
+    inherited: Option<Inherited>,
+    /// The admin listener an upgrade handed over, until `run` serves on it.
+    handed_admin: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
 
 /// What shutdown achieved.
@@ -217,6 +265,8 @@ pub struct ShutdownReport {
     pub abandoned: usize,
     /// Connections still open when the grace period ran out.
     pub connections_left: usize,
+    /// Connections handed over to a new process (an upgrade), which goes on serving them.
+    pub handed_over: u64,
 }
 
 impl Server {
@@ -227,7 +277,16 @@ impl Server {
             sink: None,
             registry: None,
             on_lifecycle: None,
+            #[cfg(target_os = "linux")]
+            inherited: None,
         }
+    }
+
+    /// Asks the running server to hand itself over to a new process (`serve` does it on
+    /// `SIGUSR2`).
+    #[cfg(target_os = "linux")]
+    pub fn upgrader(&self) -> Upgrader {
+        Upgrader::new(self.upgrades.clone())
     }
 
     /// The validated configuration the server starts with.
@@ -276,8 +335,30 @@ impl Server {
     }
 
     /// Opens a listener on every configured address, with every socket option set before
-    /// `listen`. Needs a Tokio runtime.
+    /// `listen`; or, for a server that [inherits](ServerBuilder::inherit), takes the old
+    /// process's listeners (with their options as they were). Needs a Tokio runtime.
     pub fn bind(&self) -> Result<Vec<TcpListener>, ServerError> {
+        #[cfg(target_os = "linux")]
+        if let Some(inherited) = &self.inherited {
+            let handed = inherited.take_listeners()?;
+            *self.handed_admin.lock().unwrap_or_else(|e| e.into_inner()) = handed.admin;
+            return handed
+                .data
+                .into_iter()
+                .map(|listener| {
+                    let addr = listener
+                        .local_addr()
+                        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                    TcpListener::from_std(listener).map_err(|source| {
+                        ServerError::Listen(ListenError {
+                            addr,
+                            stage: "register with the runtime",
+                            source,
+                        })
+                    })
+                })
+                .collect();
+        }
         let listener_options = ListenerOptions {
             reuse_port: self.config.reuse_port,
             backlog: self.config.backlog,
@@ -312,6 +393,7 @@ impl Server {
             return Err(ServerError::NoListener);
         }
         let admin_handle = self.admin_handle();
+        let handed_admin = (self.handed_admin.lock().unwrap_or_else(|e| e.into_inner())).take();
         let Server {
             config,
             reloader,
@@ -324,6 +406,13 @@ impl Server {
             token: _,
             on_lifecycle,
             reopen,
+            #[cfg(target_os = "linux")]
+                upgrades: keep_requests_open,
+            #[cfg(target_os = "linux")]
+            mut upgrade_requests,
+            #[cfg(target_os = "linux")]
+            inherited,
+            handed_admin: _,
         } = self;
         let lifecycle = |moment| {
             if let Some(hook) = &on_lifecycle {
@@ -332,10 +421,17 @@ impl Server {
         };
         // Ends the admin API and the metrics upkeep when `run` ends, on every path.
         let stop_background = CancellationToken::new();
-        let admin_task = match config.admin {
-            Some(addr) => Some(start_admin(addr, admin_handle, stop_background.clone()).await?),
+        // Ends with the rest, or as soon as a new process took over the admin listener.
+        let stop_admin = stop_background.child_token();
+        let admin = match config.admin {
+            Some(addr) => {
+                Some(start_admin(addr, handed_admin, admin_handle, stop_admin.clone()).await?)
+            }
             None => None,
         };
+        #[cfg(target_os = "linux")]
+        let copies = upgrade::ListenerCopies::of(&listeners, admin.as_ref().map(|a| &a.listener))?;
+        let admin_task = admin.map(|admin| admin.task);
         let _stop_background_on_exit = stop_background.clone().drop_guard();
         // NATS first: the JetStream sink publishes through it, and the cluster-wide registry
         // answers on it. Until it answers, `/readyz` says "starting".
@@ -399,7 +495,10 @@ impl Server {
             tracker: tracker.clone(),
             checked_first: AtomicBool::new(false),
         });
-        let accept_tasks: Vec<JoinHandle<()>> = listeners
+        #[cfg(target_os = "linux")]
+        let adopting = Arc::clone(&acceptor);
+        #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
+        let mut accept_tasks: Vec<JoinHandle<()>> = listeners
             .into_iter()
             .map(|listener| {
                 tokio::spawn(accept_loop(
@@ -412,8 +511,49 @@ impl Server {
         drop(acceptor);
         readiness.set_ready();
         lifecycle(Lifecycle::Ready);
+        #[cfg(target_os = "linux")]
+        let adoption = inherited.map(|inherited| {
+            tokio::spawn(upgrade::adopt_all(
+                inherited,
+                adopting,
+                stop_accepting.clone(),
+            ))
+        });
 
-        shutdown.await;
+        #[cfg(target_os = "linux")]
+        let handed_over = {
+            let _keep_requests_open = keep_requests_open;
+            let upgraded = upgrade::serve_until_upgraded(
+                shutdown,
+                &mut upgrade_requests,
+                &copies,
+                &live,
+                &metrics,
+            )
+            .await;
+            match upgraded {
+                None => 0,
+                Some(successor) => {
+                    lifecycle(Lifecycle::HandedOver(successor.pid()));
+                    readiness.set_draining();
+                    stop_admin.cancel();
+                    stop_accepting.cancel();
+                    for task in accept_tasks.drain(..) {
+                        let _ = task.await;
+                    }
+                    upgrade::hand_over(successor, &live, &registry).await
+                }
+            }
+        };
+        #[cfg(not(target_os = "linux"))]
+        let handed_over = {
+            shutdown.await;
+            0
+        };
+        #[cfg(target_os = "linux")]
+        if let Some(adoption) = adoption {
+            adoption.abort();
+        }
         readiness.set_draining();
         lifecycle(Lifecycle::Stopping);
         let grace = live.config().shutdown_grace;
@@ -462,6 +602,7 @@ impl Server {
             syncs: drain_report.syncs,
             abandoned: monitor.stats().depth,
             connections_left: if closed { 0 } else { registry.len() },
+            handed_over,
         };
         if report.abandoned > 0 || report.connections_left > 0 {
             tracing::error!(
@@ -494,22 +635,40 @@ impl Server {
     }
 }
 
-/// Binds the admin listener and serves the admin API on it until `stop`.
+/// The admin API's task, and a copy of its listener (for an upgrade to hand over).
+struct AdminServing {
+    task: JoinHandle<()>,
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    listener: socket2::Socket,
+}
+
+/// Binds the admin listener (or takes the one an upgrade handed over) and serves the admin API
+/// on it until `stop`.
 async fn start_admin(
     addr: SocketAddr,
+    handed: Option<std::net::TcpListener>,
     handle: AdminHandle,
     stop: CancellationToken,
-) -> Result<JoinHandle<()>, ServerError> {
-    let listener = TcpListener::bind(addr)
-        .await
+) -> Result<AdminServing, ServerError> {
+    let listener = match handed {
+        Some(listener) => TcpListener::from_std(listener),
+        None => TcpListener::bind(addr).await,
+    }
+    .map_err(|source| ServerError::AdminListen { addr, source })?;
+    let copy = SockRef::from(&listener)
+        .try_clone()
         .map_err(|source| ServerError::AdminListen { addr, source })?;
     let bound = listener.local_addr().unwrap_or(addr);
     admin::describe(bound, &handle.token);
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(error) = admin::serve(listener, handle, stop.cancelled_owned()).await {
             tracing::error!(error = %error, "admin API stopped");
         }
-    }))
+    });
+    Ok(AdminServing {
+        task,
+        listener: copy,
+    })
 }
 
 /// Folds histogram samples into buckets every [`METRICS_UPKEEP`], and samples the kernel's
@@ -769,6 +928,25 @@ impl Acceptor {
         self.tracker.spawn(WithSlot { task, _slot: slot });
     }
 
+    /// Serves a connection another process handed over. It takes a `max_connections` slot
+    /// even past the limit: refusing it would close a live connection. False when it could
+    /// not go on (logged; its socket closes).
+    #[cfg(target_os = "linux")]
+    fn adopt(&self, departed: conn::Departed) -> bool {
+        let slot = Slot::force(&self.live_connections);
+        let shared = self.reloader.connections();
+        match conn::resume(departed, shared, self.producer.clone()) {
+            Ok(task) => {
+                self.tracker.spawn(WithSlot { task, _slot: slot });
+                true
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "cannot go on with a handed-over connection; it closes");
+                false
+            }
+        }
+    }
+
     /// Tells a peer over a limit why, without waiting (a fresh socket's send buffer always has
     /// room for one line), and records the refusal under the reason of the same name.
     fn refuse(
@@ -809,6 +987,15 @@ impl Slot {
             })
             .ok()
             .map(|_| Slot(Arc::clone(taken)))
+    }
+}
+
+impl Slot {
+    /// A place whatever the limit (a connection already live, handed over by an upgrade).
+    #[cfg(target_os = "linux")]
+    fn force(taken: &Arc<AtomicUsize>) -> Slot {
+        taken.fetch_add(1, Ordering::AcqRel);
+        Slot(Arc::clone(taken))
     }
 }
 
