@@ -300,6 +300,18 @@ impl Proc {
         Proc::start(command)
     }
 
+    /// Starts `program ARGS` (a copy of the binary, for a test that replaces it) with extra
+    /// environment variables.
+    pub fn spawn_program(
+        program: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Proc {
+        let mut command = Command::new(program);
+        command.args(args).envs(env.iter().copied());
+        Proc::start(command)
+    }
+
     /// Starts `connwarden ARGS`.
     pub fn connwarden(args: &[&str]) -> Proc {
         let mut command = Command::new(binary());
