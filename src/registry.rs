@@ -1093,17 +1093,20 @@ impl ConnGuard {
         self.reason = Some(reason);
     }
 
-    /// Removes the entry without recording a close: the connection goes on in another process,
-    /// with what this returns ([`Registry::adopt`] there).
-    pub fn hand_over(mut self) -> Carried {
-        let now = Instant::now();
-        let mut carried = self.info.carried(now);
+    /// What the entry carries to another process ([`Registry::adopt`] there).
+    pub fn carried(&self) -> Carried {
+        let mut carried = self.info.carried(Instant::now());
         carried.auth_name = self
             .registry
             .auth_name(&self.info)
             .map(|name| name.to_string());
-        self.handed_over = true;
         carried
+    }
+
+    /// Removes the entry without recording a close: the connection went on in another
+    /// process, with what [`ConnGuard::carried`] gave.
+    pub fn hand_over(mut self) {
+        self.handed_over = true;
     }
 }
 

@@ -75,15 +75,15 @@ pub struct Departed {
 pub(super) struct CannotLeave;
 
 impl Connection {
-    /// Leaves the loop: the registry entry goes without a recorded close, and the socket's
-    /// copy goes to the hand-over with the state. The connection's own descriptor closes with
-    /// it; the peer sees nothing, since the copy keeps the socket open.
-    pub(super) fn depart(mut self, guard: ConnGuard) -> Result<Departed, (CannotLeave, ConnGuard)> {
+    /// Leaves the loop with a copy of the socket and the state, for the hand-over (the caller
+    /// then removes the registry entry without a recorded close). The connection's own
+    /// descriptor closes with it; the peer sees nothing, since the copy keeps the socket open.
+    pub(super) fn depart(mut self, guard: &ConnGuard) -> Result<Departed, CannotLeave> {
         let socket = match self.stream.as_fd().try_clone_to_owned() {
             Ok(socket) => socket,
             Err(error) => {
                 tracing::warn!(conn_id = self.info.id, error = %error, "cannot copy the socket to hand it over; closing it here");
-                return Err((CannotLeave, guard));
+                return Err(CannotLeave);
             }
         };
         let now = Instant::now();
@@ -91,7 +91,7 @@ impl Connection {
         let out = std::mem::take(&mut self.out);
         let extras = self.extras.take();
         let state = HandedState {
-            carried: guard.hand_over(),
+            carried: guard.carried(),
             heartbeat: self.flags.contains(Flags::HEARTBEAT),
             pinged: self.flags.contains(Flags::PINGED),
             pings_sent: self.pings_sent,

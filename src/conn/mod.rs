@@ -166,9 +166,21 @@ impl Future for ConnTask {
                 let conn = this.conn.take().expect("checked above");
                 let guard = this.guard.take().expect("taken only at the end");
                 let shared = Arc::clone(&conn.shared);
-                match conn.depart(guard) {
-                    Ok(departed) => shared.live.hand_over(departed),
-                    Err((_, mut guard)) => guard.close(CloseReason::InternalError),
+                // Given to the hand-over before the entry leaves the registry: the hand-over
+                // ends once only connections that stay are listed, and must find this one in
+                // its channel then.
+                match conn
+                    .depart(&guard)
+                    .map(|departed| shared.live.hand_over(departed))
+                {
+                    Ok(Ok(())) => guard.hand_over(),
+                    // Too late (the hand-over ended), or no copy of the socket: the connection
+                    // closes here, under the shutdown that follows.
+                    Ok(Err(_)) => drop(guard),
+                    Err(_) => {
+                        let mut guard = guard;
+                        guard.close(CloseReason::InternalError);
+                    }
                 }
                 Poll::Ready(())
             }

@@ -112,13 +112,12 @@ impl Live {
     }
 
     #[cfg(target_os = "linux")]
-    /// Gives a departed connection to the hand-over. If the hand-over is over already, the
-    /// connection is dropped here: its copy of the socket closes, which the peer sees as the
-    /// shutdown's close.
-    pub(super) fn hand_over(&self, departed: Departed) {
+    /// Gives a departed connection to the hand-over; back when the hand-over is over already.
+    pub(super) fn hand_over(&self, departed: Departed) -> Result<(), Departed> {
         let departures = self.departures.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(departures) = departures.as_ref() {
-            let _ = departures.send(departed);
+        match departures.as_ref() {
+            Some(departures) => departures.send(departed).map_err(|e| e.0),
+            None => Err(departed),
         }
     }
 
