@@ -173,10 +173,10 @@ impl Future for ConnTask {
                     .depart(&guard)
                     .map(|departed| shared.live.hand_over(departed))
                 {
-                    Ok(Ok(())) => guard.hand_over(),
+                    Ok(true) => guard.hand_over(),
                     // Too late (the hand-over ended), or no copy of the socket: the connection
                     // closes here, under the shutdown that follows.
-                    Ok(Err(_)) => drop(guard),
+                    Ok(false) => drop(guard),
                     Err(_) => {
                         let mut guard = guard;
                         guard.close(CloseReason::InternalError);

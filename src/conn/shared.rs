@@ -112,13 +112,13 @@ impl Live {
     }
 
     #[cfg(target_os = "linux")]
-    /// Gives a departed connection to the hand-over; back when the hand-over is over already.
-    pub(super) fn hand_over(&self, departed: Departed) -> Result<(), Departed> {
+    /// Gives a departed connection to the hand-over. False when the hand-over is over
+    /// already: the connection's copy of its socket is closed, and the caller closes it.
+    pub(super) fn hand_over(&self, departed: Departed) -> bool {
         let departures = self.departures.lock().unwrap_or_else(|e| e.into_inner());
-        match departures.as_ref() {
-            Some(departures) => departures.send(departed).map_err(|e| e.0),
-            None => Err(departed),
-        }
+        departures
+            .as_ref()
+            .is_some_and(|departures| departures.send(departed).is_ok())
     }
 
     /// Moves to `stage`; the caller then wakes every connection (`Registry::wake_all`).
