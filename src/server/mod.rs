@@ -444,7 +444,21 @@ impl Server {
         };
         let sink = match sink {
             Some(sink) => sink,
-            None => sink::open(&config, nats.as_ref(), &metrics, &reopen).await?,
+            None => {
+                // At an upgrade, the old process goes on appending to a file sink for a while.
+                #[cfg(target_os = "linux")]
+                let beside_another_writer = inherited.is_some();
+                #[cfg(not(target_os = "linux"))]
+                let beside_another_writer = false;
+                sink::open(
+                    &config,
+                    nats.as_ref(),
+                    &metrics,
+                    &reopen,
+                    beside_another_writer,
+                )
+                .await?
+            }
         };
         let registry_task = nats.clone().map(|client| {
             let (config, registry, stop) =

@@ -23,6 +23,9 @@ use std::time::{Instant, SystemTime};
 use tokio::io::AsyncWriteExt;
 
 use super::{encode_batch, Sink, SinkError, SinkFuture};
+
+/// tokio's own buffer size for a file's writes (2 MiB): a larger batch raises it for itself.
+const MIN_WRITE_BUFFER: usize = 2 * 1024 * 1024;
 use crate::config::Rotation;
 use crate::record::Record;
 
@@ -86,8 +89,28 @@ impl FileSink {
         rotation: Rotation,
         reopen: ReopenHandle,
     ) -> Result<FileSink, SinkError> {
+        FileSink::open_with(path, rotation, reopen, true).await
+    }
+
+    /// Like [`FileSink::open_rotating`], for a process that takes over from another one still
+    /// appending to the file (a binary upgrade): a last line without its newline is that
+    /// process's write under way, not a torn line, and is left alone.
+    pub async fn open_beside_another_writer(
+        path: &Path,
+        rotation: Rotation,
+        reopen: ReopenHandle,
+    ) -> Result<FileSink, SinkError> {
+        FileSink::open_with(path, rotation, reopen, false).await
+    }
+
+    async fn open_with(
+        path: &Path,
+        rotation: Rotation,
+        reopen: ReopenHandle,
+        mend_torn_line: bool,
+    ) -> Result<FileSink, SinkError> {
         let owned = path.to_owned();
-        let opened = blocking(move || Opened::at(&owned))
+        let opened = blocking(move || Opened::at(&owned, mend_torn_line))
             .await
             .map_err(|source| SinkError::Io {
                 sink: format!("file:{}", path.display()),
@@ -147,7 +170,7 @@ impl FileSink {
                 },
                 Switch::Reopen => None,
             };
-            Ok((Opened::at(&path)?, archived))
+            Ok((Opened::at(&path, true)?, archived))
         })
         .await?;
         (self.file, self.sync_handle, self.bytes) = (opened.file, opened.sync_handle, opened.bytes);
@@ -184,8 +207,8 @@ impl Opened {
     /// Opens `path` (blocking; see [`open_for_append`]); for a regular file, its directory is
     /// synced too, so that its name (new, or moved here by a rotation) is durable before any
     /// record in it is acknowledged.
-    fn at(path: &Path) -> io::Result<Opened> {
-        let (file, regular) = open_for_append(path)?;
+    fn at(path: &Path, mend_torn_line: bool) -> io::Result<Opened> {
+        let (file, regular) = open_for_append(path, mend_torn_line)?;
         if regular {
             sync_directory_of(path)?;
         }
@@ -285,15 +308,15 @@ fn rotated_files(path: &Path) -> io::Result<Vec<((String, u32), PathBuf)>> {
     Ok(out)
 }
 
-/// Opens `path` for appending; says whether it is a regular file (which can be synced and
-/// checked for a torn last line).
-fn open_for_append(path: &Path) -> io::Result<(std::fs::File, bool)> {
+/// Opens `path` for appending; says whether it is a regular file (which can be synced and,
+/// with `mend_torn_line`, checked for a torn last line).
+fn open_for_append(path: &Path, mend_torn_line: bool) -> io::Result<(std::fs::File, bool)> {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)?;
     let metadata = file.metadata()?;
-    if metadata.is_file() && metadata.len() > 0 {
+    if mend_torn_line && metadata.is_file() && metadata.len() > 0 {
         let mut reader = std::fs::File::open(path)?;
         reader.seek(SeekFrom::End(-1))?;
         let mut last = [0u8; 1];
@@ -314,6 +337,10 @@ impl Sink for FileSink {
             }
             let buf = encode_batch(batch);
             self.bytes += buf.len() as u64;
+            // The whole batch in one write(2): appends to a regular file do not interleave, so
+            // another process appending to the same file (both sides of a binary upgrade)
+            // never cuts a line in two. tokio writes at most its buffer's size at a time.
+            self.file.set_max_buf_size(buf.len().max(MIN_WRITE_BUFFER));
             if let Err(error) = self.file.write_all(&buf).await {
                 return Err(self.io_error()(error));
             }
@@ -385,6 +412,53 @@ mod tests {
         assert_eq!(lines[1], "{\"torn");
         let last: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
         assert_eq!(last["item"]["ip"], "192.0.2.1");
+    }
+
+    /// Both sides of a binary upgrade append to the same file for a while: each batch goes in
+    /// one write, so batches larger than tokio's own buffer (2 MiB) from two writers at once
+    /// never cut each other's lines; and the process that takes over leaves the other's
+    /// unfinished last line alone instead of ending it with a newline of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_writers_of_one_file_never_cut_each_others_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sink.ndjson");
+        std::fs::write(&path, "{\"whole\":1}\n{\"under way").unwrap();
+        let rotation = Rotation::default();
+        let beside = FileSink::open_beside_another_writer(&path, rotation, Default::default());
+        let mut second = beside.await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"whole\":1}\n{\"under way",
+            "the other writer's line is left to it"
+        );
+        std::fs::write(&path, "").unwrap();
+        let mut first = FileSink::open(&path).await.unwrap();
+        let batch: Vec<Record> = (0..30_000).map(|_| record()).collect();
+        let size = encode_batch(&batch).len();
+        assert!(size > MIN_WRITE_BUFFER, "{size} bytes a batch");
+        let batch = Arc::new(batch);
+        let (a, b) = (Arc::clone(&batch), Arc::clone(&batch));
+        let one = tokio::spawn(async move {
+            for _ in 0..4 {
+                first.write_batch(&a).await.unwrap();
+            }
+        });
+        let two = tokio::spawn(async move {
+            for _ in 0..4 {
+                second.write_batch(&b).await.unwrap();
+            }
+        });
+        one.await.unwrap();
+        two.await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines = 0;
+        for line in text.lines() {
+            let parsed: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("line {lines} is cut: {e}: {line:.80}"));
+            assert_eq!(parsed["item"]["ip"], "192.0.2.1");
+            lines += 1;
+        }
+        assert_eq!(lines, 8 * batch.len());
     }
 
     #[tokio::test]

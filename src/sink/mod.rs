@@ -109,17 +109,23 @@ pub enum SinkError {
 }
 
 /// Opens the sink a configuration names; the JetStream sink publishes through `nats`, the
-/// gateway's connection; a file sink reopens its path when `reopen` asks.
+/// gateway's connection; a file sink reopens its path when `reopen` asks, and leaves an
+/// unfinished last line alone when `beside_another_writer` (a binary upgrade's old process).
 pub async fn open(
     config: &Config,
     nats: Option<&async_nats::Client>,
     metrics: &Arc<Metrics>,
     reopen: &ReopenHandle,
+    beside_another_writer: bool,
 ) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match &config.sink {
         SinkSpec::Stdout => Box::new(StdoutSink::new()),
         SinkSpec::File(path) => {
-            Box::new(FileSink::open_rotating(path, config.sink_rotation, reopen.clone()).await?)
+            let (rotation, reopen) = (config.sink_rotation, reopen.clone());
+            Box::new(match beside_another_writer {
+                true => FileSink::open_beside_another_writer(path, rotation, reopen).await?,
+                false => FileSink::open_rotating(path, rotation, reopen).await?,
+            })
         }
         SinkSpec::JetStream => {
             let client = nats.ok_or_else(|| SinkError::Setup {
