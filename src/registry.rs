@@ -1306,7 +1306,11 @@ mod tests {
         moving.sent(40, moving.started() + Duration::from_millis(7));
         moving.item();
         moving.error();
-        let carried = moving.carried(moving.started() + Duration::from_secs(90));
+        moving.set_keepalive_first_idle(Some(Duration::from_secs(7)));
+        old.set_auth_name(moving, "fleet-7".into());
+        let mut carried = moving.carried(moving.started() + Duration::from_secs(90));
+        carried.auth_name = guards[2].carried().auth_name;
+        assert_eq!(carried.auth_name.as_deref(), Some("fleet-7"));
         assert_eq!(
             (carried.id, carried.age_ms, carried.last_in_ms),
             (3, 90_000, 5)
@@ -1331,9 +1335,19 @@ mod tests {
             (120, 40, 1, 1)
         );
         assert!(info.age_at(Instant::now()) >= Duration::from_secs(90));
+        assert_eq!(info.keepalive_first_idle(), Some(Duration::from_secs(7)));
+        assert_eq!(new.auth_name(info).as_deref(), Some("fleet-7"));
         assert_eq!(
-            info.carried(info.started() + Duration::from_secs(90)),
-            carried
+            adopted.carried().auth_name.as_deref(),
+            Some("fleet-7"),
+            "and it would move on with it"
+        );
+        // The old process's entry leaves without a close recorded.
+        let mut guards = guards;
+        guards.pop().expect("the moving one").hand_over();
+        assert_eq!(
+            (old.len(), old.closed().len(), old.handed_over_total()),
+            (2, 0, 1)
         );
         assert!(new.adopt(&carried).is_none(), "an id is live once");
         assert_eq!(

@@ -949,9 +949,14 @@ impl Acceptor {
     fn adopt(&self, departed: conn::Departed) -> bool {
         let slot = Slot::force(&self.live_connections);
         let shared = self.reloader.connections();
+        // A keep-alive phase not yet put back: this process's restorer puts it back.
+        let phased = departed.state.carried.keepalive_first_idle_s != 0;
         match conn::resume(departed, shared, self.producer.clone()) {
             Ok(task) => {
                 self.tracker.spawn(WithSlot { task, _slot: slot });
+                if phased {
+                    self.phases.given();
+                }
                 true
             }
             Err(error) => {
