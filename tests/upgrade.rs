@@ -581,3 +581,91 @@ async fn tls_clients_told_goaway_come_back_spread_over_the_window() {
         );
     }
 }
+
+/// The library's upgrade: a server embedded in this test process hands itself over to a new
+/// process (the binary, as a library user's own command would start it), here without moving
+/// its connections: a plain connection is told `goaway` and served on until its client
+/// closes it, and `run` returns once it did; the new process serves new clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_library_server_upgrades_itself_and_a_connection_it_does_not_move_is_told_goaway() {
+    use connwarden::sink::ChannelSink;
+    use connwarden::upgrade::Upgrade;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let config = connwarden::Config {
+        goaway_window: Duration::from_secs(2),
+        ..common::test_config()
+    };
+    let (sink, mut records) = ChannelSink::new(64);
+    let server = connwarden::Server::builder(config)
+        .sink(sink)
+        .build()
+        .unwrap();
+    let upgrader = server.upgrader();
+    let listeners = server.bind().unwrap();
+    let addr = listeners[0].local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(listeners, async {
+        let _ = stopped.await;
+    }));
+    tokio::spawn(async move { while records.recv().await.is_some() {} });
+
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    write
+        .write_all(b"{\"ip\":\"192.0.2.1\",\"id\":1}\n")
+        .await
+        .unwrap();
+    let ack = lines.next_line().await.unwrap().expect("the ack");
+    assert!(ack.contains("\"ack\""), "{ack}");
+
+    let mut command = Command::new(binary());
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin", "off"])
+        .args(["--sink", "stdout", "--log-format", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let pid = upgrader
+        .upgrade(Upgrade::new(command).without_moving_connections())
+        .await
+        .expect("the new process takes over");
+    let _new = KillOnDrop(pid);
+    let told = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("a message within 10 s")
+        .unwrap()
+        .expect("goaway");
+    let told: serde_json::Value = serde_json::from_str(&told).unwrap();
+    assert_eq!(told["type"], "goaway", "{told}");
+    assert_eq!(told["reconnect_within_ms"], 2000, "{told}");
+    // Still served here until the client goes.
+    write
+        .write_all(b"{\"ip\":\"192.0.2.1\",\"id\":2}\n")
+        .await
+        .unwrap();
+    let ack = lines.next_line().await.unwrap().expect("the ack");
+    assert!(ack.contains("\"id\":2"), "{ack}");
+    drop(write);
+    let report = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("run ends once the client closed")
+        .unwrap()
+        .unwrap();
+    assert_eq!((report.handed_over, report.written), (0, 2), "{report:?}");
+    drop(stop);
+
+    // The port is the new process's now.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    write
+        .write_all(b"{\"ip\":\"192.0.2.9\",\"id\":7}\n")
+        .await
+        .unwrap();
+    let ack = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("an answer")
+        .unwrap()
+        .expect("the ack");
+    assert!(ack.contains("\"id\":7"), "{ack}");
+}
