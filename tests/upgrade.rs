@@ -393,7 +393,8 @@ fn a_new_binary_that_fails_leaves_the_old_one_serving_and_a_good_one_takes_the_c
     let listed = admin.json("/connections");
     assert_eq!(listed["total"], 1, "{listed}");
     assert_eq!(listed["items"][0]["items"], 4, "{listed}");
-    // systemd hears that the new process is the main one.
+    // systemd hears that the new process is the main one, and nothing of the old one's end:
+    // the old process has exited, so everything it said is in the socket.
     let mut buf = [0u8; 4096];
     let mut said = Vec::new();
     let wanted = format!("MAINPID={pid}");
@@ -404,6 +405,13 @@ fn a_new_binary_that_fails_leaves_the_old_one_serving_and_a_good_one_takes_the_c
             said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
     }
+    while let Ok(n) = notifications.recv(&mut buf) {
+        said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        !said.iter().any(|m| m.lines().any(|l| l == "STOPPING=1")),
+        "the service did not stop: {said:?}"
+    );
 }
 
 /// TLS sessions cannot move (rustls keeps their keys in the old process): at an upgrade each

@@ -535,6 +535,8 @@ impl Server {
         });
 
         #[cfg(target_os = "linux")]
+        let mut succeeded = false;
+        #[cfg(target_os = "linux")]
         let handed_over = {
             let _keep_requests_open = keep_requests_open;
             let upgraded = upgrade::serve_until_upgraded(
@@ -548,6 +550,7 @@ impl Server {
             match upgraded {
                 None => 0,
                 Some(successor) => {
+                    succeeded = true;
                     lifecycle(Lifecycle::HandedOver(successor.pid()));
                     readiness.set_draining();
                     stop_admin.cancel();
@@ -569,7 +572,15 @@ impl Server {
             adoption.abort();
         }
         readiness.set_draining();
-        lifecycle(Lifecycle::Stopping);
+        // After an upgrade the service goes on in the new process: the old one's end is not the
+        // service's (a STOPPING=1 from it would stop the unit under NotifyAccess=all).
+        #[cfg(target_os = "linux")]
+        let stopping = !succeeded;
+        #[cfg(not(target_os = "linux"))]
+        let stopping = true;
+        if stopping {
+            lifecycle(Lifecycle::Stopping);
+        }
         let grace = live.config().shutdown_grace;
         let deadline = Instant::now() + grace;
         tracing::info!(
