@@ -534,10 +534,9 @@ impl Server {
             ))
         });
 
+        // `Some` with the count handed over once a new process took over; `None` at a shutdown.
         #[cfg(target_os = "linux")]
-        let mut succeeded = false;
-        #[cfg(target_os = "linux")]
-        let handed_over = {
+        let handed_over: Option<u64> = {
             let _keep_requests_open = keep_requests_open;
             let upgraded = upgrade::serve_until_upgraded(
                 shutdown,
@@ -548,9 +547,8 @@ impl Server {
             )
             .await;
             match upgraded {
-                None => 0,
+                None => None,
                 Some(successor) => {
-                    succeeded = true;
                     lifecycle(Lifecycle::HandedOver(successor.pid()));
                     readiness.set_draining();
                     stop_admin.cancel();
@@ -558,14 +556,14 @@ impl Server {
                     for task in accept_tasks.drain(..) {
                         let _ = task.await;
                     }
-                    upgrade::hand_over(successor, &live, &registry).await
+                    Some(upgrade::hand_over(successor, &live, &registry).await)
                 }
             }
         };
         #[cfg(not(target_os = "linux"))]
-        let handed_over = {
+        let handed_over: Option<u64> = {
             shutdown.await;
-            0
+            None
         };
         #[cfg(target_os = "linux")]
         if let Some(adoption) = adoption {
@@ -574,11 +572,7 @@ impl Server {
         readiness.set_draining();
         // After an upgrade the service goes on in the new process: the old one's end is not the
         // service's (a STOPPING=1 from it would stop the unit under NotifyAccess=all).
-        #[cfg(target_os = "linux")]
-        let stopping = !succeeded;
-        #[cfg(not(target_os = "linux"))]
-        let stopping = true;
-        if stopping {
+        if handed_over.is_none() {
             lifecycle(Lifecycle::Stopping);
         }
         let grace = live.config().shutdown_grace;
@@ -627,7 +621,7 @@ impl Server {
             syncs: drain_report.syncs,
             abandoned: monitor.stats().depth,
             connections_left: if closed { 0 } else { registry.len() },
-            handed_over,
+            handed_over: handed_over.unwrap_or(0),
         };
         if report.abandoned > 0 || report.connections_left > 0 {
             tracing::error!(
