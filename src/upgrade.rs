@@ -215,13 +215,14 @@ pub(crate) struct Successor {
     pub pid: u32,
 }
 
-/// Starts the new process and hands it the listeners: `Ok` once it is ready. On any failure
-/// the new process is killed, and nothing of this one changed.
+/// Starts the new process and hands it the listeners: `Ok` once it is ready. On any failure,
+/// or once `cancelled`, the new process is killed, and nothing of this one changed.
 pub(crate) async fn start(
     upgrade: Upgrade,
     listeners: &[OwnedFd],
     admin: Option<&OwnedFd>,
     timeout: Duration,
+    cancelled: tokio_util::sync::CancellationToken,
 ) -> Result<Successor, UpgradeError> {
     let (ours, theirs) = Channel::pair()?;
     let inherited: RawFd = theirs.as_fd().as_raw_fd();
@@ -269,6 +270,8 @@ pub(crate) async fn start(
             Err(e) => e.to_string(),
         })),
         _ = tokio::time::sleep(timeout) => Err(UpgradeError::Timeout(timeout)),
+        // The server is shutting down: no new process is left behind.
+        _ = cancelled.cancelled() => Err(UpgradeError::NotRunning),
     };
     match outcome {
         Ok(()) => Ok(Successor { channel, pid }),

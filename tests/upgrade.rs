@@ -677,3 +677,38 @@ async fn a_library_server_upgrades_itself_and_a_connection_it_does_not_move_is_t
         .expect("the ack");
     assert!(ack.contains("\"id\":7"), "{ack}");
 }
+
+/// A shutdown asked for while a new process is starting wins: the new process is stopped, the
+/// old one drains and exits 0 at once rather than after `upgrade_timeout`, and nothing is left
+/// running.
+#[test]
+fn sigterm_during_an_upgrade_stops_the_new_process_and_shuts_down() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let program = installed_copy(dir.path());
+    let args = serve_args("stdout", &["--upgrade-timeout", "60s"]);
+    let mut old = Proc::spawn_program(&program, &args, &[]);
+    let _admin = Admin::of(&mut old);
+    old.wait_log("listening").expect("listening");
+    replace_with(&program, b"#!/bin/sh\nexec sleep 600\n");
+    signal(old.child.id(), libc::SIGUSR2);
+    let started = old
+        .wait_log("upgrade: the new process started")
+        .expect("the new process starts");
+    let pid = started["pid"].as_u64().unwrap() as u32;
+    let _left = KillOnDrop(pid);
+    let asked = Instant::now();
+    old.terminate();
+    poll_until(Duration::from_secs(20), "the old process exits", || {
+        old.child.try_wait().unwrap().is_some()
+    });
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(old.wait_exit(Duration::from_secs(1)).success());
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the process started for the upgrade is gone"
+    );
+}

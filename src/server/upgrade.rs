@@ -129,13 +129,26 @@ pub(super) async fn serve_until_upgraded(
             timeout_ms = timeout.as_millis() as u64,
             "upgrade: starting the new process"
         );
-        let started = crate::upgrade::start(
+        let cancel = CancellationToken::new();
+        let start = crate::upgrade::start(
             request.upgrade,
             &copies.data,
             copies.admin.as_ref(),
             timeout,
-        )
-        .await;
+            cancel.clone(),
+        );
+        tokio::pin!(start);
+        let started = tokio::select! {
+            started = &mut start => started,
+            _ = &mut shutdown => {
+                // A shutdown asked for meanwhile wins: the new process is killed first.
+                cancel.cancel();
+                let _ = start.await;
+                let _ = request.reply.send(Err(UpgradeError::NotRunning));
+                tracing::info!("upgrade: given up for the shutdown; the new process was stopped");
+                return None;
+            }
+        };
         match started {
             Ok(successor) => {
                 metrics.upgrade("handed_over");
