@@ -62,9 +62,6 @@ pub enum UpgradeError {
     /// The server ended before the upgrade could start.
     #[error("the server is not running")]
     NotRunning,
-    /// An upgrade is under way already.
-    #[error("an upgrade is under way already")]
-    Busy,
 }
 
 impl UpgradeError {

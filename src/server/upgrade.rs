@@ -165,10 +165,8 @@ pub(super) async fn serve_until_upgraded(
                 let _ = request.reply.send(Err(error));
             }
         }
-        // Asked again while the attempt ran: that one was the answer.
-        while let Ok(queued) = requests.try_recv() {
-            let _ = queued.reply.send(Err(UpgradeError::Busy));
-        }
+        // A request that came while this attempt ran is the next attempt: it may have come
+        // for a binary fixed meanwhile.
     }
 }
 
