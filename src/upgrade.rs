@@ -100,8 +100,8 @@ fn encode(note: &Note, tail: &[&[u8]]) -> Vec<u8> {
     payload
 }
 
-/// The header of a payload, and the bytes after it.
-fn decode(payload: &[u8]) -> Result<(Note, &[u8]), UpgradeError> {
+/// The header of a payload, and where the bytes after it begin.
+fn decode(payload: &[u8]) -> Result<(Note, usize), UpgradeError> {
     let bad = |what: &str| UpgradeError::Protocol(what.to_string());
     let (length, rest) = payload
         .split_first_chunk::<4>()
@@ -112,29 +112,39 @@ fn decode(payload: &[u8]) -> Result<(Note, &[u8]), UpgradeError> {
     }
     let note = serde_json::from_slice(&rest[..length])
         .map_err(|e| UpgradeError::Protocol(format!("a header that does not parse: {e}")))?;
-    Ok((note, &rest[length..]))
+    Ok((note, 4 + length))
 }
 
 fn send(channel: &Channel, note: &Note, fds: &[BorrowedFd<'_>]) -> Result<(), UpgradeError> {
     Ok(channel.send_long(&encode(note, &[]), fds)?)
 }
 
+/// The bytes after a message's header, left in the payload they came in.
+struct Tail {
+    payload: Vec<u8>,
+    from: usize,
+}
+
+impl Tail {
+    fn bytes(&self) -> &[u8] {
+        &self.payload[self.from..]
+    }
+}
+
 /// A message: its header, the bytes after it, its descriptors.
-type Message = (Note, Vec<u8>, Vec<OwnedFd>);
+type Message = (Note, Tail, Vec<OwnedFd>);
 
 /// The next message; `None` at the end of the channel.
 fn recv(channel: &Channel) -> Result<Option<Message>, UpgradeError> {
-    match channel.recv_long() {
-        Ok(Some(received)) => {
-            let (note, tail) = decode(&received.payload)?;
-            Ok(Some((note, tail.to_vec(), received.fds)))
-        }
-        Ok(None) => Ok(None),
-        Err(HandoverError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            Err(UpgradeError::Io(e))
-        }
-        Err(e) => Err(e.into()),
-    }
+    let Some(received) = channel.recv_long()? else {
+        return Ok(None);
+    };
+    let (note, from) = decode(&received.payload)?;
+    let tail = Tail {
+        payload: received.payload,
+        from,
+    };
+    Ok(Some((note, tail, received.fds)))
 }
 
 /// How to start the new process.
@@ -275,9 +285,11 @@ pub(crate) async fn start(
         Err(error) => {
             let _ = child.start_kill();
             let _ = child.wait().await;
-            // What the child said before it ended tells more than the end of the channel.
+            // A wait on the channel that ran out of its timeout is the child's timeout.
             let error = match error {
-                UpgradeError::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                UpgradeError::Channel(HandoverError::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock =>
+                {
                     UpgradeError::Timeout(timeout)
                 }
                 other => other,
@@ -453,6 +465,7 @@ impl Inherited {
                         fds.len()
                     )));
                 }
+                let tail = tail.bytes();
                 let mut at = 0;
                 let mut take = |length: u32| -> Result<bytes::BytesMut, UpgradeError> {
                     let end = at + length as usize;

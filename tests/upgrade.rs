@@ -139,19 +139,10 @@ fn live(admin: &Admin) -> u64 {
         .unwrap()
 }
 
+/// `serve` and [`common::loopback_flags`], for a program started by its path.
 fn serve_args<'a>(sink: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--sink",
-        sink,
-        "--log-format",
-        "json",
-    ];
-    args.extend_from_slice(extra);
+    let mut args = vec!["serve"];
+    args.extend(common::loopback_flags(sink, extra));
     args
 }
 
@@ -314,6 +305,19 @@ fn acked(stream: &mut std::net::TcpStream, lines: &mut BufReader<std::net::TcpSt
     lines.read_line(&mut line).expect("read the ack");
     let reply: serde_json::Value =
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(
+        (reply["type"].as_str(), reply["id"].as_u64()),
+        (Some("ack"), Some(id)),
+        "{reply}"
+    );
+}
+
+/// [`acked`] through the tests' async client.
+async fn acked_by(client: &mut common::Client, id: u64) {
+    client
+        .send(format!("{{\"ip\":\"192.0.2.1\",\"id\":{id}}}\n").as_bytes())
+        .await;
+    let reply = client.line().await;
     assert_eq!(
         (reply["type"].as_str(), reply["id"].as_u64()),
         (Some("ack"), Some(id)),
@@ -598,7 +602,7 @@ async fn tls_clients_told_goaway_come_back_spread_over_the_window() {
 async fn a_library_server_upgrades_itself_and_a_connection_it_does_not_move_is_told_goaway() {
     use connwarden::sink::ChannelSink;
     use connwarden::upgrade::Upgrade;
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let config = connwarden::Config {
         goaway_window: Duration::from_secs(2),
         ..common::test_config()
@@ -617,15 +621,8 @@ async fn a_library_server_upgrades_itself_and_a_connection_it_does_not_move_is_t
     }));
     tokio::spawn(async move { while records.recv().await.is_some() {} });
 
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (read, mut write) = stream.into_split();
-    let mut lines = tokio::io::BufReader::new(read).lines();
-    write
-        .write_all(b"{\"ip\":\"192.0.2.1\",\"id\":1}\n")
-        .await
-        .unwrap();
-    let ack = lines.next_line().await.unwrap().expect("the ack");
-    assert!(ack.contains("\"ack\""), "{ack}");
+    let mut client = common::Client::connect(addr).await;
+    acked_by(&mut client, 1).await;
 
     let mut command = Command::new(binary());
     command
@@ -638,22 +635,12 @@ async fn a_library_server_upgrades_itself_and_a_connection_it_does_not_move_is_t
         .await
         .expect("the new process takes over");
     let _new = KillOnDrop(pid);
-    let told = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .expect("a message within 10 s")
-        .unwrap()
-        .expect("goaway");
-    let told: serde_json::Value = serde_json::from_str(&told).unwrap();
+    let told = client.line().await;
     assert_eq!(told["type"], "goaway", "{told}");
     assert_eq!(told["reconnect_within_ms"], 2000, "{told}");
     // Still served here until the client goes.
-    write
-        .write_all(b"{\"ip\":\"192.0.2.1\",\"id\":2}\n")
-        .await
-        .unwrap();
-    let ack = lines.next_line().await.unwrap().expect("the ack");
-    assert!(ack.contains("\"id\":2"), "{ack}");
-    drop(write);
+    acked_by(&mut client, 2).await;
+    client.writer.shutdown().await.unwrap();
     let report = tokio::time::timeout(Duration::from_secs(20), running)
         .await
         .expect("run ends once the client closed")
@@ -663,19 +650,8 @@ async fn a_library_server_upgrades_itself_and_a_connection_it_does_not_move_is_t
     drop(stop);
 
     // The port is the new process's now.
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (read, mut write) = stream.into_split();
-    let mut lines = tokio::io::BufReader::new(read).lines();
-    write
-        .write_all(b"{\"ip\":\"192.0.2.9\",\"id\":7}\n")
-        .await
-        .unwrap();
-    let ack = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .expect("an answer")
-        .unwrap()
-        .expect("the ack");
-    assert!(ack.contains("\"id\":7"), "{ack}");
+    let mut client = common::Client::connect(addr).await;
+    acked_by(&mut client, 7).await;
 }
 
 /// A shutdown asked for while a new process is starting wins: the new process is stopped, the

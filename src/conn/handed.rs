@@ -70,20 +70,17 @@ pub struct Departed {
     pub out: BytesMut,
 }
 
-/// Why a connection could not leave: it closes in this process instead.
-#[derive(Debug)]
-pub(super) struct CannotLeave;
-
 impl Connection {
     /// Leaves the loop with a copy of the socket and the state, for the hand-over (the caller
     /// then removes the registry entry without a recorded close). The connection's own
     /// descriptor closes with it; the peer sees nothing, since the copy keeps the socket open.
-    pub(super) fn depart(mut self, guard: &ConnGuard) -> Result<Departed, CannotLeave> {
+    /// `None` when the socket cannot be copied (logged): the connection closes here instead.
+    pub(super) fn depart(mut self, guard: &ConnGuard) -> Option<Departed> {
         let socket = match self.stream.as_fd().try_clone_to_owned() {
             Ok(socket) => socket,
             Err(error) => {
                 tracing::warn!(conn_id = self.info.id, error = %error, "cannot copy the socket to hand it over; closing it here");
-                return Err(CannotLeave);
+                return None;
             }
         };
         let now = Instant::now();
@@ -106,7 +103,7 @@ impl Connection {
             read_len: read.len() as u32,
             out_len: out.len() as u32,
         };
-        Ok(Departed {
+        Some(Departed {
             socket,
             state,
             read,

@@ -173,11 +173,12 @@ impl Future for ConnTask {
                     .depart(&guard)
                     .map(|departed| shared.live.hand_over(departed))
                 {
-                    Ok(true) => guard.hand_over(),
-                    // Too late (the hand-over ended), or no copy of the socket: the connection
-                    // closes here, under the shutdown that follows.
-                    Ok(false) => drop(guard),
-                    Err(_) => {
+                    Some(true) => guard.hand_over(),
+                    // Too late (the hand-over ended): the connection closes here, under the
+                    // shutdown that follows.
+                    Some(false) => drop(guard),
+                    // No copy of the socket.
+                    None => {
                         let mut guard = guard;
                         guard.close(CloseReason::InternalError);
                     }

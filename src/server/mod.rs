@@ -349,13 +349,7 @@ impl Server {
                     let addr = listener
                         .local_addr()
                         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-                    TcpListener::from_std(listener).map_err(|source| {
-                        ServerError::Listen(ListenError {
-                            addr,
-                            stage: "register with the runtime",
-                            source,
-                        })
-                    })
+                    with_runtime(listener, addr)
                 })
                 .collect();
         }
@@ -369,13 +363,7 @@ impl Server {
             .iter()
             .map(|addr| {
                 let std_listener = sockopt::bind_listener(*addr, &listener_options, &options)?;
-                TcpListener::from_std(std_listener).map_err(|source| {
-                    ServerError::Listen(ListenError {
-                        addr: *addr,
-                        stage: "register with the runtime",
-                        source,
-                    })
-                })
+                with_runtime(std_listener, *addr)
             })
             .collect()
     }
@@ -659,6 +647,20 @@ struct AdminServing {
     task: JoinHandle<()>,
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     listener: socket2::Socket,
+}
+
+/// Registers a listener (bound here, or handed over by an upgrade) with the runtime.
+fn with_runtime(
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+) -> Result<TcpListener, ServerError> {
+    TcpListener::from_std(listener).map_err(|source| {
+        ServerError::Listen(ListenError {
+            addr,
+            stage: "register with the runtime",
+            source,
+        })
+    })
 }
 
 /// Binds the admin listener (or takes the one an upgrade handed over) and serves the admin API

@@ -59,12 +59,6 @@ impl Upgrader {
     }
 }
 
-impl std::fmt::Debug for Request {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Request").finish_non_exhaustive()
-    }
-}
-
 /// Copies of the listening sockets' descriptors, kept to hand them over (the listeners
 /// themselves belong to the accept loops).
 pub(super) struct ListenerCopies {
@@ -188,34 +182,34 @@ pub(super) async fn hand_over(upgraded: Upgraded, live: &Live, registry: &Regist
     registry.goaway_all(goaway_window);
     registry.wake_all();
     let mut handed = 0;
-    let mut failed = false;
     if moves {
         let deadline = started + grace;
+        let (mut moving, mut failed) = (true, false);
         loop {
+            // Done once only connections that stay are listed (or the grace ran out, or the new
+            // process failed): from then on no connection leaves, and the channel ends with
+            // those that left meanwhile.
             let settled = registry.len() <= live.staying();
-            if settled || failed || Instant::now() >= deadline {
-                break;
+            if moving && (settled || failed || Instant::now() >= deadline) {
+                live.stop_moving();
+                moving = false;
             }
-            match tokio::time::timeout(STAYING_CHECK, departed.recv()).await {
-                Ok(Some(first)) => {
-                    let sent = send_batch(&successor, first, &mut departed).await;
-                    failed = sent.is_none();
-                    handed += sent.unwrap_or(0);
-                }
-                Ok(None) => break,
-                Err(_) => {}
-            }
-        }
-        // From here no connection leaves: those that left meanwhile are in the channel.
-        live.stop_moving();
-        while let Some(first) = departed.recv().await {
+            let next = match moving {
+                true => match tokio::time::timeout(STAYING_CHECK, departed.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => continue,
+                },
+                false => departed.recv().await,
+            };
+            let Some(first) = next else { break };
             if failed {
                 // Their sockets close as they drop: the shutdown that follows would close them.
                 continue;
             }
-            let sent = send_batch(&successor, first, &mut departed).await;
-            failed = sent.is_none();
-            handed += sent.unwrap_or(0);
+            match send_batch(&successor, first, &mut departed).await {
+                Some(sent) => handed += sent,
+                None => failed = true,
+            }
         }
     }
     let done = successor.clone_handle();

@@ -248,6 +248,18 @@ impl Client {
 /// Starts `serve` on loopback ports of its own choosing with JSON logs, storing to `sink`, and
 /// waits up to `bound` for it to listen; its admin API and data address.
 pub fn serve_with_admin(sink: &str, extra: &[&str], bound: Duration) -> (Proc, Admin, String) {
+    let mut server = Proc::spawn(&loopback_flags(sink, extra));
+    let admin = Admin::of(&mut server);
+    let listening = server
+        .wait_log_within("listening", bound)
+        .expect("listening");
+    let addr = listening["addr"].as_str().expect("addr").to_owned();
+    (server, admin, addr)
+}
+
+/// The flags of `serve` on loopback ports of its own choosing (data and admin) with JSON logs,
+/// storing to `sink`, then `extra`.
+pub fn loopback_flags<'a>(sink: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "--listen",
         "127.0.0.1:0",
@@ -259,13 +271,7 @@ pub fn serve_with_admin(sink: &str, extra: &[&str], bound: Duration) -> (Proc, A
         "json",
     ];
     args.extend_from_slice(extra);
-    let mut server = Proc::spawn(&args);
-    let admin = Admin::of(&mut server);
-    let listening = server
-        .wait_log_within("listening", bound)
-        .expect("listening");
-    let addr = listening["addr"].as_str().expect("addr").to_owned();
-    (server, admin, addr)
+    args
 }
 
 /// Path of the `connwarden` binary built for these tests.
