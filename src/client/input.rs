@@ -51,6 +51,9 @@ pub struct ItemReader<R> {
     newlines: VecDeque<u64>,
     /// Newlines before the first offset still in `newlines`' range.
     lines_before: u64,
+    /// Newline positions inside the pending frame were counted into `lines_before` and
+    /// dropped: should the frame break, the lines after the break must be found again.
+    forgot: bool,
     /// The line where the pending frame starts, once it has started.
     frame_line: u64,
     /// Skipping the rest of an object that was too large.
@@ -70,6 +73,7 @@ impl<R: AsyncRead + Unpin> ItemReader<R> {
             received: 0,
             newlines: VecDeque::new(),
             lines_before: 0,
+            forgot: false,
             frame_line: 1,
             skipping: false,
             at_end: false,
@@ -112,6 +116,7 @@ impl<R: AsyncRead + Unpin> ItemReader<R> {
                 .count();
             if blanks < self.buf.len() {
                 self.frame_line = self.line_at(self.offset_of_front() + blanks as u64);
+                self.forgot = false;
             }
         }
         let decoded = if self.at_end {
@@ -140,6 +145,10 @@ impl<R: AsyncRead + Unpin> ItemReader<R> {
                 Ok(None) => self.cut(),
                 Err(error) => Some(Err(RefusedInput { line, error })),
             },
+            Ok(Some(Frame::Broken(broken))) => {
+                self.resume_after(&broken.refused);
+                refused(ErrorCode::InvalidJson, broken.to_string())
+            }
             Ok(Some(Frame::Truncated(truncated))) => {
                 refused(ErrorCode::Truncated, truncated.to_string())
             }
@@ -204,6 +213,22 @@ impl<R: AsyncRead + Unpin> ItemReader<R> {
     fn forget_newlines_read(&mut self) {
         self.lines_before += self.newlines.len() as u64;
         self.newlines.clear();
+        self.forgot = true;
+    }
+
+    /// After a broken object, whose `refused` bytes began at `frame_line`: reading resumes
+    /// inside what the object had spanned, so the newlines still in the buffer are found
+    /// again if they had been forgotten.
+    fn resume_after(&mut self, refused: &[u8]) {
+        if !std::mem::take(&mut self.forgot) {
+            return;
+        }
+        let passed = memchr::memchr_iter(b'\n', refused).count() as u64;
+        self.lines_before = self.frame_line - 1 + passed;
+        let front = self.offset_of_front();
+        self.newlines.clear();
+        self.newlines
+            .extend(memchr::memchr_iter(b'\n', &self.buf).map(|i| front + i as u64));
     }
 }
 
@@ -276,9 +301,10 @@ mod tests {
             r#"{"ip":"10.0.0.5"}"#,
             r#"{"ip":"10.0.0.6"}"#,
             r#"{"ip":"2001:db8::7"}"#,
-            "13 invalid_ip",
+            "13 invalid_json",
             "14 invalid_ip",
             "17 invalid_json",
+            "18 invalid_json",
             r#"{"ip":"10.0.0.10"}"#,
             "20 truncated",
         ]

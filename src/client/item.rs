@@ -57,7 +57,13 @@ impl OutItem {
         match text.parse::<IpAddr>() {
             Ok(ip) => Ok(Some(OutItem::from_ip(ip))),
             Err(_) => Err(ItemError {
-                code: ErrorCode::InvalidIp,
+                // What the server answers to the same bytes, unless they were meant as an
+                // address.
+                code: if looks_like_an_address(&trimmed) {
+                    ErrorCode::InvalidIp
+                } else {
+                    ErrorCode::InvalidJson
+                },
                 message: format!(
                     "neither a JSON object nor an IPv4 or IPv6 address: {:?}",
                     String::from_utf8_lossy(&trimmed[..trimmed.len().min(80)])
@@ -75,6 +81,14 @@ impl OutItem {
     pub(crate) fn into_bytes(self) -> Bytes {
         self.0
     }
+}
+
+/// True for one word of letters, digits, `.`, `:` and `%` holding a `.` or a `:`: an address
+/// mistyped (`999.1.1.1`, `10.0.0`, `fe80::1%eth0`) rather than a line of something else.
+fn looks_like_an_address(text: &[u8]) -> bool {
+    text.iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'%'))
+        && text.iter().any(|b| matches!(b, b'.' | b':'))
 }
 
 #[cfg(test)]
@@ -114,6 +128,10 @@ mod tests {
     fn bad_lines_are_refused_with_the_servers_codes() {
         let code = |text| line(text).unwrap_err().code;
         assert_eq!(code("999.1.1.1"), ErrorCode::InvalidIp);
+        assert_eq!(code("10.0.0"), ErrorCode::InvalidIp);
+        assert_eq!(code("not an address"), ErrorCode::InvalidJson);
+        assert_eq!(code(r#""seq": 7,"#), ErrorCode::InvalidJson);
+        assert_eq!(code("}"), ErrorCode::InvalidJson);
         assert_eq!(code(r#"{"ip":"999.1.1.1"}"#), ErrorCode::InvalidIp);
         assert_eq!(code(r#"{"ip":"1.1.1.1""#), ErrorCode::InvalidJson);
         assert_eq!(code(r#"{"x":1}"#), ErrorCode::MissingIp);

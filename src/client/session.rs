@@ -385,6 +385,9 @@ impl Session<'_> {
                         String::from_utf8_lossy(&junk[..junk.len().min(80)])
                     )))
                 }
+                Ok(Some(Frame::Broken(broken))) => {
+                    return Some(EndReason::Protocol(format!("a reply that is {broken}")))
+                }
                 // Only `decode_eof` returns it; the session reads no further after end of stream.
                 Ok(Some(Frame::Truncated(truncated))) => {
                     return Some(EndReason::Protocol(truncated.to_string()))

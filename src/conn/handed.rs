@@ -141,12 +141,11 @@ pub(crate) fn resume(
     let Departed {
         socket,
         state,
-        read,
+        mut read,
         out,
     } = departed;
     let id = state.carried.id;
-    let decoder =
-        Decoder::resume(state.decoder, read.len()).ok_or(ResumeError::Inconsistent(id))?;
+    let decoder = Decoder::resume(state.decoder, &mut read).ok_or(ResumeError::Inconsistent(id))?;
     let std_stream = std::net::TcpStream::from(socket);
     std_stream
         .set_nonblocking(true)

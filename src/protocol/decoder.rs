@@ -2,18 +2,50 @@
 //!
 //! Objects may be separated by whitespace (newline-delimited JSON) or by nothing at all (Go's
 //! `json.Marshal` output written back to back), and may arrive split at any byte. The decoder
-//! tracks only nesting and string state, resumes where it stopped when more bytes arrive, and
-//! never looks further than `max_frame` into an unfinished object, so a peer cannot make it
-//! buffer without bound. Whether the object is valid JSON is decided later, by [`super::parse`].
+//! follows JSON's grammar as the bytes arrive (which token may come next, nesting, strings),
+//! resumes where it stopped when more bytes arrive, and never looks further than `max_frame`
+//! into an unfinished object, so a peer cannot make it buffer without bound. Whether a finished
+//! object is valid JSON to the last detail (a number's digits, a `\u` escape, UTF-8) is decided
+//! later, by [`super::parse`].
 //!
-//! While it scans, the decoder also removes the whitespace between an object's tokens, in
-//! place and in the same pass: a pretty-printed object (`jq .`, `json.dumps(…, indent=2)`,
-//! CRLF line ends) becomes one line, so every record a sink writes stays one NDJSON line. Only
-//! space, tab, CR and LF outside strings are removed; strings, escapes, number text, key order
-//! and raw UTF-8 (U+2028 included) are kept byte for byte. Whitespace between two bytes that
-//! would otherwise join into one token (`1 2`, `tru e`, `- 1`) is kept as one space, so an
-//! object that is not valid JSON stays invalid and is refused, never "repaired". An object
-//! sent compact is not copied at all.
+//! # One damaged object costs only itself
+//!
+//! An object is answered at the first byte that can no longer continue it as JSON (a `{` or
+//! `"` where `,`, `:` or `}` was due, a raw newline inside a string, a stray `]` …), not at
+//! the end of the stream: a line torn by a writer that crashed mid-line must not swallow the
+//! lines after it. The refused part is a [`Frame::Broken`], and reading resumes:
+//!
+//! - when the object began on the line of that byte: right after it (or at it, when it is a `{`
+//!   that may begin the next object), the rest of that line refused with the object, as a run
+//!   of junk would be;
+//! - when the object began on an earlier line and its first line holds more than the `{` (a
+//!   line meant whole, torn by a writer that crashed): at the start of its second line. A line
+//!   torn where a value was due (`{"ip":"10.0.0.1","seq":`) takes what the next line holds as
+//!   that value and breaks only on a later line: every line after the torn one is read again;
+//! - when the object began on an earlier line with its `{` alone (pretty-printed): at the start
+//!   of the line holding that byte, or earlier, at the first line since the object began that
+//!   starts with `{` in its first column (pretty printers indent what is nested, so that is a
+//!   new object), and not at its members' lines, which are not items.
+//!
+//! Bytes read again are read only once more: an object that begins among them and breaks is
+//! not taken back itself, so that no byte is scanned as an object more than twice, whatever a
+//! peer sends. (So of two lines torn where a value was due, one after the other, the second
+//! keeps the object it took.)
+//!
+//! A valid object never breaks, however it is laid out: pretty-printed (`jq .`, nested objects
+//! and arrays over many lines, CRLF) it is cut exactly as before. Past [`STACK_DEPTH`] levels
+//! of nesting only strings and brackets are followed: damage that deep is found where its
+//! frame ends, or at a raw newline inside a string.
+//!
+//! # Compaction
+//!
+//! The decoder also removes the whitespace between an object's tokens, once the object has
+//! ended: a pretty-printed object becomes one line, so every record a sink writes stays one
+//! NDJSON line. Only space, tab, CR and LF outside strings are removed; strings, escapes, number
+//! text, key order and raw UTF-8 (U+2028 included) are kept byte for byte. Whitespace between two
+//! bytes that would otherwise join into one token (`1 2` deeper than the grammar is followed) is
+//! kept as one space, so an object that is not valid JSON stays invalid and is refused, never
+//! "repaired". An object sent compact is not copied at all.
 
 use std::fmt;
 
@@ -22,6 +54,11 @@ use bytes::{Buf, Bytes, BytesMut};
 /// The largest `max_frame` a decoder enforces (1 GiB): offsets into the pending frame are kept
 /// in 32 bits, so that the decoder every connection holds stays small.
 pub const MAX_FRAME_LIMIT: usize = 1 << 30;
+
+/// Levels of nesting whose kind (object or array) the decoder remembers, one bit each, so that
+/// it knows which closer, and after a comma whether a key or a value, is due. Deeper, it
+/// follows only strings and brackets.
+pub const STACK_DEPTH: u32 = 32;
 
 /// One unit cut from the stream.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,9 +69,96 @@ pub enum Frame {
     /// next `{`, or the end of the stream): answered with `invalid_json`, after which decoding
     /// goes on.
     Junk(Bytes),
+    /// An object that stopped being JSON before it ended: answered with `invalid_json`, after
+    /// which decoding goes on where the module's docs say.
+    Broken(Broken),
     /// The stream ended inside an object; what had arrived of it is discarded. Only
     /// [`Decoder::decode_eof`] returns it.
     Truncated(Truncated),
+}
+
+/// An object refused at the byte where it stopped being JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Broken {
+    /// The bytes refused, as received (whitespace included): the object up to where reading
+    /// resumes, which may be before the offending byte (the start of its line) or after it (the
+    /// rest of its line).
+    pub refused: Bytes,
+    /// Where the offending byte stands, counted from the object's `{` (which is byte 0).
+    pub at: usize,
+    /// The offending byte.
+    pub found: u8,
+    /// What JSON allowed there.
+    pub expected: Expected,
+}
+
+impl fmt::Display for Broken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "not JSON at byte {} of the object: {} where {} was due; {} bytes refused",
+            self.at,
+            ByteName(self.found),
+            self.expected,
+            self.refused.len()
+        )
+    }
+}
+
+/// A byte as a reader would name it.
+struct ByteName(u8);
+
+impl fmt::Display for ByteName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            b'\n' => f.write_str("a newline"),
+            b'\r' => f.write_str("a carriage return"),
+            b'\t' => f.write_str("a tab"),
+            b'`' => f.write_str("'`'"),
+            byte @ 0x21..=0x7e => write!(f, "`{}`", byte as char),
+            byte => write!(f, "byte 0x{byte:02x}"),
+        }
+    }
+}
+
+/// What the grammar allowed where an object broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Expected {
+    /// A key or `}`, after `{`.
+    KeyOrEnd,
+    /// A key, after a `,` in an object.
+    Key,
+    /// `:`, after a key.
+    Colon,
+    /// A value, after `:` or a `,` in an array.
+    Value,
+    /// A value or `]`, after `[`.
+    ValueOrEnd,
+    /// `,` or `}`, after a member's value.
+    CommaOrObjectEnd,
+    /// `,` or `]`, after an element.
+    CommaOrArrayEnd,
+    /// More of a string or its closing quote: a raw newline cannot be inside one.
+    StringEnd,
+    /// One of `"\/bfnrtu`, after a backslash in a string.
+    Escape,
+}
+
+impl fmt::Display for Expected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Expected::KeyOrEnd => "a key or `}`",
+            Expected::Key => "a key",
+            Expected::Colon => "`:`",
+            Expected::Value => "a value",
+            Expected::ValueOrEnd => "a value or `]`",
+            Expected::CommaOrObjectEnd => "`,` or `}`",
+            Expected::CommaOrArrayEnd => "`,` or `]`",
+            Expected::StringEnd => "the string's closing quote",
+            Expected::Escape => "an escape (one of `\"\\/bfnrtu`)",
+        })
+    }
 }
 
 /// What the end of a stream cut short.
@@ -42,9 +166,9 @@ pub enum Frame {
 pub struct Truncated {
     /// Bytes of the unfinished object as they arrived, whitespace included.
     pub discarded: usize,
-    /// Objects and arrays still open when the stream ended (at least 1).
+    /// Objects and arrays still open where the discarded bytes end (at least 1).
     pub depth: u32,
-    /// True when the stream ended inside a string.
+    /// True when they end inside a string.
     pub in_string: bool,
 }
 
@@ -77,16 +201,186 @@ enum State {
     Between,
     Object(ObjectScan),
     Junk,
+    /// The rest of the line of an object that broke on the line where it began.
+    Tail(BrokeAt),
 }
+
+/// Where and why an object broke, kept while the rest of its line is refused with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BrokeAt {
+    at: u32,
+    found: u8,
+    expected: Expected,
+}
+
+/// What may come next in an object, outside strings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Expect {
+    /// After `{`.
+    KeyOrEnd,
+    /// After a `,` in an object.
+    Key,
+    /// After a key.
+    Colon,
+    /// After `:` or a `,` in an array; also before the object's own `{`.
+    #[default]
+    Value,
+    /// After `[`.
+    ValueOrEnd,
+    /// After a value.
+    CommaOrEnd,
+    /// Inside a number, `true`, `false` or `null`.
+    Literal,
+    /// Deeper than [`STACK_DEPTH`]: only strings and brackets are followed.
+    Deep,
+}
+
+/// Flags of [`ObjectScan`], in one byte: every idle connection holds a decoder.
+const IN_STRING: u8 = 1;
+const ESCAPED: u8 = 2;
+/// The string being read is a key.
+const KEY: u8 = 4;
+/// Whitespace was seen outside strings: the object needs compacting once it ends.
+const SPACED: u8 = 8;
+/// The object began in bytes an earlier object had scanned: it is not taken back.
+const REREAD: u8 = 16;
 
 /// Where the scan of an unfinished object stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct ObjectScan {
+    /// Objects and arrays open.
     depth: u32,
-    in_string: bool,
-    escaped: bool,
-    /// Whitespace was dropped since the last byte kept.
-    spaced: bool,
+    /// The kind of each open level up to [`STACK_DEPTH`], bit `level - 1`: 1 an object.
+    kinds: u32,
+    expect: Expect,
+    flags: u8,
+}
+
+/// How a scan of an object's bytes ended.
+enum Scan {
+    /// The bytes ran out (or the limit came) first.
+    More,
+    /// The object ends before this offset.
+    End(usize),
+    /// The byte at this offset cannot continue the object.
+    Broke { at: usize, expected: Expected },
+}
+
+impl ObjectScan {
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
+        }
+    }
+
+    /// True when the innermost open level is an object.
+    fn in_object(&self) -> bool {
+        (1..=STACK_DEPTH).contains(&self.depth) && self.kinds >> (self.depth - 1) & 1 == 1
+    }
+
+    /// What comes after a value ends at the current depth.
+    fn after_value(&self) -> Expect {
+        if self.depth > STACK_DEPTH {
+            Expect::Deep
+        } else {
+            Expect::CommaOrEnd
+        }
+    }
+
+    fn open(&mut self, object: bool) {
+        if self.depth < STACK_DEPTH {
+            self.kinds = self.kinds & !(1 << self.depth) | u32::from(object) << self.depth;
+        }
+        self.depth += 1;
+        self.expect = match (self.depth > STACK_DEPTH, object) {
+            (true, _) => Expect::Deep,
+            (false, true) => Expect::KeyOrEnd,
+            (false, false) => Expect::ValueOrEnd,
+        };
+    }
+
+    /// Closes the innermost level; true once the object itself has ended.
+    fn close(&mut self) -> bool {
+        self.depth -= 1;
+        self.expect = self.after_value();
+        self.depth == 0
+    }
+
+    fn begin_string(&mut self, key: bool) {
+        self.set(IN_STRING, true);
+        self.set(KEY, key);
+    }
+
+    /// The string ends.
+    fn end_string(&mut self) {
+        self.set(IN_STRING, false);
+        self.expect = if self.depth > STACK_DEPTH {
+            Expect::Deep
+        } else if self.has(KEY) {
+            Expect::Colon
+        } else {
+            Expect::CommaOrEnd
+        };
+    }
+
+    /// Takes one byte outside strings that is not whitespace: true once the object has ended,
+    /// or what was due when the byte cannot continue it.
+    fn step(&mut self, byte: u8) -> Result<bool, Expected> {
+        use Expect::*;
+        match (self.expect, byte) {
+            (Deep, _) => return Ok(self.deep(byte)),
+            (KeyOrEnd | Key, b'"') => self.begin_string(true),
+            (Colon, b':') => self.expect = Value,
+            (Value | ValueOrEnd, b'"') => self.begin_string(false),
+            (Value | ValueOrEnd, b'{') => self.open(true),
+            (Value | ValueOrEnd, b'[') => self.open(false),
+            (Value | ValueOrEnd | Literal, b) if is_literal(b) => self.expect = Literal,
+            (CommaOrEnd | Literal, b',') if self.in_object() => self.expect = Key,
+            (CommaOrEnd | Literal, b',') => self.expect = Value,
+            (KeyOrEnd, b'}') | (ValueOrEnd, b']') => return Ok(self.close()),
+            (CommaOrEnd | Literal, b'}') if self.in_object() => return Ok(self.close()),
+            (CommaOrEnd | Literal, b']') if !self.in_object() => return Ok(self.close()),
+            (expect, _) => return Err(self.expected(expect)),
+        }
+        Ok(false)
+    }
+
+    /// Deeper than the grammar is followed: strings and brackets only.
+    fn deep(&mut self, byte: u8) -> bool {
+        match byte {
+            b'"' => self.begin_string(false),
+            b'{' | b'[' => self.depth += 1,
+            b'}' | b']' => return self.close(),
+            _ => {}
+        }
+        false
+    }
+
+    fn expected(&self, expect: Expect) -> Expected {
+        match expect {
+            Expect::KeyOrEnd => Expected::KeyOrEnd,
+            Expect::Key => Expected::Key,
+            Expect::Colon => Expected::Colon,
+            Expect::Value => Expected::Value,
+            Expect::ValueOrEnd => Expected::ValueOrEnd,
+            Expect::CommaOrEnd | Expect::Literal | Expect::Deep if self.in_object() => {
+                Expected::CommaOrObjectEnd
+            }
+            Expect::CommaOrEnd | Expect::Literal | Expect::Deep => Expected::CommaOrArrayEnd,
+        }
+    }
+}
+
+/// A byte of a number, `true`, `false` or `null`, or of a misspelling of one (which the parser
+/// refuses once the object ends); anything else outside strings is structure or breaks.
+fn is_literal(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'+' | b'.')
 }
 
 /// Incremental, bounded splitter of a JSON object stream.
@@ -94,17 +388,26 @@ struct ObjectScan {
 pub struct Decoder {
     /// At most [`MAX_FRAME_LIMIT`], so it fits 32 bits: every idle connection holds a decoder.
     max_frame: u32,
-    /// Bytes of the pending frame already scanned (at most `max_frame + 1`).
+    /// Bytes of the pending frame already scanned (at most `max_frame + 1`). The pending frame
+    /// is left as it arrived until it ends: a broken object may be read again from one of its
+    /// lines.
     scanned: u32,
-    /// Bytes of the pending object kept so far: its compacted length. The object is compacted
-    /// in place, so `buf[..kept]` is the object so far and `buf[kept..scanned]` is spare room.
-    kept: u32,
+    /// Bytes at the front of the buffer that a broken object had scanned and gave back to be
+    /// read again. An object that begins among them is not taken back itself, so that no
+    /// byte is scanned more than twice as an object, whatever a peer sends.
+    reread: u32,
     state: State,
 }
 
 /// Where a decoder stands in its buffer: what a connection handed to another process carries
-/// with its unread bytes, so that the object it is in the middle of goes on there as if nothing
-/// happened (the same bytes kept, the same count against `max_frame`).
+/// with its unread bytes, so that the frame it is in the middle of goes on there as if nothing
+/// happened.
+///
+/// A decoder leaves a pending frame as it arrived, so it says only what kind of frame is
+/// pending and the new process scans it again from its first byte (at most `max_frame` bytes,
+/// once). The other fields are those of earlier versions, which compacted an object in place
+/// as they scanned: a state from one of them is resumed by closing the gap it left
+/// (`kept..scanned`); one sent to one of them (`scanned` 0) is scanned again there too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DecoderState {
     max_frame: u32,
@@ -129,55 +432,61 @@ impl Decoder {
         Decoder {
             max_frame: max_frame.min(MAX_FRAME_LIMIT) as u32,
             scanned: 0,
-            kept: 0,
+            reread: 0,
             state: State::Between,
         }
     }
 
     /// Where it stands, to [`Decoder::resume`] elsewhere over the same buffer.
     pub fn state(&self) -> DecoderState {
-        let (mode, scan) = match self.state {
-            State::Between => (0, ObjectScan::default()),
-            State::Object(scan) => (1, scan),
-            State::Junk => (2, ObjectScan::default()),
+        let mode = match self.state {
+            State::Between => 0,
+            // A broken object's tail is found again by scanning the object again.
+            State::Object(_) | State::Tail(_) => 1,
+            State::Junk => 2,
         };
         DecoderState {
             max_frame: self.max_frame,
-            scanned: self.scanned,
-            kept: self.kept,
+            scanned: 0,
+            kept: 0,
             mode,
-            depth: scan.depth,
-            in_string: scan.in_string,
-            escaped: scan.escaped,
-            spaced: scan.spaced,
+            depth: 0,
+            in_string: false,
+            escaped: false,
+            spaced: false,
         }
     }
 
-    /// The decoder `state` describes, over a buffer of `buffered` bytes; `None` when the two do
-    /// not fit together (the state of another buffer, or a peer that does not speak this).
-    pub fn resume(state: DecoderState, buffered: usize) -> Option<Decoder> {
+    /// The decoder `state` describes, over `buf`, the bytes that came with it; `None` when the
+    /// two do not fit together (the state of another buffer, or a peer that does not speak
+    /// this). A state from an earlier version that compacted in place has its gap closed in
+    /// `buf`.
+    pub fn resume(state: DecoderState, buf: &mut BytesMut) -> Option<Decoder> {
         let fits = state.kept <= state.scanned
-            && state.scanned as usize <= buffered
+            && state.scanned as usize <= buf.len()
             && state.max_frame as usize <= MAX_FRAME_LIMIT
             && state.scanned <= state.max_frame.saturating_add(1);
-        let scan = ObjectScan {
-            depth: state.depth,
-            in_string: state.in_string,
-            escaped: state.escaped,
-            spaced: state.spaced,
-        };
-        let mode = match state.mode {
-            // Between objects the counts are set afresh at the next one.
-            0 => return Some(Decoder::new(state.max_frame as usize)),
-            1 => State::Object(scan),
-            2 => State::Junk,
+        let pending = match (state.mode, buf.first()) {
+            (0, _) => State::Between,
+            (1, Some(b'{')) => State::Object(ObjectScan::default()),
+            (2, Some(&byte)) if byte != b'{' => State::Junk,
             _ => return None,
         };
-        fits.then_some(Decoder {
+        if !fits {
+            return None;
+        }
+        if state.mode == 1 && state.kept < state.scanned {
+            // Bytes kept, then spare room, then bytes not yet scanned: the object so far is
+            // the kept bytes and the unscanned ones.
+            let mut rest = buf.split_off(state.kept as usize);
+            rest.advance((state.scanned - state.kept) as usize);
+            buf.unsplit(rest);
+        }
+        Some(Decoder {
             max_frame: state.max_frame,
-            scanned: state.scanned,
-            kept: state.kept,
-            state: mode,
+            scanned: 0,
+            reread: 0,
+            state: pending,
         })
     }
 
@@ -189,48 +498,132 @@ impl Decoder {
     /// Cuts the next complete frame from the front of `buf`, or returns `None` when `buf` holds
     /// no complete frame yet (whitespace between frames is consumed).
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameTooLarge> {
-        if self.state == State::Between {
-            skip_blanks(buf);
-            self.state = match buf.first() {
-                None => return Ok(None),
-                Some(b'{') => State::Object(ObjectScan::default()),
-                Some(_) => State::Junk,
-            };
-            self.scanned = 0;
-            self.kept = 0;
-        }
-        let end = match self.state {
-            State::Object(scan) => self.scan_object(scan, buf),
-            State::Junk => self.scan_junk(buf),
-            State::Between => unreachable!("state set above"),
-        };
-        match end {
-            Some(len) if len > self.max_frame() => {
-                // It ended one byte past the limit: gone, so that `skip_frame` has nothing
-                // left of it to skip.
-                buf.advance(len);
-                self.state = State::Between;
-                Err(FrameTooLarge {
-                    limit: self.max_frame(),
-                })
-            }
-            Some(len) => {
-                let mut bytes = buf.split_to(len);
-                let frame = match self.state {
-                    State::Junk => Frame::Junk(bytes.freeze()),
-                    _ => {
-                        bytes.truncate(self.kept as usize);
-                        Frame::Object(bytes.freeze())
-                    }
+        loop {
+            if self.state == State::Between {
+                self.skip_blanks(buf);
+                self.state = match buf.first() {
+                    None => return Ok(None),
+                    Some(b'{') => State::Object(ObjectScan {
+                        flags: if self.reread > 0 { REREAD } else { 0 },
+                        ..ObjectScan::default()
+                    }),
+                    Some(_) => State::Junk,
                 };
-                self.state = State::Between;
-                Ok(Some(frame))
+                self.scanned = 0;
             }
-            None if self.scanned > self.max_frame => Err(FrameTooLarge {
-                limit: self.max_frame(),
-            }),
-            None => Ok(None),
+            let end = match self.state {
+                State::Object(scan) => match self.scan_object(scan, buf) {
+                    Scan::End(len) => Some(len),
+                    Scan::More => None,
+                    Scan::Broke { at, expected } => match self.broke(buf, at, expected) {
+                        Some(frame) => return Ok(Some(frame)),
+                        // The rest of its line goes with it.
+                        None => continue,
+                    },
+                },
+                State::Junk | State::Tail(_) => self.scan_junk(buf),
+                State::Between => unreachable!("state set above"),
+            };
+            return match end {
+                Some(len) if len > self.max_frame() => {
+                    // It ended one byte past the limit: gone, so that `skip_frame` has nothing
+                    // left of it to skip.
+                    self.pass(buf, len);
+                    self.state = State::Between;
+                    Err(FrameTooLarge {
+                        limit: self.max_frame(),
+                    })
+                }
+                Some(len) => Ok(Some(self.cut(buf, len))),
+                None if self.scanned > self.max_frame => Err(FrameTooLarge {
+                    limit: self.max_frame(),
+                }),
+                None => Ok(None),
+            };
         }
+    }
+
+    /// Takes `len` bytes from the front of `buf`.
+    fn take(&mut self, buf: &mut BytesMut, len: usize) -> BytesMut {
+        self.reread = self.reread.saturating_sub(len as u32);
+        buf.split_to(len)
+    }
+
+    /// Drops `len` bytes from the front of `buf`.
+    fn pass(&mut self, buf: &mut BytesMut, len: usize) {
+        self.reread = self.reread.saturating_sub(len as u32);
+        buf.advance(len);
+    }
+
+    /// Consumes the whitespace between frames.
+    fn skip_blanks(&mut self, buf: &mut BytesMut) {
+        let blanks = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
+        self.pass(buf, blanks);
+    }
+
+    /// Cuts the frame that ends before `len`, compacting an object that holds whitespace.
+    fn cut(&mut self, buf: &mut BytesMut, len: usize) -> Frame {
+        let mut bytes = self.take(buf, len);
+        let frame = match self.state {
+            State::Junk => Frame::Junk(bytes.freeze()),
+            State::Tail(broke) => Frame::Broken(Broken {
+                refused: bytes.freeze(),
+                at: broke.at as usize,
+                found: broke.found,
+                expected: broke.expected,
+            }),
+            State::Object(scan) => {
+                if scan.has(SPACED) {
+                    let kept = compact(&mut bytes);
+                    bytes.truncate(kept);
+                }
+                Frame::Object(bytes.freeze())
+            }
+            State::Between => unreachable!("a frame is pending"),
+        };
+        self.state = State::Between;
+        frame
+    }
+
+    /// The object at the front of `buf` broke at `at`: the refused part, or `None` when the
+    /// object began on the line of that byte and the rest of that line is still to be found
+    /// (the decoder then scans it as [`State::Tail`]).
+    fn broke(&mut self, buf: &mut BytesMut, at: usize, expected: Expected) -> Option<Frame> {
+        let found = buf[at];
+        let State::Object(scan) = self.state else {
+            unreachable!("an object broke");
+        };
+        let resume = if memchr::memchr(b'\n', &buf[..at]).is_none() {
+            if found != b'\n' {
+                // Began on this line: the rest of it goes with it, up to a `{` that may begin
+                // the next object.
+                self.state = State::Tail(BrokeAt {
+                    at: at as u32,
+                    found,
+                    expected,
+                });
+                self.scanned = if found == b'{' { at } else { at + 1 } as u32;
+                return None;
+            }
+            at + 1
+        } else {
+            let line_start = memchr::memrchr(b'\n', &buf[..=at]).map_or(0, |p| p + 1);
+            let taken_back = match scan.has(REREAD) {
+                true => None,
+                false => take_back(&buf[..=at]).filter(|&p| p < line_start),
+            };
+            if taken_back.is_some() {
+                self.reread = self.reread.max(at as u32 + 1);
+            }
+            taken_back.unwrap_or(line_start)
+        };
+        self.state = State::Between;
+        Some(Frame::Broken(Broken {
+            refused: self.take(buf, resume).freeze(),
+            at,
+            found,
+            expected,
+        }))
     }
 
     /// The fast path of [`decode`](Self::decode): when no frame is pending and `buf` begins
@@ -247,152 +640,181 @@ impl Decoder {
         if self.state != State::Between {
             return None;
         }
-        skip_blanks(buf);
+        self.skip_blanks(buf);
         if buf.first() != Some(&b'{') {
             return None;
         }
         let limit = buf.len().min(self.max_frame());
         let (len, learnt) = measure(&buf[..limit])?;
-        Some((buf.split_to(len).freeze(), learnt))
+        Some((self.take(buf, len).freeze(), learnt))
     }
 
     /// Like [`decode`](Self::decode), for when the stream has ended: once the complete frames
     /// are taken, what is left is returned too, as a [`Frame::Junk`] (a segment without its
-    /// newline) or a [`Frame::Truncated`] (an unfinished object, discarded). `buf` is empty
-    /// once this returns `Ok(None)`.
+    /// newline), a [`Frame::Broken`] (an object that broke on its line, and the rest of it) or
+    /// a [`Frame::Truncated`] (an unfinished object, discarded). `buf` is empty once this
+    /// returns `Ok(None)`.
+    ///
+    /// An unfinished object is discarded only up to its first later line that starts with `{`
+    /// (an object a torn line took as a value), and the lines from there are read again.
     pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameTooLarge> {
         if let Some(frame) = self.decode(buf)? {
             return Ok(Some(frame));
         }
         let frame = match self.state {
             State::Between => return Ok(None),
-            State::Junk => Frame::Junk(buf.split().freeze()),
+            State::Junk | State::Tail(_) => {
+                let len = buf.len();
+                self.cut(buf, len)
+            }
             State::Object(scan) => {
-                let discarded = buf.len();
-                buf.clear();
+                // Nothing broke: the lines of an object cut at its end are not read again as
+                // junk, only those that may be objects it took.
+                let taken_back = match scan.has(REREAD) {
+                    true => None,
+                    false => first_column_object(buf),
+                };
+                if taken_back.is_some() {
+                    self.reread = self.reread.max(buf.len() as u32);
+                }
+                let discarded = self.take(buf, taken_back.unwrap_or(buf.len()));
+                // How deep the discarded bytes end, when they are not all there was.
+                let scan = match taken_back {
+                    Some(_) => {
+                        let mut probe = Decoder::new(self.max_frame());
+                        probe.scan_object(ObjectScan::default(), &discarded);
+                        match probe.state {
+                            State::Object(scan) => scan,
+                            _ => scan,
+                        }
+                    }
+                    None => scan,
+                };
+                self.state = State::Between;
                 Frame::Truncated(Truncated {
-                    discarded,
+                    discarded: discarded.len(),
                     depth: scan.depth,
-                    in_string: scan.in_string,
+                    in_string: scan.has(IN_STRING),
                 })
             }
         };
-        self.state = State::Between;
         Ok(Some(frame))
     }
 
     /// After [`FrameTooLarge`], drops the rest of that frame as it arrives, keeping nothing of
     /// it, so that a reader that can afford to (a file, unlike a peer) goes on with the frames
-    /// after it. True once the frame's end has been passed and [`decode`](Self::decode) may go
-    /// on; false when `buf` ran out first (call again with more).
+    /// after it. True once the frame's end (or the line where it broke) has been passed and
+    /// [`decode`](Self::decode) may go on; false when `buf` ran out first (call again with
+    /// more). Nothing is taken back: the bytes before are gone.
     pub fn skip_frame(&mut self, buf: &mut BytesMut) -> bool {
         loop {
+            if self.state == State::Between {
+                return true;
+            }
+            // The scan looks back at nothing: what it has passed can go.
             let scanned = (self.scanned as usize).min(buf.len());
+            self.pass(buf, scanned);
+            self.scanned = 0;
+            if buf.is_empty() {
+                return false;
+            }
             let end = match self.state {
-                State::Between => return true,
-                State::Object(scan) => {
-                    // Keep the last byte kept: the scan looks back at it (whitespace between two
-                    // literal bytes).
-                    if scanned > 1 {
-                        buf[scanned - 1] = buf[self.kept as usize - 1];
-                        buf.advance(scanned - 1);
-                        (self.scanned, self.kept) = (1, 1);
-                    }
-                    if buf.len() <= self.scanned as usize {
-                        return false;
-                    }
-                    self.scan_object(scan, buf)
-                }
-                State::Junk => {
-                    buf.advance(scanned);
-                    self.scanned = 0;
-                    if buf.is_empty() {
-                        return false;
-                    }
-                    self.scan_junk(buf)
-                }
+                State::Object(scan) => match self.scan_object(scan, buf) {
+                    Scan::End(len) => Some(len),
+                    Scan::More => None,
+                    Scan::Broke { at, expected } => match memchr::memrchr(b'\n', &buf[..=at]) {
+                        Some(newline) => Some(newline + 1),
+                        None => {
+                            let found = buf[at];
+                            self.state = State::Tail(BrokeAt {
+                                at: at as u32,
+                                found,
+                                expected,
+                            });
+                            self.scanned = if found == b'{' { at } else { at + 1 } as u32;
+                            continue;
+                        }
+                    },
+                },
+                State::Junk | State::Tail(_) => self.scan_junk(buf),
+                State::Between => unreachable!("returned above"),
             };
             if let Some(len) = end {
-                buf.advance(len);
+                self.pass(buf, len);
                 self.state = State::Between;
                 return true;
             }
         }
     }
 
-    /// Scans on from where the last call stopped, moving each byte that is kept to its place
-    /// in the compacted object. Returns the object's length as received once its closing brace
-    /// is in `buf`.
-    fn scan_object(&mut self, mut scan: ObjectScan, buf: &mut [u8]) -> Option<usize> {
+    /// Scans on from where the last call stopped, following the grammar. Returns the object's
+    /// length as received once its closing brace is in `buf`, or where it broke.
+    fn scan_object(&mut self, mut scan: ObjectScan, buf: &[u8]) -> Scan {
         let limit = buf.len().min(self.max_frame() + 1);
-        let mut kept = self.kept as usize;
         let mut at = self.scanned as usize;
-        let mut found = None;
-        while at < limit {
-            if scan.in_string {
-                // Most of an item is string bytes: jump to the next quote or backslash, the only
-                // bytes that matter inside a string, and keep the run as it is.
-                let run_end = if scan.escaped {
-                    scan.escaped = false;
-                    at + 1
-                } else {
-                    match memchr::memchr2(b'"', b'\\', &buf[at..limit]) {
-                        Some(p) => {
-                            scan.escaped = buf[at + p] == b'\\';
-                            scan.in_string = scan.escaped;
-                            at + p + 1
-                        }
-                        None => limit,
+        let result = loop {
+            if at >= limit {
+                break Scan::More;
+            }
+            if scan.has(IN_STRING) {
+                if scan.has(ESCAPED) {
+                    scan.set(ESCAPED, false);
+                    if !matches!(
+                        buf[at],
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' | b'u'
+                    ) {
+                        break Scan::Broke {
+                            at,
+                            expected: Expected::Escape,
+                        };
                     }
-                };
-                if kept != at {
-                    buf.copy_within(at..run_end, kept);
+                    at += 1;
+                    continue;
                 }
-                kept += run_end - at;
-                at = run_end;
+                // Most of an item is string bytes: jump to the next byte that matters inside a
+                // string. A raw newline cannot be in one: the line was torn.
+                let Some(p) = memchr::memchr3(b'"', b'\\', b'\n', &buf[at..limit]) else {
+                    at = limit;
+                    continue;
+                };
+                at += p;
+                match buf[at] {
+                    b'"' => scan.end_string(),
+                    b'\\' => scan.set(ESCAPED, true),
+                    _ => {
+                        break Scan::Broke {
+                            at,
+                            expected: Expected::StringEnd,
+                        }
+                    }
+                }
+                at += 1;
                 continue;
             }
             let byte = buf[at];
-            at += 1;
-            match byte {
-                b' ' | b'\t' | b'\n' | b'\r' => {
-                    scan.spaced = true;
-                    continue;
+            if matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+                scan.set(SPACED, true);
+                if scan.expect == Expect::Literal {
+                    scan.expect = Expect::CommaOrEnd;
                 }
-                b'"' => scan.in_string = true,
-                b'{' | b'[' => scan.depth += 1,
-                b'}' | b']' => {
-                    scan.depth = scan.depth.saturating_sub(1);
-                    if scan.depth == 0 {
-                        found = Some(at);
-                    }
-                }
-                _ if scan.spaced && joins(buf[kept - 1], byte) => {
-                    // Keep one space: without it, two tokens would read as one.
-                    buf[kept] = b' ';
-                    kept += 1;
-                }
-                _ => {}
+                at += 1;
+                continue;
             }
-            scan.spaced = false;
-            if kept + 1 != at {
-                buf[kept] = byte;
+            match scan.step(byte) {
+                Ok(true) => break Scan::End(at + 1),
+                Ok(false) => at += 1,
+                Err(expected) => break Scan::Broke { at, expected },
             }
-            kept += 1;
-            if found.is_some() {
-                break;
-            }
-        }
+        };
         self.state = State::Object(scan);
         self.scanned = at as u32;
-        self.kept = kept as u32;
-        found
+        result
     }
 
     /// Junk runs to the end of its line, or up to the next `{`.
     fn scan_junk(&mut self, buf: &[u8]) -> Option<usize> {
         let limit = buf.len().min(self.max_frame() + 1);
-        let scanned = self.scanned as usize;
+        let scanned = (self.scanned as usize).min(limit);
         let found = memchr::memchr2(b'\n', b'{', &buf[scanned..limit]).map(|p| {
             let at = scanned + p;
             if buf[at] == b'\n' {
@@ -406,10 +828,68 @@ impl Decoder {
     }
 }
 
-/// Consumes the whitespace between frames.
-fn skip_blanks(buf: &mut BytesMut) {
-    let blanks = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
-    buf.advance(blanks);
+/// Where reading resumes in `object`, from its `{` to the byte where it broke, when it reached
+/// past its first line (see the module's docs): its second line when its first holds more
+/// than the `{` (a line meant whole, torn); for a pretty-printed object (`{` alone on its first
+/// line), the first later line that starts with `{`. `None` when there is no such line.
+fn take_back(object: &[u8]) -> Option<usize> {
+    let first_newline = memchr::memchr(b'\n', object)?;
+    let meant_whole = object[1..first_newline]
+        .iter()
+        .any(|b| !b.is_ascii_whitespace());
+    if meant_whole {
+        Some(first_newline + 1)
+    } else {
+        first_column_object(object)
+    }
+}
+
+/// The first line after the first of `bytes` that starts with `{`.
+fn first_column_object(bytes: &[u8]) -> Option<usize> {
+    memchr::memmem::find(bytes, b"\n{").map(|p| p + 1)
+}
+
+/// Removes the whitespace outside strings from an object that has ended, in place; returns its
+/// new length.
+fn compact(bytes: &mut [u8]) -> usize {
+    let (mut kept, mut at, mut spaced) = (0, 0, false);
+    while at < bytes.len() {
+        let byte = bytes[at];
+        if matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+            spaced = true;
+            at += 1;
+            continue;
+        }
+        if spaced && kept > 0 && joins(bytes[kept - 1], byte) {
+            // Keep one space: without it, two tokens would read as one.
+            bytes[kept] = b' ';
+            kept += 1;
+        }
+        spaced = false;
+        let end = if byte == b'"' {
+            string_end(bytes, at + 1)
+        } else {
+            at + 1
+        };
+        bytes.copy_within(at..end, kept);
+        kept += end - at;
+        at = end;
+    }
+    kept
+}
+
+/// The offset just past the quote that closes the string whose contents begin at `from` (or
+/// the end of `bytes`).
+fn string_end(bytes: &[u8], mut from: usize) -> usize {
+    while let Some(p) = memchr::memchr2(b'"', b'\\', &bytes[from..]) {
+        from += p + 1;
+        if bytes[from - 1] == b'"' {
+            return from;
+        }
+        // The escaped byte.
+        from = (from + 1).min(bytes.len());
+    }
+    bytes.len()
 }
 
 /// True when `before` and `after`, written side by side, could be read as one token: both are
@@ -440,22 +920,315 @@ mod tests {
         Frame::Object(Bytes::copy_from_slice(s.as_bytes()))
     }
 
+    fn junk(s: &str) -> Frame {
+        Frame::Junk(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn broken(refused: &str, at: usize, found: u8, expected: Expected) -> Frame {
+        Frame::Broken(Broken {
+            refused: Bytes::copy_from_slice(refused.as_bytes()),
+            at,
+            found,
+            expected,
+        })
+    }
+
+    /// Feeds `stream` in pieces of `step` bytes, then ends it; every frame, in order.
+    fn frames_in_steps(stream: &[u8], step: usize, max_frame: usize) -> Vec<Frame> {
+        let mut d = Decoder::new(max_frame);
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for piece in stream.chunks(step) {
+            buf.extend_from_slice(piece);
+            frames.extend(decode_all(&mut d, &mut buf));
+        }
+        while let Some(frame) = d.decode_eof(&mut buf).unwrap() {
+            frames.push(frame);
+        }
+        assert!(buf.is_empty());
+        frames
+    }
+
+    /// The same frames at every chunking, byte by byte included.
+    fn frames_at_every_step(stream: &str) -> Vec<Frame> {
+        let whole = frames_in_steps(stream.as_bytes(), stream.len().max(1), 1 << 16);
+        for step in 1..stream.len() {
+            assert_eq!(
+                frames_in_steps(stream.as_bytes(), step, 1 << 16),
+                whole,
+                "step {step} of {stream:?}"
+            );
+        }
+        whole
+    }
+
+    const VALID: &str = "{\"ip\":\"10.0.0.2\"}\n{\"ip\":\"10.0.0.3\",\"n\":[1,{\"a\":null}]}\n";
+
+    fn valid_after() -> [Frame; 2] {
+        [
+            object("{\"ip\":\"10.0.0.2\"}"),
+            object("{\"ip\":\"10.0.0.3\",\"n\":[1,{\"a\":null}]}"),
+        ]
+    }
+
+    /// Each kind of damage the issue names, followed by valid objects on the next lines: the
+    /// damage is refused at the byte where it broke and every object after it is read.
+    #[test]
+    fn one_damaged_object_costs_only_itself() {
+        use Expected::*;
+        let cases: Vec<(&str, Vec<Frame>)> = vec![
+            // Unterminated object: the next line's `{` cannot follow a value.
+            (
+                "{\"ip\":\"10.0.0.1\"\n",
+                vec![broken("{\"ip\":\"10.0.0.1\"\n", 17, b'{', CommaOrObjectEnd)],
+            ),
+            // Cut after a comma: a key was due.
+            (
+                "{\"ip\":\"10.0.0.1\",\n",
+                vec![broken("{\"ip\":\"10.0.0.1\",\n", 18, b'{', Key)],
+            ),
+            // Unterminated string across the newline: refused through its line.
+            (
+                "{\"ip\":\"10.0.0.1\",\"note\":\"a b\n",
+                vec![broken(
+                    "{\"ip\":\"10.0.0.1\",\"note\":\"a b\n",
+                    28,
+                    b'\n',
+                    StringEnd,
+                )],
+            ),
+            // Unterminated array.
+            (
+                "{\"ip\":\"10.0.0.1\",\"a\":[1,2\n",
+                vec![broken(
+                    "{\"ip\":\"10.0.0.1\",\"a\":[1,2\n",
+                    26,
+                    b'{',
+                    CommaOrArrayEnd,
+                )],
+            ),
+            // A torn line whose value was due takes the next object as that value, breaks on
+            // the line after it, and the taken object is read again from its own line.
+            (
+                "{\"ip\":\"10.3.0.5\",\"seq\":\n",
+                vec![broken(
+                    "{\"ip\":\"10.3.0.5\",\"seq\":\n",
+                    42,
+                    b'{',
+                    CommaOrObjectEnd,
+                )],
+            ),
+            (
+                "{\"a\":[\n",
+                vec![broken("{\"a\":[\n", 25, b'{', CommaOrArrayEnd)],
+            ),
+            // A doubled `}`: the object is whole, the second brace is junk.
+            (
+                "{\"ip\":\"10.0.0.1\"}}\n",
+                vec![object("{\"ip\":\"10.0.0.1\"}"), junk("}\n")],
+            ),
+            // Garbage between objects.
+            ("garbage ]] \"x\n", vec![junk("garbage ]] \"x\n")]),
+            // Broken on its own line: the rest of the line goes with it, in one refusal.
+            (
+                "{\"a\": tru e} trailing\n",
+                vec![broken(
+                    "{\"a\": tru e} trailing\n",
+                    10,
+                    b'e',
+                    CommaOrObjectEnd,
+                )],
+            ),
+            (
+                "{\"a\" \"b\"}\n",
+                vec![broken("{\"a\" \"b\"}\n", 5, b'"', Colon)],
+            ),
+            (
+                "{\"a\":1]\n",
+                vec![broken("{\"a\":1]\n", 6, b']', CommaOrObjectEnd)],
+            ),
+            (
+                "{\"a\":\"\\x\"}\n",
+                vec![broken("{\"a\":\"\\x\"}\n", 7, b'x', Escape)],
+            ),
+            (
+                "{\"a\":\u{1}}\n",
+                vec![broken("{\"a\":\u{1}}\n", 5, 1, Value)],
+            ),
+            ("{,}\n", vec![broken("{,}\n", 1, b',', KeyOrEnd)]),
+            // ...and a `{` on that line may begin the next object.
+            (
+                "{\"ip\":\"10.0.0.1\" {\"ip\":\"10.0.0.9\"}\n",
+                vec![
+                    broken("{\"ip\":\"10.0.0.1\" ", 17, b'{', CommaOrObjectEnd),
+                    object("{\"ip\":\"10.0.0.9\"}"),
+                ],
+            ),
+            // A pretty-printed object broken on a later line: refused up to that line, which
+            // is read again (here as junk).
+            (
+                "{\n  \"ip\": \"10.0.0.1\"\n  \"seq\": 7\n}\n",
+                vec![
+                    broken("{\n  \"ip\": \"10.0.0.1\"\n", 23, b'"', CommaOrObjectEnd),
+                    junk("\"seq\": 7\n"),
+                    junk("}\n"),
+                ],
+            ),
+        ];
+        for (damage, mut expected) in cases {
+            let stream = format!("{damage}{VALID}");
+            // The torn lines at a value's place: the next object is read again.
+            expected.extend(valid_after());
+            assert_eq!(frames_at_every_step(&stream), expected, "{damage:?}");
+        }
+    }
+
+    #[test]
+    fn a_torn_line_followed_by_crlf_lines_and_pretty_objects() {
+        let stream = "{\"ip\":\"10.0.0.1\",\"tags\":[\"a\",\r\n{\r\n  \"ip\": \"10.0.0.2\"\r\n}\r\n{\"ip\":\"10.0.0.3\"}\r\n";
+        assert_eq!(
+            frames_at_every_step(stream),
+            vec![
+                broken(
+                    "{\"ip\":\"10.0.0.1\",\"tags\":[\"a\",\r\n",
+                    57,
+                    b'{',
+                    Expected::CommaOrArrayEnd
+                ),
+                object("{\"ip\":\"10.0.0.2\"}"),
+                object("{\"ip\":\"10.0.0.3\"}"),
+            ]
+        );
+    }
+
+    /// An object read again after a break is not taken back a second time, so that no byte is
+    /// read more than about twice: two torn lines in a row cost the object the second one took.
+    #[test]
+    fn an_object_is_taken_back_once() {
+        let stream = "{\"a\":\n{\"b\":\n{\"ip\":\"10.0.0.1\"}\n{\"ip\":\"10.0.0.2\"}\n";
+        assert_eq!(
+            frames_at_every_step(stream),
+            vec![
+                broken("{\"a\":\n", 30, b'{', Expected::CommaOrObjectEnd),
+                broken(
+                    "{\"b\":\n{\"ip\":\"10.0.0.1\"}\n",
+                    24,
+                    b'{',
+                    Expected::CommaOrObjectEnd
+                ),
+                object("{\"ip\":\"10.0.0.2\"}"),
+            ]
+        );
+    }
+
+    /// A line torn where a value was due takes whatever the next line holds (here a bare
+    /// address, which `send` accepts): every line after the torn one is read again.
+    #[test]
+    fn a_torn_line_gives_back_every_line_after_it() {
+        assert_eq!(
+            frames_at_every_step(
+                "{\"ip\":\"10.0.0.1\",\"seq\":\n10.0.0.6\n{\"ip\":\"10.0.0.2\"}\n"
+            ),
+            vec![
+                broken(
+                    "{\"ip\":\"10.0.0.1\",\"seq\":\n",
+                    33,
+                    b'{',
+                    Expected::CommaOrObjectEnd
+                ),
+                junk("10.0.0.6\n"),
+                object("{\"ip\":\"10.0.0.2\"}"),
+            ]
+        );
+    }
+
+    /// Bytes given back are read once more, not again and again: an object that begins among
+    /// them and breaks at the same byte is refused up to its own break, not taken back.
+    #[test]
+    fn bytes_given_back_are_read_only_once_more() {
+        let stream = "{\"a\":[\n1,\n{\"a\":[\n1,\n\"x\n{\"ip\":\"10.0.0.2\"}\n";
+        assert_eq!(
+            frames_at_every_step(stream),
+            vec![
+                broken("{\"a\":[\n", 22, b'\n', Expected::StringEnd),
+                junk("1,\n"),
+                broken("{\"a\":[\n1,\n\"x\n", 12, b'\n', Expected::StringEnd),
+                object("{\"ip\":\"10.0.0.2\"}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn at_the_end_an_unfinished_object_gives_back_the_lines_it_took() {
+        assert_eq!(
+            frames_at_every_step("{\"ip\":\"10.0.0.1\",\"seq\":\n{\"ip\":\"10.0.0.2\"}\n"),
+            vec![
+                Frame::Truncated(Truncated {
+                    discarded: 24,
+                    depth: 1,
+                    in_string: false
+                }),
+                object("{\"ip\":\"10.0.0.2\"}"),
+            ]
+        );
+        // A pretty printer indents what is nested: nothing begins in the first column.
+        assert_eq!(
+            frames_at_every_step("{\n  \"a\": [\n    {\"ip\": \"10.0.0.2\"}\n"),
+            vec![Frame::Truncated(Truncated {
+                discarded: 34,
+                depth: 2,
+                in_string: false
+            })]
+        );
+    }
+
+    /// Valid objects never break, however they are laid out.
+    #[test]
+    fn valid_objects_of_every_shape_are_cut_whole() {
+        let pretty = "{\n  \"ip\": \"10.0.0.1\",\n  \"list\": [\n    {\n      \"a\": [\n        1,\n        -2.5e+3,\n        true,\n        false,\n        null,\n        \"x\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\"\n      ]\n    },\n    [],\n    {}\n  ]\n}\n";
+        let compact = "{\"ip\":\"10.0.0.1\",\"list\":[{\"a\":[1,-2.5e+3,true,false,null,\"x\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\"]},[],{}]}";
+        assert_eq!(frames_at_every_step(pretty), vec![object(compact)]);
+        let deep = format!(
+            "{{\"ip\":\"1.1.1.1\",\"d\":{}1{}}}",
+            "[".repeat(40),
+            "]".repeat(40)
+        );
+        assert_eq!(frames_at_every_step(&deep), vec![object(&deep)]);
+        let deep_objects = format!(
+            "{{\"ip\":\"1.1.1.1\",\"d\":{}0{}}}",
+            "{\"k\": [".repeat(40),
+            "]}".repeat(40)
+        );
+        assert_eq!(
+            frames_at_every_step(&deep_objects),
+            vec![object(&deep_objects.replace(' ', ""))]
+        );
+        // Past the depth the grammar follows, closers are only counted.
+        let mismatched = format!(
+            "{{\"d\":{}{}}}",
+            "[".repeat(40),
+            "}".repeat(8) + &"]".repeat(32)
+        );
+        assert_eq!(frames_at_every_step(&mismatched), vec![object(&mismatched)]);
+    }
+
     /// A decoder resumed from its state over the same bytes (another process, at an upgrade)
     /// goes on exactly as the original would: at every cut of a stream of objects with
-    /// whitespace and strings, the frames are the same; a state that does not fit its bytes is
-    /// refused.
+    /// whitespace, strings and a broken object, the frames are the same; a state that does not
+    /// fit its bytes is refused.
     #[test]
     fn a_resumed_decoder_goes_on_as_the_original() {
-        let stream = b"{\"ip\": \"1.2.3.4\",\n \"note\": \"a \\\" b { }\"}\n  {\"ip\":\"5.6.7.8\", \"k\": [1, 2]}\n{\"ip\":\"9.9.9.9\"}";
+        let stream = b"{\"ip\": \"1.2.3.4\",\n \"note\": \"a \\\" b { }\"}\n  {\"ip\":\"5.6.7.8\", \"k\": [1, 2]}\n{\"ip\":\"9.9.9.9\" x}{\"ip\": 1\n{\"ip\":\"9.9.9.8\"}junk";
         let mut whole = Decoder::new(1024);
         let expected = decode_all(&mut whole, &mut BytesMut::from(&stream[..]));
-        assert_eq!(expected.len(), 3);
+        assert_eq!(expected.len(), 5, "{expected:?}");
         for cut in 0..stream.len() {
             let mut first = Decoder::new(1024);
             let mut buf = BytesMut::from(&stream[..cut]);
             let mut frames = decode_all(&mut first, &mut buf);
             let state = first.state();
-            let mut resumed = Decoder::resume(state, buf.len()).expect("a state that fits");
+            let mut resumed = Decoder::resume(state, &mut buf).expect("a state that fits");
+            assert_eq!(resumed.is_mid_frame(), first.is_mid_frame(), "cut at {cut}");
             buf.extend_from_slice(&stream[cut..]);
             frames.extend(decode_all(&mut resumed, &mut buf));
             assert_eq!(frames, expected, "cut at {cut}");
@@ -464,9 +1237,33 @@ mod tests {
         let mut buf = BytesMut::from(&b"{\"ip\": \"1.2"[..]);
         assert!(mid.decode(&mut buf).unwrap().is_none());
         assert!(
-            Decoder::resume(mid.state(), buf.len() - 1).is_none(),
-            "bytes missing"
+            Decoder::resume(mid.state(), &mut BytesMut::from(&b"x"[..])).is_none(),
+            "another frame's bytes"
         );
+    }
+
+    /// A state from a version that compacted in place (`kept` bytes of the object, then spare
+    /// room up to `scanned`) is resumed by closing the gap.
+    #[test]
+    fn a_state_from_a_version_that_compacted_in_place_is_resumed() {
+        let mut buf = BytesMut::from(&b"{\"ip\":\"1.2.3.4\"??????,\n \"n\": 1}\n"[..]);
+        let old = DecoderState {
+            max_frame: 1024,
+            scanned: 21,
+            kept: 15,
+            mode: 1,
+            depth: 1,
+            in_string: false,
+            escaped: false,
+            spaced: true,
+        };
+        let mut resumed = Decoder::resume(old, &mut buf).expect("fits");
+        assert_eq!(
+            decode_all(&mut resumed, &mut buf),
+            vec![object("{\"ip\":\"1.2.3.4\",\"n\":1}")]
+        );
+        let too_far = DecoderState { scanned: 99, ..old };
+        assert!(Decoder::resume(too_far, &mut BytesMut::from(&b"{\"a\""[..])).is_none());
     }
 
     #[test]
@@ -476,7 +1273,11 @@ mod tests {
             r#"{{"ip":"1.1.1.1","pad":"{}","x":[1, 2 ,{{"}}":3}}]}}"#,
             "}".repeat(100)
         );
-        let text = format!("{big}{{\"a\":1}}\n{}\n{{\"b\":2}}", "j".repeat(40));
+        let torn = format!("{{\"ip\":\"1.1.1.1\",\"pad\":\"{}\",\n", "x".repeat(40));
+        let text = format!(
+            "{big}{{\"a\":1}}\n{}\n{{\"b\":2}}{torn}{{\"c\":3}}",
+            "j".repeat(40)
+        );
         // Fed a few bytes at a time, as a file is read.
         let mut buf = BytesMut::new();
         let mut frames = Vec::new();
@@ -494,7 +1295,7 @@ mod tests {
                     Ok(Some(frame)) => frames.push(frame),
                     Ok(None) => break,
                     Err(FrameTooLarge { limit: 16 }) => {
-                        frames.push(Frame::Junk(Bytes::from_static(b"(too large)")));
+                        frames.push(junk("(too large)"));
                         skipping = true;
                     }
                     Err(other) => panic!("{other}"),
@@ -504,10 +1305,12 @@ mod tests {
         assert_eq!(
             frames,
             vec![
-                Frame::Junk(Bytes::from_static(b"(too large)")),
+                junk("(too large)"),
                 object(r#"{"a":1}"#),
-                Frame::Junk(Bytes::from_static(b"(too large)")),
+                junk("(too large)"),
                 object(r#"{"b":2}"#),
+                junk("(too large)"),
+                object(r#"{"c":3}"#),
             ]
         );
     }
@@ -538,15 +1341,8 @@ mod tests {
     #[test]
     fn object_split_at_every_byte() {
         let stream = "{\"ip\":\"10.0.0.1\",\"s\":\"a\\\"}\"}\n  {\"IP\":\"::2\"}";
-        let mut d = Decoder::new(1024);
-        let mut buf = BytesMut::new();
-        let mut frames = Vec::new();
-        for byte in stream.bytes() {
-            buf.extend_from_slice(&[byte]);
-            frames.extend(decode_all(&mut d, &mut buf));
-        }
         assert_eq!(
-            frames,
+            frames_at_every_step(stream),
             vec![
                 object("{\"ip\":\"10.0.0.1\",\"s\":\"a\\\"}\"}"),
                 object("{\"IP\":\"::2\"}")
@@ -563,9 +1359,9 @@ mod tests {
         assert_eq!(
             frames,
             vec![
-                Frame::Junk(Bytes::from_static(b"hello world\n")),
+                junk("hello world\n"),
                 object("{\"ip\":\"1.1.1.1\"}"),
-                Frame::Junk(Bytes::from_static(b"oops")),
+                junk("oops"),
                 object("{\"ip\":\"2.2.2.2\"}"),
             ]
         );
@@ -593,49 +1389,61 @@ mod tests {
         assert!(!d.is_mid_frame());
     }
 
-    /// Feeds `stream` in pieces of `step` bytes, then ends it; every frame, in order.
-    fn frames_in_steps(stream: &[u8], step: usize, max_frame: usize) -> Vec<Frame> {
-        let mut d = Decoder::new(max_frame);
-        let mut buf = BytesMut::new();
-        let mut frames = Vec::new();
-        for piece in stream.chunks(step) {
-            buf.extend_from_slice(piece);
-            frames.extend(decode_all(&mut d, &mut buf));
-        }
-        while let Some(frame) = d.decode_eof(&mut buf).unwrap() {
-            frames.push(frame);
-        }
-        assert!(buf.is_empty());
-        frames
-    }
-
     #[test]
     fn whitespace_between_tokens_is_removed_and_nothing_else() {
         let pretty = "{\r\n  \"ip\" : \"192.0.2.1\",\n\t\"n\": 123456789012345678901234567890 ,\n  \"s\": \"a b\\n\\u00e9 \u{2028}\\\" }\",\n  \"list\": [ 1 , -2.5e+3, true, null, { } , [ ] ]\n}";
         let compact = "{\"ip\":\"192.0.2.1\",\"n\":123456789012345678901234567890,\"s\":\"a b\\n\\u00e9 \u{2028}\\\" }\",\"list\":[1,-2.5e+3,true,null,{},[]]}";
-        for step in 1..=pretty.len() {
-            assert_eq!(
-                frames_in_steps(pretty.as_bytes(), step, 1024),
-                vec![object(compact)],
-                "step {step}"
-            );
-        }
+        assert_eq!(frames_at_every_step(pretty), vec![object(compact)]);
         assert_eq!(
             frames_in_steps(compact.as_bytes(), 7, 1024),
             vec![object(compact)]
         );
     }
 
+    /// Two literals side by side break the object where the grammar is followed; deeper, the
+    /// whitespace between them is kept as one space, so that the parser still refuses them.
     #[test]
     fn whitespace_that_separates_two_literals_stays_so_invalid_stays_invalid() {
+        for (sent, at) in [("{\"a\": 1 2}", 8), ("{\"a\": -  1}", 9)] {
+            assert_eq!(
+                frames_in_steps(sent.as_bytes(), 1, 64),
+                vec![broken(
+                    sent,
+                    at,
+                    sent.as_bytes()[at],
+                    Expected::CommaOrObjectEnd
+                )],
+                "{sent:?}"
+            );
+        }
+        // Broken on the line after the object's first: that line is read again.
+        assert_eq!(
+            frames_in_steps(b"{\"a\":tru\n\te}", 1, 64),
+            vec![
+                broken("{\"a\":tru\n", 10, b'e', Expected::CommaOrObjectEnd),
+                junk("e}")
+            ]
+        );
+        let open = "[".repeat(33);
+        let close = "]".repeat(33);
         for (sent, kept) in [
-            ("{\"a\": 1 2}", "{\"a\":1 2}"),
-            ("{\"a\":tru\n\te}", "{\"a\":tru e}"),
-            ("{\"a\": -  1}", "{\"a\":- 1}"),
-            ("{\"a\": \"x\" \"y\"}", "{\"a\":\"x\"\"y\"}"),
-            ("{\"a\": [1 ,2 ]}", "{\"a\":[1,2]}"),
+            (
+                format!("{{\"a\":{open}1 2{close}}}"),
+                format!("{{\"a\":{open}1 2{close}}}"),
+            ),
+            (
+                format!("{{\"a\":{open}tru\n\te{close}}}"),
+                format!("{{\"a\":{open}tru e{close}}}"),
+            ),
+            (
+                format!("{{\"a\":{open} \"x\" \"y\" {close}}}"),
+                format!("{{\"a\":{open}\"x\"\"y\"{close}}}"),
+            ),
         ] {
-            assert_eq!(frames_in_steps(sent.as_bytes(), 1, 64), vec![object(kept)]);
+            assert_eq!(
+                frames_in_steps(sent.as_bytes(), 1, 256),
+                vec![object(&kept)]
+            );
         }
     }
 
@@ -675,6 +1483,11 @@ mod tests {
                 in_string: false
             })]
         );
+        // Broken on its line, which the stream ended before finishing.
+        assert_eq!(
+            frames_in_steps(b"{\"a\":1 x", 3, 64),
+            vec![broken("{\"a\":1 x", 7, b'x', Expected::CommaOrObjectEnd)]
+        );
     }
 
     #[test]
@@ -686,14 +1499,30 @@ mod tests {
         // A top-level array: its brackets and commas are junk, the objects in it are objects.
         assert_eq!(
             frames_in_steps(b"[{\"ip\":\"1.1.1.1\"}, oops", 5, 64),
-            vec![
-                Frame::Junk(Bytes::from_static(b"[")),
-                object("{\"ip\":\"1.1.1.1\"}"),
-                Frame::Junk(Bytes::from_static(b", oops")),
-            ]
+            vec![junk("["), object("{\"ip\":\"1.1.1.1\"}"), junk(", oops"),]
         );
         let mut d = Decoder::new(64);
         assert_eq!(d.decode_eof(&mut BytesMut::new()), Ok(None));
+    }
+
+    #[test]
+    fn messages_name_the_byte_and_what_was_due() {
+        let frames = frames_in_steps(b"{\"ip\":\"10.0.0.1\"\n{\"ip\":\"10.0.0.2\"}", 64, 64);
+        let Frame::Broken(broke) = &frames[0] else {
+            panic!("{frames:?}");
+        };
+        assert_eq!(
+            broke.to_string(),
+            "not JSON at byte 17 of the object: `{` where `,` or `}` was due; 17 bytes refused"
+        );
+        let frames = frames_in_steps(b"{\"s\":\"a\n", 64, 64);
+        let Frame::Broken(broke) = &frames[0] else {
+            panic!("{frames:?}");
+        };
+        assert_eq!(
+            broke.to_string(),
+            "not JSON at byte 7 of the object: a newline where the string's closing quote was due; 8 bytes refused"
+        );
     }
 
     #[test]

@@ -238,8 +238,8 @@ fn key_name(raw: &RawValue) -> Option<Cow<'_, str>> {
     }
 }
 
-/// What one frame from a client means: an object is [`parse`]d; junk and a truncated object
-/// are refused with their codes. Every frame gets an answer: a message, or an error to send.
+/// What one frame from a client means: an object is [`parse`]d; junk, a broken object and a
+/// truncated one are refused with their codes. Every frame gets an answer: a message, or an error to send.
 pub fn interpret(frame: Frame) -> Result<Inbound, ItemError> {
     match frame {
         Frame::Object(bytes) => parse(bytes),
@@ -249,6 +249,11 @@ pub fn interpret(frame: Frame) -> Result<Inbound, ItemError> {
                 "expected a JSON object, got {} bytes that cannot start one",
                 bytes.len()
             ),
+            None,
+        )),
+        Frame::Broken(broken) => Err(ItemError::new(
+            ErrorCode::InvalidJson,
+            broken.to_string(),
             None,
         )),
         Frame::Truncated(truncated) => Err(ItemError::new(

@@ -9,7 +9,10 @@ mod decoder;
 mod envelope;
 mod message;
 
-pub use decoder::{Decoder, DecoderState, Frame, FrameTooLarge, Truncated, MAX_FRAME_LIMIT};
+pub use decoder::{
+    Broken, Decoder, DecoderState, Expected, Frame, FrameTooLarge, Truncated, MAX_FRAME_LIMIT,
+    STACK_DEPTH,
+};
 pub use message::{
     check_client_id, interpret, next_message, parse, parse_reply, ErrorCode, Hello, Inbound, Item,
     ItemError, Outbound, Reply, ReplyError, MAX_CLIENT_ID,
