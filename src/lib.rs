@@ -20,6 +20,7 @@
 //! | [`sink`] | where records go (stdout, file, JetStream, your channel); acks after the write and `fsync`, or JetStream's ack |
 //! | [`server`] | listeners, accept loop, limits, shutdown |
 //! | [`reload`] | a new configuration put in force while connections stay open: which keys apply to whom |
+//! | `upgrade`, `handover` | the binary upgrade under live connections (Linux): the protocol between the old and the new process, over a channel that passes sockets; the server's side is in [`server`], what a connection carries in `conn` |
 //! | [`view`] | connections as the surfaces show them: the JSON shapes, the queries, the kick |
 //! | [`admin`] | the admin API: connections, kicks, closes, `/metrics`, health and readiness |
 //! | [`nats`] | the NATS connection, and the cluster-wide registry over it (the JetStream sink is in [`sink`]) |

@@ -192,8 +192,8 @@ pub struct ConnInfo {
     /// The shortened first `TCP_KEEPIDLE` this socket was given, in seconds, until the idle in
     /// force is put back (`crate::phase`); 0 when none is pending.
     keepalive_first_idle_s: AtomicU16,
-    /// The socket's descriptor, for `TCP_INFO` (-1 when unknown, on other platforms, or once
-    /// the entry left the map).
+    /// The socket's descriptor, for `TCP_INFO` (-1 when unknown, on other platforms, once
+    /// the entry let go of it, or once the entry left the map).
     fd: AtomicI32,
     /// The window of a `goaway` asked for and not yet sent, in tenths of a second (0: none;
     /// 16 bits, which the entry had spare, so the entry's size class stays: up to 109 minutes).
@@ -425,8 +425,9 @@ impl ConnInfo {
     }
 
     /// Reads the socket's `TCP_INFO`. The caller holds the map's lock (read or write): the
-    /// descriptor becomes -1 under the write lock as the entry leaves the map, before the
-    /// socket closes, so a descriptor seen here is still this connection's.
+    /// descriptor becomes -1 under the write lock as the entry leaves the map or lets go of it
+    /// ([`ConnGuard::release_socket`]), before the socket closes, so a descriptor seen here is
+    /// still this connection's.
     fn tcp_info(&self) -> Option<TcpInfo> {
         read_tcp_info(self.fd.load(Ordering::Relaxed))
     }
@@ -1080,6 +1081,17 @@ impl ConnGuard {
     #[cfg(unix)]
     pub fn set_socket(&self, socket: &impl std::os::fd::AsRawFd) {
         self.info.fd.store(socket.as_raw_fd(), Ordering::Relaxed);
+    }
+
+    /// Stops the registry from using the socket's descriptor (`TCP_INFO`, the keep-alive phase's
+    /// restorer) while the entry stays listed: for a socket that closes, or leaves the process,
+    /// before its entry goes (a connection handed over to another process is listed until the
+    /// hand-over has it). Under the write lock, so that a reader holding the read lock is done
+    /// with the descriptor when this returns.
+    #[cfg(unix)]
+    pub fn release_socket(&self) {
+        let _held = self.registry.conns_mut();
+        self.info.fd.store(-1, Ordering::Relaxed);
     }
 
     /// The entry, for the connection's own counters.

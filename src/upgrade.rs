@@ -22,6 +22,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,11 @@ use crate::handover::{Channel, HandoverError, MAX_FDS};
 /// The environment variable that names the inherited channel's descriptor in the new process.
 /// Not `CONNWARDEN_…`: those are configuration keys.
 pub const CHANNEL_VAR: &str = "CW_UPGRADE_FD";
+
+/// Set once [`Inherited::from_env`] has looked at the descriptor [`CHANNEL_VAR`] names: the
+/// variable stays set (removing it races with any thread that reads the environment), so this
+/// flag is what keeps a second call from owning, and so closing, the same descriptor again.
+static CHANNEL_TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// Why an upgrade did not happen, or why a new process could not take over.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +68,9 @@ pub enum UpgradeError {
     /// The server ended before the upgrade could start.
     #[error("the server is not running")]
     NotRunning,
+    /// [`Inherited::from_env`] was called again: the descriptor is the first call's.
+    #[error("the channel {CHANNEL_VAR} names was taken already")]
+    AlreadyTaken,
 }
 
 impl UpgradeError {
@@ -384,11 +393,22 @@ pub(crate) enum Arrival {
 
 impl Inherited {
     /// The channel named by [`CHANNEL_VAR`], when this process was started by an upgrade.
-    /// The variable is taken at its word only for a descriptor that is a Unix socket.
+    /// The variable is taken at its word only for a descriptor that is a socket.
+    ///
+    /// The returned value owns the descriptor and closes it when dropped, so only the first
+    /// call in a process that finds the variable looks at the descriptor at all; any later
+    /// call returns [`UpgradeError::AlreadyTaken`], even if the first one failed (it may have
+    /// closed nothing, but the number is no longer known to be the channel). The variable is
+    /// left set: removing it is not safe while other threads may read the environment. Call
+    /// it once, at start, before this process opens descriptors of its own: the variable is
+    /// trusted to name one that was inherited for this purpose.
     pub fn from_env() -> Result<Option<Inherited>, UpgradeError> {
         let Some(value) = std::env::var_os(CHANNEL_VAR) else {
             return Ok(None);
         };
+        if CHANNEL_TAKEN.swap(true, Ordering::AcqRel) {
+            return Err(UpgradeError::AlreadyTaken);
+        }
         let fd: RawFd = value
             .to_str()
             .and_then(|v| v.parse().ok())
@@ -403,7 +423,7 @@ impl Inherited {
             )));
         }
         // SAFETY: the descriptor is open (fstat succeeded), inherited for this purpose, and
-        // owned by nothing else in this process.
+        // owned by nothing else in this process: `CHANNEL_TAKEN` lets one call only get here.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         // A process this one starts later must not inherit it.
         rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
@@ -499,5 +519,38 @@ impl Inherited {
     /// old process's queue does).
     pub(crate) fn wait_without_bound(&self) -> Result<(), UpgradeError> {
         Ok(self.channel.set_timeout(None)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::IntoRawFd;
+    use std::os::unix::net::UnixStream;
+
+    /// The only test that touches [`CHANNEL_VAR`] or [`CHANNEL_TAKEN`], both process-wide: a
+    /// second call must not own, and so later close, the descriptor the first one holds (the
+    /// number could name another file by then).
+    #[test]
+    fn the_inherited_channel_is_taken_once() {
+        let (theirs, mut peer) = UnixStream::pair().unwrap();
+        let fd = theirs.into_raw_fd();
+        std::env::set_var(CHANNEL_VAR, fd.to_string());
+
+        let first = Inherited::from_env().unwrap().expect("the channel");
+        assert!(matches!(
+            Inherited::from_env(),
+            Err(UpgradeError::AlreadyTaken)
+        ));
+        {
+            // SAFETY: only borrowed, while `first` owns it, to see that it is still open.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+            rustix::io::fcntl_getfd(borrowed).expect("the second call closed nothing");
+        }
+
+        drop(first);
+        let mut buf = [0; 1];
+        assert_eq!(peer.read(&mut buf).unwrap(), 0, "the one owner closed it");
     }
 }

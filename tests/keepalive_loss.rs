@@ -9,7 +9,7 @@
 //!   can tell a fragile split from a robust one).
 //!
 //! The three run at once, each in its own namespaces. Needs root, `ip` and `nft` (.ci/run
-//! installs nftables).
+//! installs nftables); skipped without root or `ip`, unless `CW_TEST_REQUIRE_NETNS=1` (CI).
 
 mod common;
 
@@ -38,6 +38,11 @@ fn doctor_loss(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn lossy_paths_close_no_healthy_peer_with_the_defaults_and_as_predicted_with_a_fragile_split() {
+    if !common::netns_or_skip(
+        "lossy_paths_close_no_healthy_peer_with_the_defaults_and_as_predicted_with_a_fragile_split",
+    ) {
+        return;
+    }
     let robust = thread::spawn(|| {
         doctor_loss(&[
             "--loss",

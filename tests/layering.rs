@@ -1,6 +1,7 @@
 //! Dependencies point one way: the layering that `src/lib.rs`'s docs state holds for every
 //! `crate::` path between the library's top-level modules, and no two files of `src/cli/` use
-//! each other, directly or through others.
+//! each other, directly or through others. The maps stay true too: `lib.rs`'s table has a row
+//! for every module, and README's "Where things are" names only paths that exist.
 //!
 //! Read from the source text, not from the compiler: a path is a use wherever it appears in
 //! code (comments are skipped, so a doc link to an upper layer is not one). The library's
@@ -420,4 +421,60 @@ fn the_cycle_finder_finds_a_cycle() {
         ["a", "c", "d"]
     );
     assert_eq!(names_after("super::super::x", "super::"), ["super"]);
+}
+
+/// The names in backticks of a Markdown table row.
+fn quoted(row: &str) -> Vec<&str> {
+    row.split('`').skip(1).step_by(2).collect()
+}
+
+/// `lib.rs`'s map has a row for every module of the library, and names no other: a module
+/// left out is a concern a reader cannot find.
+#[test]
+fn lib_rs_maps_every_module_of_the_library() {
+    let (modules, _) = library_graph();
+    let text = std::fs::read_to_string(src().join("lib.rs")).expect("lib.rs");
+    let mut mapped = BTreeSet::new();
+    for line in text.lines() {
+        let Some(row) = line.strip_prefix("//! | ") else {
+            continue;
+        };
+        let first = row.split(" | ").next().expect("a column");
+        mapped.extend(quoted(first).into_iter().map(|name| name.to_owned()));
+    }
+    mapped.remove("module");
+    let unmapped: Vec<&String> = modules.difference(&mapped).collect();
+    let unknown: Vec<&String> = mapped.difference(&modules).collect();
+    assert!(
+        unmapped.is_empty() && unknown.is_empty(),
+        "lib.rs's map lacks {unmapped:?} and names {unknown:?}, which are no modules"
+    );
+}
+
+/// Every path that README's "Where things are" names exists (a file that moved leaves its
+/// row pointing nowhere).
+#[test]
+fn every_path_readme_maps_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let section = readme
+        .split("\n## Where things are\n")
+        .nth(1)
+        .expect("README: a section 'Where things are'");
+    let section = section.split("\n## ").next().expect("the section");
+    let paths: Vec<&str> = section
+        .lines()
+        .filter(|line| line.starts_with('|'))
+        .flat_map(quoted)
+        .filter(|quoted| quoted.contains('/') && !quoted.contains(' '))
+        .collect();
+    assert!(
+        paths.len() > 20,
+        "the reader found too few paths: {paths:?}"
+    );
+    let missing: Vec<&&str> = paths.iter().filter(|p| !root.join(p).exists()).collect();
+    assert!(
+        missing.is_empty(),
+        "README's 'Where things are' names paths that do not exist: {missing:?}"
+    );
 }

@@ -75,7 +75,13 @@ impl Connection {
     /// then removes the registry entry without a recorded close). The connection's own
     /// descriptor closes with it; the peer sees nothing, since the copy keeps the socket open.
     /// `None` when the socket cannot be copied (logged): the connection closes here instead.
+    ///
+    /// The entry lets go of the descriptor first: it stays listed until the hand-over has the
+    /// connection, but the descriptor it named closes here, and the number may be reused
+    /// before the entry goes. Before the state is read, too, so that this process's phase
+    /// restorer does not put the keep-alive idle back after `carried` said it was pending.
     pub(super) fn depart(mut self, guard: &ConnGuard) -> Option<Departed> {
+        guard.release_socket();
         let socket = match self.stream.as_fd().try_clone_to_owned() {
             Ok(socket) => socket,
             Err(error) => {

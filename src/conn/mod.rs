@@ -121,7 +121,9 @@ pub(crate) fn run(
 ///
 /// The registry entry goes before the socket, on every path (fields drop in declaration order):
 /// the registry reads `TCP_INFO` by descriptor only while the entry is in the map, so the
-/// descriptor must not be closed, and reused by the kernel, before the entry is gone.
+/// descriptor must not be closed, and reused by the kernel, before the entry is gone. A
+/// departing connection's entry stays listed until the hand-over has it, so it lets go of the
+/// descriptor before the descriptor closes (`Connection::depart`).
 pub(crate) struct ConnTask {
     guard: Option<ConnGuard>,
     conn: Option<Connection>,
@@ -1041,6 +1043,46 @@ mod tests {
             size <= BUDGET,
             "connection future is {size} bytes, budget {BUDGET}"
         );
+    }
+
+    /// A departing connection closes its descriptor while its entry is still listed (the
+    /// hand-over must find it there until it has it): by then the entry must not name the
+    /// descriptor, or a `TCP_INFO` read or the phase restorer would act on whatever file
+    /// reuses the number.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_departing_connection_entry_lets_go_of_its_descriptor_before_it_closes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let registry = crate::registry::Registry::new();
+        let (producer, _consumer) = crate::queue::bounded::<Record>(4, Overflow::Backpressure);
+        let config = Config::default();
+        let metrics = Arc::new(Metrics::new(&config));
+        let shared = Arc::new(ConnShared::first(config, metrics, registry.clone()));
+        let guard = registry.insert_socket(&stream, peer, peer);
+        let entry = [Arc::clone(guard.info())];
+        // Entries the registry would act on through their descriptor (the count only: `f`
+        // leaves the descriptor alone).
+        let with_socket = || {
+            let mut n = 0;
+            registry.with_sockets(&entry, |_, _| n += 1);
+            n
+        };
+        assert_eq!(with_socket(), 1);
+
+        let conn = Connection::new(stream, Arc::clone(guard.info()), shared, producer, None);
+        let departed = conn.depart(&guard).expect("a copy of the socket");
+        assert_eq!(registry.len(), 1, "listed until the hand-over has it");
+        assert_eq!(
+            with_socket(),
+            0,
+            "the entry names the descriptor that depart closed"
+        );
+        drop((departed, guard));
+        assert_eq!(registry.len(), 0);
     }
 }
 #[cfg(all(test, target_os = "linux", target_pointer_width = "64"))]

@@ -636,6 +636,48 @@ pub fn warnings(
             ),
         );
     }
-    out.dedup();
-    out
+    first_of_each(out)
+}
+
+/// Each warning once, where it first appeared: both ends of the loopback connection report
+/// what they differ on, one end after the other, so with two options or more the copies are
+/// not next to each other (`Vec::dedup` would keep them).
+fn first_of_each(warnings: Vec<Warning>) -> Vec<Warning> {
+    let mut kept: Vec<Warning> = Vec::with_capacity(warnings.len());
+    for warning in warnings {
+        if !kept.contains(&warning) {
+            kept.push(warning);
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_both_ends_differ_on_are_warned_once_each_in_order() {
+        let config = Config::default();
+        let asked = SocketOptions::from_config(&config);
+        let end = Effective {
+            keepalive: Some(false),
+            nodelay: Some(!asked.nodelay),
+            ..Effective::default()
+        };
+        let expected: Vec<String> = end
+            .mismatches(&asked)
+            .into_iter()
+            .map(|m| format!("{}: asked {}, in force {}", m.option, m.asked, m.effective))
+            .collect();
+        assert!(expected.len() >= 2, "two options differ: {expected:?}");
+
+        let warned: Vec<String> =
+            warnings(&config, &KernelDefaults::default(), &asked, &[&end, &end])
+                .into_iter()
+                .filter(|w| w.code == "option_not_in_force")
+                .map(|w| w.message)
+                .collect();
+        assert_eq!(warned, expected);
+    }
 }

@@ -491,6 +491,50 @@ impl Drop for Proc {
     }
 }
 
+/// Set to `1` (as `.ci/run` does, running as root), a test that needs network namespaces fails
+/// where they cannot be made instead of skipping, as `CW_TEST_REQUIRE_FUSE` does for FUSE
+/// (`lostfs.rs`). Not a `CONNWARDEN_` name: those are configuration keys of `serve`.
+const REQUIRE_NETNS: &str = "CW_TEST_REQUIRE_NETNS";
+
+/// True when this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions and always succeeds.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Why network namespaces cannot be made here, if they cannot: `ip netns add` and the veth
+/// links need root (`CAP_SYS_ADMIN`, `CAP_NET_ADMIN`) and `ip` from iproute2.
+pub fn netns_unavailable() -> Option<String> {
+    if !is_root() {
+        return Some("this process is not root".into());
+    }
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("ip").is_file()));
+    if !found {
+        return Some("ip is not installed (Debian: iproute2)".into());
+    }
+    None
+}
+
+/// Whether a test that needs network namespaces should go on: false, after one line saying
+/// why, where they cannot be made, unless `CW_TEST_REQUIRE_NETNS=1`, where that fails the test.
+/// The line goes to the standard error itself rather than through `eprintln!`, which the test
+/// harness keeps to itself for a test that passes.
+pub fn netns_or_skip(test: &str) -> bool {
+    let Some(why) = netns_unavailable() else {
+        return true;
+    };
+    if std::env::var_os(REQUIRE_NETNS).is_some_and(|v| v == "1") {
+        panic!("{test}: network namespaces are required ({REQUIRE_NETNS}=1) but {why}");
+    }
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: network namespaces cannot be made here ({why}); run the tests as root"
+    );
+    false
+}
+
 /// Two network namespaces joined by a veth pair, the library's own fixture
 /// ([`connwarden::doctor::measure::Lab`]): a server host at 10.232.0.1 and a client host at
 /// 10.232.0.2. Names are unique per process and fixture; dropping it deletes both namespaces,
@@ -509,13 +553,19 @@ impl std::ops::Deref for NetnsPair {
 }
 
 impl NetnsPair {
-    pub fn create() -> NetnsPair {
+    /// The pair, for `test`; `None` where namespaces cannot be made (see [`netns_or_skip`]):
+    /// the test then returns, passed.
+    pub fn create(test: &str) -> Option<NetnsPair> {
+        if !netns_or_skip(test) {
+            return None;
+        }
         let tag = format!(
             "{}x{}",
             std::process::id(),
             NETNS_SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        NetnsPair(Lab::create(&tag).expect("create network namespaces (root, iproute2)"))
+        let lab = Lab::create(&tag).expect("create network namespaces (root, iproute2)");
+        Some(NetnsPair(lab))
     }
 
     /// A listener in the server namespace, ready for Tokio.
