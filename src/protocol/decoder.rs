@@ -515,6 +515,12 @@ impl Decoder {
                 State::Object(scan) => match self.scan_object(scan, buf) {
                     Scan::End(len) => Some(len),
                     Scan::More => None,
+                    // It ran past the limit before it broke: too large, whatever came next.
+                    Scan::Broke { at, .. } if at >= self.max_frame() => {
+                        return Err(FrameTooLarge {
+                            limit: self.max_frame(),
+                        })
+                    }
                     Scan::Broke { at, expected } => match self.broke(buf, at, expected) {
                         Some(frame) => return Ok(Some(frame)),
                         // The rest of its line goes with it.
