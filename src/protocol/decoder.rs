@@ -27,10 +27,10 @@
 //!   starts with `{` in its first column (pretty printers indent what is nested, so that is a
 //!   new object), and not at its members' lines, which are not items.
 //!
-//! Bytes read again are read only once more: an object that begins among them and breaks is
-//! not taken back itself, so that no byte is scanned as an object more than twice, whatever a
-//! peer sends. (So of two lines torn where a value was due, one after the other, the second
-//! keeps the object it took.)
+//! Bytes are given back to be read again at most three times over: an object that begins among
+//! bytes given back three times and breaks is not taken back itself, so that no byte is scanned
+//! as an object more than four times, whatever a peer sends. (So of four lines torn where a
+//! value was due, one after the other, the fourth keeps the line it took.)
 //!
 //! A valid object never breaks, however it is laid out: pretty-printed (`jq .`, nested objects
 //! and arrays over many lines, CRLF) it is cut exactly as before. Past [`STACK_DEPTH`] levels
@@ -242,8 +242,15 @@ const ESCAPED: u8 = 2;
 const KEY: u8 = 4;
 /// Whitespace was seen outside strings: the object needs compacting once it ends.
 const SPACED: u8 = 8;
-/// The object began in bytes an earlier object had scanned: it is not taken back.
-const REREAD: u8 = 16;
+/// Two bits: how many times the bytes the object began in had been given back to be read
+/// again (see [`Decoder::reread`]).
+const LEVEL_SHIFT: u8 = 4;
+const LEVEL: u8 = 0b11 << LEVEL_SHIFT;
+
+/// How many times bytes may be given back: a chain of that many lines torn where a value was
+/// due, one after the other, is read whole again; each byte is scanned as an object at most
+/// one time more than this.
+const MAX_TAKE_BACKS: u8 = 3;
 
 /// Where the scan of an unfinished object stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -277,6 +284,15 @@ impl ObjectScan {
         } else {
             self.flags &= !flag;
         }
+    }
+
+    /// Times the bytes it began in had been given back.
+    fn level(&self) -> u8 {
+        (self.flags & LEVEL) >> LEVEL_SHIFT
+    }
+
+    fn may_take_back(&self) -> bool {
+        self.level() < MAX_TAKE_BACKS
     }
 
     /// True when the innermost open level is an object.
@@ -393,9 +409,11 @@ pub struct Decoder {
     /// lines.
     scanned: u32,
     /// Bytes at the front of the buffer that a broken object had scanned and gave back to be
-    /// read again. An object that begins among them is not taken back itself, so that no
-    /// byte is scanned more than twice as an object, whatever a peer sends.
+    /// read again, `level` times over: an object that begins among them takes lines back only
+    /// while `level` is below [`MAX_TAKE_BACKS`], so that no byte is scanned as an object more
+    /// than `MAX_TAKE_BACKS + 1` times, whatever a peer sends.
     reread: u32,
+    level: u8,
     state: State,
 }
 
@@ -433,6 +451,7 @@ impl Decoder {
             max_frame: max_frame.min(MAX_FRAME_LIMIT) as u32,
             scanned: 0,
             reread: 0,
+            level: 0,
             state: State::Between,
         }
     }
@@ -486,6 +505,7 @@ impl Decoder {
             max_frame: state.max_frame,
             scanned: 0,
             reread: 0,
+            level: 0,
             state: pending,
         })
     }
@@ -504,7 +524,11 @@ impl Decoder {
                 self.state = match buf.first() {
                     None => return Ok(None),
                     Some(b'{') => State::Object(ObjectScan {
-                        flags: if self.reread > 0 { REREAD } else { 0 },
+                        flags: if self.reread > 0 {
+                            self.level << LEVEL_SHIFT
+                        } else {
+                            0
+                        },
                         ..ObjectScan::default()
                     }),
                     Some(_) => State::Junk,
@@ -547,6 +571,14 @@ impl Decoder {
                 None => Ok(None),
             };
         }
+    }
+
+    /// The first `scanned` bytes of the buffer, which the object `scan` has scanned, are to be
+    /// read again (from where it is taken back).
+    fn give_back(&mut self, scan: ObjectScan, scanned: usize) {
+        let level = if self.reread > 0 { self.level } else { 0 };
+        self.level = level.max(scan.level() + 1);
+        self.reread = self.reread.max(scanned as u32);
     }
 
     /// Takes `len` bytes from the front of `buf`.
@@ -614,12 +646,12 @@ impl Decoder {
             at + 1
         } else {
             let line_start = memchr::memrchr(b'\n', &buf[..=at]).map_or(0, |p| p + 1);
-            let taken_back = match scan.has(REREAD) {
-                true => None,
-                false => take_back(&buf[..=at]).filter(|&p| p < line_start),
+            let taken_back = match scan.may_take_back() {
+                false => None,
+                true => take_back(&buf[..=at]).filter(|&p| p < line_start),
             };
             if taken_back.is_some() {
-                self.reread = self.reread.max(at as u32 + 1);
+                self.give_back(scan, at + 1);
             }
             taken_back.unwrap_or(line_start)
         };
@@ -676,12 +708,12 @@ impl Decoder {
             State::Object(scan) => {
                 // Nothing broke: the lines of an object cut at its end are not read again as
                 // junk, only those that may be objects it took.
-                let taken_back = match scan.has(REREAD) {
-                    true => None,
-                    false => first_column_object(buf),
+                let taken_back = match scan.may_take_back() {
+                    false => None,
+                    true => first_column_object(buf),
                 };
                 if taken_back.is_some() {
-                    self.reread = self.reread.max(buf.len() as u32);
+                    self.give_back(scan, buf.len());
                 }
                 let discarded = self.take(buf, taken_back.unwrap_or(buf.len()));
                 // How deep the discarded bytes end, when they are not all there was.
@@ -1107,21 +1139,29 @@ mod tests {
         );
     }
 
-    /// An object read again after a break is not taken back a second time, so that no byte is
-    /// read more than about twice: two torn lines in a row cost the object the second one took.
+    /// Lines torn where a value was due, one after the other: each takes the next as its
+    /// value, and each is taken back in turn, three deep; a fourth keeps the line it took.
     #[test]
-    fn an_object_is_taken_back_once() {
-        let stream = "{\"a\":\n{\"b\":\n{\"ip\":\"10.0.0.1\"}\n{\"ip\":\"10.0.0.2\"}\n";
+    fn torn_lines_in_a_row_give_back_the_lines_after_them_three_deep() {
+        let valid = "{\"ip\":\"10.0.0.1\"}\n{\"ip\":\"10.0.0.2\"}\n";
+        use Expected::CommaOrObjectEnd as Due;
         assert_eq!(
-            frames_at_every_step(stream),
+            frames_at_every_step(&format!("{{\"a\":\n{{\"b\":\n{{\"c\":\n{valid}")),
             vec![
-                broken("{\"a\":\n", 30, b'{', Expected::CommaOrObjectEnd),
-                broken(
-                    "{\"b\":\n{\"ip\":\"10.0.0.1\"}\n",
-                    24,
-                    b'{',
-                    Expected::CommaOrObjectEnd
-                ),
+                broken("{\"a\":\n", 36, b'{', Due),
+                broken("{\"b\":\n", 30, b'{', Due),
+                broken("{\"c\":\n", 24, b'{', Due),
+                object("{\"ip\":\"10.0.0.1\"}"),
+                object("{\"ip\":\"10.0.0.2\"}"),
+            ]
+        );
+        assert_eq!(
+            frames_at_every_step(&format!("{{\"a\":\n{{\"b\":\n{{\"c\":\n{{\"d\":\n{valid}")),
+            vec![
+                broken("{\"a\":\n", 42, b'{', Due),
+                broken("{\"b\":\n", 36, b'{', Due),
+                broken("{\"c\":\n", 30, b'{', Due),
+                broken("{\"d\":\n{\"ip\":\"10.0.0.1\"}\n", 24, b'{', Due),
                 object("{\"ip\":\"10.0.0.2\"}"),
             ]
         );
@@ -1148,17 +1188,26 @@ mod tests {
         );
     }
 
-    /// Bytes given back are read once more, not again and again: an object that begins among
-    /// them and breaks at the same byte is refused up to its own break, not taken back.
+    /// Bytes given back are read again three times over, not again and again: an object that
+    /// begins among bytes given back three times is refused up to its own break, not taken
+    /// back, even where the junk between objects hid how often they had been read.
     #[test]
-    fn bytes_given_back_are_read_only_once_more() {
-        let stream = "{\"a\":[\n1,\n{\"a\":[\n1,\n\"x\n{\"ip\":\"10.0.0.2\"}\n";
+    fn bytes_are_given_back_three_times_at_most() {
+        let stream = format!(
+            "{}\"x\n{{\"ip\":\"10.0.0.2\"}}\n",
+            "{\"a\":[\n1,\n".repeat(5)
+        );
+        use Expected::StringEnd as Due;
         assert_eq!(
-            frames_at_every_step(stream),
+            frames_at_every_step(&stream),
             vec![
-                broken("{\"a\":[\n", 22, b'\n', Expected::StringEnd),
+                broken("{\"a\":[\n", 52, b'\n', Due),
                 junk("1,\n"),
-                broken("{\"a\":[\n1,\n\"x\n", 12, b'\n', Expected::StringEnd),
+                broken("{\"a\":[\n", 42, b'\n', Due),
+                junk("1,\n"),
+                broken("{\"a\":[\n", 32, b'\n', Due),
+                junk("1,\n"),
+                broken("{\"a\":[\n1,\n{\"a\":[\n1,\n\"x\n", 22, b'\n', Due),
                 object("{\"ip\":\"10.0.0.2\"}"),
             ]
         );
@@ -1534,6 +1583,6 @@ mod tests {
     #[test]
     fn decoder_stays_small() {
         // Every connection holds one.
-        assert!(std::mem::size_of::<Decoder>() <= 24);
+        assert!(std::mem::size_of::<Decoder>() <= 28);
     }
 }
