@@ -74,6 +74,12 @@ fn the_checks_catch_what_they_are_for() {
         )
     });
     assert!(kept_whitespace.is_err());
+    // The oracle for a broken object: what JSON could still continue is not broken.
+    assert!(!checks::not_a_json_prefix(b"{\"ip\":\"10.0.0.1\",\"seq\":"));
+    assert!(!checks::not_a_json_prefix(b"{\"a\":\"\\u12"));
+    assert!(checks::not_a_json_prefix(b"{\"ip\":\"10.0.0.1\"\n{"));
+    assert!(checks::not_a_json_prefix(b"{\"a\":\"\\u1\"i"));
+    assert!(checks::not_a_json_prefix(b"{\"a\":\"x\n"));
     let changed_validity =
         std::panic::catch_unwind(|| checks::assert_compacted(b"{\"a\":1 2}", b"{\"a\":12}"));
     assert!(changed_validity.is_err());

@@ -515,7 +515,7 @@ pub fn assert_compacted(raw: &[u8], compact: &[u8]) {
 /// True when no bytes appended to `text` could make it valid JSON, by serde_json: it finds a
 /// syntax error, not the end of the input. serde_json takes the four digits of a `\u` escape
 /// before it checks them, so an escape cut short by the end of `text` is checked here.
-fn not_a_json_prefix(text: &[u8]) -> bool {
+pub fn not_a_json_prefix(text: &[u8]) -> bool {
     match serde_json::from_slice::<IgnoredAny>(text) {
         Ok(_) => false,
         Err(error) if !error.is_eof() => true,
