@@ -459,9 +459,33 @@ fn check_piece(input: &Input<'_>, piece: &Piece) {
             );
             let line_began = !object[..broken.at].contains(&b'\n');
             if !line_began || broken.found == b'\n' {
-                // Reading resumes at the start of a line the object had reached.
-                assert!(raw.len() <= broken.at + 1, "resumed past the broken line");
-                assert_eq!(raw.last(), Some(&b'\n'));
+                // Reading resumes at the start of a line (or at the end of the stream).
+                let at_end = start + raw.len() == input.stream.len();
+                assert!(
+                    raw.last() == Some(&b'\n') || at_end,
+                    "resumed inside a line"
+                );
+                if let Some(own) = raw.get(broken.at + 1..) {
+                    // Past the line where it broke: a pretty-printed object's own lines.
+                    let first_line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
+                    assert!(
+                        own.is_empty() || first_line.trim_ascii() == b"{",
+                        "lines refused after those of an object meant whole"
+                    );
+                    let from = own
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map_or(own.len(), |p| p + 1);
+                    for line in own[from..].split(|&b| b == b'\n') {
+                        assert!(
+                            line.is_empty()
+                                || matches!(line[0], b' ' | b'\t' | b'\r')
+                                || line.trim_ascii() == b"}",
+                            "a line refused with a broken object that is not its own: {:?}",
+                            lossy(line)
+                        );
+                    }
+                }
             } else if raw.len() == broken.at {
                 assert_eq!(broken.found, b'{', "resumed at a byte that begins nothing");
             } else {

@@ -22,10 +22,12 @@
 //!   line meant whole, torn by a writer that crashed): at the start of its second line. A line
 //!   torn where a value was due (`{"ip":"10.0.0.1","seq":`) takes what the next line holds as
 //!   that value and breaks only on a later line: every line after the torn one is read again;
-//! - when the object began on an earlier line with its `{` alone (pretty-printed): at the start
-//!   of the line holding that byte, or earlier, at the first line since the object began that
-//!   starts with `{` in its first column (pretty printers indent what is nested, so that is a
-//!   new object), and not at its members' lines, which are not items.
+//! - when the object began on an earlier line with its `{` alone (pretty-printed): at the first
+//!   later line that starts with `{` in its first column, if one came before that byte (pretty
+//!   printers indent what is nested, so that is a new object); else the lines from the one
+//!   holding that byte that are still the object's, as a pretty printer writes them (indented,
+//!   blank, or only its closing `}`), are refused with it, and reading resumes at the first
+//!   that is not: one refusal for one broken object, and no member read as an item.
 //!
 //! Bytes are given back to be read again at most three times over: an object that begins among
 //! bytes given back three times and breaks is not taken back itself, so that no byte is scanned
@@ -203,6 +205,9 @@ enum State {
     Junk,
     /// The rest of the line of an object that broke on the line where it began.
     Tail(BrokeAt),
+    /// The lines of a broken pretty-printed object after the one where it broke that are still
+    /// its own (see [`Decoder::scan_remains`]).
+    Remains(BrokeAt),
 }
 
 /// Where and why an object broke, kept while the rest of its line is refused with it.
@@ -461,7 +466,7 @@ impl Decoder {
         let mode = match self.state {
             State::Between => 0,
             // A broken object's tail is found again by scanning the object again.
-            State::Object(_) | State::Tail(_) => 1,
+            State::Object(_) | State::Tail(_) | State::Remains(_) => 1,
             State::Junk => 2,
         };
         DecoderState {
@@ -552,6 +557,7 @@ impl Decoder {
                     },
                 },
                 State::Junk | State::Tail(_) => self.scan_junk(buf),
+                State::Remains(_) => self.scan_remains(buf),
                 State::Between => unreachable!("state set above"),
             };
             return match end {
@@ -604,7 +610,7 @@ impl Decoder {
         let mut bytes = self.take(buf, len);
         let frame = match self.state {
             State::Junk => Frame::Junk(bytes.freeze()),
-            State::Tail(broke) => Frame::Broken(Broken {
+            State::Tail(broke) | State::Remains(broke) => Frame::Broken(Broken {
                 refused: bytes.freeze(),
                 at: broke.at as usize,
                 found: broke.found,
@@ -623,9 +629,10 @@ impl Decoder {
         frame
     }
 
-    /// The object at the front of `buf` broke at `at`: the refused part, or `None` when the
-    /// object began on the line of that byte and the rest of that line is still to be found
-    /// (the decoder then scans it as [`State::Tail`]).
+    /// The object at the front of `buf` broke at `at`: the refused part, or `None` when more of
+    /// it is still to be found: the rest of the line where it began and broke
+    /// ([`State::Tail`]), or the lines of a pretty-printed one that are still its own
+    /// ([`State::Remains`]).
     fn broke(&mut self, buf: &mut BytesMut, at: usize, expected: Expected) -> Option<Frame> {
         let found = buf[at];
         let State::Object(scan) = self.state else {
@@ -653,7 +660,19 @@ impl Decoder {
             if taken_back.is_some() {
                 self.give_back(scan, at + 1);
             }
-            taken_back.unwrap_or(line_start)
+            match taken_back {
+                Some(resume) => resume,
+                None if meant_whole(&buf[..at]) => line_start,
+                None => {
+                    self.state = State::Remains(BrokeAt {
+                        at: at as u32,
+                        found,
+                        expected,
+                    });
+                    self.scanned = line_start as u32;
+                    return None;
+                }
+            }
         };
         self.state = State::Between;
         Some(Frame::Broken(Broken {
@@ -701,7 +720,7 @@ impl Decoder {
         }
         let frame = match self.state {
             State::Between => return Ok(None),
-            State::Junk | State::Tail(_) => {
+            State::Junk | State::Tail(_) | State::Remains(_) => {
                 let len = buf.len();
                 self.cut(buf, len)
             }
@@ -775,6 +794,8 @@ impl Decoder {
                     },
                 },
                 State::Junk | State::Tail(_) => self.scan_junk(buf),
+                // What is left of a broken object's lines is read as what it is.
+                State::Remains(_) => Some(0),
                 State::Between => unreachable!("returned above"),
             };
             if let Some(len) = end {
@@ -849,6 +870,38 @@ impl Decoder {
         result
     }
 
+    /// The lines after the one where a pretty-printed object broke that are still its own, as
+    /// a pretty printer writes them: indented (its members) or blank, and a line holding only
+    /// its closing `}`. Their end, once the first line that is not one of them begins (or
+    /// once that `}` line ends); `scanned` is always at the start of a line or inside one of
+    /// them.
+    fn scan_remains(&mut self, buf: &[u8]) -> Option<usize> {
+        let limit = buf.len().min(self.max_frame() + 1);
+        let mut at = self.scanned as usize;
+        let end = loop {
+            if at >= limit {
+                break None;
+            }
+            if buf[at - 1] == b'\n' {
+                match buf[at] {
+                    b' ' | b'\t' | b'\r' | b'\n' => {}
+                    b'}' => {
+                        // Wait for the whole line: only `}` and blanks make it the object's.
+                        let Some(p) = memchr::memchr(b'\n', &buf[at..limit]) else {
+                            break None;
+                        };
+                        let closing = buf[at + 1..at + p].iter().all(u8::is_ascii_whitespace);
+                        break Some(if closing { at + p + 1 } else { at });
+                    }
+                    _ => break Some(at),
+                }
+            }
+            at = memchr::memchr(b'\n', &buf[at..limit]).map_or(limit, |p| at + p + 1);
+        };
+        self.scanned = at as u32;
+        end
+    }
+
     /// Junk runs to the end of its line, or up to the next `{`.
     fn scan_junk(&mut self, buf: &[u8]) -> Option<usize> {
         let limit = buf.len().min(self.max_frame() + 1);
@@ -871,15 +924,18 @@ impl Decoder {
 /// than the `{` (a line meant whole, torn); for a pretty-printed object (`{` alone on its first
 /// line), the first later line that starts with `{`. `None` when there is no such line.
 fn take_back(object: &[u8]) -> Option<usize> {
-    let first_newline = memchr::memchr(b'\n', object)?;
-    let meant_whole = object[1..first_newline]
-        .iter()
-        .any(|b| !b.is_ascii_whitespace());
-    if meant_whole {
-        Some(first_newline + 1)
+    if meant_whole(object) {
+        memchr::memchr(b'\n', object).map(|p| p + 1)
     } else {
         first_column_object(object)
     }
+}
+
+/// True when the first line of `object` (which begins with its `{`) holds more than the `{`:
+/// a line meant whole, not the first line of a pretty-printed object.
+fn meant_whole(object: &[u8]) -> bool {
+    let first_line = memchr::memchr(b'\n', object).map_or(object, |p| &object[..p]);
+    first_line[1..].iter().any(|b| !b.is_ascii_whitespace())
 }
 
 /// The first line after the first of `bytes` that starts with `{`.
@@ -1102,14 +1158,34 @@ mod tests {
                     object("{\"ip\":\"10.0.0.9\"}"),
                 ],
             ),
-            // A pretty-printed object broken on a later line: refused up to that line, which
-            // is read again (here as junk).
+            // A pretty-printed object broken on a later line: refused with its members' lines
+            // and its closing brace, in one refusal.
             (
-                "{\n  \"ip\": \"10.0.0.1\"\n  \"seq\": 7\n}\n",
+                "{\n  \"ip\": \"10.0.0.1\"\n  \"seq\": 7,\n  \"t\": [\n    {\"ip\": \"10.0.0.8\"}\n  ]\n}\n",
+                vec![broken(
+                    "{\n  \"ip\": \"10.0.0.1\"\n  \"seq\": 7,\n  \"t\": [\n    {\"ip\": \"10.0.0.8\"}\n  ]\n}\n",
+                    23,
+                    b'"',
+                    CommaOrObjectEnd,
+                )],
+            ),
+            // ...up to the first line that is not its own: here a bare address, then `}` and
+            // more (not a closing line).
+            (
+                "{\n  \"a\": 1\n  \"b\": 2\n10.0.0.6\n}, x\n",
                 vec![
-                    broken("{\n  \"ip\": \"10.0.0.1\"\n", 23, b'"', CommaOrObjectEnd),
-                    junk("\"seq\": 7\n"),
-                    junk("}\n"),
+                    broken("{\n  \"a\": 1\n  \"b\": 2\n", 13, b'"', CommaOrObjectEnd),
+                    junk("10.0.0.6\n"),
+                    junk("}, x\n"),
+                ],
+            ),
+            // A pretty-printed object that never ended takes the next as an element, and breaks
+            // after it: that object is read again from its `{` in the first column.
+            (
+                "{\n  \"a\": [1,\n{\n  \"ip\": \"10.0.0.7\"\n}\n",
+                vec![
+                    broken("{\n  \"a\": [1,\n", 36, b'{', CommaOrArrayEnd),
+                    object("{\"ip\":\"10.0.0.7\"}"),
                 ],
             ),
         ];
