@@ -720,8 +720,18 @@ impl Decoder {
         }
         let frame = match self.state {
             State::Between => return Ok(None),
-            State::Junk | State::Tail(_) | State::Remains(_) => {
+            State::Junk | State::Tail(_) => {
                 let len = buf.len();
+                self.cut(buf, len)
+            }
+            State::Remains(_) => {
+                // The last line may be a `}` the scan was waiting to see whole.
+                let at = self.scanned as usize;
+                let not_own = at < buf.len()
+                    && buf[at - 1] == b'\n'
+                    && buf[at] == b'}'
+                    && !buf[at + 1..].iter().all(u8::is_ascii_whitespace);
+                let len = if not_own { at } else { buf.len() };
                 self.cut(buf, len)
             }
             State::Object(scan) => {
