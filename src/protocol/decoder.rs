@@ -898,6 +898,10 @@ impl Decoder {
                     b'}' => {
                         // Wait for the whole line: only `}` and blanks make it the object's.
                         let Some(p) = memchr::memchr(b'\n', &buf[at..limit]) else {
+                            // Not past the limit, though: then it is too large.
+                            if limit > self.max_frame() {
+                                at = limit;
+                            }
                             break None;
                         };
                         let closing = buf[at + 1..at + p].iter().all(u8::is_ascii_whitespace);
