@@ -662,6 +662,20 @@ impl Decoder {
             }
             match taken_back {
                 Some(resume) => resume,
+                // Only closing brackets and commas before it on its line (`{"ip":` then a
+                // line `}`): that line can begin nothing, and goes with the object.
+                None if meant_whole(&buf[..at])
+                    && found != b'\n'
+                    && closes_only(&buf[line_start..=at]) =>
+                {
+                    self.state = State::Tail(BrokeAt {
+                        at: at as u32,
+                        found,
+                        expected,
+                    });
+                    self.scanned = at as u32 + 1;
+                    return None;
+                }
                 None if meant_whole(&buf[..at]) => line_start,
                 None => {
                     self.state = State::Remains(BrokeAt {
@@ -952,6 +966,13 @@ fn meant_whole(object: &[u8]) -> bool {
     first_line[1..].iter().any(|b| !b.is_ascii_whitespace())
 }
 
+/// True for bytes that can begin nothing: closing brackets, commas and blanks.
+fn closes_only(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .all(|b| matches!(b, b'}' | b']' | b',' | b' ' | b'\t' | b'\r'))
+}
+
 /// The first line after the first of `bytes` that starts with `{`.
 fn first_column_object(bytes: &[u8]) -> Option<usize> {
     memchr::memmem::find(bytes, b"\n{").map(|p| p + 1)
@@ -1171,6 +1192,12 @@ mod tests {
                     broken("{\"ip\":\"10.0.0.1\" ", 17, b'{', CommaOrObjectEnd),
                     object("{\"ip\":\"10.0.0.9\"}"),
                 ],
+            ),
+            // A line meant whole, whose end came on the next line too early: that line, which
+            // can begin nothing, goes with it.
+            (
+                "{\"ip\":\n} ]\n",
+                vec![broken("{\"ip\":\n} ]\n", 7, b'}', Value)],
             ),
             // A pretty-printed object broken on a later line: refused with its members' lines
             // and its closing brace, in one refusal.
