@@ -461,8 +461,10 @@ fn check_piece(input: &Input<'_>, piece: &Piece) {
             if !line_began || broken.found == b'\n' {
                 // Reading resumes at the start of a line (or at the end of the stream).
                 let at_end = start + raw.len() == input.stream.len();
+                // (A tail past the break stops at a `{` that may begin the next object.)
+                let at_brace = raw.len() > broken.at && object.get(raw.len()) == Some(&b'{');
                 assert!(
-                    raw.last() == Some(&b'\n') || at_end,
+                    raw.last() == Some(&b'\n') || at_end || at_brace,
                     "resumed inside a line"
                 );
                 if let Some(own) = raw.get(broken.at + 1..).filter(|own| !own.is_empty()) {
