@@ -1021,21 +1021,55 @@ impl Connection {
 mod tests {
     use super::*;
 
+    /// A connection accepted on loopback, with what its task is built from.
+    struct Accepted {
+        _client: TcpStream,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        registry: crate::registry::Registry,
+        producer: Producer<Record>,
+        _consumer: crate::queue::Consumer<Record>,
+        shared: Arc<ConnShared>,
+    }
+
+    impl Accepted {
+        async fn new() -> Accepted {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let _client = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (stream, peer) = listener.accept().await.unwrap();
+            let registry = crate::registry::Registry::new();
+            let (producer, _consumer) = crate::queue::bounded::<Record>(4, Overflow::Backpressure);
+            let config = Config::default();
+            let metrics = Arc::new(Metrics::new(&config));
+            let shared = Arc::new(ConnShared::first(config, metrics, registry.clone()));
+            Accepted {
+                _client,
+                stream,
+                peer,
+                registry,
+                producer,
+                _consumer,
+                shared,
+            }
+        }
+    }
+
     /// Every idle connection holds one such future: a regression here multiplies by the
     /// number of connections (measured by `bench/idle_memory.sh`).
     #[tokio::test]
     async fn connection_task_stays_small() {
         const BUDGET: usize = 320;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (stream, peer) = listener.accept().await.unwrap();
-        let registry = crate::registry::Registry::new();
-        let (producer, _consumer) = crate::queue::bounded::<Record>(4, Overflow::Backpressure);
-        let config = Config::default();
-        let metrics = Arc::new(Metrics::new(&config));
-        let shared = Arc::new(ConnShared::first(config, metrics, registry.clone()));
+        let Accepted {
+            _client,
+            stream,
+            peer,
+            registry,
+            producer,
+            _consumer,
+            shared,
+        } = Accepted::new().await;
         let task = run(stream, registry.insert(peer, peer), shared, producer, None);
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task: {size} bytes");
@@ -1052,16 +1086,15 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_departing_connection_entry_lets_go_of_its_descriptor_before_it_closes() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (stream, peer) = listener.accept().await.unwrap();
-        let registry = crate::registry::Registry::new();
-        let (producer, _consumer) = crate::queue::bounded::<Record>(4, Overflow::Backpressure);
-        let config = Config::default();
-        let metrics = Arc::new(Metrics::new(&config));
-        let shared = Arc::new(ConnShared::first(config, metrics, registry.clone()));
+        let Accepted {
+            _client,
+            stream,
+            peer,
+            registry,
+            producer,
+            _consumer,
+            shared,
+        } = Accepted::new().await;
         let guard = registry.insert_socket(&stream, peer, peer);
         let entry = [Arc::clone(guard.info())];
         // Entries the registry would act on through their descriptor (the count only: `f`

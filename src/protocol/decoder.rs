@@ -218,6 +218,16 @@ struct BrokeAt {
     expected: Expected,
 }
 
+impl BrokeAt {
+    fn new(at: usize, found: u8, expected: Expected) -> BrokeAt {
+        BrokeAt {
+            at: at as u32,
+            found,
+            expected,
+        }
+    }
+}
+
 /// What may come next in an object, outside strings.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Expect {
@@ -642,12 +652,8 @@ impl Decoder {
             if found != b'\n' {
                 // Began on this line: the rest of it goes with it, up to a `{` that may begin
                 // the next object.
-                self.state = State::Tail(BrokeAt {
-                    at: at as u32,
-                    found,
-                    expected,
-                });
-                self.scanned = if found == b'{' { at } else { at + 1 } as u32;
+                let from = if found == b'{' { at } else { at + 1 };
+                self.go_on(State::Tail, BrokeAt::new(at, found, expected), from);
                 return None;
             }
             at + 1
@@ -668,22 +674,16 @@ impl Decoder {
                     && found != b'\n'
                     && closes_only(&buf[line_start..=at]) =>
                 {
-                    self.state = State::Tail(BrokeAt {
-                        at: at as u32,
-                        found,
-                        expected,
-                    });
-                    self.scanned = at as u32 + 1;
+                    self.go_on(State::Tail, BrokeAt::new(at, found, expected), at + 1);
                     return None;
                 }
                 None if meant_whole(&buf[..at]) => line_start,
                 None => {
-                    self.state = State::Remains(BrokeAt {
-                        at: at as u32,
-                        found,
-                        expected,
-                    });
-                    self.scanned = line_start as u32;
+                    self.go_on(
+                        State::Remains,
+                        BrokeAt::new(at, found, expected),
+                        line_start,
+                    );
                     return None;
                 }
             }
@@ -695,6 +695,13 @@ impl Decoder {
             found,
             expected,
         }))
+    }
+
+    /// A broken object goes on as `state` (the rest of its line, or its own lines), scanned
+    /// from `from`.
+    fn go_on(&mut self, state: fn(BrokeAt) -> State, broke: BrokeAt, from: usize) {
+        self.state = state(broke);
+        self.scanned = from as u32;
     }
 
     /// The fast path of [`decode`](Self::decode): when no frame is pending and `buf` begins
@@ -807,12 +814,8 @@ impl Decoder {
                         Some(newline) => Some(newline + 1),
                         None => {
                             let found = buf[at];
-                            self.state = State::Tail(BrokeAt {
-                                at: at as u32,
-                                found,
-                                expected,
-                            });
-                            self.scanned = if found == b'{' { at } else { at + 1 } as u32;
+                            let from = if found == b'{' { at } else { at + 1 };
+                            self.go_on(State::Tail, BrokeAt::new(at, found, expected), from);
                             continue;
                         }
                     },
