@@ -12,6 +12,9 @@
 #                           runs, for the budget check "memory per idle connection must not grow"
 #        CW_MUSL (unset)    1: the static musl build of this commit too (built here, target
 #                           x86_64-unknown-linux-musl), in the same runs: glibc and musl side by side
+#        CW_EXAMPLES (unset)  examples of the liveness layer to measure too, in the same runs, e.g.
+#                           "line_echo length_prefixed" (built here). They run on the system's
+#                           allocator (an example has no #[global_allocator]), the binary on jemalloc
 #
 # Per connection = (RSS holding N connections - RSS of the same process before the load) / N.
 # The kernel's socket memory is not in RSS; it is the same for both servers.
@@ -35,6 +38,9 @@ build() {
     rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true
     (cd "$ROOT" && cargo build --release --quiet --target x86_64-unknown-linux-musl)
   fi
+  for example in ${CW_EXAMPLES:-}; do
+    (cd "$ROOT" && cargo build --release --quiet --example "$example")
+  done
 }
 
 # The other connwarden builds measured in the same runs: "name path" lines.
@@ -82,6 +88,11 @@ for run in $(seq 1 "$RUNS"); do
       --listen "127.0.0.1:$PORT" --sink file:/dev/null --max-connections $((N + 1000)) </dev/null)
     echo "$name,$run,$per" >> "$OUT/idle-memory.csv"
   done < <(others)
+  for example in ${CW_EXAMPLES:-}; do
+    per=$(measure "$example-$run" "$ROOT/target/release/examples/$example" \
+      --listen "127.0.0.1:$PORT" --max-connections $((N + 1000)) </dev/null)
+    echo "$example,$run,$per" >> "$OUT/idle-memory.csv"
+  done
 done
 cw=$(awk -F, '$1=="connwarden" {print $3}' "$OUT/idle-memory.csv" | median)
 go=$(awk -F, '$1=="go-seed" {print $3}' "$OUT/idle-memory.csv" | median)
@@ -90,3 +101,7 @@ while read -r name path; do
   other=$(awk -F, -v n="$name" '$1==n {print $3}' "$OUT/idle-memory.csv" | median)
   log "median bytes per idle connection at N=$N: this build $cw, $name ($path) $other"
 done < <(others)
+for example in ${CW_EXAMPLES:-}; do
+  per=$(awk -F, -v n="$example" '$1==n {print $3}' "$OUT/idle-memory.csv" | median)
+  log "median bytes per idle connection at N=$N: $example (examples/, system allocator) $per"
+done

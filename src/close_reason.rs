@@ -1,7 +1,21 @@
 //! Why a connection ended: a closed set with one spelling, shared by logs, counters and tests.
+//!
+//! The words of closing, one meaning each, across the crate:
+//! - a **reason** ([`CloseReason`]) is why; every close has exactly one;
+//! - the server **asks** a connection to close (a kick, memory pressure, the shutdown's
+//!   `Closing` stage): the JSON connection hears it as `Event::Asked(reason)`, a handler of the
+//!   liveness layer as `Signal::Close(reason)`;
+//! - a connection **decides** a close (`conn`'s `Close`: the reason, and the notice the peer is
+//!   told first; none for an orderly end), sends its **last flush**, then
+//! - its registry guard **records** it (`ConnGuard::close(reason)`: the entry leaves, one log
+//!   line, one count, one event, one observation of the detection delay).
+//!
+//! The server's stages are `Running`, `HandOver` (an upgrade), `Draining` (take no new work)
+//! and `Closing` (every connection asked to close, reason `shutdown`).
 
 use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use socket2::SockRef;
 
@@ -50,6 +64,9 @@ pub enum CloseReason {
     TooManyConnections,
     /// Closed on request, through the registry.
     Kicked,
+    /// The server's protocol ended the connection in order (a handler of the liveness layer
+    /// returned while the peer was still connected: a `QUIT` answered, a session done).
+    Completed,
     /// The server is shutting down.
     Shutdown,
     /// Any other socket error, or a panic in the connection's task.
@@ -83,7 +100,7 @@ impl CloseReason {
     }
 
     /// Every reason, for counters and reports.
-    pub const ALL: [CloseReason; 20] = [
+    pub const ALL: [CloseReason; 21] = [
         CloseReason::PeerClosed,
         CloseReason::Reset,
         CloseReason::KeepaliveTimeout,
@@ -102,6 +119,7 @@ impl CloseReason {
         CloseReason::ServerFull,
         CloseReason::TooManyConnections,
         CloseReason::Kicked,
+        CloseReason::Completed,
         CloseReason::Shutdown,
         CloseReason::InternalError,
     ];
@@ -127,6 +145,7 @@ impl CloseReason {
             CloseReason::ServerFull => "server_full",
             CloseReason::TooManyConnections => "too_many_connections",
             CloseReason::Kicked => "kicked",
+            CloseReason::Completed => "completed",
             CloseReason::Shutdown => "shutdown",
             CloseReason::InternalError => "internal_error",
         }
@@ -135,6 +154,28 @@ impl CloseReason {
     /// Position in [`CloseReason::ALL`], for per-reason counters.
     pub fn index(self) -> usize {
         self as usize
+    }
+}
+
+/// A reason decided once, read from any thread: the first [`FirstReason::set`] wins. One byte
+/// (a reason's index + 1, 0 for none), so that a connection's entry pays one byte for it.
+#[derive(Debug, Default)]
+pub(crate) struct FirstReason(AtomicU8);
+
+impl FirstReason {
+    /// Decides `reason`, unless one was decided already (then false: the first stands).
+    pub fn set(&self, reason: CloseReason) -> bool {
+        let code = reason.index() as u8 + 1;
+        self.0
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The reason decided, if any.
+    pub fn get(&self) -> Option<CloseReason> {
+        let code = self.0.load(Ordering::Acquire);
+        let index = usize::from(code.checked_sub(1)?);
+        CloseReason::ALL.get(index).copied()
     }
 }
 
@@ -147,6 +188,20 @@ impl fmt::Display for CloseReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_reason_decided_stands() {
+        let decided = FirstReason::default();
+        assert_eq!(decided.get(), None);
+        assert!(decided.set(CloseReason::Kicked));
+        assert!(!decided.set(CloseReason::MemoryPressure));
+        assert_eq!(decided.get(), Some(CloseReason::Kicked));
+        for reason in CloseReason::ALL {
+            let one = FirstReason::default();
+            one.set(reason);
+            assert_eq!(one.get(), Some(reason));
+        }
+    }
 
     #[test]
     fn all_is_in_index_order_with_unique_names() {

@@ -52,7 +52,7 @@
 //! | `goaway_window` | `10s` | at an upgrade, the window in which connections that cannot move (TLS) are asked to reconnect, each client at a random moment inside it |
 //! | `log_format` | `text` | `text` or `json` |
 //! | `log_level` | `info` | least severe level logged: `error`, `warn`, `info`, `debug`, `trace` or `off` (`RUST_LOG`, when set, wins with its own directives) |
-//! | `admin` | `127.0.0.1:9464` | address of the admin API and `/metrics` (never a data port), or `off` |
+//! | `admin` | `127.0.0.1:9464` | address of the admin API and `/metrics` (never a data port), or `off` (the default without the `admin` feature) |
 //! | `admin_token_file` | `off` | file holding the admin API's bearer token; without it the API is open to whoever reaches its address |
 //! | `tls_cert` | `off` | PEM certificate chain of the data listener: with `tls_key`, clients must speak TLS (1.2 or 1.3). The files are read again at every reload; their paths need a restart |
 //! | `tls_key` | `off` | PEM private key of `tls_cert` |
@@ -221,6 +221,14 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+    #[error("{key} needs connwarden built with the \"{feature}\" feature")]
+    /// A value that needs a part this build leaves out (a Cargo feature: README, "Features").
+    NotBuilt {
+        /// The key.
+        key: &'static str,
+        /// The feature it needs: `admin`, `tls` or `nats`.
+        feature: &'static str,
+    },
     #[error("cannot read config file {path}")]
     /// The configuration file cannot be read.
     ReadFile {
@@ -247,7 +255,8 @@ impl ConfigError {
         match self {
             ConfigError::InvalidValue { key, .. }
             | ConfigError::Contradiction { key, .. }
-            | ConfigError::Unusable { key, .. } => Some(key),
+            | ConfigError::Unusable { key, .. }
+            | ConfigError::NotBuilt { key, .. } => Some(key),
             ConfigError::UnknownKey { key, .. } => Some(key),
             ConfigError::ReadFile { .. } | ConfigError::ParseFile { .. } => None,
         }
@@ -346,6 +355,51 @@ impl Settings {
             }
         }
         self.insert(key.to_owned(), vec![value], Origin::Flag(flag))
+    }
+
+    /// Reads command-line flags, one per configuration key, spelled as `serve` spells them:
+    /// `--keepalive-idle 20s`, `--keepalive-idle=20s`, and a flag with no value
+    /// (`--reuse-port`) for `true`. For a program of your own that takes the same flags as
+    /// `serve` without a parser of its own (`examples/line_echo.rs`); `serve` itself parses with
+    /// clap, for its help. An argument that is not a key's flag is an error.
+    ///
+    /// ```
+    /// use connwarden::config::{Config, Settings};
+    ///
+    /// let args = ["--keepalive-idle", "20s", "--listen=127.0.0.1:7100", "--reuse-port"];
+    /// let flags = Settings::from_args(args.map(String::from))?;
+    /// let config = Config::from_settings(&flags)?;
+    /// assert_eq!(config.keepalive.idle, std::time::Duration::from_secs(20));
+    /// assert!(config.reuse_port);
+    /// # Ok::<(), connwarden::config::ConfigError>(())
+    /// ```
+    pub fn from_args(args: impl IntoIterator<Item = String>) -> Result<Settings, ConfigError> {
+        let mut settings = Settings::default();
+        let mut args = args.into_iter().peekable();
+        while let Some(arg) = args.next() {
+            let Some(flag) = arg.strip_prefix("--") else {
+                return Err(ConfigError::UnknownKey {
+                    key: arg.clone(),
+                    origin: Origin::Flag(arg),
+                });
+            };
+            let (name, value) = match flag.split_once('=') {
+                Some((name, value)) => (name, value.to_owned()),
+                None => match args.next_if(|next| !next.starts_with("--")) {
+                    Some(value) => (flag, value),
+                    None => (flag, "true".to_owned()),
+                },
+            };
+            let key = name.replace('-', "_");
+            if !KEYS.contains(&key.as_str()) {
+                return Err(ConfigError::UnknownKey {
+                    key,
+                    origin: Origin::Flag(format!("--{name}")),
+                });
+            }
+            settings.set_flag(&key, value)?;
+        }
+        Ok(settings)
     }
 
     /// Overlays `higher`: each key it sets replaces this layer's value.
@@ -697,7 +751,8 @@ impl Default for Config {
             goaway_window: Duration::from_secs(10),
             log_format: LogFormat::Text,
             log_level: LevelFilter::INFO,
-            admin: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            // Off in a build without the admin API, so that the defaults are valid in every build.
+            admin: cfg!(feature = "admin").then_some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             admin_token_file: None,
             tls_cert: None,
             tls_key: None,
@@ -757,6 +812,7 @@ impl Config {
 
     /// Checks the rules that involve more than one key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_features()?;
         let fail = |key, reason: String| Err(ConfigError::Contradiction { key, reason });
         if self.listen.is_empty() {
             return fail("listen", "at least one address is needed".into());
@@ -971,6 +1027,32 @@ impl Config {
             }
         }
         self.nats.validate(&self.gateway_name())
+    }
+
+    /// Refuses a value that needs a Cargo feature this build was made without: the keys stay
+    /// known in every build, so a file written for the daemon is refused by name, not as a typo.
+    fn check_features(&self) -> Result<(), ConfigError> {
+        let built = [
+            ("admin", cfg!(feature = "admin")),
+            ("tls", cfg!(feature = "tls")),
+            ("nats", cfg!(feature = "nats")),
+        ];
+        let needs = [
+            ("admin", "admin", self.admin.is_some()),
+            ("admin_token_file", "admin", self.admin_token_file.is_some()),
+            ("tls_cert", "tls", self.tls_cert.is_some()),
+            ("tls_key", "tls", self.tls_key.is_some()),
+            ("tls_client_ca", "tls", self.tls_client_ca.is_some()),
+            ("nats_url", "nats", self.nats.enabled()),
+            ("sink", "nats", self.sink == SinkSpec::JetStream),
+        ];
+        match needs
+            .into_iter()
+            .find(|&(_, feature, set)| set && !built.contains(&(feature, true)))
+        {
+            Some((key, feature, _)) => Err(ConfigError::NotBuilt { key, feature }),
+            None => Ok(()),
+        }
     }
 
     /// This gateway's name: `gateway_name`, or the host name and the first listen port, in the
@@ -1655,6 +1737,47 @@ mod tests {
         assert_eq!(
             config.effective_user_timeout(),
             Some(Duration::from_secs(60))
+        );
+    }
+
+    /// The refusal a build without the feature gives, for `pairs` set.
+    #[cfg(any(not(feature = "admin"), not(feature = "tls"), not(feature = "nats")))]
+    fn refusal(pairs: &[(&str, &str)]) -> String {
+        Config::from_settings(&flags(pairs))
+            .expect_err("a key of a missing feature is refused")
+            .to_string()
+    }
+
+    #[cfg(not(feature = "admin"))]
+    #[test]
+    fn without_the_admin_feature_the_admin_api_is_off_and_cannot_be_set() {
+        assert_eq!(Config::default().admin, None);
+        assert_eq!(
+            refusal(&[("admin", "127.0.0.1:9464")]),
+            "admin needs connwarden built with the \"admin\" feature"
+        );
+        assert!(Config::from_settings(&flags(&[("admin", "off")])).is_ok());
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn without_the_tls_feature_a_certificate_is_refused_by_name() {
+        assert_eq!(
+            refusal(&[("tls_cert", "/tmp/tls.crt"), ("tls_key", "/tmp/tls.key")]),
+            "tls_cert needs connwarden built with the \"tls\" feature"
+        );
+    }
+
+    #[cfg(not(feature = "nats"))]
+    #[test]
+    fn without_the_nats_feature_nats_and_its_sink_are_refused_by_name() {
+        assert_eq!(
+            refusal(&[("nats_url", "nats://127.0.0.1:4222")]),
+            "nats_url needs connwarden built with the \"nats\" feature"
+        );
+        assert_eq!(
+            refusal(&[("sink", "jetstream")]),
+            "sink needs connwarden built with the \"nats\" feature"
         );
     }
 

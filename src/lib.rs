@@ -8,11 +8,13 @@
 //! | [`config`] | one validated [`Config`] from defaults < file < environment < flags |
 //! | [`sockopt`] | keep-alive idle/interval/count, `TCP_USER_TIMEOUT`, buffers: set and read back |
 //! | [`protocol`] | the bounded JSON-object stream decoder, messages, error codes |
+//! | [`liveness`] | liveness for any protocol: your handler over a [`liveness::Connection`], with the deadlines, heartbeat, close reasons, kick, drain and registry of the gateway |
 //! | `conn` | one connection's task: reads, heartbeat, deadlines, writes, one close reason; the hello and authentication |
 //! | `buffer`, `pressure` | buffers held only while bytes are pending; the budget of partial objects (`max_buffered`) |
+//! | `schedule` | the liveness schedule any protocol's connection asks at each turn: deadlines passed, pings due, the next deadline |
 //! | `phase` | keep-alive phases: connections accepted together do not probe together |
 //! | `storm` | probe storms noticed: keep-alive closes in a burst while the kernel drops received packets |
-//! | [`registry`] | live and recently closed connections; a guard that removes the entry and records the close |
+//! | [`registry`] | live and recently closed connections; a guard that removes the entry and records the close (the entry, the guard, the closes, `TCP_INFO` and the copies handed out each in a file of `registry/`) |
 //! | [`metrics`] | Prometheus metrics: detection delay by close reason, items, queue, sink |
 //! | [`close_reason`] | the closed set of reasons a connection ends |
 //! | [`queue`] | the bounded queue and its overflow policy |
@@ -36,21 +38,29 @@
 //!
 //! 1. layer: `protocol`, `auth` (know no other module)
 //! 2. layer: `config` (checks values against what the protocol can hold)
-//! 3. layer: `sockopt`, `close_reason`, `queue`, `record`, `buffer`, `tls`, `storm`, `handover`
+//! 3. layer: `sockopt`, `close_reason`, `queue`, `record`, `buffer`, `tls`, `storm`, `handover`, `schedule`
 //! 4. layer: `metrics` (takes plain values: a reason, a duration, a [`metrics::Scrape`])
 //! 5. layer: `registry`, `pressure`, `phase`, `sink`, `client`
-//! 6. layer: `conn` (the loop and its close reasons)
+//! 6. layer: `conn`, `liveness` (the JSON connection's loop; any protocol's connection under the same watch)
 //! 7. layer: `reload`
 //! 8. layer: `view` (what `admin` and `nats` both show and do)
 //! 9. layer: `admin`, `nats`, `upgrade` (the hand-over between two processes)
 //! 10. layer: `server` (puts the pieces together, as mini-redis's does)
 //! 11. layer: `doctor` (runs a server to time its bounds)
 //!
-//! To embed the server, build a [`Server`] from a [`Config`], give it a [`sink::ChannelSink`]
-//! to receive items in your own code, and run it on listeners from [`Server::bind`] (or your
-//! own). To give your own `TcpStream` the same liveness, call [`sockopt::apply`] on it and check
-//! [`sockopt::read_back`]. See `examples/embed_server.rs`. To deliver items with acks and
+//! To serve a protocol of your own with the gateway's liveness (keep-alive read back, deadlines,
+//! heartbeat in your words, one close reason per close, kick, drain, admin API), give
+//! [`ServerBuilder::handler`] an async function over a [`liveness::Connection`]: see
+//! [`liveness`], `examples/line_echo.rs` and `examples/length_prefixed.rs`. To embed the JSON
+//! item gateway, build a [`Server`] from a [`Config`], give it a [`sink::ChannelSink`] to
+//! receive items in your own code, and run it on listeners from [`Server::bind`] (or your
+//! own); see `examples/embed_server.rs`. To deliver items with acks and
 //! resends, start a [`client::Client`]; see `examples/send_items.rs`.
+//!
+//! Heavy parts are Cargo features, all on by default through `cli` (the binary): `admin` (the
+//! HTTP admin API, axum), `tls` (rustls), `nats` (async-nats); with `default-features = false`
+//! an embedder builds none of them, and a configuration that asks for one is refused by name.
+//! The table is in README.md, "Features".
 #![warn(clippy::unwrap_used)]
 #![warn(missing_docs)]
 
@@ -64,8 +74,14 @@ mod conn;
 pub mod doctor;
 #[cfg(target_os = "linux")]
 pub mod handover;
+pub mod liveness;
 pub mod metrics;
+#[cfg(feature = "nats")]
 pub mod nats;
+// Without the feature, what the server calls: a `nats_url` is refused before it would connect.
+#[cfg(not(feature = "nats"))]
+#[path = "nats/off.rs"]
+mod nats;
 mod phase;
 mod pressure;
 pub mod protocol;
@@ -73,11 +89,17 @@ pub mod queue;
 pub mod record;
 pub mod registry;
 pub mod reload;
+mod schedule;
 pub mod server;
 pub mod sink;
 pub mod sockopt;
 mod storm;
+#[cfg(feature = "tls")]
 pub mod tls;
+// Without the feature, sessions that never exist: `tls_cert` is refused before a listener opens.
+#[cfg(not(feature = "tls"))]
+#[path = "tls/off.rs"]
+mod tls;
 #[cfg(target_os = "linux")]
 pub mod upgrade;
 pub mod view;

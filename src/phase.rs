@@ -31,8 +31,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Keepalive;
+use crate::config::{Config, Keepalive};
 use crate::registry::Registry;
+use crate::schedule::Heartbeat;
 
 /// Below this idle, no phase: the kernel counts `TCP_KEEPIDLE` in whole seconds.
 const MIN_SPREAD_IDLE: Duration = Duration::from_secs(2);
@@ -65,6 +66,22 @@ impl Phases {
     /// Says that a connection was given a shortened first idle: [`restore`] looks for it.
     pub fn given(&self) {
         self.pending.notify_one();
+    }
+}
+
+/// The heartbeat's part of a connection's schedule ([`crate::schedule`]), under `params` (the
+/// configuration it was accepted under): its interval and misses, the pings sent since the
+/// peer was last heard, and, until the first was sent (`pinged`), the connection's phase.
+pub(crate) fn heartbeat(params: &Config, id: u64, pings_sent: u32, pinged: bool) -> Heartbeat {
+    let interval = params.heartbeat_interval;
+    Heartbeat {
+        interval,
+        misses: params.heartbeat_misses,
+        pings_sent,
+        early: match pinged {
+            true => Duration::ZERO,
+            false => first_ping_early(id, interval),
+        },
     }
 }
 

@@ -11,6 +11,7 @@
 //! without an I/O wrapper, on the connection's own socket and buffers, so that a plain
 //! connection pays nothing for TLS being possible.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::UnbufferedServerConnection;
 use rustls::ServerConfig;
+use tokio::net::TcpStream;
 
 use crate::buffer::{release_if_empty, READ_CHUNK};
 use crate::close_reason::CloseReason;
@@ -574,6 +576,26 @@ impl ClientTls {
         };
         rustls::pki_types::ServerName::try_from(host.to_owned())
     }
+}
+
+/// A client's connection over TLS.
+pub(crate) type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+impl ClientTls {
+    /// Shakes hands over `stream` with the server at `addr` (`host:port`), which must present a
+    /// certificate for the name [`ClientTls::name_for`] gives.
+    pub(crate) async fn connect(&self, addr: &str, stream: TcpStream) -> io::Result<ClientStream> {
+        let name = self
+            .name_for(addr)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.config));
+        connector.connect(name, stream).await
+    }
+}
+
+/// The TCP socket under a client's TLS connection.
+pub(crate) fn tcp_of(stream: &ClientStream) -> &TcpStream {
+    stream.get_ref().0
 }
 
 /// The host part of `host:port` (`[v6]:port` too).

@@ -16,7 +16,14 @@
 //! connection (`TCP_INFO` is one system call each) runs on the blocking pool, and the registry
 //! is locked a bounded chunk at a time, so neither the runtime's workers nor the connections'
 //! opens and closes wait behind a listing.
+//!
+//! The HTTP side (`router`, `serve`, the live page: `api.rs`, `page.rs`) is the `admin` feature
+//! (axum). Without it this module keeps what the server tracks either way: its readiness, the
+//! token file read at start, and the [`AdminHandle`] the routes would read.
 
+#[cfg(feature = "admin")]
+mod api;
+#[cfg(feature = "admin")]
 mod page;
 
 use std::net::SocketAddr;
@@ -24,26 +31,16 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use axum::extract::{Path as UrlPath, Query, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use subtle::ConstantTimeEq;
-
 pub use crate::view::listing::{
     BadParameter, ClosedQuery, ConnQuery, PeerFilter, SortKey, DEFAULT_LIMIT, MAX_LIMIT,
 };
+#[cfg(feature = "admin")]
+pub use api::{router, serve, ApiError};
 
 use crate::metrics::Metrics;
 use crate::queue::Monitor;
 use crate::record::Record;
 use crate::registry::Registry;
-use crate::view;
-
-/// The content type of the Prometheus text exposition format.
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Whether the server takes traffic, for `/readyz`.
 #[derive(Debug, Default)]
@@ -66,7 +63,8 @@ impl Readiness {
         self.0.store(DRAINING, Ordering::Release);
     }
 
-    fn state(&self) -> &'static str {
+    /// `starting`, `ready` or `draining`, as `/readyz` says it.
+    pub fn state(&self) -> &'static str {
         match self.0.load(Ordering::Acquire) {
             STARTING => "starting",
             READY => "ready",
@@ -128,17 +126,6 @@ impl Token {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// Whether `Authorization: Bearer <token>` carries this token, compared in constant time.
-    fn admits(&self, authorization: Option<&HeaderValue>) -> bool {
-        let Some(given) = authorization
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
-            return false;
-        };
-        given.trim().as_bytes().ct_eq(self.0.as_bytes()).into()
-    }
 }
 
 /// What the admin API reads and acts on.
@@ -158,248 +145,18 @@ pub struct AdminHandle {
     pub reloader: crate::Reloader,
 }
 
-/// The admin routes, to serve as they are or to mount on an application of one's own.
-pub fn router(handle: AdminHandle) -> Router {
-    let guarded = Router::new()
-        .route("/readyz", get(readyz))
-        .route("/connections", get(list_connections))
-        .route(
-            "/connections/{id}",
-            get(get_connection).delete(kick_connection),
-        )
-        .route("/closed", get(list_closed))
-        .route("/metrics", get(metrics))
-        .route("/config", get(config))
-        .route_layer(middleware::from_fn_with_state(
-            handle.clone(),
-            require_token,
-        ));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .merge(page::routes())
-        .merge(guarded)
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(handle)
-}
-
-/// Serves [`router`] on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    handle: AdminHandle,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+/// Without the `admin` feature there is no HTTP server: `Config::validate` refuses `admin`, so
+/// the server never calls this.
+#[cfg(not(feature = "admin"))]
+pub(crate) async fn serve(
+    _listener: tokio::net::TcpListener,
+    _handle: AdminHandle,
+    _shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(handle))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// An error answer: a status and the one JSON shape of [`view::ErrorBody`].
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn internal(error: impl std::fmt::Display) -> ApiError {
-        tracing::error!(error = %error, "admin request failed");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            error.to_string(),
-        )
-    }
-}
-
-impl From<BadParameter> for ApiError {
-    fn from(error: BadParameter) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", error.0)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = view::ErrorBody {
-            error: view::ErrorDetail {
-                code: self.code.to_owned(),
-                message: self.message,
-            },
-        };
-        let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
-    }
-}
-
-async fn require_token(
-    State(handle): State<AdminHandle>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    if let Some(token) = &handle.token {
-        if !token.admits(request.headers().get(header::AUTHORIZATION)) {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this endpoint needs the header Authorization: Bearer <token> (the token in admin_token_file)",
-            ));
-        }
-    }
-    Ok(next.run(request).await)
-}
-
-async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such endpoint; see / (the live page), /connections, /closed, /metrics, /healthz, /readyz",
-    )
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this endpoint does not take that method",
-    )
-}
-
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
-}
-
-async fn readyz(State(handle): State<AdminHandle>) -> Response {
-    let state = handle.readiness.state();
-    let sink_healthy = handle.metrics.sink_healthy();
-    let nats_connected = handle.metrics.nats_ready();
-    let ready = state == "ready" && sink_healthy && nats_connected;
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = serde_json::json!({
-        "ready": ready,
-        "state": state,
-        "sink_healthy": sink_healthy,
-        "nats_connected": nats_connected,
-    });
-    (status, Json(body)).into_response()
-}
-
-/// Runs `work` on the blocking pool: it reads every connection or formats a large answer.
-async fn off_the_runtime<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(ApiError::internal)
-}
-
-/// JSON made on the blocking pool, so a page of 10,000 entries is not formatted on a worker.
-fn json_response(bytes: Vec<u8>) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
-}
-
-fn to_json(value: &impl serde::Serialize) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(value).map_err(ApiError::internal)
-}
-
-async fn list_connections(
-    State(handle): State<AdminHandle>,
-    Query(pairs): Query<Vec<(String, String)>>,
-) -> Result<Response, ApiError> {
-    let query = ConnQuery::parse(pairs)?;
-    let registry = handle.registry.clone();
-    let bytes = off_the_runtime(move || to_json(&query.run(&registry))).await??;
-    Ok(json_response(bytes))
-}
-
-async fn list_closed(
-    State(handle): State<AdminHandle>,
-    Query(pairs): Query<Vec<(String, String)>>,
-) -> Result<Response, ApiError> {
-    let query = ClosedQuery::parse(pairs)?;
-    let registry = handle.registry.clone();
-    let bytes = off_the_runtime(move || to_json(&query.run(&registry))).await??;
-    Ok(json_response(bytes))
-}
-
-fn parse_id(text: &str) -> Result<u64, ApiError> {
-    text.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("connection id {text:?}: expected a whole number"),
-        )
-    })
-}
-
-fn no_such_connection(id: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no live connection {id} (see GET /closed for closed ones)"),
-    )
-}
-
-async fn get_connection(
-    State(handle): State<AdminHandle>,
-    UrlPath(id): UrlPath<String>,
-) -> Result<Json<view::Connection>, ApiError> {
-    let id = parse_id(&id)?;
-    view::connection(&handle.registry, id)
-        .map(Json)
-        .ok_or_else(|| no_such_connection(id))
-}
-
-/// 200 with what the connection was once its close is recorded; 202 if it had not closed
-/// within the wait.
-async fn kick_connection(
-    State(handle): State<AdminHandle>,
-    UrlPath(id): UrlPath<String>,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    let kicked = view::kick(&handle.registry, id, "admin API")
-        .await
-        .ok_or_else(|| no_such_connection(id))?;
-    let status = if kicked.closed {
-        StatusCode::OK
-    } else {
-        StatusCode::ACCEPTED
-    };
-    Ok((status, Json(kicked.view)).into_response())
-}
-
-async fn metrics(State(handle): State<AdminHandle>) -> Result<Response, ApiError> {
-    let text = off_the_runtime(move || {
-        let now = handle
-            .registry
-            .scrape(handle.metrics.keepalive_idle(), handle.queue.stats());
-        handle.metrics.render(&now)
-    })
-    .await?;
-    Ok(([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text).into_response())
-}
-
-/// The configuration in force (after any reload), as the TOML file writes it.
-async fn config(State(handle): State<AdminHandle>) -> Response {
-    let text = handle.reloader.config().to_toml();
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "admin needs connwarden built with the \"admin\" feature",
+    ))
 }
 
 /// Where the admin API listens and the live page's address, for logs.

@@ -3,7 +3,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -11,6 +10,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use super::ClientConfig;
 use crate::sockopt::{self, SocketOptions, SockoptError};
+use crate::tls::{self, ClientStream};
 
 /// Why a connection could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,7 @@ pub enum DialError {
 /// An open connection: plain TCP, or TLS over it.
 pub(super) enum Transport {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<ClientStream>),
 }
 
 impl Transport {
@@ -71,7 +71,7 @@ impl Transport {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Transport::Plain(stream) => stream,
-            Transport::Tls(stream) => stream.get_ref().0,
+            Transport::Tls(stream) => tls::tcp_of(stream),
         }
     }
 }
@@ -111,11 +111,7 @@ async fn connect_to(addr: &str, config: &ClientConfig) -> Result<Transport, Dial
         addr: addr.to_owned(),
         source,
     };
-    let name = tls
-        .name_for(addr)
-        .map_err(|e| tls_error(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
-    match tokio::time::timeout(config.connect_timeout, connector.connect(name, stream)).await {
+    match tokio::time::timeout(config.connect_timeout, tls.connect(addr, stream)).await {
         Ok(Ok(stream)) => Ok(Transport::Tls(Box::new(stream))),
         Ok(Err(error)) => Err(tls_error(error)),
         Err(_) => Err(tls_error(io::Error::new(

@@ -12,15 +12,14 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf};
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::client::TlsStream;
 
 use super::dial::{DialError, Transport};
 use super::{ClientConfig, Delivery, Progress};
 use crate::close_reason::CloseReason;
 use crate::protocol::{parse_reply, Decoder, ErrorCode, Frame, Reply};
 use crate::sockopt;
+use crate::tls::{self, ClientStream};
 
 /// Output the client gathers before writing; also the most it holds unwritten.
 const OUT_TARGET: usize = 64 * 1024;
@@ -113,7 +112,7 @@ impl Reader for OwnedReadHalf {
 /// The reading half of a TLS connection, and a duplicate of its socket's descriptor (the TLS
 /// stream, once split, no longer lends its socket).
 struct TlsReader {
-    half: ReadHalf<TlsStream<TcpStream>>,
+    half: ReadHalf<ClientStream>,
     socket: Option<socket2::Socket>,
 }
 
@@ -145,7 +144,7 @@ pub(super) async fn run(
             run_on(&mut reader, &mut writer, config, delivery).await
         }
         Transport::Tls(stream) => {
-            let socket = SockRef::from(stream.get_ref().0).try_clone().ok();
+            let socket = SockRef::from(tls::tcp_of(&stream)).try_clone().ok();
             let (half, mut writer) = tokio::io::split(*stream);
             let mut reader = TlsReader { half, socket };
             run_on(&mut reader, &mut writer, config, delivery).await

@@ -1,6 +1,7 @@
-//! The connection's deadlines: the handshake, authentication, write, heartbeat, idle, frame and
-//! age limits checked at every turn of the loop, the pings and the `max_age` notice sent when
-//! due, and the one timer pointed at the next deadline.
+//! The connection's deadlines: the liveness schedule ([`crate::schedule`]) asked at every turn
+//! of the loop with this connection's clocks, what it finds due answered in the JSON protocol's
+//! words (an error line, a `ping`, the `max_age` notice), and the one timer pointed at the next
+//! deadline.
 
 use tokio::time::Instant;
 
@@ -9,12 +10,13 @@ use super::{notice, Close, Connection, Flags};
 use crate::close_reason::CloseReason;
 use crate::config::Config;
 use crate::protocol::{ErrorCode, Outbound};
+use crate::schedule::{Clocks, Due};
 
 impl Connection {
-    /// Points the timer at the next deadline, creating it on first need and dropping it when
-    /// no deadline is left.
-    pub(super) fn arm_timer(&mut self, now: Instant, live: &Config) {
-        match (self.next_deadline(now, live), &mut self.timer) {
+    /// Points the timer at the next deadline of `clocks`, creating it on first need and
+    /// dropping it when no deadline is left.
+    pub(super) fn arm_timer(&mut self, clocks: &Clocks, live: &Config) {
+        match (clocks.next(live), &mut self.timer) {
             (None, timer) => *timer = None,
             (Some(at), Some(timer)) => {
                 if timer.deadline() != at {
@@ -25,116 +27,80 @@ impl Connection {
         }
     }
 
-    /// How much sooner than `interval` of silence the first ping leaves: connections accepted
-    /// together do not ping together. Zero once a ping was sent (the phase stays: the next
-    /// silence starts at the answer).
-    fn ping_early(&self, interval: std::time::Duration) -> std::time::Duration {
-        if self.flags.contains(Flags::PINGED) {
-            return std::time::Duration::ZERO;
+    /// This connection's timing state for the schedule, as of `now`.
+    fn clocks(&self, now: Instant) -> Clocks {
+        let heartbeat = self.flags.contains(Flags::HEARTBEAT).then(|| {
+            let pinged = self.flags.contains(Flags::PINGED);
+            let pings = self.pings_sent.into();
+            crate::phase::heartbeat(&self.shared.params, self.info.id, pings, pinged)
+        });
+        Clocks {
+            started: self.started(),
+            last_in: self.at(self.last_in),
+            out_since: (!self.out.is_empty()).then(|| self.at(self.out_since)),
+            frame_since: self
+                .mid_object()
+                .then(|| now.checked_sub(self.frame_age(now)).unwrap_or(now)),
+            handshaking: self.handshaking(),
+            awaiting_auth: self.awaits_authentication(),
+            heartbeat,
+            max_age_noticed: self.flags.contains(Flags::MAX_AGE_NOTICED),
         }
-        crate::phase::first_ping_early(self.info.id, interval)
     }
 
     /// Ends the connection when a deadline passed, and sends the pings and the `max_age`
     /// notice that are due. The heartbeat follows the configuration the connection was
-    /// accepted under (its `hello` announced it); the other deadlines follow `live`.
-    pub(super) fn check_timers(&mut self, now: Instant, live: &Config) -> Result<(), Close> {
-        if self.handshaking() && now >= self.started() + live.handshake_timeout {
-            return Err(CloseReason::HandshakeTimeout.into());
-        }
-        if self.awaits_authentication() && now >= self.started() + live.auth_timeout {
-            return Err(unauthorized(
-                "no hello with a valid token within auth_timeout",
-            ));
-        }
-        if !self.out.is_empty() && now >= self.at(self.out_since) + live.write_timeout {
-            return Err(CloseReason::WriteTimeout.into());
-        }
-        let silence = now.saturating_duration_since(self.at(self.last_in));
-        if self.flags.contains(Flags::HEARTBEAT) {
-            let interval = self.shared.params.heartbeat_interval;
-            if silence >= interval * self.shared.params.heartbeat_misses {
-                return Err(CloseReason::HeartbeatTimeout.into());
+    /// accepted under (its `hello` announced it); the other deadlines follow `live`. Returns
+    /// the clocks as they are after what was sent, for the timer.
+    pub(super) fn check_timers(&mut self, now: Instant, live: &Config) -> Result<Clocks, Close> {
+        loop {
+            let clocks = self.clocks(now);
+            let Some(due) = clocks.due(now, live) else {
+                return Ok(clocks);
+            };
+            match due {
+                Due::Ping => {
+                    self.flags.insert(Flags::PINGED);
+                    self.pings_sent += 1;
+                    self.info.heartbeat(true, self.pings_sent.into());
+                    self.send(&Outbound::Ping);
+                }
+                Due::MaxAgeNotice => {
+                    self.flags.insert(Flags::MAX_AGE_NOTICED);
+                    let message = format!(
+                        "connection reached its maximum age; it closes in {}: reconnect",
+                        humantime::format_duration(live.max_age_grace)
+                    );
+                    self.send(&Outbound::Error {
+                        code: ErrorCode::MaxAge,
+                        message: message.into(),
+                        id: None,
+                    });
+                }
+                Due::Close(reason) => return Err(self.deadline_passed(reason, live)),
             }
-            if silence + self.ping_early(interval) >= interval * (u32::from(self.pings_sent) + 1) {
-                self.flags.insert(Flags::PINGED);
-                self.pings_sent += 1;
-                self.info.heartbeat(true, self.pings_sent.into());
-                self.send(&Outbound::Ping);
+        }
+    }
+
+    /// The close of a deadline that passed, with what the peer is told.
+    fn deadline_passed(&self, reason: CloseReason, live: &Config) -> Close {
+        match reason {
+            CloseReason::Unauthorized => {
+                unauthorized("no hello with a valid token within auth_timeout")
             }
-        }
-        if live.idle_timeout.is_some_and(|idle| silence >= idle) {
-            return Err(CloseReason::IdleTimeout.into());
-        }
-        if let Some(limit) = live.frame_timeout {
-            if self.mid_object() && self.frame_age(now) >= limit {
+            CloseReason::FrameTimeout => {
                 self.shared.metrics.item_refused(ErrorCode::FrameTimeout);
+                let limit = live.frame_timeout.unwrap_or_default();
                 tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, frame_timeout_ms = limit.as_millis() as u64, "object not finished within frame_timeout");
-                return Err(Close {
-                    reason: CloseReason::FrameTimeout,
+                Close {
+                    reason,
                     notice: notice(
                         ErrorCode::FrameTimeout,
                         "an object did not end within frame_timeout; closing",
                     ),
-                });
+                }
             }
+            reason => reason.into(),
         }
-        if let Some(max_age) = live.max_age {
-            let age = now.saturating_duration_since(self.started());
-            if age >= max_age + live.max_age_grace {
-                return Err(CloseReason::MaxAge.into());
-            }
-            if age >= max_age && !self.flags.contains(Flags::MAX_AGE_NOTICED) {
-                self.flags.insert(Flags::MAX_AGE_NOTICED);
-                let message = format!(
-                    "connection reached its maximum age; it closes in {}: reconnect",
-                    humantime::format_duration(live.max_age_grace)
-                );
-                self.send(&Outbound::Error {
-                    code: ErrorCode::MaxAge,
-                    message: message.into(),
-                    id: None,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    fn next_deadline(&self, now: Instant, live: &Config) -> Option<Instant> {
-        let params = &self.shared.params;
-        let mut next: Option<Instant> = None;
-        let mut earliest = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
-        if self.handshaking() {
-            earliest(self.started() + live.handshake_timeout);
-        }
-        if self.awaits_authentication() {
-            earliest(self.started() + live.auth_timeout);
-        }
-        if !self.out.is_empty() {
-            earliest(self.at(self.out_since) + live.write_timeout);
-        }
-        if self.flags.contains(Flags::HEARTBEAT) {
-            let interval = params.heartbeat_interval;
-            let last_in = self.at(self.last_in);
-            earliest(
-                last_in + interval * (u32::from(self.pings_sent) + 1) - self.ping_early(interval),
-            );
-            earliest(last_in + interval * params.heartbeat_misses);
-        }
-        if let Some(idle) = live.idle_timeout {
-            earliest(self.at(self.last_in) + idle);
-        }
-        if let (Some(limit), true) = (live.frame_timeout, self.mid_object()) {
-            earliest(now + limit.saturating_sub(self.frame_age(now)));
-        }
-        if let Some(max_age) = live.max_age {
-            let at = if self.flags.contains(Flags::MAX_AGE_NOTICED) {
-                max_age + live.max_age_grace
-            } else {
-                max_age
-            };
-            earliest(self.started() + at);
-        }
-        next
     }
 }

@@ -197,6 +197,6 @@ pub(crate) fn resume(
     Ok(ConnTask {
         conn: Some(conn),
         guard: Some(guard),
-        closing: None,
+        flushing: None,
     })
 }

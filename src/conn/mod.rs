@@ -44,7 +44,7 @@ use tokio::time::{Instant, Sleep};
 
 #[cfg(target_os = "linux")]
 pub(crate) use handed::{resume, Departed, HandedState};
-pub(crate) use shared::{ConnShared, Live, Stage};
+pub(crate) use shared::{reloaded_options, ConnShared, Live, Stage};
 
 use crate::buffer::{release_if_empty, READ_CHUNK};
 use crate::close_reason::CloseReason;
@@ -54,7 +54,7 @@ use crate::protocol::{self, Decoder, ErrorCode, Inbound, Item, ItemError, Outbou
 use crate::queue::{Producer, Pushed};
 use crate::record::{Answered, Origin, Record, Replies};
 use crate::registry::{ConnGuard, ConnInfo};
-use crate::sockopt::{self, SocketOptions};
+use crate::sockopt;
 use crate::tls::{self, RecordsRead, TlsSession};
 use hello::{unauthorized, AUTHENTICATE_FIRST};
 
@@ -66,12 +66,13 @@ const CLOSING_FLUSH: Duration = Duration::from_secs(1);
 
 /// What woke the connection's loop.
 enum Event {
-    Close,
-    /// The server asked the connection to close: a kick, or memory pressure.
+    /// The server asked the connection to close: a kick, memory pressure, or the shutdown's
+    /// last stage.
     Asked(CloseReason),
     /// The server asked the client to reconnect within this window (`goaway`).
     GoAway(Duration),
-    StopReading,
+    /// The shutdown's first stage (or a hand-over): read what already arrived, then no more.
+    Drain,
     Writable(io::Result<()>),
     Unblocked(Unblocked),
     Reply(Option<Answered>),
@@ -111,7 +112,7 @@ pub(crate) fn run(
             tls,
         )),
         guard: Some(guard),
-        closing: None,
+        flushing: None,
     }
 }
 
@@ -129,17 +130,17 @@ pub(crate) struct ConnTask {
     conn: Option<Connection>,
     /// The last flush, once the connection decided to close; it gives the connection back, so
     /// that the socket outlives the registry entry.
-    closing: Option<Closing>,
+    flushing: Option<LastFlush>,
 }
 
 /// The boxed last flush: it ends with the reason and gives the connection back.
-type Closing = Pin<Box<dyn Future<Output = (CloseReason, Connection)> + Send>>;
+type LastFlush = Pin<Box<dyn Future<Output = (CloseReason, Connection)> + Send>>;
 
 impl ConnTask {
     /// Removes the registry entry and records the close, then closes the socket: now rather
     /// than when the task is freed.
     fn close(&mut self, reason: CloseReason) -> Poll<()> {
-        if let Some(mut guard) = self.guard.take() {
+        if let Some(guard) = self.guard.take() {
             guard.close(reason);
         }
         self.conn = None;
@@ -152,9 +153,9 @@ impl Future for ConnTask {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
-        if let Some(closing) = &mut this.closing {
-            let (reason, conn) = std::task::ready!(closing.as_mut().poll(cx));
-            this.closing = None;
+        if let Some(flushing) = &mut this.flushing {
+            let (reason, conn) = std::task::ready!(flushing.as_mut().poll(cx));
+            this.flushing = None;
             this.conn = Some(conn);
             return this.close(reason);
         }
@@ -162,9 +163,13 @@ impl Future for ConnTask {
             return Poll::Ready(());
         };
         match std::task::ready!(conn.poll_serve(cx)) {
-            Ok(End::Closed(reason)) => this.close(reason),
+            // An orderly end, nothing to tell: closed now.
+            Err(Close {
+                reason,
+                notice: None,
+            }) if !conn.is_tls() => this.close(reason),
             #[cfg(target_os = "linux")]
-            Ok(End::Departs) => {
+            Ok(Departs) => {
                 let conn = this.conn.take().expect("checked above");
                 let guard = this.guard.take().expect("taken only at the end");
                 let shared = Arc::clone(&conn.shared);
@@ -180,20 +185,17 @@ impl Future for ConnTask {
                     // shutdown that follows.
                     Some(false) => drop(guard),
                     // No copy of the socket.
-                    None => {
-                        let mut guard = guard;
-                        guard.close(CloseReason::InternalError);
-                    }
+                    None => guard.close(CloseReason::InternalError),
                 }
                 Poll::Ready(())
             }
             // Nothing moves off Linux (`Live::moving` stays false).
             #[cfg(not(target_os = "linux"))]
-            Ok(End::Departs) => this.close(CloseReason::Shutdown),
+            Ok(Departs) => this.close(CloseReason::Shutdown),
             Err(close) => {
                 let conn = this.conn.take().expect("checked above");
                 // Boxed: the flush's timer and futures exist only while closing.
-                this.closing = Some(Box::pin(conn.finish(close)));
+                this.flushing = Some(Box::pin(conn.finish(close)));
                 // Poll once now, so the flush starts and registers its wake-ups.
                 Pin::new(this).poll(cx)
             }
@@ -201,15 +203,12 @@ impl Future for ConnTask {
     }
 }
 
-/// How the loop ends without a notice.
-enum End {
-    /// Orderly, with nothing left to send.
-    Closed(CloseReason),
-    /// To go on in another process ([`handed`]): quiet, with every reply owed in its output.
-    Departs,
-}
+/// The loop's one end that is not a close: the connection goes on in another process
+/// ([`handed`]), quiet, with every reply owed in its output.
+struct Departs;
 
-/// Why the loop stops, and what to tell the peer first.
+/// A close the connection decided: its one reason, and what the peer is told first (nothing
+/// for an orderly end).
 struct Close {
     reason: CloseReason,
     notice: Option<Outbound>,
@@ -278,6 +277,10 @@ fn session(extras: &mut Option<Box<Extras>>) -> Option<&mut TlsSession> {
 /// The close the server asked for, with what the peer is told.
 fn asked_to_close(reason: CloseReason) -> Close {
     let notice = match reason {
+        CloseReason::Shutdown => notice(
+            ErrorCode::ShuttingDown,
+            "the server is shutting down; reconnect later",
+        ),
         CloseReason::MemoryPressure => notice(
             ErrorCode::MemoryPressure,
             "the server holds too many partial objects and this connection held one of the largest; closing",
@@ -412,20 +415,19 @@ impl Connection {
         }
     }
 
-    /// The loop. `Ok` is an orderly end with nothing left to send, or a departure; `Err`
-    /// closes after a notice.
-    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Result<End, Close>> {
+    /// The loop. It ends with a close (an orderly one has no notice), or a departure.
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Result<Departs, Close>> {
         loop {
             self.process_buffered()?;
             let replies_ended = self.replies.as_ref().is_none_or(|r| r.rx.is_none());
             if self.flags.contains(Flags::EOF) && replies_ended && self.out.is_empty() {
-                return Poll::Ready(Ok(End::Closed(self.orderly_reason())));
+                return Poll::Ready(Err(self.orderly_reason().into()));
             }
             let quiet = !self.flags.intersects(Flags::READING | Flags::EOF)
                 && self.blocked.is_none()
                 && replies_ended;
             if quiet && self.moves() {
-                return Poll::Ready(Ok(End::Departs));
+                return Poll::Ready(Ok(Departs));
             }
             let now = Instant::now();
             // The count before the configuration: a reload in between is seen at the next turn.
@@ -435,18 +437,9 @@ impl Connection {
                 self.options_seen = options_changes;
                 self.reapply_socket_options(&live);
             }
-            self.check_timers(now, &live)?;
-            self.arm_timer(now, &live);
+            let clocks = self.check_timers(now, &live)?;
+            self.arm_timer(&clocks, &live);
             match std::task::ready!(self.poll_event(cx)) {
-                Event::Close => {
-                    return Poll::Ready(Err(Close {
-                        reason: CloseReason::Shutdown,
-                        notice: notice(
-                            ErrorCode::ShuttingDown,
-                            "the server is shutting down; reconnect later",
-                        ),
-                    }))
-                }
                 Event::Asked(reason) => {
                     if reason == CloseReason::MemoryPressure {
                         self.shared.metrics.item_refused(ErrorCode::MemoryPressure);
@@ -458,7 +451,7 @@ impl Connection {
                 Event::GoAway(within) => self.send(&Outbound::GoAway {
                     reconnect_within_ms: within.as_millis() as u64,
                 }),
-                Event::StopReading => {
+                Event::Drain => {
                     self.read_what_arrived()?;
                     self.flags.remove(Flags::READING);
                 }
@@ -499,8 +492,8 @@ impl Connection {
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         self.info.register_control(cx.waker());
         let stage = self.shared.live.stage();
-        if stage == Stage::Close {
-            return Poll::Ready(Event::Close);
+        if stage == Stage::Closing {
+            return Poll::Ready(Event::Asked(CloseReason::Shutdown));
         }
         if let Some(reason) = self.info.closing_reason() {
             return Poll::Ready(Event::Asked(reason));
@@ -513,9 +506,9 @@ impl Connection {
             self.flags.insert(Flags::STAYS);
             self.shared.live.count_staying(true);
         }
-        let stops = stage == Stage::StopReading || handing_over;
+        let stops = stage == Stage::Draining || handing_over;
         if stops && self.flags.contains(Flags::READING) {
-            return Poll::Ready(Event::StopReading);
+            return Poll::Ready(Event::Drain);
         }
         if !self.out.is_empty() {
             if let Poll::Ready(ready) = self.stream.poll_write_ready(cx) {
@@ -1006,11 +999,7 @@ impl Connection {
     /// after a reload: Linux takes them on an established socket and re-arms its keep-alive
     /// timer. A failure leaves the options the socket had.
     fn reapply_socket_options(&self, live: &Config) {
-        let mut options = SocketOptions::from_config(live);
-        // A phase not yet put back stays: the reload must not line the probes up again.
-        if let Some(first) = self.info.keepalive_first_idle() {
-            options.keepalive.idle = first.min(options.keepalive.idle);
-        }
+        let options = reloaded_options(live, &self.info);
         if let Err(error) = sockopt::apply(SockRef::from(&self.stream), &options) {
             tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, option = error.option, error = %error.source, "cannot apply the reloaded socket options; the previous ones stay");
         }

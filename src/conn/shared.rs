@@ -18,8 +18,19 @@ use crate::auth::ClientTokens;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pressure::{Budgeted, BufferBudget};
-use crate::registry::Registry;
+use crate::registry::{ConnInfo, Registry};
 use crate::sockopt::SocketOptions;
+
+/// The socket options a live connection is given again after a reload changed them: those of
+/// `live`, but a keep-alive phase not yet put back stays, so that the reload does not line the
+/// probes up again.
+pub(crate) fn reloaded_options(live: &Config, info: &ConnInfo) -> SocketOptions {
+    let mut options = SocketOptions::from_config(live);
+    if let Some(first) = info.keepalive_first_idle() {
+        options.keepalive.idle = first.min(options.keepalive.idle);
+    }
+    options
+}
 
 /// The server's lifecycle as connections see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -29,10 +40,12 @@ pub(crate) enum Stage {
     /// An upgrade: the connections that can move stop reading (what already arrived is still
     /// queued), take their replies and leave for the new process ([`Live::hand_over`]).
     HandOver = 1,
-    /// First stage of shutdown: take no more items (what already arrived is still queued).
-    StopReading = 2,
-    /// Second stage: close now, after a brief flush.
-    Close = 3,
+    /// First stage of shutdown: take no new work (what already arrived is still queued); a
+    /// handler of the liveness layer is told [`crate::liveness::Signal::Drain`].
+    Draining = 2,
+    /// Second stage: every connection is asked to close (reason `shutdown`), after a brief
+    /// flush.
+    Closing = 3,
 }
 
 /// What every connection reads live, whichever configuration it was accepted under: the
@@ -91,7 +104,7 @@ impl Live {
     }
 
     /// Counts a connection that cannot move in, or (`false`) out as it ends.
-    pub(super) fn count_staying(&self, stays: bool) {
+    pub(crate) fn count_staying(&self, stays: bool) {
         match stays {
             true => self.staying.fetch_add(1, Ordering::AcqRel),
             false => self.staying.fetch_sub(1, Ordering::AcqRel),
@@ -126,12 +139,12 @@ impl Live {
         self.stage.fetch_max(stage as u8, Ordering::AcqRel);
     }
 
-    pub(super) fn stage(&self) -> Stage {
+    pub(crate) fn stage(&self) -> Stage {
         match self.stage.load(Ordering::Acquire) {
             0 => Stage::Running,
             1 => Stage::HandOver,
-            2 => Stage::StopReading,
-            _ => Stage::Close,
+            2 => Stage::Draining,
+            _ => Stage::Closing,
         }
     }
 
@@ -153,7 +166,7 @@ impl Live {
         }
     }
 
-    pub(super) fn options_changes(&self) -> u32 {
+    pub(crate) fn options_changes(&self) -> u32 {
         self.options_changes.load(Ordering::Acquire)
     }
 }

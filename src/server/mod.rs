@@ -16,46 +16,42 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::SockRef;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminHandle, Readiness, Token, TokenError};
-use crate::close_reason::CloseReason;
 use crate::config::{Config, ConfigError};
-use crate::conn::{self, Stage};
+use crate::conn::Live;
+use crate::liveness::{Handler, Life, Protocol};
 use crate::metrics::Metrics;
 use crate::nats;
 use crate::phase::Phases;
-use crate::protocol::{ErrorCode, Outbound};
 use crate::queue::{self, Consumer, Monitor, Producer};
 use crate::record::Record;
-use crate::registry::{ClosedConn, Registry};
+use crate::registry::Registry;
 use crate::reload::Reloader;
-use crate::sink::{self, DrainReport, ReopenHandle, Sink, SinkError};
+use crate::sink::{self, ReopenHandle, Sink, SinkError};
 use crate::sockopt::{self, ListenError, ListenerOptions, SocketOptions};
 use crate::tls::{ServerTls, TlsError};
 #[cfg(target_os = "linux")]
 use crate::upgrade::{Inherited, UpgradeError};
 
+mod accept;
+mod shutdown;
+
+use accept::Acceptor;
 #[cfg(target_os = "linux")]
 mod upgrade;
 #[cfg(target_os = "linux")]
 pub use upgrade::Upgrader;
 
-/// First wait before retrying `accept` after it ran out of a resource (`EMFILE`, `ENFILE`,
-/// `ENOBUFS`, `ENOMEM`): retrying at once would spin a core while descriptors are exhausted.
-/// The wait doubles at each failure in a row, up to [`ACCEPT_BACKOFF_MAX`] (as Go's `net/http`).
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
-/// Longest wait between two `accept` attempts while resources stay exhausted.
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often histogram samples are folded into buckets between scrapes, bounding their memory.
 const METRICS_UPKEEP: Duration = Duration::from_secs(1);
 
@@ -77,6 +73,11 @@ pub enum ServerError {
     #[error("no listener to accept on")]
     /// `run` was given no listener.
     NoListener,
+    #[error(
+        "a server with a handler of its own queues no items: a sink is for the JSON item protocol"
+    )]
+    /// The builder was given both a [`ServerBuilder::handler`] and a [`ServerBuilder::sink`].
+    SinkWithHandler,
     #[error(transparent)]
     /// The client tokens file cannot be used.
     Auth(#[from] crate::auth::AuthError),
@@ -121,6 +122,7 @@ pub enum ServerError {
 pub struct ServerBuilder {
     config: Config,
     sink: Option<Box<dyn Sink>>,
+    protocol: Option<Protocol>,
     registry: Option<Registry>,
     on_lifecycle: Option<LifecycleHook>,
     #[cfg(target_os = "linux")]
@@ -147,6 +149,44 @@ impl ServerBuilder {
     /// Items go to `sink` instead of the one the configuration names.
     pub fn sink(mut self, sink: impl Sink) -> ServerBuilder {
         self.sink = Some(Box::new(sink));
+        self
+    }
+
+    /// Serves each connection with `handler`, a protocol of your own, instead of the JSON item
+    /// protocol: the connections keep every guarantee of the layer ([`crate::liveness`]), and
+    /// no queue or sink is used (the item keys, `sink`, `queue`, `overflow`, `max_frame`,
+    /// `error_budget`, do not apply). TLS is the handler's to do (`tokio-rustls` over the
+    /// [`liveness::Connection`]), so `tls_cert` is refused here.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use connwarden::liveness::Connection;
+    /// use connwarden::{Config, Server};
+    ///
+    /// async fn discard(mut conn: Connection) -> std::io::Result<()> {
+    ///     tokio::io::copy(&mut conn, &mut tokio::io::sink()).await.map(drop)
+    /// }
+    ///
+    /// let server = Server::builder(Config::default()).handler(discard).build()?;
+    /// let listeners = server.bind()?;
+    /// server.run(listeners, std::future::pending()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn handler(mut self, handler: impl Handler) -> ServerBuilder {
+        let life = self.protocol.as_ref().map_or(Life::AnyByte, |p| p.life);
+        self.protocol = Some(Protocol {
+            handler: Arc::new(handler),
+            life,
+        });
+        self
+    }
+
+    /// Which inbound bytes are a sign of life for the [handler](ServerBuilder::handler)'s
+    /// connections (every byte, unless said otherwise). Call after `handler`.
+    pub fn life(mut self, life: Life) -> ServerBuilder {
+        if let Some(protocol) = &mut self.protocol {
+            protocol.life = life;
+        }
         self
     }
 
@@ -178,6 +218,15 @@ impl ServerBuilder {
     /// Validates the configuration, reads the admin token, creates the queue and the metrics.
     pub fn build(self) -> Result<Server, ServerError> {
         self.config.validate()?;
+        if self.protocol.is_some() && self.sink.is_some() {
+            return Err(ServerError::SinkWithHandler);
+        }
+        if self.protocol.is_some() && self.config.tls_cert.is_some() {
+            return Err(ServerError::Config(ConfigError::Unusable {
+                key: "tls_cert",
+                reason: "a handler of your own reads and writes the socket: run TLS inside it (tokio-rustls over liveness::Connection)".into(),
+            }));
+        }
         let token = match &self.config.admin_token_file {
             Some(path) => Some(Token::from_file(path)?),
             None => None,
@@ -214,6 +263,7 @@ impl ServerBuilder {
             config: self.config,
             reloader,
             sink: self.sink,
+            protocol: self.protocol,
             registry,
             producer,
             consumer,
@@ -232,6 +282,8 @@ pub struct Server {
     config: Config,
     reloader: Reloader,
     sink: Option<Box<dyn Sink>>,
+    /// A protocol of the embedder's own; `None` serves the JSON item protocol.
+    protocol: Option<Protocol>,
     registry: Registry,
     producer: Producer<Record>,
     consumer: Consumer<Record>,
@@ -275,6 +327,7 @@ impl Server {
         ServerBuilder {
             config,
             sink: None,
+            protocol: None,
             registry: None,
             on_lifecycle: None,
             #[cfg(target_os = "linux")]
@@ -386,6 +439,7 @@ impl Server {
             config,
             reloader,
             sink,
+            protocol,
             registry,
             producer,
             consumer,
@@ -430,23 +484,25 @@ impl Server {
             }
             false => None,
         };
-        let sink = match sink {
-            Some(sink) => sink,
-            None => {
-                // At an upgrade, the old process goes on appending to a file sink for a while.
-                #[cfg(target_os = "linux")]
-                let beside_another_writer = inherited.is_some();
-                #[cfg(not(target_os = "linux"))]
-                let beside_another_writer = false;
-                sink::open(
+        // At an upgrade, the old process goes on appending to a file sink for a while.
+        #[cfg(target_os = "linux")]
+        let beside_another_writer = inherited.is_some();
+        #[cfg(not(target_os = "linux"))]
+        let beside_another_writer = false;
+        let sink = match protocol {
+            // A protocol of the embedder's own queues nothing.
+            Some(_) => None,
+            None => Some(
+                open_sink(
+                    sink,
                     &config,
                     nats.as_ref(),
                     &metrics,
                     &reopen,
                     beside_another_writer,
                 )
-                .await?
-            }
+                .await?,
+            ),
         };
         let registry_task = nats.clone().map(|client| {
             let (config, registry, stop) =
@@ -463,27 +519,17 @@ impl Server {
         let monitor = consumer.monitor();
         let drain_metrics = Arc::clone(&metrics);
         let fsync = config.fsync;
-        let sink_task =
-            tokio::spawn(async move { sink::drain(consumer, sink, fsync, &drain_metrics).await });
-        let upkeep = tokio::spawn(upkeep(
-            Arc::clone(&metrics),
-            registry.clone(),
-            stop_background.clone(),
-        ));
+        let sink_task = sink.map(|sink| {
+            tokio::spawn(async move { sink::drain(consumer, sink, fsync, &drain_metrics).await })
+        });
         let live = Arc::clone(reloader.live());
-        let relief_log = tokio::spawn(crate::pressure::log_reliefs(
-            Arc::clone(&live),
-            stop_background.clone(),
-        ));
         let phases = Arc::new(Phases::default());
-        let restorer = {
-            let live = Arc::clone(&live);
-            tokio::spawn(crate::phase::restore(
-                Arc::clone(&phases),
-                registry.clone(),
-                move || live.config().keepalive,
-                stop_background.clone(),
-            ))
+        let background = Background {
+            upkeep: Background::upkeep(&metrics, &registry, &live, &phases, &stop_background),
+            admin: admin_task,
+            cluster_registry: registry_task,
+            nats,
+            stop: stop_background,
         };
         let stop_accepting = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -492,6 +538,7 @@ impl Server {
             registry: registry.clone(),
             live_connections: Arc::new(AtomicUsize::new(0)),
             producer,
+            protocol,
             metrics: Arc::clone(&metrics),
             reloader,
             tracker: tracker.clone(),
@@ -500,17 +547,7 @@ impl Server {
         #[cfg(target_os = "linux")]
         let adopting = Arc::clone(&acceptor);
         #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
-        let mut accept_tasks: Vec<JoinHandle<()>> = listeners
-            .into_iter()
-            .map(|listener| {
-                tokio::spawn(accept_loop(
-                    listener,
-                    Arc::clone(&acceptor),
-                    stop_accepting.clone(),
-                ))
-            })
-            .collect();
-        drop(acceptor);
+        let mut accept_tasks = accept::start(listeners, acceptor, &stop_accepting);
         readiness.set_ready();
         lifecycle(Lifecycle::Ready);
         #[cfg(target_os = "linux")]
@@ -563,82 +600,89 @@ impl Server {
         if handed_over.is_none() {
             lifecycle(Lifecycle::Stopping);
         }
-        let grace = live.config().shutdown_grace;
-        let deadline = Instant::now() + grace;
-        tracing::info!(
-            live = registry.len(),
-            queued = monitor.stats().depth,
-            grace_ms = grace.as_millis() as u64,
-            "shutting down"
-        );
-        stop_accepting.cancel();
-        for task in accept_tasks {
+        let stopping = shutdown::Stopping {
+            stop_accepting,
+            accept_tasks,
+            live: Arc::clone(&live),
+            registry: registry.clone(),
+            sink_task,
+            tracker,
+            monitor,
+        };
+        let report = stopping.run(handed_over).await;
+        background.join().await;
+        Ok(report)
+    }
+}
+
+/// The tasks that run beside the connections for the whole of `run`, ended and joined last.
+struct Background {
+    /// Ends the admin API, the cluster-wide registry and the upkeep tasks.
+    stop: CancellationToken,
+    admin: Option<JoinHandle<()>>,
+    cluster_registry: Option<JoinHandle<()>>,
+    nats: Option<sink::NatsClient>,
+    /// The metrics' upkeep, the memory-pressure log and the keep-alive phases' restorer.
+    upkeep: [JoinHandle<()>; 3],
+}
+
+impl Background {
+    /// Starts the metrics' upkeep (with the probe-storm samples), the log of memory-pressure
+    /// reliefs and the restorer of keep-alive phases, until `stop`.
+    fn upkeep(
+        metrics: &Arc<Metrics>,
+        registry: &Registry,
+        live: &Arc<Live>,
+        phases: &Arc<Phases>,
+        stop: &CancellationToken,
+    ) -> [JoinHandle<()>; 3] {
+        let keepalive = {
+            let live = Arc::clone(live);
+            move || live.config().keepalive
+        };
+        [
+            tokio::spawn(upkeep(Arc::clone(metrics), registry.clone(), stop.clone())),
+            tokio::spawn(crate::pressure::log_reliefs(Arc::clone(live), stop.clone())),
+            tokio::spawn(crate::phase::restore(
+                Arc::clone(phases),
+                registry.clone(),
+                keepalive,
+                stop.clone(),
+            )),
+        ]
+    }
+
+    /// Ends the tasks and waits for them; the NATS connection flushes what it holds.
+    async fn join(self) {
+        self.stop.cancel();
+        if let Some(task) = self.admin {
             let _ = task.await;
         }
-        live.enter(Stage::StopReading);
-        registry.wake_all();
-        // Keep a little of the grace for the connections' last flush.
-        let reserve = (grace / 4).min(Duration::from_secs(1));
-        let mut sink_task = sink_task;
-        let mut drained = tokio::time::timeout_at(deadline - reserve, &mut sink_task)
-            .await
-            .ok();
-        live.enter(Stage::Close);
-        registry.wake_all();
-        tracker.close();
-        let closed = tokio::time::timeout_at(deadline, tracker.wait())
-            .await
-            .is_ok();
-        if drained.is_none() {
-            drained = tokio::time::timeout_at(deadline, &mut sink_task).await.ok();
-        }
-        let drain_report = match drained {
-            Some(Ok(report)) => report,
-            Some(Err(join_error)) => {
-                tracing::error!(error = %join_error, "sink task failed");
-                DrainReport::default()
-            }
-            None => {
-                sink_task.abort();
-                DrainReport::default()
-            }
-        };
-        let report = ShutdownReport {
-            written: drain_report.written,
-            failed: drain_report.failed,
-            syncs: drain_report.syncs,
-            abandoned: monitor.stats().depth,
-            connections_left: if closed { 0 } else { registry.len() },
-            handed_over: handed_over.unwrap_or(0),
-        };
-        if report.abandoned > 0 || report.connections_left > 0 {
-            tracing::error!(
-                abandoned = report.abandoned,
-                connections_left = report.connections_left,
-                "shutdown grace ran out"
-            );
-        } else {
-            tracing::info!(
-                written = report.written,
-                failed = report.failed,
-                syncs = report.syncs,
-                "shutdown complete"
-            );
-        }
-        stop_background.cancel();
-        if let Some(task) = admin_task {
-            let _ = task.await;
-        }
-        if let Some(task) = registry_task {
+        if let Some(task) = self.cluster_registry {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
-        if let Some(client) = nats {
+        if let Some(client) = self.nats {
             let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
         }
-        let _ = upkeep.await;
-        let _ = relief_log.await;
-        let _ = restorer.await;
-        Ok(report)
+        for task in self.upkeep {
+            let _ = task.await;
+        }
+    }
+}
+
+/// The sink of the JSON item protocol: the one the builder was given, or the one the
+/// configuration names.
+async fn open_sink(
+    given: Option<Box<dyn Sink>>,
+    config: &Config,
+    nats: Option<&sink::NatsClient>,
+    metrics: &Arc<Metrics>,
+    reopen: &ReopenHandle,
+    beside_another_writer: bool,
+) -> Result<Box<dyn Sink>, ServerError> {
+    match given {
+        Some(sink) => Ok(sink),
+        None => Ok(sink::open(config, nats, metrics, reopen, beside_another_writer).await?),
     }
 }
 
@@ -750,319 +794,5 @@ fn report_start(config: &Config, options: &SocketOptions, listeners: &[TcpListen
         ) {
             tracing::warn!(netdev_max_backlog = backlog, "{message}");
         }
-    }
-}
-
-/// What the accept loops share.
-struct Acceptor {
-    registry: Registry,
-    /// Connections holding a slot, against `max_connections` in force (a reload may lower it
-    /// below this count: the live ones stay, new ones are refused until enough have closed).
-    live_connections: Arc<AtomicUsize>,
-    producer: Producer<Record>,
-    metrics: Arc<Metrics>,
-    /// The configuration and shared state of the connections accepted now.
-    reloader: Reloader,
-    tracker: TaskTracker,
-    /// The first accepted socket's options are read back once, to catch a platform that does
-    /// not inherit or accept them.
-    checked_first: AtomicBool,
-    /// Each accepted socket's keep-alive phase (its shortened first idle).
-    phases: Arc<Phases>,
-}
-
-async fn accept_loop(listener: TcpListener, acceptor: Arc<Acceptor>, stop: CancellationToken) {
-    let mut trouble: Option<AcceptTrouble> = None;
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.cancelled() => return,
-        };
-        let error = match accepted {
-            Ok((stream, peer)) => {
-                if let Some(over) = trouble.take() {
-                    over.log_recovery();
-                }
-                acceptor.admit(stream, peer);
-                continue;
-            }
-            Err(error) => error,
-        };
-        let kind = AcceptError::of(&error);
-        acceptor.metrics.accept_error(kind.as_str());
-        if !kind.exhausted() {
-            // One connection's trouble (reset before it was accepted): the next may be fine.
-            tracing::debug!(error = %error, kind = kind.as_str(), "accept failed");
-            continue;
-        }
-        let wait = trouble
-            .get_or_insert_with(|| AcceptTrouble::begin(&error, kind))
-            .next_wait();
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.cancelled() => return,
-        }
-    }
-}
-
-/// Why `accept` failed, as counted in `connwarden_accept_errors_total{error}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum AcceptError {
-    /// `EMFILE`: the process's open-file limit.
-    Emfile,
-    /// `ENFILE`: the system's open-file limit.
-    #[cfg_attr(not(unix), allow(dead_code))]
-    Enfile,
-    /// `ENOBUFS` or `ENOMEM`: kernel memory.
-    Memory,
-    /// Anything else, such as a peer that reset before it was accepted.
-    Other,
-}
-
-impl AcceptError {
-    fn of(error: &std::io::Error) -> AcceptError {
-        #[cfg(unix)]
-        match error.raw_os_error() {
-            Some(libc::EMFILE) => return AcceptError::Emfile,
-            Some(libc::ENFILE) => return AcceptError::Enfile,
-            Some(libc::ENOBUFS | libc::ENOMEM) => return AcceptError::Memory,
-            _ => {}
-        }
-        // Winsock's WSAEMFILE and WSAENOBUFS (it has no system-wide ENFILE).
-        #[cfg(windows)]
-        match error.raw_os_error() {
-            Some(10024) => return AcceptError::Emfile,
-            Some(10055) => return AcceptError::Memory,
-            _ => {}
-        }
-        if error.kind() == std::io::ErrorKind::OutOfMemory {
-            return AcceptError::Memory;
-        }
-        AcceptError::Other
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            AcceptError::Emfile => "emfile",
-            AcceptError::Enfile => "enfile",
-            AcceptError::Memory => "nomem",
-            AcceptError::Other => "other",
-        }
-    }
-
-    /// A resource ran out: retrying at once would fail again.
-    fn exhausted(self) -> bool {
-        self != AcceptError::Other
-    }
-}
-
-/// A burst of `accept` failures from exhaustion: logged once when it begins and once when
-/// `accept` works again, not once per attempt, with the wait growing between attempts.
-struct AcceptTrouble {
-    since: Instant,
-    failures: u64,
-    wait: Duration,
-}
-
-impl AcceptTrouble {
-    fn begin(error: &std::io::Error, kind: AcceptError) -> AcceptTrouble {
-        tracing::error!(error = %error, kind = kind.as_str(), "accept is failing: new connections wait in the listen backlog; retrying with backoff (logged again when it works)");
-        AcceptTrouble {
-            since: Instant::now(),
-            failures: 0,
-            wait: ACCEPT_BACKOFF_MIN,
-        }
-    }
-
-    /// Counts one more failure; how long to wait before the next attempt.
-    fn next_wait(&mut self) -> Duration {
-        self.failures += 1;
-        let wait = self.wait;
-        self.wait = (self.wait * 2).min(ACCEPT_BACKOFF_MAX);
-        wait
-    }
-
-    fn log_recovery(self) {
-        tracing::warn!(
-            failures = self.failures,
-            failing_ms = self.since.elapsed().as_millis() as u64,
-            "accept works again"
-        );
-    }
-}
-
-impl Acceptor {
-    fn admit(&self, stream: TcpStream, peer: SocketAddr) {
-        let local = stream.local_addr().unwrap_or(peer);
-        let shared = self.reloader.connections();
-        let Some(slot) = Slot::take(&self.live_connections, shared.params.max_connections) else {
-            let message = "the server is at max_connections; retry later";
-            self.refuse(stream, peer, local, ErrorCode::ServerFull, message);
-            return;
-        };
-        let mut options = SocketOptions::from_config(&shared.params);
-        let first_idle = match shared.params.keepalive_spread {
-            true => self.phases.next_first_idle(options.keepalive.idle),
-            false => None,
-        };
-        if let Some(first) = first_idle {
-            options.keepalive.idle = first;
-        }
-        if let Err(error) = sockopt::apply(SockRef::from(&stream), &options) {
-            // Without its options the connection's liveness would not be bounded.
-            tracing::error!(peer = %peer, option = error.option, error = %error.source, "cannot set socket option; closing");
-            self.registry
-                .record_close(refused(peer, local, CloseReason::InternalError));
-            return;
-        }
-        if !self.checked_first.swap(true, Ordering::Relaxed) {
-            sockopt::warn_mismatches(
-                &sockopt::read_back(SockRef::from(&stream)),
-                &options,
-                "accepted",
-            );
-        }
-        let per_source = shared.params.max_connections_per_ip;
-        let Some(guard) = self.registry.insert_within(peer, local, per_source) else {
-            let message = "max_connections_per_ip are live from your address; retry later";
-            self.refuse(stream, peer, local, ErrorCode::TooManyConnections, message);
-            return;
-        };
-        #[cfg(unix)]
-        guard.set_socket(&stream);
-        if first_idle.is_some() {
-            guard.info().set_keepalive_first_idle(first_idle);
-            self.phases.given();
-        }
-        let tls = match self.reloader.tls().accept() {
-            None => None,
-            Some(Ok(session)) => Some(session),
-            Some(Err(error)) => {
-                tracing::error!(peer = %peer, error = %error, "cannot start a TLS session; closing");
-                let mut guard = guard;
-                guard.close(CloseReason::InternalError);
-                return;
-            }
-        };
-        let producer = self.producer.clone();
-        let task = conn::run(stream, guard, shared, producer, tls);
-        self.tracker.spawn(WithSlot { task, _slot: slot });
-    }
-
-    /// Serves a connection another process handed over. It takes a `max_connections` slot
-    /// even past the limit: refusing it would close a live connection. False when it could
-    /// not go on (logged; its socket closes).
-    #[cfg(target_os = "linux")]
-    fn adopt(&self, departed: conn::Departed) -> bool {
-        let slot = Slot::force(&self.live_connections);
-        let shared = self.reloader.connections();
-        // A keep-alive phase not yet put back: this process's restorer puts it back.
-        let phased = departed.state.carried.keepalive_first_idle_s != 0;
-        match conn::resume(departed, shared, self.producer.clone()) {
-            Ok(task) => {
-                self.tracker.spawn(WithSlot { task, _slot: slot });
-                if phased {
-                    self.phases.given();
-                }
-                true
-            }
-            Err(error) => {
-                tracing::error!(error = %error, "cannot go on with a handed-over connection; it closes");
-                false
-            }
-        }
-    }
-
-    /// Tells a peer over a limit why, without waiting (a fresh socket's send buffer always has
-    /// room for one line), and records the refusal under the reason of the same name.
-    fn refuse(
-        &self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        local: SocketAddr,
-        code: ErrorCode,
-        message: &'static str,
-    ) {
-        let line = Outbound::Error {
-            code,
-            message: message.into(),
-            id: None,
-        }
-        .to_line();
-        // On a TLS listener the peer expects a handshake, not a line: it sees the close.
-        if !self.reloader.tls().enabled() {
-            let _ = stream.try_write(&line);
-        }
-        let reason = match code {
-            ErrorCode::TooManyConnections => CloseReason::TooManyConnections,
-            _ => CloseReason::ServerFull,
-        };
-        self.registry.record_close(refused(peer, local, reason));
-    }
-}
-
-/// One of the `max_connections` places, held by a connection's task until it ends.
-struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    /// A place when fewer than `limit` are taken.
-    fn take(taken: &Arc<AtomicUsize>, limit: usize) -> Option<Slot> {
-        taken
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(Arc::clone(taken)))
-    }
-}
-
-impl Slot {
-    /// A place whatever the limit (a connection already live, handed over by an upgrade).
-    #[cfg(target_os = "linux")]
-    fn force(taken: &Arc<AtomicUsize>) -> Slot {
-        taken.fetch_add(1, Ordering::AcqRel);
-        Slot(Arc::clone(taken))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A connection's task holding its `max_connections` slot until it ends.
-struct WithSlot {
-    task: conn::ConnTask,
-    _slot: Slot,
-}
-
-impl Future for WithSlot {
-    type Output = ();
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        std::pin::Pin::new(&mut self.task).poll(cx)
-    }
-}
-
-fn refused(peer: SocketAddr, local: SocketAddr, reason: CloseReason) -> ClosedConn {
-    let now = std::time::SystemTime::now();
-    ClosedConn {
-        id: 0,
-        peer,
-        local,
-        reason,
-        started_at: now,
-        closed_at: now,
-        duration: Duration::ZERO,
-        detection_delay: Duration::ZERO,
-        bytes_in: 0,
-        bytes_out: 0,
-        items: 0,
-        errors: 0,
-        auth_name: None,
     }
 }

@@ -9,6 +9,11 @@
 
 mod channel;
 mod file;
+#[cfg(feature = "nats")]
+mod jetstream;
+// Without the feature, `sink = "jetstream"` is refused before a sink is opened.
+#[cfg(not(feature = "nats"))]
+#[path = "jetstream/off.rs"]
 mod jetstream;
 mod stdout;
 
@@ -20,6 +25,9 @@ use std::time::{Instant, SystemTime};
 
 pub use channel::ChannelSink;
 pub use file::{FileSink, ReopenHandle};
+/// The NATS connection the JetStream sink publishes through (`async_nats::Client`).
+pub(crate) use jetstream::Client as NatsClient;
+#[cfg(feature = "nats")]
 pub use jetstream::JetStreamSink;
 pub use stdout::StdoutSink;
 
@@ -113,7 +121,7 @@ pub enum SinkError {
 /// unfinished last line alone when `beside_another_writer` (a binary upgrade's old process).
 pub async fn open(
     config: &Config,
-    nats: Option<&async_nats::Client>,
+    nats: Option<&NatsClient>,
     metrics: &Arc<Metrics>,
     reopen: &ReopenHandle,
     beside_another_writer: bool,
@@ -127,22 +135,7 @@ pub async fn open(
                 false => FileSink::open_rotating(path, rotation, reopen).await?,
             })
         }
-        SinkSpec::JetStream => {
-            let client = nats.ok_or_else(|| SinkError::Setup {
-                sink: "jetstream".into(),
-                reason: "no NATS connection (nats_url)".into(),
-            })?;
-            Box::new(
-                JetStreamSink::open(
-                    &config.nats,
-                    &config.gateway_name(),
-                    config.max_frame,
-                    client.clone(),
-                    Arc::clone(metrics),
-                )
-                .await?,
-            )
-        }
+        SinkSpec::JetStream => jetstream::open(config, nats, metrics).await?,
     })
 }
 

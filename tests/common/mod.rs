@@ -279,6 +279,28 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_connwarden")
 }
 
+/// The binary of example `name` (`examples/NAME.rs`), built beside the crate's binary: `cargo
+/// test` builds every example before it runs a test; a run of one test file builds it here.
+pub fn example(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(binary())
+        .parent()
+        .expect("the binary's directory")
+        .join("examples");
+    let path = dir.join(name);
+    if !path.exists() {
+        let release = dir.parent().is_some_and(|p| p.ends_with("release"));
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--example", name]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build --example");
+        assert!(status.success(), "cargo build --example {name}");
+    }
+    path
+}
+
 /// A `connwarden serve` process (see [`Proc`]).
 pub type Serve = Proc;
 

@@ -230,7 +230,7 @@
   // ---- charts (plain SVG) ----
 
   const REASON_COLOURS = {
-    peer_closed: '#6b7280', reset: '#f59e0b', kicked: '#8b5cf6', keepalive_timeout: '#ef4444',
+    peer_closed: '#6b7280', reset: '#f59e0b', kicked: '#8b5cf6', completed: '#10b981', keepalive_timeout: '#ef4444',
     user_timeout: '#dc2626', heartbeat_timeout: '#f97316', idle_timeout: '#0ea5e9',
     write_timeout: '#e11d48', protocol_error: '#a16207', frame_too_large: '#854d0e', frame_timeout: '#78350f', memory_pressure: '#7c2d12', handshake_timeout: '#9d174d', tls_error: '#be185d', unauthorized: '#4c1d95',
     server_full: '#1d4ed8', too_many_connections: '#1e3a8a', max_age: '#059669', shutdown: '#374151', internal_error: '#000000',

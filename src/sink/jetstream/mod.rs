@@ -19,13 +19,14 @@ mod stream;
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_nats::{Client, Subject};
+pub use async_nats::Client;
+use async_nats::Subject;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::{Sink, SinkError, SinkFuture, SyncKind};
-use crate::config::NatsConfig;
+use crate::config::{Config, NatsConfig};
 use crate::metrics::Metrics;
 use crate::record::Record;
 use publisher::{Entry, Publisher};
@@ -36,6 +37,27 @@ const ENVELOPE: usize = 1024;
 
 /// The oldest nats-server with fast-ingest batches.
 const MIN_SERVER: (u64, u64) = (2, 14);
+
+/// Opens the sink `config` names on the gateway's NATS connection.
+pub(super) async fn open(
+    config: &Config,
+    nats: Option<&Client>,
+    metrics: &Arc<Metrics>,
+) -> Result<Box<dyn Sink>, SinkError> {
+    let client = nats.ok_or_else(|| SinkError::Setup {
+        sink: "jetstream".into(),
+        reason: "no NATS connection (nats_url)".into(),
+    })?;
+    let sink = JetStreamSink::open(
+        &config.nats,
+        &config.gateway_name(),
+        config.max_frame,
+        client.clone(),
+        Arc::clone(metrics),
+    )
+    .await?;
+    Ok(Box::new(sink))
+}
 
 /// Records into a JetStream stream; see the module's documentation.
 pub struct JetStreamSink {

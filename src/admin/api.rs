@@ -1,0 +1,279 @@
+//! The admin API over HTTP (the `admin` feature): the routes of [`super`]'s table on axum, their
+//! one JSON error shape, and the bearer-token check.
+
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use subtle::ConstantTimeEq;
+
+use super::{page, AdminHandle, ClosedQuery, ConnQuery, Token};
+use crate::registry::Registry;
+use crate::view::{self, listing::BadParameter};
+
+/// The content type of the Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+impl Token {
+    /// Whether `Authorization: Bearer <token>` carries this token, compared in constant time.
+    fn admits(&self, authorization: Option<&HeaderValue>) -> bool {
+        let Some(given) = authorization
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        given.trim().as_bytes().ct_eq(self.0.as_bytes()).into()
+    }
+}
+
+/// The admin routes, to serve as they are or to mount on an application of one's own.
+pub fn router(handle: AdminHandle) -> Router {
+    let guarded = Router::new()
+        .route("/readyz", get(readyz))
+        .route("/connections", get(list_connections))
+        .route(
+            "/connections/{id}",
+            get(get_connection).delete(kick_connection),
+        )
+        .route("/closed", get(list_closed))
+        .route("/metrics", get(metrics))
+        .route("/config", get(config))
+        .route_layer(middleware::from_fn_with_state(
+            handle.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(page::routes())
+        .merge(guarded)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(handle)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    handle: AdminHandle,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(handle))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// An error answer: a status and the one JSON shape of [`view::ErrorBody`].
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn internal(error: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %error, "admin request failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            error.to_string(),
+        )
+    }
+}
+
+impl From<BadParameter> for ApiError {
+    fn from(error: BadParameter) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", error.0)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = view::ErrorBody {
+            error: view::ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+async fn require_token(
+    State(handle): State<AdminHandle>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &handle.token {
+        if !token.admits(request.headers().get(header::AUTHORIZATION)) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this endpoint needs the header Authorization: Bearer <token> (the token in admin_token_file)",
+            ));
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see / (the live page), /connections, /closed, /metrics, /healthz, /readyz",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(handle): State<AdminHandle>) -> Response {
+    let state = handle.readiness.state();
+    let sink_healthy = handle.metrics.sink_healthy();
+    let nats_connected = handle.metrics.nats_ready();
+    let ready = state == "ready" && sink_healthy && nats_connected;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "ready": ready,
+        "state": state,
+        "sink_healthy": sink_healthy,
+        "nats_connected": nats_connected,
+    });
+    (status, Json(body)).into_response()
+}
+
+/// Runs `work` on the blocking pool: it reads every connection or formats a large answer.
+async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(ApiError::internal)
+}
+
+/// JSON made on the blocking pool, so a page of 10,000 entries is not formatted on a worker.
+fn json_response(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(value).map_err(ApiError::internal)
+}
+
+async fn list_connections(
+    State(handle): State<AdminHandle>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let query = ConnQuery::parse(pairs)?;
+    listing(handle.registry, move |registry| query.run(registry)).await
+}
+
+async fn list_closed(
+    State(handle): State<AdminHandle>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let query = ClosedQuery::parse(pairs)?;
+    listing(handle.registry, move |registry| query.run(registry)).await
+}
+
+/// What `run` reads from the registry, as JSON, read and formatted on the blocking pool.
+async fn listing<T: serde::Serialize>(
+    registry: Registry,
+    run: impl FnOnce(&Registry) -> T + Send + 'static,
+) -> Result<Response, ApiError> {
+    let bytes = off_the_runtime(move || to_json(&run(&registry))).await??;
+    Ok(json_response(bytes))
+}
+
+fn parse_id(text: &str) -> Result<u64, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("connection id {text:?}: expected a whole number"),
+        )
+    })
+}
+
+fn no_such_connection(id: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no live connection {id} (see GET /closed for closed ones)"),
+    )
+}
+
+async fn get_connection(
+    State(handle): State<AdminHandle>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<view::Connection>, ApiError> {
+    let id = parse_id(&id)?;
+    view::connection(&handle.registry, id)
+        .map(Json)
+        .ok_or_else(|| no_such_connection(id))
+}
+
+/// 200 with what the connection was once its close is recorded; 202 if it had not closed
+/// within the wait.
+async fn kick_connection(
+    State(handle): State<AdminHandle>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let kicked = view::kick(&handle.registry, id, "admin API")
+        .await
+        .ok_or_else(|| no_such_connection(id))?;
+    let status = if kicked.closed {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(kicked.view)).into_response())
+}
+
+async fn metrics(State(handle): State<AdminHandle>) -> Result<Response, ApiError> {
+    let text = off_the_runtime(move || {
+        let now = handle
+            .registry
+            .scrape(handle.metrics.keepalive_idle(), handle.queue.stats());
+        handle.metrics.render(&now)
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text).into_response())
+}
+
+/// The configuration in force (after any reload), as the TOML file writes it.
+async fn config(State(handle): State<AdminHandle>) -> Response {
+    let text = handle.reloader.config().to_toml();
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+}
