@@ -5,7 +5,7 @@
 //!
 //! | module | concern |
 //! |---|---|
-//! | [`config`] | one validated [`Config`] from defaults < file < environment < flags |
+//! | [`config`] | one validated [`Config`] from defaults < file < environment < flags; each key declared once ([`config::Key`]) |
 //! | [`sockopt`] | keep-alive idle/interval/count, `TCP_USER_TIMEOUT`, buffers: set and read back |
 //! | [`protocol`] | the bounded JSON-object stream decoder, messages, error codes |
 //! | [`liveness`] | liveness for any protocol: your handler over a [`liveness::Connection`], with the deadlines, heartbeat, close reasons, kick, drain and registry of the gateway |

@@ -1,19 +1,20 @@
 //! Live reload: a new configuration put in force while every connection stays open.
 //!
 //! `connwarden serve` reloads on `SIGHUP`: the file and the environment are read again, the
-//! command-line flags stay as they were. Each key is of one of three kinds:
+//! command-line flags stay as they were. Each key is of one of three kinds, its [`Reload`] class
+//! in the table of keys (docs/CONFIGURATION.md):
 //!
-//! - **Every connection, at once** ([`FOR_EVERY_CONNECTION`]): the keep-alive, the user timeout
+//! - **Every connection, at once** ([`Reload::EveryConnection`]): the keep-alive, the user timeout
 //!   and `TCP_NODELAY` are set again on every open socket (Linux takes them on an established
 //!   socket and re-arms its keep-alive timer); the write, idle and frame timeouts, `max_age` and its
 //!   grace and the error budget are the deadlines every connection checks; `max_connections`,
 //!   `closed_history`, `shutdown_grace`, `upgrade_timeout`, `goaway_window` and `log_level` are the
 //!   server's own.
-//! - **Connections accepted after the reload** ([`FOR_NEW_CONNECTIONS`]): the heartbeat (mode,
+//! - **Connections accepted after the reload** ([`Reload::NewConnections`]): the heartbeat (mode,
 //!   interval, misses), `max_frame`, `max_pending_replies` and `keepalive_spread`. A connection's `hello` answer
 //!   announced its heartbeat interval and frame limit, and its client relies on them, so an open
 //!   connection keeps the values it was accepted under.
-//! - **Restart only**, every other key: the listen addresses and their socket (`reuse_port`,
+//! - **Restart only** ([`Reload::Restart`]), every other key: the listen addresses and their socket (`reuse_port`,
 //!   `backlog`, the buffers, which take part in the window negotiated at the handshake), the
 //!   queue and its overflow policy, the sink with its `fsync` and rotation, the log format, the
 //!   admin address and token file, the gateway name and NATS. A change of one of them is
@@ -27,87 +28,28 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, ConfigError};
+#[cfg(doc)]
+use crate::config::Reload;
+use crate::config::{Config, ConfigError, Key};
 use crate::conn::{ConnShared, Live};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::tls::ServerTls;
 
-/// Keys a reload changes for every open connection and for the server at once.
-pub const FOR_EVERY_CONNECTION: &[&str] = &[
-    "keepalive_bound",
-    "keepalive_idle",
-    "keepalive_interval",
-    "keepalive_count",
-    "user_timeout",
-    "nodelay",
-    "idle_timeout",
-    "write_timeout",
-    "frame_timeout",
-    "handshake_timeout",
-    "auth_timeout",
-    "max_buffered",
-    "max_age",
-    "max_age_grace",
-    "error_budget",
-    "max_connections",
-    "max_connections_per_ip",
-    "closed_history",
-    "shutdown_grace",
-    "upgrade_timeout",
-    "goaway_window",
-    "log_level",
-];
-
-/// Keys a reload changes for the connections accepted after it.
-pub const FOR_NEW_CONNECTIONS: &[&str] = &[
-    "keepalive_spread",
-    "heartbeat",
-    "heartbeat_interval",
-    "heartbeat_misses",
-    "max_frame",
-    "max_pending_replies",
-];
-
-/// `old` with the values of `new` for the keys that can change while the server runs (the two
-/// lists above, field by field).
+/// `old` with the values of `new` for the keys a reload may change ([`Reload::is_live`]).
 fn with_live_keys(old: &Config, new: &Config) -> Config {
-    Config {
-        keepalive: new.keepalive,
-        keepalive_bound: new.keepalive_bound,
-        user_timeout: new.user_timeout,
-        nodelay: new.nodelay,
-        idle_timeout: new.idle_timeout,
-        write_timeout: new.write_timeout,
-        frame_timeout: new.frame_timeout,
-        handshake_timeout: new.handshake_timeout,
-        auth_timeout: new.auth_timeout,
-        max_buffered: new.max_buffered,
-        max_age: new.max_age,
-        max_age_grace: new.max_age_grace,
-        error_budget: new.error_budget,
-        max_connections: new.max_connections,
-        max_connections_per_ip: new.max_connections_per_ip,
-        closed_history: new.closed_history,
-        shutdown_grace: new.shutdown_grace,
-        upgrade_timeout: new.upgrade_timeout,
-        goaway_window: new.goaway_window,
-        log_level: new.log_level,
-        heartbeat: new.heartbeat,
-        heartbeat_interval: new.heartbeat_interval,
-        heartbeat_misses: new.heartbeat_misses,
-        max_frame: new.max_frame,
-        max_pending_replies: new.max_pending_replies,
-        keepalive_spread: new.keepalive_spread,
-        ..old.clone()
+    let mut next = old.clone();
+    for &key in Key::ALL.iter().filter(|key| key.reload().is_live()) {
+        next.take_key(new, key);
     }
+    next
 }
 
 /// One key whose value differs, as the configuration file writes the values.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
     /// The key.
-    pub key: &'static str,
+    pub key: Key,
     /// Its value before.
     pub old: String,
     /// Its value in the new configuration.
@@ -131,7 +73,7 @@ pub struct ReloadReport {
 
 impl ReloadReport {
     /// Whether the reload changed `key`.
-    pub fn applied(&self, key: &str) -> bool {
+    pub fn applied(&self, key: Key) -> bool {
         self.applied.iter().any(|change| change.key == key)
     }
 }
@@ -148,7 +90,7 @@ fn plan(old: &Config, new: &Config) -> Result<(Config, ReloadReport), ConfigErro
     Ok((next, report))
 }
 
-/// The keys whose values differ from `a` to `b`, in the order of [`crate::config::KEYS`].
+/// The keys whose values differ from `a` to `b`, in the order of [`Key::ALL`].
 fn changes(a: &Config, b: &Config) -> Vec<Change> {
     a.key_values()
         .into_iter()
@@ -232,7 +174,7 @@ impl Reloader {
         };
         self.put_in_force(next);
         log_report(&report);
-        if report.applied("max_connections") {
+        if report.applied(Key::MaxConnections) {
             crate::sockopt::check_open_files(self.config().max_connections, false);
         }
         self.inner.metrics.reload_result(true);
@@ -250,7 +192,7 @@ impl Reloader {
             .map(crate::auth::Tokens::from_file)
             .transpose()
             .map_err(|error| ConfigError::Unusable {
-                key: "auth_tokens",
+                key: Key::AuthTokens,
                 reason: format!("{error}; the tokens in force stay"),
             })?;
         match self.inner.tls.reload(next) {
@@ -260,7 +202,7 @@ impl Reloader {
             Ok(false) => {}
             Err(error) => {
                 return Err(ConfigError::Unusable {
-                    key: "tls_cert",
+                    key: Key::TlsCert,
                     reason: format!("{error}; the certificate in force stays"),
                 })
             }
@@ -311,7 +253,7 @@ impl Reloader {
 
 fn log_report(report: &ReloadReport) {
     for change in &report.refused {
-        tracing::warn!(key = change.key, running = %change.old, file = %change.new, "this key cannot change while the server runs; its old value stays until a restart");
+        tracing::warn!(key = change.key.name(), running = %change.old, file = %change.new, "this key cannot change while the server runs; its old value stays until a restart");
     }
     let list = |changes: &[Change]| {
         changes
@@ -451,9 +393,9 @@ mod tests {
                 continue;
             };
             let (next, report) = plan(&old, &new).unwrap();
-            let live = FOR_EVERY_CONNECTION.contains(key) || FOR_NEW_CONNECTIONS.contains(key);
-            let applied: Vec<_> = report.applied.iter().map(|c| c.key).collect();
-            let refused: Vec<_> = report.refused.iter().map(|c| c.key).collect();
+            let live = Key::from_name(key).unwrap().reload().is_live();
+            let applied: Vec<_> = report.applied.iter().map(|c| c.key.name()).collect();
+            let refused: Vec<_> = report.refused.iter().map(|c| c.key.name()).collect();
             if live {
                 assert!(applied.contains(key), "{key}: {report:?}");
                 assert!(refused.is_empty(), "{key}: {report:?}");

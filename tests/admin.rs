@@ -426,11 +426,22 @@ fn an_idle_dead_peer_is_measured_within_its_bound_in_a_network_namespace() {
         ),
         Some(bound)
     );
-    // The bucket at the bound plus a tenth holds it: within the bound, as configured.
+    // The bucket at the bound plus a tenth holds it when it came within that (the kernel gives
+    // up at the bound; a loaded machine may wake the server a little later, which the range
+    // above allows): the histogram's buckets agree with the delay measured.
+    let within_a_tenth = if delay <= bound * 1.1 { 1.0 } else { 0.0 };
     assert_eq!(
         metric(
             &text,
             "connwarden_detection_delay_seconds_bucket{reason=\"keepalive_timeout\",le=\"3.3\"}"
+        ),
+        Some(within_a_tenth),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "connwarden_detection_delay_seconds_bucket{reason=\"keepalive_timeout\",le=\"5\"}"
         ),
         Some(1.0),
         "{text}"

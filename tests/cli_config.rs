@@ -129,3 +129,77 @@ fn unknown_key_in_file_is_an_error() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("keepalive_idel"));
 }
+
+/// `--print-config` of the defaults and of a file setting every key is byte for byte what it
+/// printed before the keys were declared in one table (`tests/fixtures/config/*.printed.toml`,
+/// written by the binary of 22af0b0).
+#[test]
+fn print_config_is_byte_for_byte_what_it_was() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config");
+    let full = fixtures.join("full.toml");
+    let cases = [
+        (vec!["--print-config"], "default.printed.toml"),
+        (
+            vec!["--config", full.to_str().unwrap(), "--print-config"],
+            "full.printed.toml",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = serve(&args, &[]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let expected = std::fs::read_to_string(fixtures.join(expected)).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            expected,
+            "{args:?}"
+        );
+    }
+}
+
+/// A value that breaks a rule is refused naming the key, its value and where it came from:
+/// the file, the environment, a flag, or the default (for a key nobody set).
+#[test]
+fn a_refusal_names_where_the_value_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "queue = 0\n").unwrap();
+    let file = file.to_str().unwrap();
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], String);
+    let cases: &[Case] = &[
+        (
+            &["--config", file],
+            &[],
+            format!("queue = 0 (from {file}): "),
+        ),
+        (
+            &[],
+            &[("CONNWARDEN_QUEUE", "0")],
+            "queue = 0 (from environment variable CONNWARDEN_QUEUE): ".into(),
+        ),
+        (
+            &["--queue", "0"],
+            &[],
+            "queue = 0 (from flag --queue): ".into(),
+        ),
+        (
+            &["--tls-cert", "/tmp/cert.pem"],
+            &[],
+            "tls_key = \"off\" (default): TLS needs both".into(),
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let mut all = vec!["--listen", "127.0.0.1:0", "--check-config"];
+        all.extend_from_slice(args);
+        let output = serve(&all, env);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(
+            stderr.contains(expected.as_str()),
+            "{expected:?} not in: {stderr}"
+        );
+    }
+}

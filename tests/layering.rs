@@ -478,3 +478,89 @@ fn every_path_readme_maps_exists() {
         "README's 'Where things are' names paths that do not exist: {missing:?}"
     );
 }
+
+/// The lines of a file's code outside its tests (`#[cfg(test)]` and what follows it), without
+/// comments, each with its number.
+fn code_outside_tests(path: &Path) -> Vec<(usize, String)> {
+    code_lines(path)
+        .into_iter()
+        .take_while(|(_, line)| line.trim() != "#[cfg(test)]")
+        .collect()
+}
+
+/// Whether `text` holds `word` not as part of a longer word (of the characters `part`).
+fn holds_word(text: &str, word: &str, part: impl Fn(char) -> bool) -> bool {
+    text.match_indices(word).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        !before.is_some_and(&part) && !after.is_some_and(&part)
+    })
+}
+
+/// Each configuration key is written as text once in `src/`: in its row of the table of keys
+/// (`src/config/keys.rs`, as a name the macro turns into text). Nowhere else does code spell it
+/// as the file does (`"keepalive_idle"`), as its flag (`--keepalive-idle`) or as its variable
+/// (`CONNWARDEN_KEEPALIVE_IDLE`): everything names it by `Key`. Comments and tests may.
+#[test]
+fn each_configuration_key_is_spelled_once_in_src() {
+    // Other vocabularies that share words with the keys: close reasons (`max_age`,
+    // `idle_timeout`), Cargo features (`feature = "admin"`).
+    let reasons: Vec<&str> = connwarden::CloseReason::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .collect();
+    let features = ["admin", "tls", "nats", "cli"];
+    // Files whose words are another thing's, not the keys: `send`'s own flags are the
+    // client's settings (its `--tls-cert` is the certificate it presents); the socket
+    // options' module names the `listen(2)` call and the TCP state LISTEN.
+    let elsewhere = [
+        ("src/cli/send.rs", None),
+        ("src/sockopt.rs", Some("listen")),
+    ];
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    files.sort();
+    let mut spelled = Vec::new();
+    for path in &files {
+        let file = relative(path);
+        for (number, line) in code_outside_tests(path) {
+            for name in connwarden::config::KEYS {
+                let exempt = elsewhere
+                    .iter()
+                    .any(|(f, word)| *f == file && word.is_none_or(|w| w == *name));
+                if exempt {
+                    continue;
+                }
+                let flag = format!("--{}", name.replace('_', "-"));
+                let var = format!("CONNWARDEN_{}", name.to_uppercase());
+                // A Cargo feature shares its name with a key (`admin`): `feature = "admin"`.
+                let quoted = format!("\"{name}\"");
+                let other_word = reasons.contains(name) || features.contains(name);
+                let lowercase = |c: char| c.is_ascii_lowercase() || c == '-' || c == '_';
+                let uppercase = |c: char| c.is_ascii_uppercase() || c == '_';
+                if (line.contains(&quoted) && !other_word)
+                    || holds_word(&line, &flag, lowercase)
+                    || holds_word(&line, &var, uppercase)
+                {
+                    spelled.push(format!("{file}:{number}: {name}"));
+                }
+            }
+        }
+    }
+    assert!(
+        spelled.is_empty(),
+        "a configuration key spelled as text outside its declaration (name it by config::Key):\n{}",
+        spelled.join("\n")
+    );
+    // The reader finds a spelling where there is one.
+    let line = "settings.set_flag(\"queue\", \"8\"); // --queue";
+    assert!(line.contains("\"queue\"") && !holds_word(code(line), "--queue", |c| c == '-'));
+    assert!(holds_word("run --max-age 1h", "--max-age", |c: char| c
+        == '-'
+        || c.is_ascii_lowercase()));
+    assert!(!holds_word(
+        "run --max-age-grace 1h",
+        "--max-age",
+        |c: char| c == '-' || c.is_ascii_lowercase()
+    ));
+}

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{metric, Admin, LinePeer, Proc, TestServer};
-use connwarden::config::HeartbeatMode;
+use connwarden::config::{HeartbeatMode, Key};
 use connwarden::{CloseReason, Config};
 
 /// What every version of the test's file holds.
@@ -292,7 +292,7 @@ async fn a_reload_holds_open_connections_to_the_new_idle_timeout_and_error_budge
             ..config
         }))
         .expect("a valid configuration");
-    assert!(report.applied("idle_timeout") && report.applied("error_budget"));
+    assert!(report.applied(Key::IdleTimeout) && report.applied(Key::ErrorBudget));
     assert!(report.refused.is_empty(), "{report:?}");
     assert_eq!(
         server.reloader.config().idle_timeout,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use connwarden::admin::Token;
+use connwarden::config::Key;
 use connwarden::view::{Connection, ErrorBody, Page};
 
 use super::cluster::NatsTarget;
@@ -23,12 +24,12 @@ pub struct AdminTarget {
     #[arg(
         long,
         value_name = "ADDR",
-        env = "CONNWARDEN_ADMIN",
-        default_value = "127.0.0.1:9464"
+        env = Key::Admin.env_var(),
+        default_value = Key::Admin.default_text()
     )]
     admin: String,
     /// File holding the admin API's bearer token.
-    #[arg(long, value_name = "PATH", env = "CONNWARDEN_ADMIN_TOKEN_FILE")]
+    #[arg(long, value_name = "PATH", env = Key::AdminTokenFile.env_var())]
     admin_token_file: Option<PathBuf>,
 }
 

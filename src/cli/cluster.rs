@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use connwarden::config::NatsConfig;
+use connwarden::config::{Key, NatsConfig};
 use connwarden::nats::cluster::{Cluster, GatewayListing};
 use serde::Serialize;
 
@@ -20,29 +20,29 @@ use super::table::table;
 pub struct NatsTarget {
     /// NATS server(s) of the gateways' cluster (repeatable or comma-separated): ask every gateway
     /// instead of one admin API.
-    #[arg(long = "nats", value_name = "URL", env = "CONNWARDEN_NATS_URL")]
+    #[arg(long = "nats", value_name = "URL", env = Key::NatsUrl.env_var())]
     urls: Vec<String>,
     /// NATS credentials file.
-    #[arg(long, value_name = "PATH", env = "CONNWARDEN_NATS_CREDS")]
+    #[arg(long, value_name = "PATH", env = Key::NatsCreds.env_var())]
     nats_creds: Option<PathBuf>,
     /// File holding a NATS token.
-    #[arg(long, value_name = "PATH", env = "CONNWARDEN_NATS_TOKEN_FILE")]
+    #[arg(long, value_name = "PATH", env = Key::NatsTokenFile.env_var())]
     nats_token_file: Option<PathBuf>,
     /// NATS user, with --nats-password-file.
-    #[arg(long, value_name = "USER", env = "CONNWARDEN_NATS_USER")]
+    #[arg(long, value_name = "USER", env = Key::NatsUser.env_var())]
     nats_user: Option<String>,
     /// File holding the NATS user's password.
-    #[arg(long, value_name = "PATH", env = "CONNWARDEN_NATS_PASSWORD_FILE")]
+    #[arg(long, value_name = "PATH", env = Key::NatsPasswordFile.env_var())]
     nats_password_file: Option<PathBuf>,
     /// CA certificate for TLS to NATS.
-    #[arg(long, value_name = "PATH", env = "CONNWARDEN_NATS_TLS_CA")]
+    #[arg(long, value_name = "PATH", env = Key::NatsTlsCa.env_var())]
     nats_tls_ca: Option<PathBuf>,
     /// Subject prefix of the registry (the gateways' nats_registry).
     #[arg(
         long,
         value_name = "PREFIX",
-        env = "CONNWARDEN_NATS_REGISTRY",
-        default_value = "connwarden.registry"
+        env = Key::NatsRegistry.env_var(),
+        default_value = Key::NatsRegistry.default_text()
     )]
     nats_registry: String,
     /// Time each gateway has to answer before it is reported missing.

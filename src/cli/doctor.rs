@@ -9,14 +9,14 @@ use clap::Args;
 use connwarden::doctor::{self, Inspection};
 use tracing::level_filters::LevelFilter;
 
-use super::config_flags::{ConfigFlags, LAYERS_HELP};
+use super::config_flags::{layers_help, ConfigFlags};
 
 /// Exit status when `--measure` cannot run here (no root, no namespaces, not Linux).
 const EXIT_UNSUPPORTED: u8 = 2;
 
 /// Flags of `doctor`.
 #[derive(Debug, Args)]
-#[command(after_help = LAYERS_HELP)]
+#[command(after_help = layers_help())]
 pub struct DoctorArgs {
     #[command(flatten)]
     flags: ConfigFlags,
@@ -138,53 +138,25 @@ fn measure(
     inspection: &Inspection,
     args: &DoctorArgs,
 ) -> anyhow::Result<ExitCode> {
-    use connwarden::doctor::measure::MeasureError;
     let binary = std::env::current_exe().context("cannot find the connwarden executable")?;
     let tag = std::process::id().to_string();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
     if let Some(percent) = args.loss {
         return measure_loss(config, inspection, args, percent, &tag, runtime);
     }
-    let outcome = runtime.block_on(async {
-        let interrupted = super::signals::stop_signal()?;
-        if !args.json {
-            eprintln!("\nmeasuring in network namespaces cwd-s-{tag} / cwd-c-{tag} …");
-        }
-        tokio::select! {
-            result = doctor::measure::measure(config, args.tolerance, &binary, &tag) => Ok(Some(result)),
-            () = interrupted => Ok::<_, anyhow::Error>(None),
-        }
-    })?;
-    // Every namespace, link, server and client process is gone once the measurement is
-    // dropped (above, on every path).
-    drop(runtime);
-    match outcome {
-        None => {
-            eprintln!("connwarden: doctor --measure interrupted; namespaces cwd-s-{tag} and cwd-c-{tag} removed");
-            Ok(ExitCode::from(130))
-        }
-        Some(Err(error)) if error.is_unsupported() => {
-            eprintln!("connwarden: error: {error}");
-            Ok(ExitCode::from(EXIT_UNSUPPORTED))
-        }
-        Some(Err(MeasureError::Run { what })) => Err(anyhow::anyhow!(what)),
-        Some(Err(error)) => Err(error.into()),
-        Some(Ok(report)) => {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json_report(inspection, Some(&report)))?
-                );
-            } else {
-                print_measurements(&report);
-            }
-            Ok(if report.passed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+    let banner = format!("\nmeasuring in network namespaces cwd-s-{tag} / cwd-c-{tag} …");
+    let measurement = doctor::measure::measure(config, args.tolerance, &binary, &tag);
+    let report = match in_namespaces(runtime, (!args.json).then_some(banner), &tag, measurement)? {
+        Ok(report) => report,
+        Err(ended) => return Ok(ended),
+    };
+    if args.json {
+        let json = json_report(inspection, Some(&report));
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        print_measurements(&report);
     }
+    Ok(passed(report.passed))
 }
 
 /// `doctor --measure --loss`: false closes on a lossy link, then the same peers dead.
@@ -203,33 +175,17 @@ fn measure_loss(
         peers: args.loss_peers,
         duration: args.loss_duration,
     };
-    let outcome = runtime.block_on(async {
-        let interrupted = super::signals::stop_signal()?;
-        if !args.json {
-            eprintln!(
-                "\nmeasuring {} healthy idle peers at {percent} % loss each way for {} in network namespaces cwd-s-{tag} / cwd-c-{tag} …",
-                plan.peers,
-                humantime::format_duration(plan.duration)
-            );
-        }
-        tokio::select! {
-            result = loss::measure_loss(config, plan, args.tolerance, tag) => Ok(Some(result)),
-            () = interrupted => Ok::<_, anyhow::Error>(None),
-        }
-    })?;
-    drop(runtime);
-    let (measured, namespaces) = match outcome {
-        None => {
-            eprintln!("connwarden: doctor --measure interrupted; namespaces cwd-s-{tag} and cwd-c-{tag} removed");
-            return Ok(ExitCode::from(130));
-        }
-        Some(Err(error)) if error.is_unsupported() => {
-            eprintln!("connwarden: error: {error}");
-            return Ok(ExitCode::from(EXIT_UNSUPPORTED));
-        }
-        Some(Err(error)) => return Err(error.into()),
-        Some(Ok(result)) => result,
-    };
+    let banner = format!(
+        "\nmeasuring {} healthy idle peers at {percent} % loss each way for {} in network namespaces cwd-s-{tag} / cwd-c-{tag} …",
+        plan.peers,
+        humantime::format_duration(plan.duration)
+    );
+    let measurement = loss::measure_loss(config, plan, args.tolerance, tag);
+    let (measured, namespaces) =
+        match in_namespaces(runtime, (!args.json).then_some(banner), tag, measurement)? {
+            Ok(measured) => measured,
+            Err(ended) => return Ok(ended),
+        };
     if args.json {
         let report = Report {
             inspection,
@@ -238,66 +194,109 @@ fn measure_loss(
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        let m = &measured;
-        println!(
-            "\nmeasured (network namespaces {} / {}, now removed): keep-alive {}, {} probes lost in a row close a peer",
-            namespaces[0], namespaces[1], m.split, m.probes_before_close
-        );
-        let by_reason: Vec<String> = m
-            .false_closes_by_reason
-            .iter()
-            .map(|(reason, n)| format!("{n} {reason}"))
-            .collect();
-        let rows = vec![
-            vec![
-                format!("healthy peers closed ({} % loss each way)", m.loss_percent),
-                format!(
-                    "{} of {} in {}{}",
-                    m.false_closes,
-                    m.peers,
-                    millis(Some(m.duration_ms)),
-                    if by_reason.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", by_reason.join(", "))
-                    }
-                ),
-                format!("predicted {:.3}", m.predicted),
-                if m.agrees {
-                    "agrees (within 3x)"
-                } else {
-                    "DISAGREES"
-                }
-                .into(),
-            ],
-            vec![
-                "dead peers closed (link down)".into(),
-                format!(
-                    "{} of {}, slowest {}",
-                    m.dead_closed_in_bound,
-                    m.dead_peers,
-                    millis(m.dead_slowest_ms)
-                ),
-                format!(
-                    "bound {} + {}",
-                    millis(Some(m.bound_ms)),
-                    millis(Some(m.tolerance_ms))
-                ),
-                if m.dead_closed_in_bound == m.dead_peers {
-                    "pass"
-                } else {
-                    "FAIL"
-                }
-                .into(),
-            ],
-        ];
-        table(&["", "measured", "expected", "result"], &rows);
+        print_loss(&measured, &namespaces);
     }
-    Ok(if measured.pass {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(passed(measured.pass))
+}
+
+/// Runs a measurement in network namespaces until it ends or is interrupted (`SIGINT`,
+/// `SIGTERM`), after printing `banner`. The runtime ends with it, and with it every namespace,
+/// link, server and client process it made. `Err` holds the exit status of a measurement
+/// interrupted, or impossible on this machine.
+#[cfg(target_os = "linux")]
+fn in_namespaces<T>(
+    runtime: tokio::runtime::Runtime,
+    banner: Option<String>,
+    tag: &str,
+    measurement: impl std::future::Future<Output = Result<T, doctor::measure::MeasureError>>,
+) -> anyhow::Result<Result<T, ExitCode>> {
+    use connwarden::doctor::measure::MeasureError;
+    let outcome = runtime.block_on(async {
+        let interrupted = super::signals::stop_signal()?;
+        if let Some(banner) = banner {
+            eprintln!("{banner}");
+        }
+        tokio::select! {
+            result = measurement => Ok(Some(result)),
+            () = interrupted => Ok::<_, anyhow::Error>(None),
+        }
+    })?;
+    drop(runtime);
+    match outcome {
+        None => {
+            eprintln!("connwarden: doctor --measure interrupted; namespaces cwd-s-{tag} and cwd-c-{tag} removed");
+            Ok(Err(ExitCode::from(130)))
+        }
+        Some(Err(error)) if error.is_unsupported() => {
+            eprintln!("connwarden: error: {error}");
+            Ok(Err(ExitCode::from(EXIT_UNSUPPORTED)))
+        }
+        Some(Err(MeasureError::Run { what })) => Err(anyhow::anyhow!(what)),
+        Some(Err(error)) => Err(error.into()),
+        Some(Ok(report)) => Ok(Ok(report)),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn passed(pass: bool) -> ExitCode {
+    match pass {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::FAILURE,
+    }
+}
+
+/// The loss measurement as a table: the healthy peers beside the prediction, the dead ones
+/// beside the bound.
+#[cfg(target_os = "linux")]
+fn print_loss(m: &connwarden::doctor::loss::LossMeasurement, namespaces: &[String; 2]) {
+    println!(
+        "\nmeasured (network namespaces {} / {}, now removed): keep-alive {}, {} probes lost in a row close a peer",
+        namespaces[0], namespaces[1], m.split, m.probes_before_close
+    );
+    let by_reason: Vec<String> = m
+        .false_closes_by_reason
+        .iter()
+        .map(|(reason, n)| format!("{n} {reason}"))
+        .collect();
+    let reasons = match by_reason.is_empty() {
+        true => String::new(),
+        false => format!(" ({})", by_reason.join(", ")),
+    };
+    let healthy = vec![
+        format!("healthy peers closed ({} % loss each way)", m.loss_percent),
+        format!(
+            "{} of {} in {}{reasons}",
+            m.false_closes,
+            m.peers,
+            millis(Some(m.duration_ms))
+        ),
+        format!("predicted {:.3}", m.predicted),
+        match m.agrees {
+            true => "agrees (within 3x)",
+            false => "DISAGREES",
+        }
+        .into(),
+    ];
+    let dead = vec![
+        "dead peers closed (link down)".into(),
+        format!(
+            "{} of {}, slowest {}",
+            m.dead_closed_in_bound,
+            m.dead_peers,
+            millis(m.dead_slowest_ms)
+        ),
+        format!(
+            "bound {} + {}",
+            millis(Some(m.bound_ms)),
+            millis(Some(m.tolerance_ms))
+        ),
+        match m.dead_closed_in_bound == m.dead_peers {
+            true => "pass",
+            false => "FAIL",
+        }
+        .into(),
+    ];
+    table(&["", "measured", "expected", "result"], &[healthy, dead]);
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -327,9 +326,59 @@ fn millis(ms: Option<u64>) -> String {
     }
 }
 
+/// One table of the inspection: its title, its header and its rows.
+struct Section {
+    title: String,
+    header: &'static [&'static str],
+    rows: Vec<Vec<String>>,
+}
+
+impl Section {
+    fn new(
+        title: impl Into<String>,
+        header: &'static [&'static str],
+        rows: Vec<Vec<String>>,
+    ) -> Self {
+        Section {
+            title: title.into(),
+            header,
+            rows,
+        }
+    }
+}
+
+/// Prints the inspection's tables, then its warnings.
 fn print_inspection(inspection: &Inspection) {
-    println!("socket options (loopback connection made with this configuration)");
-    let rows: Vec<Vec<String>> = inspection
+    for (i, section) in sections(inspection).iter().enumerate() {
+        let gap = if i == 0 { "" } else { "\n" };
+        println!("{gap}{}", section.title);
+        table(section.header, &section.rows);
+    }
+    if inspection.warnings.is_empty() {
+        println!("\nno warnings");
+    } else {
+        println!("\nwarnings");
+        for warning in &inspection.warnings {
+            println!("  - [{}] {}", warning.code, warning.message);
+        }
+    }
+}
+
+/// The inspection as the tables `doctor` prints, in order.
+fn sections(inspection: &Inspection) -> Vec<Section> {
+    let mut sections = vec![
+        options_section(inspection),
+        kernel_section(&inspection.kernel),
+        bounds_section(inspection),
+        odds_section(inspection),
+    ];
+    sections.extend(nats_section(inspection));
+    sections.push(security_section(&inspection.security));
+    sections
+}
+
+fn options_section(inspection: &Inspection) -> Section {
+    let rows = inspection
         .options
         .iter()
         .map(|o| {
@@ -343,62 +392,64 @@ fn print_inspection(inspection: &Inspection) {
             ]
         })
         .collect();
-    table(
+    Section::new(
+        "socket options (loopback connection made with this configuration)",
         &["option", "asked", "server", "client", "kernel default", ""],
-        &rows,
-    );
+        rows,
+    )
+}
 
-    let k = &inspection.kernel;
+fn kernel_section(k: &doctor::KernelDefaults) -> Section {
     let num = |n: Option<u64>| n.map_or_else(|| "-".into(), |n| n.to_string());
     let triple =
         |t: Option<[u64; 3]>| t.map_or_else(|| "-".into(), |[a, b, c]| format!("{a} {b} {c}"));
-    println!("\nkernel");
-    let kernel_rows = vec![
-        vec![
-            "net.ipv4.tcp_keepalive_time / intvl / probes".into(),
+    let retransmissions = millis(k.retransmission_bound().map(|d| d.as_millis() as u64));
+    let conntrack = k
+        .conntrack_established_timeout
+        .map_or_else(|| "- (conntrack not loaded)".into(), |s| format!("{s} s"));
+    let rows: Vec<(&str, String)> = vec![
+        (
+            "net.ipv4.tcp_keepalive_time / intvl / probes",
             format!(
                 "{} / {} / {}",
                 num(k.tcp_keepalive_time),
                 num(k.tcp_keepalive_intvl),
                 num(k.tcp_keepalive_probes)
             ),
-        ],
-        vec![
-            "net.ipv4.tcp_retries2".into(),
+        ),
+        (
+            "net.ipv4.tcp_retries2",
             format!(
-                "{} (~{} of retransmissions)",
-                num(k.tcp_retries2),
-                millis(k.retransmission_bound().map(|d| d.as_millis() as u64))
+                "{} (~{retransmissions} of retransmissions)",
+                num(k.tcp_retries2)
             ),
-        ],
-        vec![
-            "net.ipv4.tcp_rmem / tcp_wmem".into(),
+        ),
+        (
+            "net.ipv4.tcp_rmem / tcp_wmem",
             format!("{} / {}", triple(k.tcp_rmem), triple(k.tcp_wmem)),
-        ],
-        vec![
-            "net.core.rmem_max / wmem_max".into(),
+        ),
+        (
+            "net.core.rmem_max / wmem_max",
             format!("{} / {}", num(k.rmem_max), num(k.wmem_max)),
-        ],
-        vec!["net.core.somaxconn".into(), num(k.somaxconn)],
-        vec![
-            "net.core.netdev_max_backlog".into(),
-            num(k.netdev_max_backlog),
-        ],
-        vec!["fs.nr_open".into(), num(k.nr_open)],
-        vec![
-            "open files (this process): soft / hard".into(),
+        ),
+        ("net.core.somaxconn", num(k.somaxconn)),
+        ("net.core.netdev_max_backlog", num(k.netdev_max_backlog)),
+        ("fs.nr_open", num(k.nr_open)),
+        (
+            "open files (this process): soft / hard",
             format!("{} / {}", num(k.nofile_soft), num(k.nofile_hard)),
-        ],
-        vec![
-            "nf_conntrack_tcp_timeout_established".into(),
-            k.conntrack_established_timeout
-                .map_or_else(|| "- (conntrack not loaded)".into(), |s| format!("{s} s")),
-        ],
+        ),
+        ("nf_conntrack_tcp_timeout_established", conntrack),
     ];
-    table(&["setting", "value"], &kernel_rows);
+    let rows = rows
+        .into_iter()
+        .map(|(setting, value)| vec![setting.to_owned(), value])
+        .collect();
+    Section::new("kernel", &["setting", "value"], rows)
+}
 
-    println!("\nworst case until the server notices");
-    let rows: Vec<Vec<String>> = inspection
+fn bounds_section(inspection: &Inspection) -> Section {
+    let rows = inspection
         .bounds
         .iter()
         .map(|b| {
@@ -410,14 +461,16 @@ fn print_inspection(inspection: &Inspection) {
             ]
         })
         .collect();
-    table(&["failure", "bound", "close reason", "mechanism"], &rows);
+    Section::new(
+        "worst case until the server notices",
+        &["failure", "bound", "close reason", "mechanism"],
+        rows,
+    )
+}
 
+fn odds_section(inspection: &Inspection) -> Section {
     let odds = &inspection.false_closes;
-    println!(
-        "\nhealthy idle peers closed on lossy paths ({} probes lost in a row close one; docs/DOCTOR.md)",
-        odds.probes_before_close
-    );
-    let rows: Vec<Vec<String>> = odds
+    let rows = odds
         .odds
         .iter()
         .map(|o| {
@@ -427,71 +480,67 @@ fn print_inspection(inspection: &Inspection) {
             ]
         })
         .collect();
-    table(
+    Section::new(
+        format!(
+            "healthy idle peers closed on lossy paths ({} probes lost in a row close one; docs/DOCTOR.md)",
+            odds.probes_before_close
+        ),
         &["random loss each way", "per 1,000 connection-days"],
-        &rows,
-    );
+        rows,
+    )
+}
 
-    if !inspection.nats.is_empty() {
-        println!("\nNATS servers (JetStream sync)");
-        let rows: Vec<Vec<String>> = inspection
-            .nats
-            .iter()
-            .map(|n| {
-                vec![
-                    n.monitor.clone(),
-                    or_dash(&n.server),
-                    match (n.sync_always, n.sync_interval_ms) {
-                        (Some(true), _) => "always".into(),
-                        (Some(false), Some(ms)) => format!("every {} s", ms / 1000),
-                        (Some(false), None) => "interval".into(),
-                        (None, _) => format!("unknown: {}", or_dash(&n.error)),
-                    },
-                ]
-            })
-            .collect();
-        table(&["monitor", "server", "sync"], &rows);
+fn nats_section(inspection: &Inspection) -> Option<Section> {
+    if inspection.nats.is_empty() {
+        return None;
     }
+    let rows = inspection
+        .nats
+        .iter()
+        .map(|n| {
+            vec![
+                n.monitor.clone(),
+                or_dash(&n.server),
+                match (n.sync_always, n.sync_interval_ms) {
+                    (Some(true), _) => "always".into(),
+                    (Some(false), Some(ms)) => format!("every {} s", ms / 1000),
+                    (Some(false), None) => "interval".into(),
+                    (None, _) => format!("unknown: {}", or_dash(&n.error)),
+                },
+            ]
+        })
+        .collect();
+    Some(Section::new(
+        "NATS servers (JetStream sync)",
+        &["monitor", "server", "sync"],
+        rows,
+    ))
+}
 
-    let security = &inspection.security;
-    println!("\nsecurity");
-    let rows = vec![
-        vec!["transport".to_owned(), security.transport.to_owned()],
-        vec![
-            "client certificates".to_owned(),
-            if security.client_certificates {
-                "required (mutual TLS)"
-            } else {
-                "no"
-            }
-            .to_owned(),
-        ],
-        vec![
-            "tokens".to_owned(),
-            security
-                .tokens
-                .map_or_else(|| "none".to_owned(), |n| format!("{n} in auth_tokens")),
-        ],
-        vec!["authentication".to_owned(), security.auth.to_owned()],
-        vec![
-            "beyond loopback".to_owned(),
-            if security.exposed.is_empty() {
-                "none".to_owned()
-            } else {
-                security.exposed.join(", ")
-            },
-        ],
+fn security_section(security: &doctor::Security) -> Section {
+    let client_certificates = match security.client_certificates {
+        true => "required (mutual TLS)",
+        false => "no",
+    };
+    let tokens = security
+        .tokens
+        .map_or_else(|| "none".to_owned(), |n| format!("{n} in auth_tokens"));
+    let exposed = match security.exposed.is_empty() {
+        true => "none".to_owned(),
+        false => security.exposed.join(", "),
+    };
+    let rows = [
+        ("transport", security.transport.to_owned()),
+        ("client certificates", client_certificates.to_owned()),
+        ("tokens", tokens),
+        ("authentication", security.auth.to_owned()),
+        ("beyond loopback", exposed),
     ];
-    table(&["", ""], &rows);
-
-    if inspection.warnings.is_empty() {
-        println!("\nno warnings");
-    } else {
-        println!("\nwarnings");
-        for warning in &inspection.warnings {
-            println!("  - [{}] {}", warning.code, warning.message);
-        }
-    }
+    let rows = rows
+        .into_iter()
+        .map(|(what, value)| vec![what.to_owned(), value])
+        .collect();
+    Section::new("security", &["", ""], rows)
 }
 
 #[cfg(target_os = "linux")]

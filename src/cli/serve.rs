@@ -6,12 +6,12 @@ use anyhow::Context;
 use clap::Args;
 use connwarden::Server;
 
-use super::config_flags::{ConfigFlags, LAYERS_HELP};
+use super::config_flags::{layers_help, ConfigFlags};
 use super::service::Notifier;
 
 /// Flags of `serve`.
 #[derive(Debug, Args)]
-#[command(after_help = LAYERS_HELP)]
+#[command(after_help = layers_help())]
 pub struct ServeArgs {
     #[command(flatten)]
     flags: ConfigFlags,

@@ -305,7 +305,7 @@ pub fn reload_on_sighup(
                     let report = reloader.reload(flags.load()).ok()?;
                     Some(
                         report
-                            .applied("log_level")
+                            .applied(connwarden::config::Key::LogLevel)
                             .then(|| reloader.config().log_level),
                     )
                 })

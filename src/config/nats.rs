@@ -1,10 +1,8 @@
 //! The NATS keys: where the JetStream sink publishes, how it authenticates, and the stream it
-//! creates when there is none. Their defaults are in the table of [`super`].
+//! creates when there is none. Their defaults are in docs/CONFIGURATION.md, made from the table of keys (`super::keys`).
 
 use std::path::PathBuf;
 use std::time::Duration;
-
-use super::{ConfigError, KEYS};
 
 /// The placeholder of `nats_subject` that becomes the gateway's name.
 pub const GATEWAY_PLACEHOLDER: &str = "{gateway}";
@@ -87,104 +85,6 @@ impl NatsConfig {
     /// gateway, so that every gateway's records land in the one stream.
     pub fn stream_subjects(&self) -> String {
         self.subject.replace(GATEWAY_PLACEHOLDER, "*")
-    }
-
-    pub(super) fn validate(&self, gateway: &str) -> Result<(), ConfigError> {
-        let fail = |key, reason: String| Err(ConfigError::Contradiction { key, reason });
-        if self.replicas == 0 || self.replicas > 5 {
-            return fail("nats_replicas", "must be 1 to 5 (JetStream's limit)".into());
-        }
-        if self.window == 0 {
-            return fail("nats_window", "must be at least 1".into());
-        }
-        if self.publish_timeout.is_zero() {
-            return fail("nats_publish_timeout", "must be above 0".into());
-        }
-        if self.duplicate_window.is_zero() {
-            return fail(
-                "nats_duplicate_window",
-                "must be above 0: without it a resend is stored twice".into(),
-            );
-        }
-        if let Some(max_age) = self.max_age {
-            if max_age < self.duplicate_window {
-                return fail(
-                    "nats_duplicate_window",
-                    "must not be longer than nats_max_age".into(),
-                );
-            }
-        }
-        let auth = [
-            self.creds.is_some(),
-            self.token_file.is_some(),
-            self.user.is_some(),
-        ];
-        if auth.iter().filter(|set| **set).count() > 1 {
-            return fail(
-                "nats_creds",
-                "nats_creds, nats_token_file and nats_user exclude each other: pick one way to authenticate".into(),
-            );
-        }
-        if self.user.is_some() != self.password_file.is_some() {
-            return fail(
-                "nats_password_file",
-                "nats_user and nats_password_file go together".into(),
-            );
-        }
-        if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return fail(
-                "nats_tls_key",
-                "nats_tls_cert and nats_tls_key go together".into(),
-            );
-        }
-        let subject = self.subject_for(gateway);
-        check_subject(&subject, false).or_else(|reason| {
-            fail(
-                "nats_subject",
-                format!("{subject:?} for gateway {gateway:?}: {reason}"),
-            )
-        })
-    }
-
-    /// The keys' lines for `--print-config`, in the order of [`KEYS`].
-    pub(super) fn toml_lines(&self) -> Vec<(&'static str, String)> {
-        let quoted = |s: &str| format!("{s:?}");
-        let dur = |d: Duration| quoted(&humantime::format_duration(d).to_string());
-        let path = |p: &Option<PathBuf>| {
-            quoted(
-                &p.as_ref()
-                    .map_or_else(|| "off".into(), |p| p.display().to_string()),
-            )
-        };
-        let urls: Vec<String> = self.urls.iter().map(|u| quoted(u)).collect();
-        let lines = vec![
-            ("nats_url", format!("[{}]", urls.join(", "))),
-            ("nats_stream", quoted(&self.stream)),
-            ("nats_subject", quoted(&self.subject)),
-            ("nats_replicas", self.replicas.to_string()),
-            ("nats_duplicate_window", dur(self.duplicate_window)),
-            (
-                "nats_max_age",
-                self.max_age.map_or_else(|| quoted("off"), dur),
-            ),
-            (
-                "nats_max_bytes",
-                self.max_bytes
-                    .map_or_else(|| quoted("off"), |b| b.to_string()),
-            ),
-            ("nats_window", self.window.to_string()),
-            ("nats_publish_timeout", dur(self.publish_timeout)),
-            ("nats_creds", path(&self.creds)),
-            ("nats_token_file", path(&self.token_file)),
-            ("nats_user", quoted(self.user.as_deref().unwrap_or("off"))),
-            ("nats_password_file", path(&self.password_file)),
-            ("nats_tls_ca", path(&self.tls_ca)),
-            ("nats_tls_cert", path(&self.tls_cert)),
-            ("nats_tls_key", path(&self.tls_key)),
-            ("nats_registry", quoted(&self.registry)),
-        ];
-        debug_assert!(lines.iter().all(|(k, _)| KEYS.contains(k)));
-        lines
     }
 }
 
@@ -300,7 +200,7 @@ pub(super) fn parse_subject_prefix(text: &str) -> Result<String, String> {
 }
 
 /// A subject: tokens separated by dots, none empty, no spaces, wildcards only if `wildcards`.
-fn check_subject(subject: &str, wildcards: bool) -> Result<(), String> {
+pub(super) fn check_subject(subject: &str, wildcards: bool) -> Result<(), String> {
     let bad_token = subject.split('.').any(|token| {
         token.is_empty()
             || token.contains(|c: char| c.is_whitespace() || c.is_control())

@@ -9,7 +9,7 @@ use socket2::{Domain, SockRef, Socket, Type};
 
 use super::kernel::KernelDefaults;
 use super::odds::{FalseCloses, FRAGILE_PER_1000_DAYS};
-use crate::config::{Config, HeartbeatMode, Keepalive};
+use crate::config::{Config, HeartbeatMode, Keepalive, Key};
 use crate::sockopt::{self, Effective, ListenerOptions, SocketOptions};
 
 /// Idle timeouts of common NATs and load balancers: an idle connection through one of them is
@@ -480,7 +480,7 @@ pub fn bounds(config: &Config, kernel: &KernelDefaults) -> Vec<Bound> {
     ]
 }
 
-/// Settings that defeat their purpose.
+/// Settings that defeat their purpose, each once, in the order of the checks below.
 pub fn warnings(
     config: &Config,
     kernel: &KernelDefaults,
@@ -488,155 +488,225 @@ pub fn warnings(
     effective: &[&Effective],
 ) -> Vec<Warning> {
     let mut out = Vec::new();
-    let mut warn = |code, message: String| out.push(Warning { code, message });
+    out.extend(idle_above_middleboxes(config));
+    out.extend(idle_above_conntrack(config, kernel));
+    out.extend(user_timeout(config, kernel));
+    out.extend(fragile_split(config));
+    out.extend(frozen_peers(config));
+    out.extend(open_files(config, kernel));
+    out.extend(backlogs(config, kernel));
+    out.extend(buffers_above_kernel_max(asked, kernel));
+    out.extend(not_in_force(asked, effective));
+    out.extend(platform_lacks_options());
+    first_of_each(out)
+}
+
+fn warning(code: &'static str, message: impl Into<String>) -> Option<Warning> {
+    Some(Warning {
+        code,
+        message: message.into(),
+    })
+}
+
+fn idle_above_middleboxes(config: &Config) -> Option<Warning> {
     let idle = config.keepalive.idle;
     let exceeded: Vec<String> = MIDDLEBOX_IDLE_TIMEOUTS
         .iter()
         .filter(|(_, secs, _)| idle >= Duration::from_secs(*secs))
         .map(|(name, secs, _)| format!("{name} {secs} s"))
         .collect();
-    if !exceeded.is_empty() {
-        warn(
-            "keepalive_idle_above_middlebox_timeouts",
-            format!(
-                "keepalive_idle {} is not below the idle timeout of {}: such a middlebox forgets an idle connection before the first probe, and neither end learns of it until it sends; keep keepalive_idle under the smallest idle timeout on the path",
-                show(idle),
-                exceeded.join(", ")
-            ),
-        );
+    if exceeded.is_empty() {
+        return None;
     }
-    if let Some(conntrack) = kernel.conntrack_established_timeout {
-        if idle >= Duration::from_secs(conntrack) {
-            warn(
-                "keepalive_idle_above_conntrack",
-                format!("keepalive_idle {} is not below this host's nf_conntrack_tcp_timeout_established ({conntrack} s)", show(idle)),
-            );
-        }
+    warning(
+        "keepalive_idle_above_middlebox_timeouts",
+        format!(
+            "{} {} is not below the idle timeout of {}: such a middlebox forgets an idle connection before the first probe, and neither end learns of it until it sends; keep {} under the smallest idle timeout on the path",
+            Key::KeepaliveIdle,
+            show(idle),
+            exceeded.join(", "),
+            Key::KeepaliveIdle,
+        ),
+    )
+}
+
+fn idle_above_conntrack(config: &Config, kernel: &KernelDefaults) -> Option<Warning> {
+    let idle = config.keepalive.idle;
+    let conntrack = kernel.conntrack_established_timeout?;
+    if idle < Duration::from_secs(conntrack) {
+        return None;
     }
+    warning(
+        "keepalive_idle_above_conntrack",
+        format!(
+            "{} {} is not below this host's nf_conntrack_tcp_timeout_established ({conntrack} s)",
+            Key::KeepaliveIdle,
+            show(idle)
+        ),
+    )
+}
+
+fn user_timeout(config: &Config, kernel: &KernelDefaults) -> Option<Warning> {
     match config.effective_user_timeout() {
-        None => warn(
+        None => warning(
             "user_timeout_off",
             format!(
-                "user_timeout is off: a dead peer with unacknowledged data is noticed only after tcp_retries2 retransmissions (~{}), keep-alive does not run meanwhile",
+                "{} is off: a dead peer with unacknowledged data is noticed only after tcp_retries2 retransmissions (~{}), keep-alive does not run meanwhile",
+                Key::UserTimeout,
                 kernel.retransmission_bound().map_or("15 minutes".into(), show)
             ),
         ),
-        Some(timeout) if timeout < config.keepalive.bound() => warn(
+        Some(timeout) if timeout < config.keepalive.bound() => warning(
             "user_timeout_below_keepalive_bound",
             format!(
-                "user_timeout {} is below the keep-alive bound {}: Linux then also ends an idle connection once the user timeout has passed since the last data, after the first unanswered probe, so keepalive_count no longer counts",
+                "{} {} is below the keep-alive bound {}: Linux then also ends an idle connection once the user timeout has passed since the last data, after the first unanswered probe, so {} no longer counts",
+                Key::UserTimeout,
                 show(timeout),
-                show(config.keepalive.bound())
+                show(config.keepalive.bound()),
+                Key::KeepaliveCount,
             ),
         ),
-        Some(_) => {}
+        Some(_) => None,
     }
+}
+
+fn fragile_split(config: &Config) -> Option<Warning> {
     let odds = FalseCloses::of(config);
-    if odds.at_one_percent() > FRAGILE_PER_1000_DAYS {
-        warn(
-            "keepalive_split_fragile",
-            format!(
-                "the keep-alive split {} + {} x {} (bound {}) closes healthy peers on lossy paths: a lost probe is not retransmitted, and {} lost in a row close the connection; at 1 % random loss each way that is {:.3} false closes per 1,000 connection-days; spend the same bound as keepalive_bound = \"{}s\" ({}) instead",
-                show(config.keepalive.idle),
-                show(config.keepalive.interval),
-                config.keepalive.count,
-                show(config.keepalive.bound()),
-                odds.probes_before_close,
-                odds.at_one_percent(),
-                config.keepalive.bound().as_secs(),
-                Keepalive::for_bound(Duration::from_secs(config.keepalive.bound().as_secs()))
-                    .map(|k| format!("{} + {} x {}", show(k.idle), show(k.interval), k.count))
-                    .unwrap_or_else(|_| "a longer bound".into())
-            ),
-        );
+    if odds.at_one_percent() <= FRAGILE_PER_1000_DAYS {
+        return None;
     }
+    let ka = &config.keepalive;
+    let bound = ka.bound().as_secs();
+    let better = Keepalive::for_bound(Duration::from_secs(bound))
+        .map(|k| format!("{} + {} x {}", show(k.idle), show(k.interval), k.count))
+        .unwrap_or_else(|_| "a longer bound".into());
+    warning(
+        "keepalive_split_fragile",
+        format!(
+            "the keep-alive split {} + {} x {} (bound {}) closes healthy peers on lossy paths: a lost probe is not retransmitted, and {} lost in a row close the connection; at 1 % random loss each way that is {:.3} false closes per 1,000 connection-days; spend the same bound as {} = \"{bound}s\" ({better}) instead",
+            show(ka.idle),
+            show(ka.interval),
+            ka.count,
+            show(ka.bound()),
+            odds.probes_before_close,
+            odds.at_one_percent(),
+            Key::KeepaliveBound,
+        ),
+    )
+}
+
+fn frozen_peers(config: &Config) -> Option<Warning> {
     if config.heartbeat == HeartbeatMode::Off && config.idle_timeout.is_none() {
-        warn(
+        warning(
             "frozen_peer_undetected",
-            "heartbeat and idle_timeout are off: a peer whose process is frozen while its kernel answers keep-alive is never closed".into(),
-        );
+            format!("{} and {} are off: a peer whose process is frozen while its kernel answers keep-alive is never closed", Key::Heartbeat, Key::IdleTimeout),
+        )
     } else if config.heartbeat == HeartbeatMode::Negotiated {
-        warn(
+        warning(
             "heartbeat_negotiated",
-            "heartbeat is negotiated: clients that never send hello are not held to it (a frozen one is noticed only by idle_timeout, if set); use --heartbeat required if all clients answer ping".into(),
-        );
+            format!("{} is negotiated: clients that never send hello are not held to it (a frozen one is noticed only by {}, if set); use {} required if all clients answer ping", Key::Heartbeat, Key::IdleTimeout, Key::Heartbeat.flag()),
+        )
+    } else {
+        None
     }
+}
+
+fn open_files(config: &Config, kernel: &KernelDefaults) -> Option<Warning> {
     let headroom = 64u64;
-    if let Some(soft) = kernel.nofile_soft {
-        let hard = kernel.nofile_hard.unwrap_or(soft);
-        let needed = config.max_connections as u64 + headroom;
-        if hard < needed {
-            warn(
-                "nofile_below_max_connections",
-                format!(
-                    "the open-file limit (hard {hard}) is below max_connections {} + {headroom}: connections beyond ~{} are refused by the kernel (EMFILE); raise the hard limit (ulimit -n, LimitNOFILE=) or run several --reuse-port processes",
-                    config.max_connections,
-                    hard.saturating_sub(headroom)
-                ),
-            );
-        } else if soft < needed {
-            warn(
-                "nofile_soft_below_max_connections",
-                format!("the open-file soft limit {soft} is below max_connections {} + {headroom}; serve raises it to the hard limit {hard} at start", config.max_connections),
-            );
-        }
+    let soft = kernel.nofile_soft?;
+    let hard = kernel.nofile_hard.unwrap_or(soft);
+    let needed = config.max_connections as u64 + headroom;
+    if hard < needed {
+        warning(
+            "nofile_below_max_connections",
+            format!(
+                "the open-file limit (hard {hard}) is below {} {} + {headroom}: connections beyond ~{} are refused by the kernel (EMFILE); raise the hard limit (ulimit -n, LimitNOFILE=) or run several {} processes",
+                Key::MaxConnections,
+                config.max_connections,
+                hard.saturating_sub(headroom),
+                Key::ReusePort.flag(),
+            ),
+        )
+    } else if soft < needed {
+        warning(
+            "nofile_soft_below_max_connections",
+            format!("the open-file soft limit {soft} is below {} {} + {headroom}; serve raises it to the hard limit {hard} at start", Key::MaxConnections, config.max_connections),
+        )
+    } else {
+        None
     }
+}
+
+fn backlogs(config: &Config, kernel: &KernelDefaults) -> Vec<Warning> {
+    let mut out = Vec::new();
     if let Some(somaxconn) = kernel.somaxconn {
         if u64::from(config.backlog) > somaxconn {
-            warn(
+            out.extend(warning(
                 "backlog_above_somaxconn",
                 format!(
-                    "backlog {} is capped by net.core.somaxconn = {somaxconn}",
+                    "{} {} is capped by net.core.somaxconn = {somaxconn}",
+                    Key::Backlog,
                     config.backlog
                 ),
-            );
+            ));
         }
     }
     if let Some(backlog) = kernel.netdev_max_backlog {
-        if let Some(message) = crate::phase::backlog_warning(
+        let message = crate::phase::backlog_warning(
             backlog,
             config.max_connections as u64,
             config.keepalive.idle,
             config.keepalive_spread,
-        ) {
-            warn("netdev_backlog_below_max_connections", message);
-        }
+        );
+        out.extend(message.and_then(|m| warning("netdev_backlog_below_max_connections", m)));
     }
-    for (option, asked_size, max) in [
-        ("recv_buffer", asked.recv_buffer, kernel.rmem_max),
-        ("send_buffer", asked.send_buffer, kernel.wmem_max),
-    ] {
-        if let (Some(asked), Some(max)) = (asked_size, max) {
-            if asked as u64 > max {
-                warn(
-                    "buffer_above_kernel_max",
-                    format!("{option} {asked} is above the kernel's maximum {max} (net.core.{}): the kernel caps it", if option == "recv_buffer" { "rmem_max" } else { "wmem_max" }),
-                );
-            }
-        }
-    }
-    for end in effective {
-        for mismatch in end.mismatches(asked) {
-            warn(
+    out
+}
+
+fn buffers_above_kernel_max(asked: &SocketOptions, kernel: &KernelDefaults) -> Vec<Warning> {
+    [
+        (Key::RecvBuffer, asked.recv_buffer, kernel.rmem_max, "rmem_max"),
+        (Key::SendBuffer, asked.send_buffer, kernel.wmem_max, "wmem_max"),
+    ]
+    .into_iter()
+    .filter_map(|(key, asked, max, sysctl)| match (asked, max) {
+        (Some(asked), Some(max)) if asked as u64 > max => warning(
+            "buffer_above_kernel_max",
+            format!("{key} {asked} is above the kernel's maximum {max} (net.core.{sysctl}): the kernel caps it"),
+        ),
+        _ => None,
+    })
+    .collect()
+}
+
+fn not_in_force(asked: &SocketOptions, effective: &[&Effective]) -> Vec<Warning> {
+    effective
+        .iter()
+        .flat_map(|end| end.mismatches(asked))
+        .filter_map(|mismatch| {
+            warning(
                 "option_not_in_force",
                 format!(
                     "{}: asked {}, in force {}",
                     mismatch.option, mismatch.asked, mismatch.effective
                 ),
-            );
-        }
-    }
+            )
+        })
+        .collect()
+}
+
+fn platform_lacks_options() -> Option<Warning> {
     let missing = sockopt::SUPPORT.missing();
-    if !missing.is_empty() {
-        warn(
-            "platform_lacks_options",
-            format!(
-                "this platform cannot set {}: the bounds that rest on them do not hold here",
-                missing.join(", ")
-            ),
-        );
+    if missing.is_empty() {
+        return None;
     }
-    first_of_each(out)
+    warning(
+        "platform_lacks_options",
+        format!(
+            "this platform cannot set {}: the bounds that rest on them do not hold here",
+            missing.join(", ")
+        ),
+    )
 }
 
 /// Each warning once, where it first appeared: both ends of the loopback connection report

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::measure::{run_error, start_server, Lab, MeasureError, SERVER_IP};
 use super::odds;
 use crate::config::{Config, HeartbeatMode};
+use crate::registry::ClosedConn;
 
 /// What to measure.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -69,7 +70,9 @@ pub struct LossMeasurement {
     pub pass: bool,
 }
 
-/// Runs the plan under `config` in a lab of its own (`tag`).
+/// Runs the plan under `config` in a lab of its own (`tag`): the peers connect, the link turns
+/// lossy for the plan's duration (false closes counted), then goes down (each survivor must
+/// be closed within the bound).
 pub async fn measure_loss(
     config: &Config,
     plan: LossPlan,
@@ -87,17 +90,59 @@ pub async fn measure_loss(
         listen: vec![std::net::SocketAddr::from((SERVER_IP, 0))],
         ..config.clone()
     };
-    let ka = config.keepalive;
-    let user_timeout = config.effective_user_timeout();
+    let (ka, user_timeout) = (config.keepalive, config.effective_user_timeout());
     let mut servers = JoinSet::new();
     let (addr, mut closes, registry) = start_server(&lab, config, 7010, &mut servers).await?;
     let peers = plan.peers;
     let clients: Vec<TcpStream> = Lab::in_ns(&lab.client_ns, move || {
-        (0..peers)
-            .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
-            .collect()
+        let connect = || TcpStream::connect_timeout(&addr, Duration::from_secs(5));
+        (0..peers).map(|_| connect()).collect()
     })?;
-    // Every connection registered before the loss starts.
+    wait_registered(&registry, peers).await?;
+    drop_packets(&lab, plan.loss)?;
+    let lossy = count_closes_until(&mut closes, Instant::now() + plan.duration).await;
+    // The other side: the survivors die at once, and each must be closed within the bound.
+    lab.client_link(false)?;
+    let dead = (plan.peers as u64).saturating_sub(lossy.closed);
+    let timed = time_dead_closes(&mut closes, dead, ka.bound(), tolerance).await;
+    drop(clients);
+    servers.shutdown().await;
+    let namespaces = [lab.server_ns.clone(), lab.client_ns.clone()];
+    drop(lab); // Removes the namespaces and their links.
+    let rate = odds::expected_false_closes(&ka, user_timeout, plan.loss, 1.0);
+    let predicted = plan.peers as f64 * (1.0 - (-rate * plan.duration.as_secs_f64()).exp());
+    let agrees = agree_within_3(lossy.closed as f64, predicted);
+    let measurement = LossMeasurement {
+        loss_percent: plan.loss * 100.0,
+        peers: plan.peers,
+        duration_ms: plan.duration.as_millis() as u64,
+        split: split_text(&ka),
+        probes_before_close: odds::probes_before_close(&ka, user_timeout),
+        false_closes: lossy.closed,
+        false_closes_by_reason: lossy.by_reason,
+        predicted,
+        agrees,
+        dead_peers: dead,
+        dead_closed_in_bound: timed.in_bound,
+        dead_slowest_ms: timed.slowest.map(|d| d.as_millis() as u64),
+        bound_ms: ka.bound().as_millis() as u64,
+        tolerance_ms: tolerance.as_millis() as u64,
+        pass: agrees && timed.in_bound == dead,
+    };
+    Ok((measurement, namespaces))
+}
+
+/// The split as `idle + interval x count`.
+fn split_text(ka: &crate::config::Keepalive) -> String {
+    let d = humantime::format_duration;
+    format!("{} + {} x {}", d(ka.idle), d(ka.interval), ka.count)
+}
+
+/// Waits until every one of `peers` connections is in the registry (30 s at most).
+async fn wait_registered(
+    registry: &crate::registry::Registry,
+    peers: usize,
+) -> Result<(), MeasureError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while registry.len() < peers {
         if Instant::now() > deadline {
@@ -108,29 +153,57 @@ pub async fn measure_loss(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    drop_packets(&lab, plan.loss)?;
-    let lossy_until = Instant::now() + plan.duration;
-    let mut by_reason = BTreeMap::new();
-    let mut false_closes = 0u64;
+    Ok(())
+}
+
+/// Closes seen while the link was lossy: each a healthy peer closed.
+struct LossyCloses {
+    closed: u64,
+    by_reason: BTreeMap<&'static str, u64>,
+}
+
+/// Counts the closes until `until`, by reason.
+async fn count_closes_until(
+    closes: &mut broadcast::Receiver<ClosedConn>,
+    until: Instant,
+) -> LossyCloses {
+    let mut counted = LossyCloses {
+        closed: 0,
+        by_reason: BTreeMap::new(),
+    };
     loop {
-        match tokio::time::timeout_at(lossy_until, closes.recv()).await {
+        match tokio::time::timeout_at(until, closes.recv()).await {
             Err(_) => break,
             Ok(Ok(closed)) => {
-                false_closes += 1;
-                *by_reason.entry(closed.reason.as_str()).or_insert(0) += 1;
+                counted.closed += 1;
+                *counted.by_reason.entry(closed.reason.as_str()).or_insert(0) += 1;
             }
-            Ok(Err(broadcast::error::RecvError::Lagged(missed))) => false_closes += missed,
+            Ok(Err(broadcast::error::RecvError::Lagged(missed))) => counted.closed += missed,
             Ok(Err(broadcast::error::RecvError::Closed)) => break,
         }
     }
+    counted
+}
 
-    // The other side: the survivors die at once, and each must be closed within the bound.
-    lab.client_link(false)?;
+/// The dead peers' closes, timed from now (the link just went down).
+struct TimedCloses {
+    in_bound: u64,
+    slowest: Option<Duration>,
+}
+
+/// Waits for `dead` closes (until bound + tolerance + 5 s), timing each from now.
+async fn time_dead_closes(
+    closes: &mut broadcast::Receiver<ClosedConn>,
+    dead: u64,
+    bound: Duration,
+    tolerance: Duration,
+) -> TimedCloses {
     let down_at = Instant::now();
-    let dead = (plan.peers as u64).saturating_sub(false_closes);
-    let bound = ka.bound();
-    let (mut closed_in_bound, mut slowest) = (0u64, None);
     let give_up = down_at + bound + tolerance + Duration::from_secs(5);
+    let mut timed = TimedCloses {
+        in_bound: 0,
+        slowest: None,
+    };
     let mut seen = 0u64;
     while seen < dead {
         match tokio::time::timeout_at(give_up, closes.recv()).await {
@@ -138,48 +211,16 @@ pub async fn measure_loss(
             Ok(Ok(_)) => {
                 seen += 1;
                 let after = down_at.elapsed();
-                slowest = Some(after);
+                timed.slowest = Some(after);
                 if after <= bound + tolerance {
-                    closed_in_bound += 1;
+                    timed.in_bound += 1;
                 }
             }
             Ok(Err(broadcast::error::RecvError::Lagged(missed))) => seen += missed,
             Ok(Err(broadcast::error::RecvError::Closed)) => break,
         }
     }
-    drop(clients);
-    servers.shutdown().await;
-    let namespaces = [lab.server_ns.clone(), lab.client_ns.clone()];
-    drop(lab);
-
-    let rate = odds::expected_false_closes(&ka, user_timeout, plan.loss, 1.0);
-    let predicted = plan.peers as f64 * (1.0 - (-rate * plan.duration.as_secs_f64()).exp());
-    let agrees = agree_within_3(false_closes as f64, predicted);
-    Ok((
-        LossMeasurement {
-            loss_percent: plan.loss * 100.0,
-            peers: plan.peers,
-            duration_ms: plan.duration.as_millis() as u64,
-            split: format!(
-                "{} + {} x {}",
-                humantime::format_duration(ka.idle),
-                humantime::format_duration(ka.interval),
-                ka.count
-            ),
-            probes_before_close: odds::probes_before_close(&ka, user_timeout),
-            false_closes,
-            false_closes_by_reason: by_reason,
-            predicted,
-            agrees,
-            dead_peers: dead,
-            dead_closed_in_bound: closed_in_bound,
-            dead_slowest_ms: slowest.map(|d| d.as_millis() as u64),
-            bound_ms: bound.as_millis() as u64,
-            tolerance_ms: tolerance.as_millis() as u64,
-            pass: agrees && closed_in_bound == dead,
-        },
-        namespaces,
-    ))
+    timed
 }
 
 /// Within a factor of 3 of each other; counts below 1 are taken as 1 (0 closes where 10⁻²⁰

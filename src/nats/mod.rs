@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, Event};
 
-use crate::config::NatsConfig;
+use crate::config::{Key, NatsConfig};
 use crate::metrics::Metrics;
 
 /// Why NATS could not be used.
@@ -76,13 +76,16 @@ pub async fn options(config: &NatsConfig, name: &str) -> Result<ConnectOptions, 
         options = options
             .credentials_file(path)
             .await
-            .map_err(|source| read_error("nats_creds", path, source))?;
+            .map_err(|source| read_error(Key::NatsCreds.name(), path, source))?;
     }
     if let Some(path) = &config.token_file {
-        options = options.token(read_secret("nats_token_file", path)?);
+        options = options.token(read_secret(Key::NatsTokenFile.name(), path)?);
     }
     if let (Some(user), Some(path)) = (&config.user, &config.password_file) {
-        options = options.user_and_password(user.clone(), read_secret("nats_password_file", path)?);
+        options = options.user_and_password(
+            user.clone(),
+            read_secret(Key::NatsPasswordFile.name(), path)?,
+        );
     }
     let tls_url = config.urls.iter().any(|u| u.starts_with("tls://"));
     if config.tls_ca.is_some() || config.tls_cert.is_some() || tls_url {

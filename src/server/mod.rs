@@ -45,12 +45,17 @@ use crate::upgrade::{Inherited, UpgradeError};
 
 mod accept;
 mod shutdown;
+#[cfg(target_os = "linux")]
+mod upgrade;
+// Without upgrades, the same interface with nothing to do, so that `run` has no platform branch.
+#[cfg(not(target_os = "linux"))]
+#[path = "upgrade_off.rs"]
+mod upgrade;
 
 use accept::Acceptor;
 #[cfg(target_os = "linux")]
-mod upgrade;
-#[cfg(target_os = "linux")]
 pub use upgrade::Upgrader;
+use upgrade::Upgrades;
 
 /// How often histogram samples are folded into buckets between scrapes, bounding their memory.
 const METRICS_UPKEEP: Duration = Duration::from_secs(1);
@@ -223,7 +228,7 @@ impl ServerBuilder {
         }
         if self.protocol.is_some() && self.config.tls_cert.is_some() {
             return Err(ServerError::Config(ConfigError::Unusable {
-                key: "tls_cert",
+                key: crate::config::Key::TlsCert,
                 reason: "a handler of your own reads and writes the socket: run TLS inside it (tokio-rustls over liveness::Connection)".into(),
             }));
         }
@@ -251,14 +256,11 @@ impl ServerBuilder {
             .tokens
             .load(self.config.auth_tokens.as_deref())?;
         #[cfg(target_os = "linux")]
-        let (upgrades, upgrade_requests) = tokio::sync::mpsc::unbounded_channel();
+        let upgrades = Upgrades::new(self.inherited);
+        #[cfg(not(target_os = "linux"))]
+        let upgrades = Upgrades::new();
         Ok(Server {
-            #[cfg(target_os = "linux")]
             upgrades,
-            #[cfg(target_os = "linux")]
-            upgrade_requests,
-            #[cfg(target_os = "linux")]
-            inherited: self.inherited,
             handed_admin: std::sync::Mutex::new(None),
             config: self.config,
             reloader,
@@ -292,14 +294,8 @@ pub struct Server {
     token: Option<Token>,
     on_lifecycle: Option<LifecycleHook>,
     reopen: ReopenHandle,
-    /// Where [`Upgrader`]s send their requests, and where `run` reads them.
-    #[cfg(target_os = "linux")]
-    upgrades: tokio::sync::mpsc::UnboundedSender<upgrade::Request>,
-    #[cfg(target_os = "linux")]
-    upgrade_requests: tokio::sync::mpsc::UnboundedReceiver<upgrade::Request>,
-    /// The process this one takes over from, at an upgrade.
-    #[cfg(target_os = "linux")]
-    inherited: Option<Inherited>,
+    /// Upgrades asked for, and the process this one takes over from.
+    upgrades: Upgrades,
     /// The admin listener an upgrade handed over, until `run` serves on it.
     handed_admin: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
@@ -339,7 +335,7 @@ impl Server {
     /// `SIGUSR2`).
     #[cfg(target_os = "linux")]
     pub fn upgrader(&self) -> Upgrader {
-        Upgrader::new(self.upgrades.clone())
+        self.upgrades.upgrader()
     }
 
     /// The validated configuration the server starts with.
@@ -391,12 +387,9 @@ impl Server {
     /// `listen`; or, for a server that [inherits](ServerBuilder::inherit), takes the old
     /// process's listeners (with their options as they were). Needs a Tokio runtime.
     pub fn bind(&self) -> Result<Vec<TcpListener>, ServerError> {
-        #[cfg(target_os = "linux")]
-        if let Some(inherited) = &self.inherited {
-            let handed = inherited.take_listeners()?;
-            *self.handed_admin.lock().unwrap_or_else(|e| e.into_inner()) = handed.admin;
-            return handed
-                .data
+        if let Some((data, admin)) = self.upgrades.take_listeners()? {
+            *self.handed_admin.lock().unwrap_or_else(|e| e.into_inner()) = admin;
+            return data
                 .into_iter()
                 .map(|listener| {
                     let addr = listener
@@ -433,185 +426,155 @@ impl Server {
         if listeners.is_empty() {
             return Err(ServerError::NoListener);
         }
+        let mut running = self.start(listeners).await?;
+        let handed_over = running.serve_until_stopped(shutdown).await;
+        Ok(running.stop(handed_over).await)
+    }
+
+    /// Starts the background work (admin API, NATS, the sink's drain, upkeep), then accepts on
+    /// `listeners` and says the server is ready; a process that takes over adopts the old one's
+    /// connections from then on.
+    async fn start(self, listeners: Vec<TcpListener>) -> Result<Running, ServerError> {
         let admin_handle = self.admin_handle();
         let handed_admin = (self.handed_admin.lock().unwrap_or_else(|e| e.into_inner())).take();
-        let Server {
-            config,
-            reloader,
-            sink,
-            protocol,
-            registry,
-            producer,
-            consumer,
-            metrics,
-            readiness,
-            token: _,
-            on_lifecycle,
-            reopen,
-            #[cfg(target_os = "linux")]
-                upgrades: keep_requests_open,
-            #[cfg(target_os = "linux")]
-            mut upgrade_requests,
-            #[cfg(target_os = "linux")]
-            inherited,
-            handed_admin: _,
-        } = self;
-        let lifecycle = |moment| {
-            if let Some(hook) = &on_lifecycle {
-                hook(moment);
-            }
-        };
-        // Ends the admin API and the metrics upkeep when `run` ends, on every path.
-        let stop_background = CancellationToken::new();
-        // Ends with the rest, or as soon as a new process took over the admin listener.
-        let stop_admin = stop_background.child_token();
-        let admin = match config.admin {
-            Some(addr) => {
-                Some(start_admin(addr, handed_admin, admin_handle, stop_admin.clone()).await?)
-            }
-            None => None,
-        };
-        #[cfg(target_os = "linux")]
-        let copies = upgrade::ListenerCopies::of(&listeners, admin.as_ref().map(|a| &a.listener))?;
-        let admin_task = admin.map(|admin| admin.task);
-        let _stop_background_on_exit = stop_background.clone().drop_guard();
-        // NATS first: the JetStream sink publishes through it, and the cluster-wide registry
-        // answers on it. Until it answers, `/readyz` says "starting".
-        let nats = match config.nats.enabled() {
-            true => {
-                let name = format!("connwarden {}", config.gateway_name());
-                Some(nats::connect_patiently(&config.nats, &name, Arc::clone(&metrics)).await?)
-            }
-            false => None,
-        };
-        // At an upgrade, the old process goes on appending to a file sink for a while.
-        #[cfg(target_os = "linux")]
-        let beside_another_writer = inherited.is_some();
-        #[cfg(not(target_os = "linux"))]
-        let beside_another_writer = false;
-        let sink = match protocol {
+        let phases = Arc::new(Phases::default());
+        let live = Arc::clone(self.reloader.live());
+        let parts = (&self.config, &self.metrics, &self.registry);
+        let background =
+            Background::start(parts, admin_handle, handed_admin, &live, &phases).await?;
+        let copies =
+            (self.upgrades).copy_listeners(&listeners, background.admin_listener.as_ref())?;
+        let monitor = self.consumer.monitor();
+        let sink_task = match self.protocol {
             // A protocol of the embedder's own queues nothing.
             Some(_) => None,
-            None => Some(
-                open_sink(
-                    sink,
-                    &config,
-                    nats.as_ref(),
-                    &metrics,
-                    &reopen,
-                    beside_another_writer,
+            None => {
+                let (nats, inherits) = (background.nats.as_ref(), self.upgrades.inherits());
+                let sink = open_sink(
+                    self.sink,
+                    &self.config,
+                    nats,
+                    &self.metrics,
+                    &self.reopen,
+                    inherits,
                 )
-                .await?,
-            ),
+                .await?;
+                Some(start_drain(
+                    self.consumer,
+                    sink,
+                    &self.config,
+                    &self.metrics,
+                ))
+            }
         };
-        let registry_task = nats.clone().map(|client| {
-            let (config, registry, stop) =
-                (config.clone(), registry.clone(), stop_background.clone());
-            tokio::spawn(async move {
-                if let Err(error) = nats::registry::serve(client, config, registry, stop).await {
-                    tracing::error!(error = %error, "the cluster-wide registry is not available");
-                }
-            })
-        });
-        let options = SocketOptions::from_config(&config);
-        report_start(&config, &options, &listeners);
-
-        let monitor = consumer.monitor();
-        let drain_metrics = Arc::clone(&metrics);
-        let fsync = config.fsync;
-        let sink_task = sink.map(|sink| {
-            tokio::spawn(async move { sink::drain(consumer, sink, fsync, &drain_metrics).await })
-        });
-        let live = Arc::clone(reloader.live());
-        let phases = Arc::new(Phases::default());
-        let background = Background {
-            upkeep: Background::upkeep(&metrics, &registry, &live, &phases, &stop_background),
-            admin: admin_task,
-            cluster_registry: registry_task,
-            nats,
-            stop: stop_background,
-        };
+        report_start(
+            &self.config,
+            &SocketOptions::from_config(&self.config),
+            &listeners,
+        );
         let stop_accepting = CancellationToken::new();
         let tracker = TaskTracker::new();
         let acceptor = Arc::new(Acceptor {
             phases,
-            registry: registry.clone(),
+            registry: self.registry.clone(),
             live_connections: Arc::new(AtomicUsize::new(0)),
-            producer,
-            protocol,
-            metrics: Arc::clone(&metrics),
-            reloader,
+            producer: self.producer,
+            protocol: self.protocol,
+            metrics: Arc::clone(&self.metrics),
+            reloader: self.reloader,
             tracker: tracker.clone(),
             checked_first: AtomicBool::new(false),
         });
-        #[cfg(target_os = "linux")]
-        let adopting = Arc::clone(&acceptor);
-        #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
-        let mut accept_tasks = accept::start(listeners, acceptor, &stop_accepting);
-        readiness.set_ready();
-        lifecycle(Lifecycle::Ready);
-        #[cfg(target_os = "linux")]
-        let adoption = inherited.map(|inherited| {
-            tokio::spawn(upgrade::adopt_all(
-                inherited,
-                adopting,
-                stop_accepting.clone(),
-            ))
-        });
+        let accept_tasks = accept::start(listeners, Arc::clone(&acceptor), &stop_accepting);
+        self.readiness.set_ready();
+        let mut running = Running {
+            adoption: None,
+            upgrades: self.upgrades,
+            copies,
+            background,
+            accept_tasks,
+            stop_accepting,
+            tracker,
+            live,
+            registry: self.registry,
+            readiness: self.readiness,
+            on_lifecycle: self.on_lifecycle,
+            metrics: self.metrics,
+            sink_task,
+            monitor,
+        };
+        running.tell(Lifecycle::Ready);
+        running.adoption = (running.upgrades).adopt(acceptor, running.stop_accepting.clone());
+        Ok(running)
+    }
+}
 
-        // `Some` with the count handed over once a new process took over; `None` at a shutdown.
-        #[cfg(target_os = "linux")]
-        let handed_over: Option<u64> = {
-            let _keep_requests_open = keep_requests_open;
-            let upgraded = upgrade::serve_until_upgraded(
-                shutdown,
-                &mut upgrade_requests,
-                &copies,
-                &live,
-                &metrics,
-            )
-            .await;
-            match upgraded {
-                None => None,
-                Some(successor) => {
-                    lifecycle(Lifecycle::HandedOver(successor.pid()));
-                    readiness.set_draining();
-                    stop_admin.cancel();
-                    stop_accepting.cancel();
-                    for task in accept_tasks.drain(..) {
-                        let _ = task.await;
-                    }
-                    Some(upgrade::hand_over(successor, &live, &registry).await)
-                }
-            }
-        };
-        #[cfg(not(target_os = "linux"))]
-        let handed_over: Option<u64> = {
-            shutdown.await;
-            None
-        };
-        #[cfg(target_os = "linux")]
-        if let Some(adoption) = adoption {
+/// A server between its start and its end: what serving and stopping need.
+struct Running {
+    background: Background,
+    upgrades: Upgrades,
+    copies: upgrade::ListenerCopies,
+    /// In a process that took over: the adoption of the old one's connections.
+    adoption: Option<JoinHandle<()>>,
+    accept_tasks: Vec<JoinHandle<()>>,
+    stop_accepting: CancellationToken,
+    /// Every connection's task.
+    tracker: TaskTracker,
+    live: Arc<Live>,
+    registry: Registry,
+    readiness: Arc<Readiness>,
+    on_lifecycle: Option<LifecycleHook>,
+    metrics: Arc<Metrics>,
+    sink_task: Option<JoinHandle<sink::DrainReport>>,
+    monitor: Monitor<Record>,
+}
+
+impl Running {
+    fn tell(&self, moment: Lifecycle) {
+        if let Some(hook) = &self.on_lifecycle {
+            hook(moment);
+        }
+    }
+
+    /// Serves until `shutdown` resolves (then `None`) or a new process took over (then the
+    /// count of connections handed over to it).
+    async fn serve_until_stopped(&mut self, shutdown: impl Future<Output = ()>) -> Option<u64> {
+        let upgraded =
+            (self.upgrades).serve_until_upgraded(shutdown, &self.copies, &self.live, &self.metrics);
+        let successor = upgraded.await?;
+        self.tell(Lifecycle::HandedOver(successor.pid()));
+        self.readiness.set_draining();
+        self.background.stop_admin.cancel();
+        self.stop_accepting.cancel();
+        for task in self.accept_tasks.drain(..) {
+            let _ = task.await;
+        }
+        Some(upgrade::hand_over(successor, &self.live, &self.registry).await)
+    }
+
+    /// The shutdown stages ([`shutdown::Stopping`]), then the background work's end.
+    async fn stop(self, handed_over: Option<u64>) -> ShutdownReport {
+        if let Some(adoption) = &self.adoption {
             adoption.abort();
         }
-        readiness.set_draining();
+        self.readiness.set_draining();
         // After an upgrade the service goes on in the new process: the old one's end is not the
         // service's (a STOPPING=1 from it would stop the unit under NotifyAccess=all).
         if handed_over.is_none() {
-            lifecycle(Lifecycle::Stopping);
+            self.tell(Lifecycle::Stopping);
         }
         let stopping = shutdown::Stopping {
-            stop_accepting,
-            accept_tasks,
-            live: Arc::clone(&live),
-            registry: registry.clone(),
-            sink_task,
-            tracker,
-            monitor,
+            stop_accepting: self.stop_accepting,
+            accept_tasks: self.accept_tasks,
+            live: self.live,
+            registry: self.registry,
+            sink_task: self.sink_task,
+            tracker: self.tracker,
+            monitor: self.monitor,
         };
         let report = stopping.run(handed_over).await;
-        background.join().await;
-        Ok(report)
+        self.background.join().await;
+        report
     }
 }
 
@@ -619,14 +582,68 @@ impl Server {
 struct Background {
     /// Ends the admin API, the cluster-wide registry and the upkeep tasks.
     stop: CancellationToken,
+    /// Ends them when `run` ends on any path, an error included.
+    _stop_on_exit: tokio_util::sync::DropGuard,
+    /// Ends the admin API alone, as soon as a new process took over its listener.
+    stop_admin: CancellationToken,
     admin: Option<JoinHandle<()>>,
+    /// A copy of the admin listener, for an upgrade to hand over.
+    admin_listener: Option<socket2::Socket>,
     cluster_registry: Option<JoinHandle<()>>,
+    /// The NATS connection, first: the JetStream sink publishes through it, and the
+    /// cluster-wide registry answers on it.
     nats: Option<sink::NatsClient>,
     /// The metrics' upkeep, the memory-pressure log and the keep-alive phases' restorer.
     upkeep: [JoinHandle<()>; 3],
 }
 
 impl Background {
+    /// Starts the admin API, connects to NATS (until it answers, `/readyz` says "starting")
+    /// and serves the cluster-wide registry on it, and starts the upkeep.
+    async fn start(
+        (config, metrics, registry): (&Config, &Arc<Metrics>, &Registry),
+        admin_handle: AdminHandle,
+        handed_admin: Option<std::net::TcpListener>,
+        live: &Arc<Live>,
+        phases: &Arc<Phases>,
+    ) -> Result<Background, ServerError> {
+        let stop = CancellationToken::new();
+        let _stop_on_exit = stop.clone().drop_guard();
+        let stop_admin = stop.child_token();
+        let admin = match config.admin {
+            Some(addr) => {
+                Some(start_admin(addr, handed_admin, admin_handle, stop_admin.clone()).await?)
+            }
+            None => None,
+        };
+        let nats = match config.nats.enabled() {
+            true => {
+                let name = format!("connwarden {}", config.gateway_name());
+                Some(nats::connect_patiently(&config.nats, &name, Arc::clone(metrics)).await?)
+            }
+            false => None,
+        };
+        let cluster_registry = nats.clone().map(|client| {
+            let (config, registry, stop) = (config.clone(), registry.clone(), stop.clone());
+            tokio::spawn(async move {
+                if let Err(error) = nats::registry::serve(client, config, registry, stop).await {
+                    tracing::error!(error = %error, "the cluster-wide registry is not available");
+                }
+            })
+        });
+        let (admin, admin_listener) =
+            admin.map_or((None, None), |a| (Some(a.task), Some(a.listener)));
+        Ok(Background {
+            upkeep: Background::upkeep(metrics, registry, live, phases, &stop),
+            stop,
+            _stop_on_exit,
+            stop_admin,
+            admin,
+            admin_listener,
+            cluster_registry,
+            nats,
+        })
+    }
     /// Starts the metrics' upkeep (with the probe-storm samples), the log of memory-pressure
     /// reliefs and the restorer of keep-alive phases, until `stop`.
     fn upkeep(
@@ -686,10 +703,20 @@ async fn open_sink(
     }
 }
 
+/// Starts the drain of the queue into `sink`.
+fn start_drain(
+    consumer: Consumer<Record>,
+    sink: Box<dyn Sink>,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> JoinHandle<sink::DrainReport> {
+    let (fsync, metrics) = (config.fsync, Arc::clone(metrics));
+    tokio::spawn(async move { sink::drain(consumer, sink, fsync, &metrics).await })
+}
+
 /// The admin API's task, and a copy of its listener (for an upgrade to hand over).
 struct AdminServing {
     task: JoinHandle<()>,
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     listener: socket2::Socket,
 }
 

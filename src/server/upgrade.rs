@@ -59,6 +59,80 @@ impl Upgrader {
     }
 }
 
+/// The listeners an old process hands over: the data listeners, and the admin listener.
+pub(super) type HandedListeners = (Vec<std::net::TcpListener>, Option<std::net::TcpListener>);
+
+/// The server's part of upgrades: where [`Upgrader`]s send their requests, and the process
+/// this one takes over from. `upgrade_off.rs` is the same interface where there are no upgrades.
+pub(super) struct Upgrades {
+    /// Kept so that the requests stay open while the server runs, and cloned for each
+    /// [`Upgrader`].
+    sender: mpsc::UnboundedSender<Request>,
+    requests: mpsc::UnboundedReceiver<Request>,
+    /// The process this one takes over from.
+    inherited: Option<Inherited>,
+}
+
+impl Upgrades {
+    pub(super) fn new(inherited: Option<Inherited>) -> Upgrades {
+        let (sender, requests) = mpsc::unbounded_channel();
+        Upgrades {
+            sender,
+            requests,
+            inherited,
+        }
+    }
+
+    pub(super) fn upgrader(&self) -> Upgrader {
+        Upgrader::new(self.sender.clone())
+    }
+
+    /// Whether this process takes over from another (which goes on appending to a file sink
+    /// for a while).
+    pub(super) fn inherits(&self) -> bool {
+        self.inherited.is_some()
+    }
+
+    /// The listeners the old process hands over (data, then admin), if this one takes over.
+    pub(super) fn take_listeners(&self) -> Result<Option<HandedListeners>, ServerError> {
+        let Some(inherited) = &self.inherited else {
+            return Ok(None);
+        };
+        let handed = inherited.take_listeners()?;
+        Ok(Some((handed.data, handed.admin)))
+    }
+
+    /// Copies of the listeners, to hand them over at an upgrade.
+    pub(super) fn copy_listeners(
+        &self,
+        listeners: &[TcpListener],
+        admin: Option<&socket2::Socket>,
+    ) -> Result<ListenerCopies, ServerError> {
+        ListenerCopies::of(listeners, admin)
+    }
+
+    /// In a process that takes over: adopts the old one's connections, until `stop`.
+    pub(super) fn adopt(
+        &mut self,
+        acceptor: Arc<Acceptor>,
+        stop: CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let inherited = self.inherited.take()?;
+        Some(tokio::spawn(adopt_all(inherited, acceptor, stop)))
+    }
+
+    /// Waits for `shutdown` (then `None`) or for an upgrade that succeeds.
+    pub(super) async fn serve_until_upgraded(
+        &mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+        copies: &ListenerCopies,
+        live: &Live,
+        metrics: &Metrics,
+    ) -> Option<Upgraded> {
+        serve_until_upgraded(shutdown, &mut self.requests, copies, live, metrics).await
+    }
+}
+
 /// Copies of the listening sockets' descriptors, kept to hand them over (the listeners
 /// themselves belong to the accept loops).
 pub(super) struct ListenerCopies {
@@ -67,7 +141,7 @@ pub(super) struct ListenerCopies {
 }
 
 impl ListenerCopies {
-    pub(super) fn of(
+    fn of(
         listeners: &[TcpListener],
         admin: Option<&socket2::Socket>,
     ) -> Result<ListenerCopies, ServerError> {
@@ -104,7 +178,7 @@ impl Upgraded {
 
 /// Waits for `shutdown` (then `None`) or for an upgrade that succeeds. A failed one is logged,
 /// counted and answered, and the server goes on as before.
-pub(super) async fn serve_until_upgraded(
+async fn serve_until_upgraded(
     shutdown: impl std::future::Future<Output = ()>,
     requests: &mut mpsc::UnboundedReceiver<Request>,
     copies: &ListenerCopies,
@@ -268,11 +342,7 @@ async fn send_batch(
 
 /// In the new process: tells the old one this one is ready, then serves every connection it
 /// hands over, until it says it is done (or `stop`).
-pub(super) async fn adopt_all(
-    inherited: Inherited,
-    acceptor: Arc<Acceptor>,
-    stop: CancellationToken,
-) {
+async fn adopt_all(inherited: Inherited, acceptor: Arc<Acceptor>, stop: CancellationToken) {
     if let Err(error) = inherited.ready() {
         tracing::error!(error = %error, "upgrade: cannot tell the old process this one is ready");
         return;

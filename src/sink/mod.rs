@@ -1,6 +1,6 @@
 //! Where items end up. A [`Sink`] writes batches; [`drain`] feeds it from the queue and
 //! acknowledges each record only once the sink has it: written and flushed, and, for a sink that
-//! can be synced (`file:`), covered by an `fsync` as [`FsyncMode`] says.
+//! can be synced (`file:`), covered by an `fsync` as [`FsyncMode`](crate::config::FsyncMode) says.
 //!
 //! Group commit (`FsyncMode::Batch`): `fsync` runs on a blocking thread while the drain goes on
 //! writing; the next `fsync` covers every batch written meanwhile. So one `fsync` serves
@@ -8,9 +8,11 @@
 //! acks do.
 
 mod channel;
+mod drain;
 mod file;
 #[cfg(feature = "nats")]
 mod jetstream;
+mod settle;
 // Without the feature, `sink = "jetstream"` is refused before a sink is opened.
 #[cfg(not(feature = "nats"))]
 #[path = "jetstream/off.rs"]
@@ -21,9 +23,9 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 pub use channel::ChannelSink;
+pub use drain::{drain, MAX_UNSYNCED};
 pub use file::{FileSink, ReopenHandle};
 /// The NATS connection the JetStream sink publishes through (`async_nats::Client`).
 pub(crate) use jetstream::Client as NatsClient;
@@ -31,10 +33,8 @@ pub(crate) use jetstream::Client as NatsClient;
 pub use jetstream::JetStreamSink;
 pub use stdout::StdoutSink;
 
-use crate::config::{Config, FsyncMode, SinkSpec};
+use crate::config::{Config, SinkSpec};
 use crate::metrics::Metrics;
-use crate::protocol::ErrorCode;
-use crate::queue::Consumer;
 use crate::record::Record;
 
 /// Most records written (and flushed) at once: large enough to amortise a flush, small enough
@@ -150,193 +150,6 @@ pub struct DrainReport {
     pub syncs: u64,
 }
 
-/// Records written but not yet covered by a finished `fsync`, at most; beyond it the drain stops
-/// taking records from the queue (the queue then pushes back on the connections).
-pub const MAX_UNSYNCED: usize = 16 * MAX_BATCH;
-
-/// Moves records from the queue to the sink until every producer is gone and the queue is empty,
-/// acknowledging each once the sink has it (see [`FsyncMode`]). A failed write or `fsync` is
-/// logged, counted and reported to each sender (`sink_failed`); it is never acknowledged.
-pub async fn drain(
-    mut consumer: Consumer<Record>,
-    mut sink: Box<dyn Sink>,
-    fsync: FsyncMode,
-    metrics: &Metrics,
-) -> DrainReport {
-    let kind = sink.sync_kind();
-    let fsync = match (kind, fsync) {
-        (SyncKind::RemoteAck, FsyncMode::Never) => FsyncMode::Batch,
-        (_, mode) => mode,
-    };
-    let mut report = Settled {
-        report: DrainReport::default(),
-        metrics,
-    };
-    let mut sync_started = Instant::now();
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    // Written, waiting for an `fsync` to start; and covered by the `fsync` in flight.
-    let mut unsynced: Vec<Record> = Vec::new();
-    let mut syncing: Vec<Record> = Vec::new();
-    let mut in_flight: Option<SinkFuture<'static>> = None;
-    // Syncs failed in a row.
-    let mut failed_syncs = 0u32;
-    let mut open = true;
-    loop {
-        if in_flight.is_none() && !unsynced.is_empty() {
-            match sink.sync() {
-                Some(sync) => {
-                    in_flight = Some(sync);
-                    sync_started = Instant::now();
-                    std::mem::swap(&mut syncing, &mut unsynced);
-                }
-                None => settle(&mut unsynced, Ok(()), &mut report, &*sink),
-            }
-        }
-        let may_write = open
-            && unsynced.len() < MAX_UNSYNCED
-            && !(fsync == FsyncMode::Always && (in_flight.is_some() || !unsynced.is_empty()));
-        if !may_write && in_flight.is_none() {
-            // Only once the queue is closed: otherwise nothing in flight means there is room.
-            debug_assert!(!open, "the drain neither writes nor syncs");
-            break;
-        }
-        tokio::select! {
-            biased;
-            result = async { in_flight.as_mut().expect("guarded by the condition").await },
-                if in_flight.is_some() =>
-            {
-                in_flight = None;
-                report.report.syncs += 1;
-                match result {
-                    Ok(()) => {
-                        if kind == SyncKind::Fsync {
-                            metrics.fsync(sync_started.elapsed());
-                        }
-                        failed_syncs = 0;
-                        settle(&mut syncing, Ok(()), &mut report, &*sink);
-                    }
-                    Err(error) => {
-                        failed_syncs += 1;
-                        if kind == SyncKind::Fsync {
-                            metrics.fsync_failed();
-                        }
-                        // Written again once at most: a second failure in a row fails them.
-                        if failed_syncs == 1 && sink.start_afresh_after_failed_sync() {
-                            metrics.sink_error();
-                            metrics.sink_file_abandoned();
-                            let mut again = std::mem::take(&mut syncing);
-                            again.append(&mut unsynced);
-                            tracing::error!(sink = %sink.name(), error = %error, cause = ?std::error::Error::source(&error), records = again.len(), "sync failed: its file is given up and never synced again; the records it held unacknowledged are written again to a new one");
-                            match sink.write_batch(&again).await {
-                                Ok(()) => {
-                                    metrics.sink_batch(again.len());
-                                    unsynced = again;
-                                }
-                                Err(error) => settle(&mut again, Err(error), &mut report, &*sink),
-                            }
-                        } else {
-                            settle(&mut syncing, Err(error), &mut report, &*sink);
-                        }
-                    }
-                }
-            }
-            more = consumer.pop_batch(MAX_BATCH, &mut batch), if may_write => {
-                if !more {
-                    open = false;
-                    continue;
-                }
-                let result = sink.write_batch(&batch).await;
-                if result.is_ok() {
-                    metrics.sink_batch(batch.len());
-                }
-                match (result, fsync) {
-                    (Ok(()), FsyncMode::Never) => settle(&mut batch, Ok(()), &mut report, &*sink),
-                    (Ok(()), _) => unsynced.append(&mut batch),
-                    (Err(error), _) => settle(&mut batch, Err(error), &mut report, &*sink),
-                }
-            }
-        }
-    }
-    if fsync == FsyncMode::Never {
-        if let Some(sync) = sink.sync() {
-            report.report.syncs += 1;
-            let started = Instant::now();
-            match sync.await {
-                Ok(()) => metrics.fsync(started.elapsed()),
-                Err(error) => {
-                    metrics.sink_error();
-                    log_failure(&*sink, &error, 0);
-                }
-            }
-        }
-    }
-    report.report
-}
-
-/// The drain's report, and the metrics each settled record is counted in.
-struct Settled<'m> {
-    report: DrainReport,
-    metrics: &'m Metrics,
-}
-
-/// Acknowledges `records` if `result` is `Ok`, or reports the failure to each sender.
-fn settle(
-    records: &mut Vec<Record>,
-    result: Result<(), SinkError>,
-    settled: &mut Settled<'_>,
-    sink: &dyn Sink,
-) {
-    let count = records.len() as u64;
-    let metrics = settled.metrics;
-    match result {
-        Ok(()) => {
-            settled.report.written += count;
-            // One clock read for the batch (its acks leave together), none for a batch that
-            // asked for no ack, and one latency per run of records read together (they share
-            // the receive time): this loop is on every item's path.
-            let (mut now, mut acks) = (None, 0);
-            let mut observe = |received_at: SystemTime, n: u64| {
-                let now = *now.get_or_insert_with(SystemTime::now);
-                metrics.ack_latency(now.duration_since(received_at).unwrap_or_default(), n);
-            };
-            let mut run: Option<(SystemTime, u64)> = None;
-            for record in records.drain(..) {
-                let received_at = record.received_at;
-                if record.acknowledge() {
-                    acks += 1;
-                    match &mut run {
-                        Some((at, n)) if *at == received_at => *n += 1,
-                        _ => {
-                            if let Some((at, n)) = run.replace((received_at, 1)) {
-                                observe(at, n);
-                            }
-                        }
-                    }
-                }
-            }
-            if let Some((at, n)) = run {
-                observe(at, n);
-            }
-            if acks > 0 {
-                metrics.acknowledged(acks);
-            }
-        }
-        Err(error) => {
-            settled.report.failed += count;
-            metrics.sink_error();
-            metrics.items_refused(ErrorCode::SinkFailed, count);
-            log_failure(sink, &error, count);
-            records.drain(..).for_each(|r| {
-                r.reject(ErrorCode::SinkFailed, "the sink could not store this item")
-            });
-        }
-    }
-}
-
-fn log_failure(sink: &dyn Sink, error: &SinkError, records: u64) {
-    tracing::error!(sink = %sink.name(), error = %error, cause = ?std::error::Error::source(error), records, "sink failed; records not acknowledged");
-}
-
 /// Serialises a batch as NDJSON.
 pub(crate) fn encode_batch(batch: &[Record]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(batch.iter().map(|r| r.item.len() + 96).sum());
@@ -355,7 +168,7 @@ mod tests {
     use tokio::sync::{mpsc, oneshot};
 
     use super::*;
-    use crate::config::Overflow;
+    use crate::config::{FsyncMode, Overflow};
     use crate::queue::{self, Producer};
     use crate::record::{Answered, Replies};
 

@@ -171,11 +171,91 @@ async fn drive(
         Semaphore::MAX_PERMITS
     }));
     // The send instant of each batch, in order; acks of one connection come in order.
-    let (sent_at, mut sent_at_rx) = mpsc::unbounded_channel::<(u64, Instant)>();
-    let ack = args.ack;
-    let reader_window = Arc::clone(&window);
-    let reader_bar = bar.clone();
-    let reader = tokio::spawn(async move {
+    let (sent_at, sent_at_rx) = mpsc::unbounded_channel::<(u64, Instant)>();
+    let replies = Replies {
+        window: Arc::clone(&window),
+        sent_at: sent_at_rx,
+        bar: args.ack.then(|| bar.clone()),
+    };
+    let reader = tokio::spawn(replies.count(read));
+    if args.client_ids {
+        let hello = format!(
+            "{{\"type\":\"hello\",\"client_id\":\"flood-{}-{c}\"}}\n",
+            connwarden::client::random_client_id()
+        );
+        if let Err(error) = write.write_all(hello.as_bytes()).await {
+            result.errors.add(&error);
+        }
+    }
+    send_items(args, c, bar, &mut write, &window, sent_at, &mut result).await;
+    // Our side is done; the server reads to the end, answers what is left, and closes.
+    let _ = write.shutdown().await;
+    match reader.await {
+        Ok((acked, refused, latency)) => {
+            result.acked = acked;
+            result.refused = refused;
+            result.latency = latency;
+        }
+        Err(error) => result.errors.add(&std::io::Error::other(error.to_string())),
+    }
+    result
+}
+
+/// Writes connection `c`'s items in batches, each once the window has room for it; with acks,
+/// says when each batch left.
+async fn send_items(
+    args: &FloodArgs,
+    c: u64,
+    bar: &indicatif::ProgressBar,
+    write: &mut (impl AsyncWrite + Unpin),
+    window: &Arc<Semaphore>,
+    sent_at: mpsc::UnboundedSender<(u64, Instant)>,
+    result: &mut ConnResult,
+) {
+    let mut buf = Vec::with_capacity(args.batch as usize * 48);
+    let mut n = 0;
+    while n < args.items {
+        let count = args.batch.min(args.items - n);
+        match Arc::clone(window).acquire_many_owned(count as u32).await {
+            Ok(permits) => permits.forget(),
+            Err(_) => break,
+        }
+        buf.clear();
+        for i in n..n + count {
+            let global = c * args.items + i;
+            item_line(&mut buf, global, args.ack.then_some(i));
+        }
+        if args.ack {
+            let _ = sent_at.send((n + count, Instant::now()));
+        }
+        if let Err(error) = write.write_all(&buf).await {
+            result.errors.add(&error);
+            break;
+        }
+        n += count;
+        result.sent += count;
+        if !args.ack {
+            bar.inc(count);
+        }
+    }
+}
+
+/// The reading side of one connection: each reply gives its item's room in the window back.
+struct Replies {
+    window: Arc<Semaphore>,
+    /// The end (exclusive) and send instant of each batch, in order.
+    sent_at: mpsc::UnboundedReceiver<(u64, Instant)>,
+    /// Counts acks as progress (with `--ack`).
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Replies {
+    /// Reads replies until the server closes: acks, refusals, and each ack's latency from its
+    /// batch's send.
+    async fn count(
+        mut self,
+        read: impl AsyncRead + Unpin,
+    ) -> (u64, u64, hdrhistogram::Histogram<u64>) {
         let mut lines = BufReader::new(read).lines();
         let (mut acked, mut refused) = (0u64, 0u64);
         let mut latency = histogram();
@@ -188,7 +268,7 @@ async fn drive(
                         .and_then(|t| t.parse().ok())
                         .unwrap_or(0);
                     while batch.is_none_or(|(end, _)| id >= end) {
-                        match sent_at_rx.recv().await {
+                        match self.sent_at.recv().await {
                             Some(next) => batch = Some(next),
                             None => break,
                         }
@@ -197,65 +277,18 @@ async fn drive(
                         latency.saturating_record(at.elapsed().as_micros() as u64);
                     }
                     acked += 1;
-                    reader_window.add_permits(1);
-                    if ack {
-                        reader_bar.inc(1);
+                    self.window.add_permits(1);
+                    if let Some(bar) = &self.bar {
+                        bar.inc(1);
                     }
                 }
                 Ok(Reply::Error { .. }) => {
                     refused += 1;
-                    reader_window.add_permits(1);
+                    self.window.add_permits(1);
                 }
                 _ => {}
             }
         }
         (acked, refused, latency)
-    });
-    let mut buf = Vec::with_capacity(args.batch as usize * 48);
-    if args.client_ids {
-        let hello = format!(
-            "{{\"type\":\"hello\",\"client_id\":\"flood-{}-{c}\"}}\n",
-            connwarden::client::random_client_id()
-        );
-        if let Err(error) = write.write_all(hello.as_bytes()).await {
-            result.errors.add(&error);
-        }
     }
-    let mut n = 0;
-    while n < args.items {
-        let count = args.batch.min(args.items - n);
-        match Arc::clone(&window).acquire_many_owned(count as u32).await {
-            Ok(permits) => permits.forget(),
-            Err(_) => break,
-        }
-        buf.clear();
-        for i in n..n + count {
-            let global = c * args.items + i;
-            item_line(&mut buf, global, ack.then_some(i));
-        }
-        if ack {
-            let _ = sent_at.send((n + count, Instant::now()));
-        }
-        if let Err(error) = write.write_all(&buf).await {
-            result.errors.add(&error);
-            break;
-        }
-        n += count;
-        result.sent += count;
-        if !ack {
-            bar.inc(count);
-        }
-    }
-    drop(sent_at);
-    // Our side is done; the server reads to the end, answers what is left, and closes.
-    let _ = write.shutdown().await;
-    match reader.await {
-        Ok((acked, refused, latency)) => {
-            result.acked = acked;
-            result.refused = refused;
-            result.latency = latency;
-        }
-        Err(error) => result.errors.add(&std::io::Error::other(error.to_string())),
-    }
-    result
 }
