@@ -2,7 +2,7 @@
 //! orderly closes, resets, kicks, `server_full`, refused items, and an idle dead peer behind a
 //! link taken down in a network namespace. Every exposition must pass `promtool check metrics`.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -12,18 +12,15 @@ use common::{metric, promtool_check, Admin, NetnsPair, Proc, NETNS_SERVER_IP};
 
 /// Starts `serve` on loopback ports of its own choosing, storing to a file of its own; its
 /// admin API and data address.
-fn serve(extra: &[&str]) -> (Proc, Admin, String) {
+fn serve_storing(extra: &[&str]) -> (Proc, Admin, String) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sink = format!("file:{}", dir.path().join("items.ndjson").display());
-    let started = serve_to(&sink, extra);
+    let started = common::serve()
+        .sink_file(&dir.path().join("items.ndjson"))
+        .args(extra)
+        .start();
     // The directory lives as long as the process needs it: leaked on purpose for the test.
     std::mem::forget(dir);
     started
-}
-
-/// Starts `serve` on loopback ports of its own choosing, storing to `sink`.
-fn serve_to(sink: &str, extra: &[&str]) -> (Proc, Admin, String) {
-    common::serve_with_admin(sink, extra, Duration::from_secs(10))
 }
 
 fn connect(addr: &str) -> TcpStream {
@@ -60,7 +57,7 @@ fn conn_id(admin: &Admin, peer: std::net::SocketAddr) -> u64 {
 
 #[test]
 fn metrics_count_real_closes_refusals_and_items_and_pass_promtool() {
-    let (mut server, admin, addr) = serve(&["--max-connections", "3"]);
+    let (mut server, admin, addr) = serve_storing(&["--max-connections", "3"]);
 
     // An orderly close after one good item (acked) and two bad ones.
     let orderly = connect(&addr);
@@ -197,7 +194,7 @@ fn metrics_count_real_closes_refusals_and_items_and_pass_promtool() {
 
 #[test]
 fn a_closed_connection_leaves_connections_and_enters_closed_as_its_close_is_logged() {
-    let (mut server, admin, addr) = serve(&["--closed-history", "2"]);
+    let (mut server, admin, addr) = serve_storing(&["--closed-history", "2"]);
     let client = connect(&addr);
     (&client)
         .write_all(b"{\"ip\":\"192.0.2.9\"}\n")
@@ -258,7 +255,7 @@ fn without_the_token_every_endpoint_but_healthz_answers_401() {
     let file = dir.path().join("admin.token");
     std::fs::write(&file, format!("{token}\n")).expect("token file");
     let file_arg = file.display().to_string();
-    let (mut server, mut admin, _addr) = serve(&["--admin-token-file", &file_arg]);
+    let (mut server, mut admin, _addr) = serve_storing(&["--admin-token-file", &file_arg]);
 
     let guarded = [
         "/readyz",
@@ -486,8 +483,10 @@ fn readyz_answers_draining_from_sigterm_until_the_queue_is_stored() {
         text.lines().count()
     });
     let sink = format!("file:{}", fifo.display());
-    let (mut server, admin, addr) =
-        serve_to(&sink, &["--fsync", "never", "--shutdown-grace", "30s"]);
+    let (mut server, admin, addr) = common::serve()
+        .sink(&sink)
+        .args(&["--fsync", "never", "--shutdown-grace", "30s"])
+        .start();
     let ready = |admin: &Admin| {
         let (status, body) = admin.request("GET", "/readyz");
         let body: serde_json::Value = serde_json::from_str(&body).expect("readyz json");
@@ -496,15 +495,9 @@ fn readyz_answers_draining_from_sigterm_until_the_queue_is_stored() {
             body["state"].as_str().unwrap_or_default().to_owned(),
         )
     };
-    let deadline = Instant::now() + common::PROMPT;
-    while ready(&admin) != (200, "ready".to_owned()) {
-        assert!(
-            Instant::now() < deadline,
-            "never ready: {:?}",
-            ready(&admin)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::poll_until(common::PROMPT, "ready", || {
+        ready(&admin) == (200, "ready".to_owned())
+    });
 
     // 2,000 items of ~100 bytes: three times what the pipe holds.
     const ITEMS: usize = 2_000;
@@ -518,23 +511,19 @@ fn readyz_answers_draining_from_sigterm_until_the_queue_is_stored() {
         ));
     }
     (&client).write_all(batch.as_bytes()).expect("send");
-    let deadline = Instant::now() + common::PROMPT;
-    while metric(&admin.metrics(), "connwarden_items_received_total") != Some(ITEMS as f64) {
-        assert!(Instant::now() < deadline, "items not all received");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::poll_until(common::PROMPT, "every item received", || {
+        metric(&admin.metrics(), "connwarden_items_received_total") == Some(ITEMS as f64)
+    });
 
     server.terminate();
-    let deadline = Instant::now() + common::PROMPT;
-    loop {
+    common::poll_until(common::PROMPT, "draining", || {
         let (status, state) = ready(&admin);
-        if status == 503 && state == "draining" {
-            break;
-        }
-        assert_eq!(status, 200, "before draining: {state}");
-        assert!(Instant::now() < deadline, "never draining");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        assert!(
+            status == 200 || state == "draining",
+            "before draining: {state}"
+        );
+        status == 503
+    });
     assert_eq!(admin.request("GET", "/healthz").0, 200);
     // Still draining a moment later: the sink cannot finish while the reader waits.
     assert_eq!(ready(&admin), (503, "draining".to_owned()));

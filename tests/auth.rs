@@ -4,7 +4,7 @@
 //! logs; `SIGHUP` reads the tokens again while connections made before stay; `send
 //! --token-file` delivers.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::time::Duration;
 
@@ -27,7 +27,6 @@ impl Fixture {
     }
 
     fn serve(&self) -> (Proc, Admin, String) {
-        let sink = format!("file:{}", self.dir.path().join("items.ndjson").display());
         let args = [
             "--auth-tokens",
             self.tokens.to_str().expect("utf-8"),
@@ -36,7 +35,11 @@ impl Fixture {
             "--auth-timeout",
             "1s",
         ];
-        common::serve_with_admin(&sink, &args, common::PROMPT)
+        common::serve()
+            .sink_file(&self.dir.path().join("items.ndjson"))
+            .args(&args)
+            .within(common::PROMPT)
+            .start()
     }
 
     fn records(&self) -> Vec<serde_json::Value> {

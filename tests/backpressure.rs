@@ -1,7 +1,7 @@
 //! A full queue slows clients (backpressure) or drops with a count and a reply (drop policies);
 //! it never loses an item silently.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::collections::HashSet;
 

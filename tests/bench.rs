@@ -1,16 +1,15 @@
 //! `connwarden bench` against a real `serve`: each workload completes, counts what it did and
 //! reports JSON that scripts can read.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::process::Command;
 
 use common::{binary, Proc};
 
-fn serve() -> (Proc, String) {
-    let mut serve = Proc::spawn(common::LOOPBACK_TO_NULL);
-    let listening = serve.wait_log("listening").expect("serve listens");
-    let addr = listening["addr"].as_str().unwrap().to_owned();
+/// `serve` to `/dev/null`: its process and data address.
+fn serve_to_null() -> (Proc, String) {
+    let (serve, _admin, addr) = common::serve().start();
     (serve, addr)
 }
 
@@ -32,7 +31,7 @@ fn bench(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn flood_with_acks_gets_every_item_acknowledged_and_reports_latency() {
-    let (_serve, addr) = serve();
+    let (_serve, addr) = serve_to_null();
     let report = bench(&[
         "flood", "--to", &addr, "--conns", "8", "--items", "5000", "--ack",
     ]);
@@ -45,7 +44,7 @@ fn flood_with_acks_gets_every_item_acknowledged_and_reports_latency() {
 
 #[test]
 fn churn_and_idle_complete_from_spread_source_addresses() {
-    let (_serve, addr) = serve();
+    let (_serve, addr) = serve_to_null();
     let churn = bench(&["churn", "--to", &addr, "--cycles", "2000", "--sources", "4"]);
     assert_eq!(churn["completed"], 2000);
     assert_eq!(churn["cycle_latency"]["count"], 2000);

@@ -1,13 +1,13 @@
 //! Configuration through the real binary: precedence, printing, and errors that name the key
 //! before anything listens.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::process::{Command, Output};
 
 use common::binary;
 
-fn serve(args: &[&str], env: &[(&str, &str)]) -> Output {
+fn run_serve(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(binary());
     command.arg("serve").args(args);
     for (k, v) in env {
@@ -29,7 +29,7 @@ fn printed(output: &Output) -> toml::Table {
 
 #[test]
 fn print_config_shows_defaults() {
-    let config = printed(&serve(&["--print-config"], &[]));
+    let config = printed(&run_serve(&["--print-config"], &[]));
     assert_eq!(
         config["listen"].as_array().unwrap()[0].as_str(),
         Some("0.0.0.0:7000")
@@ -46,7 +46,7 @@ fn flags_beat_environment_which_beats_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("connwarden.toml");
     std::fs::write(&file, "keepalive_idle = \"11s\"\nkeepalive_interval = \"4s\"\nqueue = 100\nlisten = [\"127.0.0.1:9001\"]\n").unwrap();
-    let output = serve(
+    let output = run_serve(
         &[
             "--config",
             file.to_str().unwrap(),
@@ -112,7 +112,7 @@ fn invalid_values_and_contradictions_exit_2_naming_the_key() {
         // --listen on a port that would otherwise serve: an error must come before listening.
         let mut all = vec!["--listen", "127.0.0.1:0"];
         all.extend_from_slice(args);
-        let output = serve(&all, env);
+        let output = run_serve(&all, env);
         assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(key), "{key} not named in: {stderr}");
@@ -125,7 +125,7 @@ fn unknown_key_in_file_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("c.toml");
     std::fs::write(&file, "keepalive_idel = \"3s\"\n").unwrap();
-    let output = serve(&["--config", file.to_str().unwrap(), "--print-config"], &[]);
+    let output = run_serve(&["--config", file.to_str().unwrap(), "--print-config"], &[]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("keepalive_idel"));
 }
@@ -145,7 +145,7 @@ fn print_config_is_byte_for_byte_what_it_was() {
         ),
     ];
     for (args, expected) in cases {
-        let output = serve(&args, &[]);
+        let output = run_serve(&args, &[]);
         assert!(
             output.status.success(),
             "{}",
@@ -194,7 +194,7 @@ fn a_refusal_names_where_the_value_came_from() {
     for (args, env, expected) in cases {
         let mut all = vec!["--listen", "127.0.0.1:0", "--check-config"];
         all.extend_from_slice(args);
-        let output = serve(&all, env);
+        let output = run_serve(&all, env);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
         assert!(

@@ -2,7 +2,7 @@
 //! goes down while items are flowing; the `send` process must notice within its bound, keep
 //! trying, reconnect once the link is back, and deliver every item.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};

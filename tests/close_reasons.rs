@@ -1,7 +1,7 @@
 //! Every way a connection ends has its one reason, and the registry is empty afterwards.
 //! (Keep-alive and user timeouts need a dead link: see `keepalive_netns.rs`.)
 
-mod common;
+use connwarden_test_common as common;
 
 use std::time::Duration;
 

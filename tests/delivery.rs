@@ -1,13 +1,13 @@
 //! Acknowledged delivery end to end: the `send` process against `serve` processes that die and
 //! come back, every fsync mode, refused input lines, and a slow consumer closed by the server.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{poll_until, test_config, Proc, TestServer, PROMPT};
+use common::{free_port, poll_until, test_config, Proc, TestServer, PROMPT};
 use connwarden::client::{Client, ClientConfig, OutItem};
 use connwarden::CloseReason;
 
@@ -65,26 +65,13 @@ fn count_lines(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
+/// `serve` on `addr`, appending to `sink` with `fsync`.
 fn serve_file(addr: &str, sink: &Path, fsync: &str) -> Proc {
-    let sink = format!("file:{}", sink.display());
-    let mut server = Proc::spawn(&[
-        "--listen",
-        addr,
-        "--sink",
-        &sink,
-        "--fsync",
-        fsync,
-        "--log-format",
-        "json",
-    ]);
-    server.wait_log("listening").expect("server listening");
+    let (server, _admin, _addr) = common::serve()
+        .listen(addr)
+        .sink_file(sink)
+        .args(&["--fsync", fsync])
+        .start();
     server
 }
 

@@ -3,7 +3,7 @@
 //! exit 2 without root). The tests that measure are skipped without root, unless
 //! `CW_TEST_REQUIRE_NETNS=1` (as in CI).
 
-mod common;
+use connwarden_test_common as common;
 
 use std::process::Command;
 use std::time::Duration;

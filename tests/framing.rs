@@ -1,6 +1,6 @@
 //! Items arrive whole however the stream is cut, and bad items cost only themselves.
 
-mod common;
+use connwarden_test_common as common;
 
 use common::{test_config, TestServer};
 

@@ -3,7 +3,7 @@
 //! so that a fleet told together comes back spread out (issue 29). Against a scripted server on
 //! real sockets, with many library clients at once, and through the server itself.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -2,7 +2,7 @@
 //! (`sync_interval: always`): acks only after JetStream has the item, nothing lost or stored
 //! twice across a NATS outage, gateway and NATS node crashes, and the registry across gateways.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -26,8 +26,11 @@ impl Gateway {
         let mut args = vec!["--nats-url", &urls, "--gateway-name", name];
         args.extend_from_slice(extra);
         // A new cluster may take a while to elect the leaders the stream needs.
-        let (proc, admin, addr) =
-            common::serve_with_admin("jetstream", &args, Duration::from_secs(90));
+        let (proc, admin, addr) = common::serve()
+            .sink("jetstream")
+            .args(&args)
+            .within(Duration::from_secs(90))
+            .start();
         Gateway {
             name: name.to_owned(),
             proc,
@@ -360,7 +363,7 @@ fn doctor_reports_whether_nats_syncs_what_it_acknowledges() {
     let _serial = one_at_a_time();
     let nats = Nats::start(1);
     let monitor = format!("http://127.0.0.1:{}", nats.nodes[0].http_port);
-    let closed = format!("http://127.0.0.1:{}", common::nats::free_port());
+    let closed = format!("http://127.0.0.1:{}", common::free_port());
     let urls = nats.urls();
     let monitors = format!("{monitor},{closed}");
     let report = common::doctor_json(&[

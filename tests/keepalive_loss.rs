@@ -11,7 +11,7 @@
 //! The three run at once, each in its own namespaces. Needs root, `ip` and `nft` (.ci/run
 //! installs nftables); skipped without root or `ip`, unless `CW_TEST_REQUIRE_NETNS=1` (CI).
 
-mod common;
+use connwarden_test_common as common;
 
 use std::process::{Command, Output};
 use std::thread;

@@ -2,7 +2,7 @@
 //! taken down. Needs root and iproute2 (CI installs it); skipped with a line saying so without
 //! them, unless `CW_TEST_REQUIRE_NETNS=1` (as in CI).
 
-mod common;
+use connwarden_test_common as common;
 
 use std::time::{Duration, Instant};
 

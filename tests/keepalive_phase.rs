@@ -7,7 +7,7 @@
 //! answered. The peers are this test's own sockets on loopback, alive throughout: the kernel
 //! answers every probe, and no connection may close.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;

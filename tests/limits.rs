@@ -1,6 +1,6 @@
 //! Limits against greedy peers and exhausted resources, through the binary.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;

@@ -7,7 +7,7 @@
 //! `quit` ends the connection from the server's side (`completed`), `big` is answered with
 //! 1 MiB (to fill a peer that does not read), anything else is echoed.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::io;
 use std::net::SocketAddr;

@@ -5,7 +5,7 @@
 //! the admin API lists the connections. Needs root and iproute2 (skipped with a line saying
 //! so without them, unless `CW_TEST_REQUIRE_NETNS=1`, as in CI) and python3 for the frozen peer.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::io::{BufRead, Read, Write};
 use std::process::{Child, Command, Stdio};

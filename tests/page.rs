@@ -7,7 +7,7 @@
 //! `page_with_many_connections` (ignored: run it by name) takes the screenshot in `docs/` and
 //! times the page's refresh with `PAGE_CONNS` live connections.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -199,25 +199,19 @@ fn driver_port(stdout: std::process::ChildStdout) -> u16 {
 fn serve_with_token(dir: &Path, token: &str, extra: &[&str]) -> (Proc, Admin, String) {
     let token_file = dir.join("admin.token");
     std::fs::write(&token_file, format!("{token}\n")).expect("token file");
-    let sink = format!("file:{}", dir.join("items.ndjson").display());
-    let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
+    let args = [
         "--admin-token-file",
         token_file.to_str().expect("utf-8 path"),
-        "--sink",
-        &sink,
         "--heartbeat-interval",
         "1s",
         "--heartbeat-misses",
         "2",
-        "--log-format",
-        "json",
     ];
-    args.extend_from_slice(extra);
-    let mut server = Proc::spawn(&args);
+    let mut server = common::serve()
+        .sink_file(&dir.join("items.ndjson"))
+        .args(&args)
+        .args(extra)
+        .spawn();
     let mut admin = Admin::of(&mut server);
     admin.token = Some(token.to_owned());
     let page = server.wait_log(&format!("live page at http://{}/", admin.addr));

@@ -1,6 +1,6 @@
 //! What an acknowledgement is worth when the machine loses power, and when `fsync` fails.
 //!
-//! `serve` writes its `file:` sink onto LostFs (`common/lostfs.rs`), a FUSE filesystem that
+//! `serve` writes its `file:` sink onto LostFs (`tests/common/src/lostfs.rs`), a FUSE filesystem that
 //! keeps written-but-unsynced data apart and forgets it on a simulated power cut. `send --ack`
 //! delivers numbered items; mid-run the power goes (every operation fails from that instant),
 //! `serve` is killed, the power comes back with only what was durable (or with a torn part of
@@ -15,15 +15,14 @@
 //! where they are missing, unless `CW_TEST_REQUIRE_FUSE=1` (as in CI).
 #![cfg(target_os = "linux")]
 
-mod common;
-#[path = "common/lostfs.rs"]
-mod lostfs;
+use common::lostfs;
+use connwarden_test_common as common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{poll_until, Admin, Proc};
+use common::{free_port, poll_until, Admin, Proc};
 use lostfs::{Cut, LostFs};
 
 /// Items per run.
@@ -47,13 +46,6 @@ struct Outcome {
     send_ok: bool,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 fn write_items(path: &Path) {
     let text: String = (0..ITEMS)
         .map(|n| format!("{{\"ip\":\"192.0.2.1\",\"n\":{n}}}\n"))
@@ -62,25 +54,13 @@ fn write_items(path: &Path) {
 }
 
 /// `serve` on `port`, its sink on the mounted filesystem.
-fn serve(port: u16, mount: &Path, fsync: &str) -> (Proc, Admin) {
-    let listen = format!("127.0.0.1:{port}");
-    let sink = format!("file:{}", mount.join(SINK).display());
-    let mut server = Proc::spawn(&[
-        "--listen",
-        &listen,
-        "--admin",
-        "127.0.0.1:0",
-        "--sink",
-        &sink,
-        "--fsync",
-        fsync,
-        "--log-format",
-        "json",
-    ]);
-    let admin = Admin::of(&mut server);
-    server
-        .wait_log_within("listening", Duration::from_secs(20))
-        .expect("listening");
+fn serve_on_mount(port: u16, mount: &Path, fsync: &str) -> (Proc, Admin) {
+    let (server, admin, _addr) = common::serve()
+        .port(port)
+        .sink_file(&mount.join(SINK))
+        .args(&["--fsync", fsync])
+        .within(Duration::from_secs(20))
+        .start();
     (server, admin)
 }
 
@@ -128,7 +108,7 @@ fn run(fsync: &str, cut: Cut) -> Outcome {
     let input = dir.path().join("items.ndjson");
     write_items(&input);
     let port = free_port();
-    let (mut server, _admin) = serve(port, &mount_dir, fsync);
+    let (mut server, _admin) = serve_on_mount(port, &mount_dir, fsync);
 
     let to = format!("127.0.0.1:{port}");
     let mut send = Proc::connwarden(&[
@@ -149,7 +129,7 @@ fn run(fsync: &str, cut: Cut) -> Outcome {
         || lines_now(&fs) as u64 >= ITEMS / 3 && fs.unsynced_bytes(SINK) > 1,
     );
     let forgotten = power_cut(&fs, &mut server, cut);
-    let (mut server, _admin) = serve(port, &mount_dir, fsync);
+    let (mut server, _admin) = serve_on_mount(port, &mount_dir, fsync);
 
     let status = send.wait_exit(Duration::from_secs(120));
     let send_summary = send
@@ -264,7 +244,7 @@ fn a_failed_fsync_is_never_retried_on_its_file_and_loses_no_acknowledged_item() 
     let input = dir.path().join("items.ndjson");
     write_items(&input);
     let port = free_port();
-    let (mut server, admin) = serve(port, &mount_dir, "batch");
+    let (mut server, admin) = serve_on_mount(port, &mount_dir, "batch");
     let to = format!("127.0.0.1:{port}");
     let mut send = Proc::connwarden(&[
         "send",

@@ -5,12 +5,12 @@
 //! it saw), and count it (`connwarden_keepalive_storms_total`). The peers are this test's own
 //! sockets, open throughout: every close is a false one.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{metric, serve_with_admin};
+use common::metric;
 
 const PEERS: usize = 6000;
 const STORM: &str =
@@ -28,9 +28,8 @@ fn keepalive_closes_in_a_burst_while_the_kernel_drops_packets_are_named_and_coun
         "net.core.netdev_max_backlog {backlog} holds the burst of {PEERS} probes: this test needs the kernel default (1000)"
     );
     let max = (PEERS + 100).to_string();
-    let (mut server, admin, addr) = serve_with_admin(
-        "file:/dev/null",
-        &[
+    let (mut server, admin, addr) = common::serve()
+        .args(&[
             "--keepalive-spread",
             "false",
             "--keepalive-idle",
@@ -43,9 +42,9 @@ fn keepalive_closes_in_a_burst_while_the_kernel_drops_packets_are_named_and_coun
             "off",
             "--max-connections",
             &max,
-        ],
-        Duration::from_secs(10),
-    );
+        ])
+        .within(Duration::from_secs(10))
+        .start();
     // As fast as one thread connects: a few hundred milliseconds, within one 2 s wheel bucket
     // of the 20 s timers (or two).
     let peers: Vec<TcpStream> = (0..PEERS)

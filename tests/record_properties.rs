@@ -2,7 +2,7 @@
 //! decoder, parser and record writer: each becomes one line of JSON whose item is the compact
 //! text of what was sent, equal to it by value. (`fuzz/` checks the same on arbitrary bytes.)
 
-mod common;
+use connwarden_test_common as common;
 
 use bytes::BytesMut;
 use common::json_text::{pretty, tokens};

@@ -1,7 +1,7 @@
 //! Every record a sink writes is one line of JSON, whatever whitespace the client put in its
 //! objects; and a stream that ends inside an object is answered before the close.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -45,22 +45,13 @@ fn formats() -> Vec<Format> {
     ]
 }
 
-fn serve(sink: &str) -> (Proc, String) {
-    let args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--sink",
-        sink,
-        "--log-format",
-        "json",
-    ];
-    let mut serve = if sink == "stdout" {
-        Proc::spawn_with_stdout(&args)
-    } else {
-        Proc::spawn(&args)
-    };
-    let listening = serve.wait_log("listening").expect("serve listens");
-    let addr = listening["addr"].as_str().unwrap().to_owned();
+/// `serve` storing to `sink` (its standard output read by the test for `stdout`).
+fn serve_to(sink: &str) -> (Proc, String) {
+    let mut serve = common::serve().sink(sink);
+    if sink == "stdout" {
+        serve = serve.stdout();
+    }
+    let (serve, _admin, addr) = serve.start();
     (serve, addr)
 }
 
@@ -90,7 +81,7 @@ fn every_format_gives_one_line_records(sink_kind: &str) {
         "file" => format!("file:{}", path.display()),
         _ => "stdout".to_owned(),
     };
-    let (mut serve, addr) = serve(&sink);
+    let (mut serve, addr) = serve_to(&sink);
     let items = compact_items();
     for (name, render, between) in formats() {
         let text: Vec<String> = items.iter().map(|c| render(c)).collect();
@@ -166,7 +157,7 @@ fn half_close_after(addr: &str, text: &[u8]) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_stream_that_ends_inside_an_object_is_answered_before_the_close() {
-    let (mut serve, addr) = serve("file:/dev/null");
+    let (mut serve, addr) = serve_to("file:/dev/null");
     let cases: [(&[u8], &str, &str); 3] = [
         (
             b"{\"ip\":\"192.0.2.1\",\"id\":1}\n{\"ip\": \"192.0.2.2\",\n \"note\": \"cut he",

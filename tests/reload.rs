@@ -4,7 +4,7 @@
 //! keep-alive timer in `ss`), a key that needs a restart refused with its old value kept, and
 //! an invalid file that changes nothing.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::io::{ErrorKind, Read};
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! the same damaged streams alike (the same items kept, the same errors, in order), and no
 //! valid object after the damage is lost.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

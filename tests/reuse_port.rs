@@ -1,34 +1,25 @@
 //! Several `serve` processes share one port with `--reuse-port` (the way past one process's
 //! open-file limit); without it, the second one fails with a message naming address and step.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::time::Duration;
 
 use common::Serve;
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::free_port;
 
-fn serve(port: u16, extra: &[&str]) -> Serve {
-    let listen = format!("127.0.0.1:{port}");
-    let mut args = vec!["--listen", listen.as_str(), "--log-format", "json"];
-    args.extend_from_slice(extra);
-    Serve::spawn(&args)
+/// `serve` on loopback `port`, not yet listening.
+fn serve_on(port: u16, extra: &[&str]) -> Serve {
+    common::serve().port(port).args(extra).spawn()
 }
 
 #[test]
 fn two_processes_share_a_port_with_reuse_port() {
     let port = free_port();
-    let mut first = serve(port, &["--reuse-port"]);
+    let mut first = serve_on(port, &["--reuse-port"]);
     assert!(first.wait_log("listening").is_some());
-    let mut second = serve(port, &["--reuse-port"]);
+    let mut second = serve_on(port, &["--reuse-port"]);
     assert!(
         second.wait_log("listening").is_some(),
         "{}",
@@ -43,9 +34,9 @@ fn two_processes_share_a_port_with_reuse_port() {
 #[test]
 fn second_process_without_reuse_port_fails_naming_the_address() {
     let port = free_port();
-    let mut first = serve(port, &[]);
+    let mut first = serve_on(port, &[]);
     assert!(first.wait_log("listening").is_some());
-    let mut second = serve(port, &[]);
+    let mut second = serve_on(port, &[]);
     assert!(
         second.wait_log("listening").is_none(),
         "second process must not listen"

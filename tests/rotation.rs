@@ -2,7 +2,7 @@
 //! rotated by size (`sink_rotate_size`) and reopened on `SIGUSR1` after the file was moved
 //! away (what `logrotate` does), while `send --ack` delivers items.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::collections::HashMap;
 use std::io::Write;

@@ -1,7 +1,7 @@
 //! Running as a service: systemd's readiness, stopping and watchdog notifications through a
 //! `NOTIFY_SOCKET` datagram socket the test owns, and the shell completions and man pages.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;

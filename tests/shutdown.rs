@@ -1,7 +1,7 @@
 //! The real binary: SIGTERM stops accepting, writes every queued item to the file sink, closes
 //! connections as `shutdown`, and exits 0 within the grace period.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::OpenOptionsExt;
@@ -67,18 +67,14 @@ fn sigterm_writes_every_queued_item_to_the_file_sink_and_exits_zero() {
     }
     std::io::Write::write_all(&mut client, payload.as_bytes()).unwrap();
     // Wait until the server has read every byte: both ends' queues empty.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let queues = socket_queues(port);
-        if queues.len() == 2 && queues.iter().all(|&(recv, send)| recv == 0 && send == 0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not read everything: {queues:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::poll_until(
+        Duration::from_secs(10),
+        "the server read every byte",
+        || {
+            let queues = socket_queues(port);
+            queues.len() == 2 && queues.iter().all(|&(recv, send)| recv == 0 && send == 0)
+        },
+    );
 
     serve.terminate();
     serve.wait_log("shutting down").expect("shutdown begins");

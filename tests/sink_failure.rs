@@ -1,7 +1,7 @@
 //! A sink that fails: its records are never acknowledged, each sender is told, and the failure
 //! is counted; later records are stored and acknowledged as usual.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The options the server sets are the options in force on the socket it accepted, read back
 //! with getsockopt from that very socket (found among this process's descriptors).
 
-mod common;
+use connwarden_test_common as common;
 
 use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;

@@ -3,7 +3,7 @@
 //! bad new pair is refused and the old one kept, and a peer that stalls its handshake or does
 //! not speak TLS is closed with the documented reason.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -29,8 +29,6 @@ impl Fixture {
     }
 
     fn serve(&self, extra: &[&str]) -> (Proc, Admin, String) {
-        let sink = self.dir.path().join("items.ndjson");
-        let sink = format!("file:{}", sink.display());
         let mut args = vec![
             "--tls-cert",
             self.cert.to_str().expect("utf-8"),
@@ -38,7 +36,11 @@ impl Fixture {
             self.key.to_str().expect("utf-8"),
         ];
         args.extend_from_slice(extra);
-        common::serve_with_admin(&sink, &args, common::PROMPT)
+        common::serve()
+            .sink_file(&self.dir.path().join("items.ndjson"))
+            .args(&args)
+            .within(common::PROMPT)
+            .start()
     }
 
     fn sink_lines(&self) -> Vec<serde_json::Value> {

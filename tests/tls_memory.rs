@@ -3,7 +3,7 @@
 //! connection rests on it, and a rustls upgrade or a change of ours that made every idle TLS
 //! connection keep a buffer would show here.
 
-mod common;
+use connwarden_test_common as common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};

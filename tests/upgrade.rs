@@ -8,7 +8,7 @@
 
 #![cfg(target_os = "linux")]
 
-mod common;
+use connwarden_test_common as common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -139,10 +139,10 @@ fn live(admin: &Admin) -> u64 {
         .unwrap()
 }
 
-/// `serve` and [`common::loopback_flags`], for a program started by its path.
-fn serve_args<'a>(sink: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["serve"];
-    args.extend(common::loopback_flags(sink, extra));
+/// `serve` and the flags of [`common::serve`], for a program started by its path.
+fn serve_args(sink: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["serve".to_owned()];
+    args.extend(common::serve().sink(sink).args(extra).flags());
     args
 }
 

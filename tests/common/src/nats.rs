@@ -3,12 +3,13 @@
 //! folder removed on drop. The binary is `$NATS_SERVER`, else `nats-server` on the PATH (`.ci/run`
 //! installs the pinned release).
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+
+use crate::free_port;
 
 /// One node: its ports, its folder and, while it runs, its process.
 pub struct NatsNode {
@@ -24,13 +25,6 @@ pub struct NatsNode {
 pub struct Nats {
     pub nodes: Vec<NatsNode>,
     dir: tempfile::TempDir,
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 fn binary() -> String {

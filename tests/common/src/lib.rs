@@ -1,8 +1,11 @@
 //! The test harness, in one place: a server on port 0, a raw client, waits on observable events
-//! with bounded timeouts, a network-namespace fixture, and the binary for process tests.
-#![allow(dead_code)]
+//! with bounded timeouts, a network-namespace fixture, and the binary for process tests. A
+//! crate of its own (`tests/common/Cargo.toml`), compiled once; a test file names it
+//! `use connwarden_test_common as common;`. Linux only, like the tests.
+#![cfg(target_os = "linux")]
 
 pub mod certs;
+pub mod lostfs;
 pub mod nats;
 
 use std::net::SocketAddr;
@@ -245,38 +248,143 @@ impl Client {
     }
 }
 
-/// Starts `serve` on loopback ports of its own choosing with JSON logs, storing to `sink`, and
-/// waits up to `bound` for it to listen; its admin API and data address.
-pub fn serve_with_admin(sink: &str, extra: &[&str], bound: Duration) -> (Proc, Admin, String) {
-    let mut server = Proc::spawn(&loopback_flags(sink, extra));
-    let admin = Admin::of(&mut server);
-    let listening = server
-        .wait_log_within("listening", bound)
-        .expect("listening");
-    let addr = listening["addr"].as_str().expect("addr").to_owned();
-    (server, admin, addr)
+/// A port that was free a moment ago (for a test that must name its port before it listens:
+/// a restart on the same address, two processes sharing one).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
-/// The flags of `serve` on loopback ports of its own choosing (data and admin) with JSON logs,
-/// storing to `sink`, then `extra`.
-pub fn loopback_flags<'a>(sink: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--sink",
-        sink,
-        "--log-format",
-        "json",
-    ];
-    args.extend_from_slice(extra);
-    args
+/// The one way the tests start `connwarden serve`: data and admin API on loopback ports of its
+/// own choosing, items to `/dev/null`, JSON logs; each part changed by a method, then
+/// [`ServeCmd::start`] (waits until it listens) or [`ServeCmd::spawn`].
+///
+/// ```ignore
+/// let (server, admin, addr) = common::serve().sink_file(&path).args(&["--fsync", "always"]).start();
+/// ```
+#[must_use]
+pub struct ServeCmd {
+    listen: String,
+    sink: String,
+    extra: Vec<String>,
+    stdout: bool,
+    bound: Duration,
 }
 
-/// Path of the `connwarden` binary built for these tests.
+/// Starts describing a `serve` process ([`ServeCmd`]).
+pub fn serve() -> ServeCmd {
+    ServeCmd {
+        listen: "127.0.0.1:0".into(),
+        sink: "file:/dev/null".into(),
+        extra: Vec::new(),
+        stdout: false,
+        bound: Duration::from_secs(10),
+    }
+}
+
+impl ServeCmd {
+    /// Listens on `addr` instead of a loopback port of its own choosing.
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = addr.to_owned();
+        self
+    }
+
+    /// Listens on loopback `port`.
+    pub fn port(self, port: u16) -> Self {
+        self.listen(&format!("127.0.0.1:{port}"))
+    }
+
+    /// Items go to `sink` (`stdout`, `file:PATH`, `jetstream`).
+    pub fn sink(mut self, sink: &str) -> Self {
+        self.sink = sink.to_owned();
+        self
+    }
+
+    /// Items are appended to the file at `path`.
+    pub fn sink_file(self, path: &std::path::Path) -> Self {
+        self.sink(&format!("file:{}", path.display()))
+    }
+
+    /// More flags, after the others (a flag given twice: the later wins).
+    pub fn args(mut self, extra: &[&str]) -> Self {
+        self.extra.extend(extra.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Its standard output in `child.stdout` (for `sink = "stdout"`).
+    pub fn stdout(mut self) -> Self {
+        self.stdout = true;
+        self
+    }
+
+    /// Waits up to `bound` for it to listen (10 s unless said).
+    pub fn within(mut self, bound: Duration) -> Self {
+        self.bound = bound;
+        self
+    }
+
+    /// The flags, as `connwarden serve` takes them.
+    pub fn flags(&self) -> Vec<String> {
+        let mut flags: Vec<String> = [
+            "--listen",
+            &self.listen,
+            "--admin",
+            "127.0.0.1:0",
+            "--sink",
+            &self.sink,
+            "--log-format",
+            "json",
+        ]
+        .map(str::to_owned)
+        .into();
+        flags.extend(self.extra.iter().cloned());
+        flags
+    }
+
+    /// Starts it, without waiting.
+    pub fn spawn(self) -> Proc {
+        let flags = self.flags();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        match self.stdout {
+            true => Proc::spawn_with_stdout(&flags),
+            false => Proc::spawn(&flags),
+        }
+    }
+
+    /// Starts it and waits until it listens: the process, its admin API and its data address.
+    pub fn start(self) -> (Proc, Admin, String) {
+        let bound = self.bound;
+        let mut server = self.spawn();
+        let admin = Admin::of(&mut server);
+        let listening = server
+            .wait_log_within("listening", bound)
+            .expect("listening");
+        let addr = listening["addr"].as_str().expect("addr").to_owned();
+        (server, admin, addr)
+    }
+}
+
+/// Path of the `connwarden` binary built for these tests: beside the directory of the test
+/// binary that runs (`target/debug/deps/admin-…` → `target/debug/connwarden`); cargo builds the
+/// crate's binary before it runs an integration test.
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_connwarden")
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        let test = std::env::current_exe().expect("the test binary's path");
+        let profile = test
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("the test binary lives in target/PROFILE/deps");
+        let binary = profile.join("connwarden");
+        assert!(
+            binary.exists(),
+            "no connwarden binary at {}",
+            binary.display()
+        );
+        binary.to_str().expect("a UTF-8 path").to_owned()
+    })
 }
 
 /// The binary of example `name` (`examples/NAME.rs`), built beside the crate's binary: `cargo
@@ -332,7 +440,7 @@ impl Proc {
     /// environment variables.
     pub fn spawn_program(
         program: &std::path::Path,
-        args: &[&str],
+        args: &[impl AsRef<std::ffi::OsStr>],
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Proc {
         let mut command = Command::new(program);

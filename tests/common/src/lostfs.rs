@@ -18,7 +18,6 @@
 //! Files are opened with `FOPEN_DIRECT_IO` and every attribute and entry has a zero TTL, so the
 //! kernel caches nothing: a process started after [`LostFs::power_on`] reads exactly what
 //! survived.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
