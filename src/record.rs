@@ -139,7 +139,7 @@ impl Drop for Replies {
 
 /// One item with where and when it came from.
 ///
-/// A record may belong to its read's [`Replies`]: its ack (or its `queue_full` / `sink_failed`
+/// A record may belong to its read's `Replies`: its ack (or its `queue_full` / `sink_failed`
 /// error) is then sent with theirs, without waiting, whatever the client does.
 #[derive(Debug)]
 pub struct Record {

@@ -1,13 +1,13 @@
 //! TLS on the data listener: the server's certificate and key, read from PEM files and read
 //! again at every reload, so that a renewed certificate is served without a restart.
 //!
-//! [`ServerTls`] holds the configuration new handshakes use. A reload that cannot read or use
+//! `ServerTls` holds the configuration new handshakes use. A reload that cannot read or use
 //! the new files keeps the pair in force and says why; connections already open keep the
 //! session they negotiated either way.
 //!
 //! [`TlsSession`] is the connection's transport: the connection's loop asks it to read the
-//! records its socket holds ([`TlsSession::read_from`]) and gets plaintext, and hands it the
-//! plaintext it appended to its output ([`TlsSession::seal`]) and gets records. rustls is used
+//! records its socket holds (`TlsSession::read_from`) and gets plaintext, and hands it the
+//! plaintext it appended to its output (`TlsSession::seal`) and gets records. rustls is used
 //! without an I/O wrapper, on the connection's own socket and buffers, so that a plain
 //! connection pays nothing for TLS being possible.
 

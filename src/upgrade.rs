@@ -11,7 +11,7 @@
 //! 3. new → old `ready`, once it accepts with its sink open (both processes accept for a
 //!    moment, from the same sockets: no connection attempt is refused);
 //! 4. old → new `conns`, batches of up to [`MAX_FDS`] connections with their state
-//!    ([`crate::conn`] says what a connection carries, and when it can leave);
+//!    (`crate::conn` says what a connection carries, and when it can leave);
 //! 5. old → new `done`.
 //!
 //! A new process that cannot be started, ends before `ready`, or is not ready within

@@ -9,7 +9,7 @@
 //! | `DELETE /connections/{id}` | closes it with reason `kicked`, answers what it was |
 //! | `GET /closed` | the most recent closes, newest first ([`ClosedQuery`]) |
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /` | the live page ([`page`]): served without the token, it reads the endpoints above with it |
+//! | `GET /` | the live page (`page.rs`): served without the token, it reads the endpoints above with it |
 //!
 //! [`router`] gives the same routes to a program that embeds the server and mounts them on its
 //! own axum application; `connwarden serve` runs them on `--admin`. Work that reads every

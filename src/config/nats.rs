@@ -14,7 +14,7 @@ pub struct NatsConfig {
     pub urls: Vec<String>,
     /// The stream the records go to.
     pub stream: String,
-    /// Subject of each record, with [`GATEWAY_PLACEHOLDER`] for the gateway's name.
+    /// Subject of each record, with `{gateway}` for the gateway's name.
     pub subject: String,
     /// Replicas of a stream connwarden creates.
     pub replicas: usize,

@@ -161,7 +161,7 @@ impl ServerBuilder {
     /// protocol: the connections keep every guarantee of the layer ([`crate::liveness`]), and
     /// no queue or sink is used (the item keys, `sink`, `queue`, `overflow`, `max_frame`,
     /// `error_budget`, do not apply). TLS is the handler's to do (`tokio-rustls` over the
-    /// [`liveness::Connection`]), so `tls_cert` is refused here.
+    /// [`liveness::Connection`](crate::liveness::Connection)), so `tls_cert` is refused here.
     ///
     /// ```no_run
     /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {

@@ -247,7 +247,7 @@ pub struct Kicked {
     pub closed: bool,
 }
 
-/// Kicks the live connection `id` (reason `kicked`) and waits, up to [`KICK_WAIT`], until its
+/// Kicks the live connection `id` (reason `kicked`) and waits, up to `KICK_WAIT`, until its
 /// close is recorded, so that a listing right after no longer shows it. `None` when no such
 /// connection is live. Serves `DELETE /connections/{id}` and the cluster-wide registry's kick.
 pub async fn kick(registry: &Registry, id: u64, via: &'static str) -> Option<Kicked> {
