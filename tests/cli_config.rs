@@ -203,3 +203,29 @@ fn a_refusal_names_where_the_value_came_from() {
         );
     }
 }
+
+/// `serve --help` has a flag for every key, with the key's documentation and its default:
+/// the flags are made from the table of keys, not written beside it.
+#[test]
+fn every_key_has_its_flag_in_serve_help() {
+    let output = run_serve(&["--help"], &[]);
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for &key in connwarden::config::Key::ALL {
+        assert!(
+            help.contains(&key.flag()),
+            "{} missing from --help",
+            key.flag()
+        );
+    }
+    // The documentation and the default of one, as the table declares them.
+    let key = connwarden::config::Key::KeepaliveIdle;
+    let first_words: String = key
+        .doc()
+        .split_whitespace()
+        .take(4)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(help.contains(&first_words), "{first_words:?} not in --help");
+    assert!(help.contains("[default: 30s]"), "{help}");
+}
