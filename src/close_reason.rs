@@ -155,6 +155,57 @@ impl CloseReason {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// Who ended the connection: the party whose act, or silence, the reason names.
+    ///
+    /// ```
+    /// use connwarden::close_reason::{CloseReason, EndedBy};
+    ///
+    /// assert_eq!(CloseReason::KeepaliveTimeout.ended_by(), EndedBy::Kernel);
+    /// assert_eq!(CloseReason::Kicked.ended_by(), EndedBy::Operator);
+    /// ```
+    pub fn ended_by(self) -> EndedBy {
+        use CloseReason::*;
+        match self {
+            PeerClosed => EndedBy::Peer,
+            Reset | KeepaliveTimeout | UserTimeout => EndedBy::Kernel,
+            Kicked | Shutdown => EndedBy::Operator,
+            HeartbeatTimeout | IdleTimeout | WriteTimeout | ProtocolError | FrameTooLarge
+            | FrameTimeout | MemoryPressure | HandshakeTimeout | TlsError | Unauthorized
+            | MaxAge | ServerFull | TooManyConnections | Completed | InternalError => {
+                EndedBy::Server
+            }
+        }
+    }
+}
+
+/// Who ended a connection ([`CloseReason::ended_by`]), in `/closed` and the close's log line:
+/// an operator reading a wave of closes asks first whether the clients went, the network
+/// failed, the server's own rules acted, or someone asked for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EndedBy {
+    /// The peer closed its side in order.
+    Peer,
+    /// The kernel gave up on the peer: a reset, unanswered keep-alive probes, data
+    /// unacknowledged past `TCP_USER_TIMEOUT`.
+    Kernel,
+    /// The server's own rules: a deadline, a limit, a protocol or authentication failure, a
+    /// handler that finished, an internal error.
+    Server,
+    /// Someone asked: a kick, a shutdown.
+    Operator,
+}
+
+impl EndedBy {
+    /// The spelling in `/closed` and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndedBy::Peer => "peer",
+            EndedBy::Kernel => "kernel",
+            EndedBy::Server => "server",
+            EndedBy::Operator => "operator",
+        }
+    }
 }
 
 /// A reason decided once, read from any thread: the first [`FirstReason::set`] wins. One byte
@@ -188,6 +239,24 @@ impl fmt::Display for CloseReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_reason_is_ended_by_the_party_it_names() {
+        let by = |who: EndedBy| -> Vec<&str> {
+            CloseReason::ALL
+                .iter()
+                .filter(|r| r.ended_by() == who)
+                .map(|r| r.as_str())
+                .collect()
+        };
+        assert_eq!(by(EndedBy::Peer), ["peer_closed"]);
+        assert_eq!(
+            by(EndedBy::Kernel),
+            ["reset", "keepalive_timeout", "user_timeout"]
+        );
+        assert_eq!(by(EndedBy::Operator), ["kicked", "shutdown"]);
+        assert_eq!(by(EndedBy::Server).len(), CloseReason::ALL.len() - 6);
+    }
 
     #[test]
     fn the_first_reason_decided_stands() {

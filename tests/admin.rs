@@ -111,7 +111,10 @@ fn metrics_count_real_closes_refusals_and_items_and_pass_promtool() {
         "{out:?}"
     );
     assert_eq!((&kicked).read(&mut [0; 64]).expect("eof after kick"), 0);
-    closed_with(&mut server, "kicked");
+    // Who ended it, in the log line and in /closed.
+    assert_eq!(closed_with(&mut server, "kicked")["ended_by"], "operator");
+    let closed = admin.json("/closed?reason=kicked");
+    assert_eq!(closed["items"][0]["ended_by"], "operator", "{closed}");
     let (status, _) = admin.request("GET", &format!("/connections/{id}"));
     assert_eq!(
         status, 404,
@@ -452,6 +455,7 @@ fn an_idle_dead_peer_is_measured_within_its_bound_in_a_network_namespace() {
     );
     assert_eq!(metric(&text, "connwarden_connections_probing"), Some(0.0));
     let closed = in_server_ns("/closed?reason=keepalive_timeout");
+    assert_eq!(closed["items"][0]["ended_by"], "kernel", "{closed}");
     let reported = closed["items"][0]["detection_delay_s"]
         .as_f64()
         .expect("delay");

@@ -184,6 +184,7 @@ impl Registry {
             conn_id = closed.id,
             peer = %closed.peer,
             reason = closed.reason.as_str(),
+            ended_by = closed.reason.ended_by().as_str(),
             duration_ms = closed.duration.as_millis() as u64,
             detection_delay_ms = closed.detection_delay.as_millis() as u64,
             bytes_in = closed.bytes_in,

@@ -105,6 +105,10 @@ pub struct Closed {
     pub local: SocketAddr,
     /// Why it closed (`keepalive_timeout`, `kicked`, …; see `docs/OPERATIONS.md`).
     pub reason: String,
+    /// Who ended it: `peer`, `kernel`, `server` or `operator` ([`crate::close_reason::EndedBy`];
+    /// empty from a gateway of an earlier version).
+    #[serde(default)]
+    pub ended_by: String,
     /// When it was accepted.
     pub started_at: String,
     /// When it closed.
@@ -214,6 +218,7 @@ impl From<&ClosedConn> for Closed {
             peer: closed.peer,
             local: closed.local,
             reason: closed.reason.as_str().to_owned(),
+            ended_by: closed.reason.ended_by().as_str().to_owned(),
             started_at: timestamp(closed.started_at),
             closed_at: timestamp(closed.closed_at),
             lifetime_s: seconds(closed.duration),
