@@ -323,12 +323,19 @@ impl Key {
     /// The default as `--help` and the reference table show it: the TOML value without its
     /// quotes (`30s`, `off`, `["0.0.0.0:7000"]`).
     pub fn default_text(self) -> String {
-        let value = Config::default().value_of(self);
+        let value = defaults().value_of(self);
         match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
             Some(bare) => bare.to_owned(),
             None => value,
         }
     }
+}
+
+/// The defaults, built once: the help of every flag and every row of the reference print one
+/// of them.
+pub(super) fn defaults() -> &'static Config {
+    static DEFAULTS: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+    DEFAULTS.get_or_init(Config::default)
 }
 
 impl fmt::Display for Key {

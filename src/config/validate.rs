@@ -41,7 +41,7 @@ pub(super) fn check(config: &Config, origin_of: impl Fn(Key) -> Origin) -> Resul
 /// Where a value came from when nothing recorded it: the default when it is the default's,
 /// else set by the program that built the [`Config`].
 pub(super) fn guessed_origin(config: &Config, key: Key) -> Origin {
-    if config.value_of(key) == Config::default().value_of(key) {
+    if config.value_of(key) == super::keys::defaults().value_of(key) {
         Origin::Default
     } else {
         Origin::Code

@@ -114,7 +114,7 @@ impl<'m> Drain<'m> {
                 self.sync_started = Instant::now();
                 std::mem::swap(&mut self.syncing, &mut self.unsynced);
             }
-            None => self.settle_unsynced(Ok(())),
+            None => (self.settled).settle(&mut self.unsynced, Ok(()), &*self.sink),
         }
     }
 
@@ -176,10 +176,6 @@ impl<'m> Drain<'m> {
             }
             Err(error) => self.settled.settle(&mut again, Err(error), &*self.sink),
         }
-    }
-
-    fn settle_unsynced(&mut self, result: Result<(), SinkError>) {
-        self.settled.settle(&mut self.unsynced, result, &*self.sink);
     }
 
     /// After the last record: under `fsync = never` the file is synced once (its records were

@@ -29,60 +29,50 @@ impl<'m> Settled<'m> {
         result: Result<(), SinkError>,
         sink: &dyn Sink,
     ) {
-        settle(records, result, self, sink)
-    }
-}
-
-/// Acknowledges `records` if `result` is `Ok`, or reports the failure to each sender.
-fn settle(
-    records: &mut Vec<Record>,
-    result: Result<(), SinkError>,
-    settled: &mut Settled<'_>,
-    sink: &dyn Sink,
-) {
-    let count = records.len() as u64;
-    let metrics = settled.metrics;
-    match result {
-        Ok(()) => {
-            settled.report.written += count;
-            // One clock read for the batch (its acks leave together), none for a batch that
-            // asked for no ack, and one latency per run of records read together (they share
-            // the receive time): this loop is on every item's path.
-            let (mut now, mut acks) = (None, 0);
-            let mut observe = |received_at: SystemTime, n: u64| {
-                let now = *now.get_or_insert_with(SystemTime::now);
-                metrics.ack_latency(now.duration_since(received_at).unwrap_or_default(), n);
-            };
-            let mut run: Option<(SystemTime, u64)> = None;
-            for record in records.drain(..) {
-                let received_at = record.received_at;
-                if record.acknowledge() {
-                    acks += 1;
-                    match &mut run {
-                        Some((at, n)) if *at == received_at => *n += 1,
-                        _ => {
-                            if let Some((at, n)) = run.replace((received_at, 1)) {
-                                observe(at, n);
+        let count = records.len() as u64;
+        let metrics = self.metrics;
+        match result {
+            Ok(()) => {
+                self.report.written += count;
+                // One clock read for the batch (its acks leave together), none for a batch that
+                // asked for no ack, and one latency per run of records read together (they share
+                // the receive time): this loop is on every item's path.
+                let (mut now, mut acks) = (None, 0);
+                let mut observe = |received_at: SystemTime, n: u64| {
+                    let now = *now.get_or_insert_with(SystemTime::now);
+                    metrics.ack_latency(now.duration_since(received_at).unwrap_or_default(), n);
+                };
+                let mut run: Option<(SystemTime, u64)> = None;
+                for record in records.drain(..) {
+                    let received_at = record.received_at;
+                    if record.acknowledge() {
+                        acks += 1;
+                        match &mut run {
+                            Some((at, n)) if *at == received_at => *n += 1,
+                            _ => {
+                                if let Some((at, n)) = run.replace((received_at, 1)) {
+                                    observe(at, n);
+                                }
                             }
                         }
                     }
                 }
+                if let Some((at, n)) = run {
+                    observe(at, n);
+                }
+                if acks > 0 {
+                    metrics.acknowledged(acks);
+                }
             }
-            if let Some((at, n)) = run {
-                observe(at, n);
+            Err(error) => {
+                self.report.failed += count;
+                metrics.sink_error();
+                metrics.items_refused(ErrorCode::SinkFailed, count);
+                log_failure(sink, &error, count);
+                records.drain(..).for_each(|r| {
+                    r.reject(ErrorCode::SinkFailed, "the sink could not store this item")
+                });
             }
-            if acks > 0 {
-                metrics.acknowledged(acks);
-            }
-        }
-        Err(error) => {
-            settled.report.failed += count;
-            metrics.sink_error();
-            metrics.items_refused(ErrorCode::SinkFailed, count);
-            log_failure(sink, &error, count);
-            records.drain(..).for_each(|r| {
-                r.reject(ErrorCode::SinkFailed, "the sink could not store this item")
-            });
         }
     }
 }
