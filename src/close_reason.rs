@@ -71,6 +71,17 @@ pub enum CloseReason {
     Shutdown,
     /// Any other socket error, or a panic in the connection's task.
     InternalError,
+    /// `proxy_protocol` is on and the connection came from outside `proxy_trusted`: only the
+    /// load balancers may say who the client is.
+    ProxyUntrusted,
+    /// `proxy_protocol` is on and the connection's first bytes were not a PROXY protocol header
+    /// of the version in force, or a malformed one.
+    ProxyHeaderInvalid,
+    /// `proxy_protocol` is on and no whole header came within `handshake_timeout`.
+    ProxyHeaderTimeout,
+    /// A newer connection of the same client (its `hello` named this connection's `client_id`)
+    /// took its place: the client came back while this one still looked alive.
+    Superseded,
 }
 
 impl CloseReason {
@@ -100,7 +111,7 @@ impl CloseReason {
     }
 
     /// Every reason, for counters and reports.
-    pub const ALL: [CloseReason; 21] = [
+    pub const ALL: [CloseReason; 25] = [
         CloseReason::PeerClosed,
         CloseReason::Reset,
         CloseReason::KeepaliveTimeout,
@@ -122,6 +133,10 @@ impl CloseReason {
         CloseReason::Completed,
         CloseReason::Shutdown,
         CloseReason::InternalError,
+        CloseReason::ProxyUntrusted,
+        CloseReason::ProxyHeaderInvalid,
+        CloseReason::ProxyHeaderTimeout,
+        CloseReason::Superseded,
     ];
 
     /// The spelling used in logs, counters and the admin API.
@@ -148,6 +163,10 @@ impl CloseReason {
             CloseReason::Completed => "completed",
             CloseReason::Shutdown => "shutdown",
             CloseReason::InternalError => "internal_error",
+            CloseReason::ProxyUntrusted => "proxy_untrusted",
+            CloseReason::ProxyHeaderInvalid => "proxy_header_invalid",
+            CloseReason::ProxyHeaderTimeout => "proxy_header_timeout",
+            CloseReason::Superseded => "superseded",
         }
     }
 
@@ -172,7 +191,8 @@ impl CloseReason {
             Kicked | Shutdown => EndedBy::Operator,
             HeartbeatTimeout | IdleTimeout | WriteTimeout | ProtocolError | FrameTooLarge
             | FrameTimeout | MemoryPressure | HandshakeTimeout | TlsError | Unauthorized
-            | MaxAge | ServerFull | TooManyConnections | Completed | InternalError => {
+            | MaxAge | ServerFull | TooManyConnections | Completed | InternalError
+            | ProxyUntrusted | ProxyHeaderInvalid | ProxyHeaderTimeout | Superseded => {
                 EndedBy::Server
             }
         }

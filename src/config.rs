@@ -202,6 +202,33 @@ pub enum HeartbeatMode {
     Off,
 }
 
+/// Which PROXY protocol header the data listener reads before anything else, as a load
+/// balancer in front of it (HAProxy, AWS NLB, Envoy) sends it to tell the client's address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// No header: the socket's peer is the client.
+    #[default]
+    Off,
+    /// The text header (`PROXY TCP4 203.0.113.7 10.0.0.1 4567 7000\r\n`).
+    V1,
+    /// The binary header.
+    V2,
+    /// Either, told apart by their first bytes.
+    Any,
+}
+
+impl ProxyProtocol {
+    /// The spelling in flags and files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocol::Off => "off",
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+            ProxyProtocol::Any => "any",
+        }
+    }
+}
+
 /// What a connection does with an item when the queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Overflow {
@@ -342,6 +369,11 @@ pub struct Config {
     pub max_connections: usize,
     /// Live connections from one source ([`crate::registry::Source`]); `None` is off.
     pub max_connections_per_ip: Option<usize>,
+    /// The PROXY protocol header read before anything else on the data listener.
+    pub proxy_protocol: ProxyProtocol,
+    /// The networks allowed to send a PROXY protocol header (the load balancers); a
+    /// connection from elsewhere is refused while `proxy_protocol` is on.
+    pub proxy_trusted: Vec<ipnet::IpNet>,
     /// Largest JSON object in bytes.
     pub max_frame: usize,
     /// Longest time from an object's first byte to its last; `None` is off.
@@ -425,6 +457,8 @@ impl Default for Config {
             max_age_grace: Duration::from_secs(30),
             max_connections: 10_000,
             max_connections_per_ip: None,
+            proxy_protocol: ProxyProtocol::Off,
+            proxy_trusted: Vec::new(),
             max_frame: 64 * 1024,
             frame_timeout: Some(Duration::from_secs(30)),
             max_buffered: Some(256 << 20),
@@ -798,6 +832,8 @@ mod tests {
                 "heartbeat",
                 "heartbeat_interval",
                 "heartbeat_misses",
+                "proxy_protocol",
+                "proxy_trusted",
                 "max_frame",
                 "max_pending_replies"
             ]

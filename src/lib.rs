@@ -85,6 +85,7 @@ mod nats;
 mod phase;
 mod pressure;
 pub mod protocol;
+mod proxy_protocol;
 pub mod queue;
 pub mod record;
 pub mod registry;

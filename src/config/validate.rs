@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use super::{
-    nats, Config, ConfigError, FsyncMode, HeartbeatMode, Keepalive, Key, Origin, SinkSpec,
-    UserTimeout, MAX_FRAME_TIMEOUT, MAX_HEARTBEAT_MISSES, MAX_KEEPALIVE_COUNT, MAX_KEEPALIVE_SECS,
+    nats, Config, ConfigError, FsyncMode, HeartbeatMode, Keepalive, Key, Origin, ProxyProtocol,
+    SinkSpec, UserTimeout, MAX_FRAME_TIMEOUT, MAX_HEARTBEAT_MISSES, MAX_KEEPALIVE_COUNT,
+    MAX_KEEPALIVE_SECS,
 };
 
 /// A broken rule: the key to change and why.
@@ -30,6 +31,7 @@ pub(super) fn check(config: &Config, origin_of: impl Fn(Key) -> Origin) -> Resul
     }
     limits(config)
         .and_then(|()| tls_and_auth(config))
+        .and_then(|()| proxy_protocol(config))
         .and_then(|()| rotation(config))
         .and_then(|()| keepalive(config))
         .and_then(|()| heartbeat(config))
@@ -152,6 +154,19 @@ fn tls_and_auth(config: &Config) -> Result<(), Broken> {
     }
     if config.handshake_timeout.is_zero() {
         return broken(Key::HandshakeTimeout, "must be above 0");
+    }
+    Ok(())
+}
+
+fn proxy_protocol(config: &Config) -> Result<(), Broken> {
+    if config.proxy_protocol != ProxyProtocol::Off && config.proxy_trusted.is_empty() {
+        return broken(
+            Key::ProxyTrusted,
+            format!(
+                "proxy_protocol = \"{}\" needs the networks of the load balancers allowed to send the header (any peer could otherwise claim any address)",
+                config.proxy_protocol.as_str()
+            ),
+        );
     }
     Ok(())
 }

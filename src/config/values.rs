@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use tracing::level_filters::LevelFilter;
 
-use super::{nats, FsyncMode, HeartbeatMode, LogFormat, Overflow, SinkSpec, UserTimeout};
+use super::{
+    nats, FsyncMode, HeartbeatMode, LogFormat, Overflow, ProxyProtocol, SinkSpec, UserTimeout,
+};
 
 /// Parses `30s`, `2m`, `1h`, `500ms`, `1m 30s`. A bare number is refused: `30` could mean seconds
 /// or milliseconds, and a wrong guess moves a timeout by a factor of a thousand.
@@ -217,6 +219,34 @@ pub(super) fn parse_listen(values: &[String]) -> Result<Vec<SocketAddr>, String>
         .collect()
 }
 
+pub(super) fn parse_proxy_protocol(text: &str) -> Result<ProxyProtocol, String> {
+    match text.trim() {
+        "off" => Ok(ProxyProtocol::Off),
+        "v1" => Ok(ProxyProtocol::V1),
+        "v2" => Ok(ProxyProtocol::V2),
+        "any" => Ok(ProxyProtocol::Any),
+        _ => Err("expected off, v1, v2 or any".into()),
+    }
+}
+
+/// Networks in CIDR notation; a bare address is its own network (`10.0.0.7` is `10.0.0.7/32`).
+pub(super) fn parse_networks(values: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
+    values
+        .iter()
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .map(|value| {
+            value
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    format!("{value:?}: expected a network such as 10.0.0.0/8 or fd00::/8")
+                })
+        })
+        .collect()
+}
+
 /// A text as a TOML string.
 fn quoted(text: &str) -> String {
     format!("{text:?}")
@@ -234,6 +264,15 @@ pub(super) fn show_texts(texts: &[String]) -> String {
 pub(super) fn show_addresses(addresses: &[SocketAddr]) -> String {
     let texts: Vec<String> = addresses.iter().map(ToString::to_string).collect();
     show_texts(&texts)
+}
+
+pub(super) fn show_networks(networks: &[ipnet::IpNet]) -> String {
+    let texts: Vec<String> = networks.iter().map(ToString::to_string).collect();
+    show_texts(&texts)
+}
+
+pub(super) fn show_proxy_protocol(mode: &ProxyProtocol) -> String {
+    quoted(mode.as_str())
 }
 
 pub(super) fn show_bool(value: &bool) -> String {

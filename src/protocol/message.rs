@@ -93,11 +93,16 @@ pub enum ErrorCode {
     Truncated,
     /// A `hello`'s `client_id` is not 1 to 128 printable ASCII characters without spaces.
     InvalidClientId,
+    /// The listener reads a PROXY protocol header first and the connection did not begin with
+    /// one: the client bypassed the load balancer. The connection closes.
+    ProxyHeaderInvalid,
+    /// A newer connection with this connection's `client_id` took its place; this one closes.
+    Superseded,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::InvalidJson,
         ErrorCode::MissingIp,
         ErrorCode::InvalidIp,
@@ -116,6 +121,8 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::Truncated,
         ErrorCode::InvalidClientId,
+        ErrorCode::ProxyHeaderInvalid,
+        ErrorCode::Superseded,
     ];
 
     /// Position in [`ErrorCode::ALL`], for per-code counters.
@@ -151,6 +158,8 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Truncated => "truncated",
             ErrorCode::InvalidClientId => "invalid_client_id",
+            ErrorCode::ProxyHeaderInvalid => "proxy_header_invalid",
+            ErrorCode::Superseded => "superseded",
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The accept machinery: the loops that accept on each listener (with backoff while the
 //! process is out of descriptors or memory), and what each accepted socket goes through before
 //! its task starts: a `max_connections` slot, the socket options with its keep-alive phase, the
-//! registry entry under `max_connections_per_ip`, TLS, then the JSON connection or the
+//! PROXY protocol header (read in a task of its own: it names the peer that the limits count),
+//! the registry entry under `max_connections_per_ip`, TLS, then the JSON connection or the
 //! embedder's handler. Refusals are told (in JSON, where the peer speaks it) and recorded.
 
 use std::future::Future;
@@ -17,11 +18,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::close_reason::CloseReason;
-use crate::conn;
+use crate::config::ProxyProtocol;
+use crate::conn::{self, ConnShared};
 use crate::liveness::{self, Protocol};
 use crate::metrics::Metrics;
 use crate::phase::Phases;
 use crate::protocol::{ErrorCode, Outbound};
+use crate::proxy_protocol;
 use crate::queue::Producer;
 use crate::record::Record;
 use crate::registry::{ClosedConn, Registry};
@@ -52,6 +55,9 @@ pub(super) struct Acceptor {
     pub(super) checked_first: AtomicBool,
     /// Each accepted socket's keep-alive phase (its shortened first idle).
     pub(super) phases: Arc<Phases>,
+    /// Cancelled when accepting stops: connections whose PROXY protocol header has not come
+    /// yet are closed then (nothing of theirs was read).
+    pub(super) stop_accepting: CancellationToken,
 }
 
 /// An accept loop on each of `listeners`, until `stop`.
@@ -187,9 +193,18 @@ impl AcceptTrouble {
 }
 
 impl Acceptor {
-    pub(super) fn admit(&self, stream: TcpStream, peer: SocketAddr) {
+    pub(super) fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let local = stream.local_addr().unwrap_or(peer);
         let shared = self.reloader.connections();
+        let proxy = shared.params.proxy_protocol;
+        if proxy != ProxyProtocol::Off
+            && !proxy_protocol::is_trusted(peer.ip(), &shared.params.proxy_trusted)
+        {
+            // Its header, if it sent one, would be a claim anyone could make.
+            self.registry
+                .record_close(refused(peer, local, CloseReason::ProxyUntrusted));
+            return;
+        }
         let Some(slot) = Slot::take(&self.live_connections, shared.params.max_connections) else {
             let message = "the server is at max_connections; retry later";
             self.refuse(stream, peer, local, ErrorCode::ServerFull, message);
@@ -217,6 +232,64 @@ impl Acceptor {
                 "accepted",
             );
         }
+        let accepted = Accepted {
+            stream,
+            peer,
+            local,
+            slot,
+            first_idle,
+            shared,
+        };
+        if proxy == ProxyProtocol::Off {
+            self.enter(accepted);
+            return;
+        }
+        let acceptor = Arc::clone(self);
+        self.tracker
+            .spawn(async move { acceptor.read_proxy_header(accepted, proxy).await });
+    }
+
+    /// Reads the connection's PROXY protocol header within `handshake_timeout`, then lets it
+    /// in under the client's address the header carries.
+    async fn read_proxy_header(&self, mut accepted: Accepted, version: ProxyProtocol) {
+        let within = accepted.shared.params.handshake_timeout;
+        let (peer, local) = (accepted.peer, accepted.local);
+        let read = proxy_protocol::read_header(&mut accepted.stream, version);
+        let reason = tokio::select! {
+            read = tokio::time::timeout(within, read) => match read {
+                Ok(Ok(addresses)) => {
+                    if let Some(addresses) = addresses {
+                        accepted.peer = addresses.source;
+                        accepted.local = addresses.destination;
+                    }
+                    self.enter(accepted);
+                    return;
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(peer = %peer, error = %error, "refused a connection's PROXY protocol header; closing");
+                    let message = "this listener reads a PROXY protocol header first: connect through the load balancer";
+                    self.tell(&accepted.stream, ErrorCode::ProxyHeaderInvalid, message);
+                    discard_unread(&accepted.stream);
+                    CloseReason::ProxyHeaderInvalid
+                }
+                Err(_) => CloseReason::ProxyHeaderTimeout,
+            },
+            _ = self.stop_accepting.cancelled() => CloseReason::Shutdown,
+        };
+        self.registry.record_close(refused(peer, local, reason));
+    }
+
+    /// Lets an accepted connection in: its registry entry under `max_connections_per_ip`, then
+    /// its task (TLS and the JSON items, or the embedder's handler).
+    fn enter(&self, accepted: Accepted) {
+        let Accepted {
+            stream,
+            peer,
+            local,
+            slot,
+            first_idle,
+            shared,
+        } = accepted;
         let per_source = shared.params.max_connections_per_ip;
         let Some(guard) = self.registry.insert_within(peer, local, per_source) else {
             let message = "max_connections_per_ip are live from your address; retry later";
@@ -272,16 +345,9 @@ impl Acceptor {
         }
     }
 
-    /// Tells a peer over a limit why, without waiting (a fresh socket's send buffer always has
-    /// room for one line), and records the refusal under the reason of the same name.
-    fn refuse(
-        &self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        local: SocketAddr,
-        code: ErrorCode,
-        message: &'static str,
-    ) {
+    /// Tells a peer refused at accept why, in JSON where it speaks it, without waiting (a fresh
+    /// socket's send buffer always has room for one line).
+    fn tell(&self, stream: &TcpStream, code: ErrorCode, message: &'static str) {
         let line = Outbound::Error {
             code,
             message: message.into(),
@@ -293,12 +359,38 @@ impl Acceptor {
         if !self.reloader.tls().enabled() && self.protocol.is_none() {
             let _ = stream.try_write(&line);
         }
+    }
+
+    /// Tells a peer over a limit why, and records the refusal under the reason of the same
+    /// name.
+    fn refuse(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        code: ErrorCode,
+        message: &'static str,
+    ) {
+        self.tell(&stream, code, message);
         let reason = match code {
             ErrorCode::TooManyConnections => CloseReason::TooManyConnections,
             _ => CloseReason::ServerFull,
         };
         self.registry.record_close(refused(peer, local, reason));
     }
+}
+
+/// An accepted socket with its options set and its slot taken, on its way in.
+struct Accepted {
+    stream: TcpStream,
+    /// The client: the socket's peer, or the address its PROXY protocol header carries.
+    peer: SocketAddr,
+    /// The address the client connected to.
+    local: SocketAddr,
+    slot: Slot,
+    /// The shortened first keep-alive idle given to the socket, if any.
+    first_idle: Option<Duration>,
+    shared: Arc<ConnShared>,
 }
 
 /// One of the `max_connections` places, held by a connection's task until it ends.
@@ -345,6 +437,19 @@ impl<T: Future<Output = ()> + Unpin> Future for WithSlot<T> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
         std::pin::Pin::new(&mut self.task).poll(cx)
+    }
+}
+
+/// Reads and drops what a refused peer already sent (a bounded amount, without waiting): a
+/// socket closed with unread bytes sends a reset, which may destroy the error line before the
+/// peer reads it.
+fn discard_unread(stream: &TcpStream) {
+    let mut unread = [0u8; 4096];
+    for _ in 0..16 {
+        match stream.try_read(&mut unread) {
+            Ok(n) if n > 0 => continue,
+            _ => return,
+        }
     }
 }
 

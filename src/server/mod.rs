@@ -484,6 +484,7 @@ impl Server {
             reloader: self.reloader,
             tracker: tracker.clone(),
             checked_first: AtomicBool::new(false),
+            stop_accepting: stop_accepting.clone(),
         });
         let accept_tasks = accept::start(listeners, Arc::clone(&acceptor), &stop_accepting);
         self.readiness.set_ready();

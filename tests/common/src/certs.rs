@@ -100,10 +100,19 @@ pub fn connect(
     ca: &Ca,
     identity: Option<&(String, String)>,
 ) -> Result<TlsStream, std::io::Error> {
+    connect_over(TcpStream::connect(addr)?, ca, identity)
+}
+
+/// Speaks TLS on `socket`, already connected (after a PROXY protocol header, say), as
+/// [`connect`] does.
+pub fn connect_over(
+    socket: TcpStream,
+    ca: &Ca,
+    identity: Option<&(String, String)>,
+) -> Result<TlsStream, std::io::Error> {
     let config = client_config(ca, identity);
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let session = rustls::ClientConnection::new(config, name).expect("session");
-    let socket = TcpStream::connect(addr)?;
     socket.set_read_timeout(Some(super::PROMPT))?;
     let mut stream = rustls::StreamOwned::new(session, socket);
     while stream.conn.is_handshaking() {
