@@ -369,6 +369,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Live connections from one source ([`crate::registry::Source`]); `None` is off.
     pub max_connections_per_ip: Option<usize>,
+    /// A `hello` whose `client_id` a live connection holds supersedes that connection.
+    pub takeover: bool,
     /// The PROXY protocol header read before anything else on the data listener.
     pub proxy_protocol: ProxyProtocol,
     /// The networks allowed to send a PROXY protocol header (the load balancers); a
@@ -457,6 +459,7 @@ impl Default for Config {
             max_age_grace: Duration::from_secs(30),
             max_connections: 10_000,
             max_connections_per_ip: None,
+            takeover: true,
             proxy_protocol: ProxyProtocol::Off,
             proxy_trusted: Vec::new(),
             max_frame: 64 * 1024,
@@ -832,6 +835,7 @@ mod tests {
                 "heartbeat",
                 "heartbeat_interval",
                 "heartbeat_misses",
+                "takeover",
                 "proxy_protocol",
                 "proxy_trusted",
                 "max_frame",

@@ -20,7 +20,7 @@ use super::{Connection, Flags};
 use crate::protocol::{Decoder, DecoderState};
 use crate::queue::Producer;
 use crate::record::Record;
-use crate::registry::{Carried, ConnGuard};
+use crate::registry::{Arrival, Carried, ConnGuard};
 
 use super::{ConnShared, ConnTask, Extras};
 
@@ -187,6 +187,13 @@ pub(crate) fn resume(
         .heartbeat(state.heartbeat, u32::from(state.pings_sent));
     let auth_name = state.carried.auth_name.map(Arc::<str>::from);
     let client_id = state.client_id.map(Arc::<str>::from);
+    if let Some(client_id) = &client_id {
+        // The departing process held it; this one holds it now (a connection of the same
+        // client accepted here meanwhile is the newer one: this one is superseded instead).
+        if conn.shared.params.takeover {
+            conn.take_over(Arc::clone(client_id), Arrival::HandedOver);
+        }
+    }
     if auth_name.is_some() || client_id.is_some() {
         conn.extras = Some(Box::new(Extras {
             client_id,

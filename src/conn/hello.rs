@@ -8,6 +8,7 @@ use super::{notice, Close, Connection, Flags};
 use crate::close_reason::CloseReason;
 use crate::config::HeartbeatMode;
 use crate::protocol::{ErrorCode, Hello, Outbound};
+use crate::registry::{Arrival, Claim};
 
 /// What a client that sends anything but a valid `hello` first is told, under `auth = "required"`.
 pub(super) const AUTHENTICATE_FIRST: &str = "authenticate first: send a hello with your token";
@@ -41,12 +42,10 @@ impl Connection {
         self.flags.insert(Flags::AUTHENTICATED);
     }
 
-    /// Answers a client's `hello`: keeps its `client_id`, checks its token, and tells it the
-    /// heartbeat it gets and the frame limit.
+    /// Answers a client's `hello`: checks its token, keeps its `client_id` (superseding a
+    /// stale connection of the same client, with `takeover`), and tells it the heartbeat it
+    /// gets and the frame limit.
     pub(super) fn hello(&mut self, hello: Hello) -> Result<(), Close> {
-        if let Some(client_id) = hello.client_id {
-            self.extras.get_or_insert_default().client_id = Some(client_id.into());
-        }
         let tokens = &self.shared.live.tokens;
         match hello.token {
             Some(token) if tokens.configured() => match tokens.check(&token) {
@@ -58,6 +57,13 @@ impl Connection {
             },
             _ if self.awaits_authentication() => return Err(unauthorized(AUTHENTICATE_FIRST)),
             _ => {}
+        }
+        if let Some(client_id) = hello.client_id {
+            let client_id: Arc<str> = client_id.into();
+            if self.shared.params.takeover {
+                self.take_over(Arc::clone(&client_id), Arrival::New);
+            }
+            self.extras.get_or_insert_default().client_id = Some(client_id);
         }
         let params = &self.shared.params;
         if params.heartbeat != HeartbeatMode::Off {
@@ -75,5 +81,24 @@ impl Connection {
             max_frame,
         });
         Ok(())
+    }
+
+    /// Holds `client_id` for this connection, closing the stale connection of the same client
+    /// that held it (or this one, if it is the stale one); logged either way.
+    pub(super) fn take_over(&self, client_id: Arc<str>, arrival: Arrival) {
+        let (conn_id, peer) = (self.info.id, self.info.peer);
+        let registry = &self.shared.registry;
+        match registry.claim_client_id(&self.info, Arc::clone(&client_id), arrival) {
+            Claim::Held => {}
+            Claim::Superseding(old) => {
+                tracing::info!(conn_id, peer = %peer, client_id = %client_id, superseded = old, "the client came back: its older connection is superseded");
+            }
+            Claim::Outdated(newer) => {
+                tracing::info!(conn_id, peer = %peer, client_id = %client_id, newer, "the client connected to this process while its connection moved here: the moved one is superseded");
+            }
+            Claim::Refused { holder } => {
+                tracing::warn!(conn_id, peer = %peer, client_id = %client_id, holder, "client_id held by a connection authenticated under another name: not superseded");
+            }
+        }
     }
 }

@@ -285,6 +285,10 @@ fn asked_to_close(reason: CloseReason) -> Close {
             ErrorCode::MemoryPressure,
             "the server holds too many partial objects and this connection held one of the largest; closing",
         ),
+        CloseReason::Superseded => notice(
+            ErrorCode::Superseded,
+            "a newer connection with your client_id took this one's place; closing",
+        ),
         _ => None,
     };
     Close { reason, notice }

@@ -39,8 +39,9 @@ pub(crate) struct ConnInfo {
     /// Bytes of the read buffer holding a partial object, as the connection last reported
     /// them: the memory-pressure relief closes the largest holders first.
     buffered: AtomicU32,
-    /// True once the connection authenticated: its name is in [`Registry`]'s name map (kept
-    /// there rather than here, so that an unauthenticated entry pays one byte for it).
+    /// True once the connection authenticated or gave a `client_id`: it has an entry in
+    /// [`Registry`]'s identities (kept there rather than here, so that an anonymous entry pays
+    /// one byte for them).
     pub(super) named: AtomicBool,
     /// True once the application heartbeat applies to this connection.
     heartbeat: AtomicBool,

@@ -95,7 +95,7 @@ impl Drop for ConnGuard {
         }
         if self.handed_over {
             if self.info.named.load(Ordering::Acquire) {
-                lock(&self.registry.shared.names).remove(&self.info.id);
+                lock(&self.registry.shared.identities).remove(self.info.id);
             }
             self.registry
                 .shared
@@ -118,7 +118,7 @@ impl Drop for ConnGuard {
             items: snapshot.items,
             errors: snapshot.errors,
             auth_name: match self.info.named.load(Ordering::Acquire) {
-                true => lock(&self.registry.shared.names).remove(&self.info.id),
+                true => lock(&self.registry.shared.identities).remove(self.info.id),
                 false => None,
             },
         });

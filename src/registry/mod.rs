@@ -23,6 +23,7 @@
 mod closes;
 mod entry;
 mod guard;
+mod identities;
 mod tcp_info;
 mod views;
 
@@ -41,6 +42,8 @@ pub use closes::ClosedConn;
 use closes::Closes;
 pub(crate) use entry::ConnInfo;
 pub(crate) use guard::ConnGuard;
+use identities::Identities;
+pub(crate) use identities::{Arrival, Claim};
 pub use tcp_info::TCP_INFO_CHUNK;
 #[cfg(target_os = "linux")]
 pub(crate) use views::Carried;
@@ -139,8 +142,9 @@ struct Shared {
     opened: AtomicU64,
     /// Connections handed over to another process (an upgrade).
     handed_over: AtomicU64,
-    /// The authenticated names of live connections (client certificate subject or token name).
-    names: Mutex<HashMap<u64, Arc<str>>>,
+    /// The authenticated names of live connections (client certificate subject or token name)
+    /// and the `client_id`s they hold.
+    identities: Mutex<Identities>,
     /// What closes leave behind: counters, history, events, metrics, probe storms.
     closes: Closes,
 }
@@ -169,7 +173,7 @@ impl Registry {
                 next_id: AtomicU64::new(1),
                 opened: AtomicU64::new(0),
                 handed_over: AtomicU64::new(0),
-                names: Mutex::new(HashMap::new()),
+                identities: Mutex::new(Identities::default()),
                 closes: Closes::new(),
             }),
         }
@@ -294,7 +298,7 @@ impl Registry {
 
     /// Records the name `info`'s connection authenticated under.
     pub(crate) fn set_auth_name(&self, info: &ConnInfo, name: Arc<str>) {
-        lock(&self.shared.names).insert(info.id, name);
+        lock(&self.shared.identities).set_auth_name(info.id, name);
         info.named.store(true, Ordering::Release);
     }
 
@@ -303,7 +307,35 @@ impl Registry {
         if !info.named.load(Ordering::Acquire) {
             return None;
         }
-        lock(&self.shared.names).get(&info.id).cloned()
+        lock(&self.shared.identities).auth_name(info.id)
+    }
+
+    /// `info`'s connection gave `client_id` (in its `hello`, after authenticating): it holds it
+    /// unless a live connection authenticated under another name does, and a connection that
+    /// held it under the same name is asked to close as `superseded` (takeover: the client came
+    /// back while its old connection still looked alive). A connection handed over by a
+    /// departing process is the older one if the client connected here meanwhile: it is the
+    /// one asked to close then.
+    pub(crate) fn claim_client_id(
+        &self,
+        info: &ConnInfo,
+        client_id: Arc<str>,
+        arrival: Arrival,
+    ) -> Claim {
+        info.named.store(true, Ordering::Release);
+        let claim = lock(&self.shared.identities).claim(info.id, client_id, arrival);
+        match claim {
+            Claim::Superseding(old) => {
+                if let Some(old) = self.conns().get(&old) {
+                    old.ask_to_close(CloseReason::Superseded);
+                }
+            }
+            Claim::Outdated(_) => {
+                info.ask_to_close(CloseReason::Superseded);
+            }
+            Claim::Held | Claim::Refused { .. } => {}
+        }
+        claim
     }
 
     /// Every live entry, in no order. The lock is held only to clone the handles.
