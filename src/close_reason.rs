@@ -82,6 +82,9 @@ pub enum CloseReason {
     /// A newer connection of the same client (its `hello` named this connection's `client_id`)
     /// took its place: the client came back while this one still looked alive.
     Superseded,
+    /// A paced drain told the connection `goaway` and it was still open past the time given to
+    /// reconnect and `shutdown_grace`: its client ignores `goaway`.
+    Drained,
 }
 
 impl CloseReason {
@@ -111,7 +114,7 @@ impl CloseReason {
     }
 
     /// Every reason, for counters and reports.
-    pub const ALL: [CloseReason; 25] = [
+    pub const ALL: [CloseReason; 26] = [
         CloseReason::PeerClosed,
         CloseReason::Reset,
         CloseReason::KeepaliveTimeout,
@@ -137,6 +140,7 @@ impl CloseReason {
         CloseReason::ProxyHeaderInvalid,
         CloseReason::ProxyHeaderTimeout,
         CloseReason::Superseded,
+        CloseReason::Drained,
     ];
 
     /// The spelling used in logs, counters and the admin API.
@@ -167,6 +171,7 @@ impl CloseReason {
             CloseReason::ProxyHeaderInvalid => "proxy_header_invalid",
             CloseReason::ProxyHeaderTimeout => "proxy_header_timeout",
             CloseReason::Superseded => "superseded",
+            CloseReason::Drained => "drained",
         }
     }
 
@@ -188,7 +193,7 @@ impl CloseReason {
         match self {
             PeerClosed => EndedBy::Peer,
             Reset | KeepaliveTimeout | UserTimeout => EndedBy::Kernel,
-            Kicked | Shutdown => EndedBy::Operator,
+            Kicked | Shutdown | Drained => EndedBy::Operator,
             HeartbeatTimeout | IdleTimeout | WriteTimeout | ProtocolError | FrameTooLarge
             | FrameTimeout | MemoryPressure | HandshakeTimeout | TlsError | Unauthorized
             | MaxAge | ServerFull | TooManyConnections | Completed | InternalError
@@ -212,7 +217,7 @@ pub enum EndedBy {
     /// The server's own rules: a deadline, a limit, a protocol or authentication failure, a
     /// handler that finished, an internal error.
     Server,
-    /// Someone asked: a kick, a shutdown.
+    /// Someone asked: a kick, a shutdown, a drain.
     Operator,
 }
 
@@ -274,8 +279,8 @@ mod tests {
             by(EndedBy::Kernel),
             ["reset", "keepalive_timeout", "user_timeout"]
         );
-        assert_eq!(by(EndedBy::Operator), ["kicked", "shutdown"]);
-        assert_eq!(by(EndedBy::Server).len(), CloseReason::ALL.len() - 6);
+        assert_eq!(by(EndedBy::Operator), ["kicked", "shutdown", "drained"]);
+        assert_eq!(by(EndedBy::Server).len(), CloseReason::ALL.len() - 7);
     }
 
     #[test]

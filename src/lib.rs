@@ -87,6 +87,7 @@ mod pressure;
 pub mod protocol;
 mod proxy_protocol;
 pub mod queue;
+pub mod rebalance;
 pub mod record;
 pub mod registry;
 pub mod reload;

@@ -297,6 +297,9 @@ mod tests {
         ("max_age_grace", "10s"),
         ("max_connections", "5"),
         ("max_connections_per_ip", "2"),
+        ("takeover", "false"),
+        ("proxy_protocol", "v2"),
+        ("proxy_trusted", "10.0.0.0/8"),
         ("max_frame", "1KiB"),
         ("frame_timeout", "5s"),
         ("max_buffered", "1MiB"),
@@ -371,6 +374,7 @@ mod tests {
             "tls_key" => &[("tls_cert", "/tmp/tls.crt")],
             "tls_client_ca" => &[("tls_cert", "/tmp/tls.crt"), ("tls_key", "/tmp/tls.key")],
             "auth" => &[("auth_tokens", "/tmp/tokens")],
+            "proxy_protocol" => &[("proxy_trusted", "10.0.0.0/8")],
             _ => &[],
         };
         for (other, value) in companions {

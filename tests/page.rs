@@ -453,6 +453,32 @@ async fn live_page_shows_connections_closes_and_kicks_in_a_real_browser() {
         .await;
     browser.next_refresh().await;
 
+    // A paced drain shows while it tells its connections (29 live: 15 chosen, one each 4 s).
+    let (status, body) = admin.request("POST", "/drain?fraction=0.5&over=60s");
+    assert_eq!(status, 202, "{body}");
+    let shown = browser
+        .wait_for(
+            "the drain under way",
+            "const d = document.getElementById('drain').textContent; \
+             return d.startsWith('drain under way: ') && d",
+        )
+        .await;
+    assert!(
+        shown
+            .as_str()
+            .is_some_and(|d| d.ends_with("still to be told goaway")),
+        "{shown}"
+    );
+    let (status, body) = admin.request("DELETE", "/drain");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"state\":\"cancelled\""), "{body}");
+    browser
+        .wait_for(
+            "the cancelled drain no longer shown",
+            "return document.getElementById('drain').textContent === ''",
+        )
+        .await;
+
     // Nothing but the admin listener was asked for anything.
     let requests = browser
         .eval(

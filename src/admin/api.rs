@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use subtle::ConstantTimeEq;
 
 use super::{page, AdminHandle, ClosedQuery, ConnQuery, Token};
+use crate::rebalance::{DrainError, DrainPlan};
 use crate::registry::Registry;
 use crate::view::{self, listing::BadParameter};
 
@@ -39,6 +40,10 @@ pub fn router(handle: AdminHandle) -> Router {
             get(get_connection).delete(kick_connection),
         )
         .route("/closed", get(list_closed))
+        .route(
+            "/drain",
+            get(drain_status).post(start_drain).delete(cancel_drain),
+        )
         .route("/metrics", get(metrics))
         .route("/config", get(config))
         .route_layer(middleware::from_fn_with_state(
@@ -137,7 +142,7 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint; see / (the live page), /connections, /closed, /metrics, /healthz, /readyz",
+        "no such endpoint; see / (the live page), /connections, /closed, /drain, /metrics, /healthz, /readyz",
     )
 }
 
@@ -276,4 +281,76 @@ async fn metrics(State(handle): State<AdminHandle>) -> Result<Response, ApiError
 async fn config(State(handle): State<AdminHandle>) -> Response {
     let text = handle.reloader.config().to_toml();
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+}
+
+/// `POST /drain?fraction=F&over=DURATION`: starts a paced drain; 202 with what it chose.
+async fn start_drain(
+    State(handle): State<AdminHandle>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message);
+    let (mut fraction, mut over) = (None, None);
+    for (name, value) in pairs {
+        match name.as_str() {
+            "fraction" => {
+                let parsed = value.parse::<f64>().map_err(|_| {
+                    bad(format!(
+                        "fraction {value:?}: expected a number such as 0.25"
+                    ))
+                })?;
+                fraction = Some(parsed);
+            }
+            "over" => {
+                let parsed = crate::config::parse_duration(&value)
+                    .map_err(|reason| bad(format!("over {value:?}: {reason}")))?;
+                over = Some(parsed);
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown parameter {other:?}: fraction and over are known"
+                )))
+            }
+        }
+    }
+    let (Some(fraction), Some(over)) = (fraction, over) else {
+        return Err(bad(
+            "fraction and over are both needed: POST /drain?fraction=0.25&over=2m".into(),
+        ));
+    };
+    let config = handle.reloader.config();
+    let plan = DrainPlan {
+        fraction,
+        over,
+        reconnect_within: config.goaway_window,
+        grace: config.shutdown_grace,
+    };
+    match handle.rebalancer.start(plan) {
+        Ok(status) => Ok((StatusCode::ACCEPTED, Json(status)).into_response()),
+        Err(error @ DrainError::Fraction(_)) => Err(bad(error.to_string())),
+        Err(error @ DrainError::UnderWay { .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "drain_under_way",
+            error.to_string(),
+        )),
+    }
+}
+
+fn no_drain() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no drain has run (POST /drain?fraction=0.25&over=2m starts one)",
+    )
+}
+
+/// `GET /drain`: the running or last drain.
+async fn drain_status(State(handle): State<AdminHandle>) -> Result<Response, ApiError> {
+    let status = handle.rebalancer.status().ok_or_else(no_drain)?;
+    Ok(Json(status).into_response())
+}
+
+/// `DELETE /drain`: tells no more connections.
+async fn cancel_drain(State(handle): State<AdminHandle>) -> Result<Response, ApiError> {
+    let status = handle.rebalancer.cancel().ok_or_else(no_drain)?;
+    Ok(Json(status).into_response())
 }

@@ -8,6 +8,9 @@
 //! | `GET /connections/{id}` | one live connection |
 //! | `DELETE /connections/{id}` | closes it with reason `kicked`, answers what it was |
 //! | `GET /closed` | the most recent closes, newest first ([`ClosedQuery`]) |
+//! | `POST /drain?fraction=0.25&over=2m` | starts a paced drain ([`crate::rebalance`]): that share of the live connections, oldest first, told `goaway` at an even pace over the window; answers what it chose (409 while another is telling) |
+//! | `GET /drain` | the running or last drain's progress (404 before the first) |
+//! | `DELETE /drain` | stops telling more; those told still close when their time is up |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /` | the live page (`page.rs`): served without the token, it reads the endpoints above with it |
 //!
@@ -143,6 +146,8 @@ pub struct AdminHandle {
     pub token: Option<Token>,
     /// The configuration in force, for `GET /config`.
     pub reloader: crate::Reloader,
+    /// Paced drains (`POST /drain`).
+    pub rebalancer: Arc<crate::rebalance::Rebalancer>,
 }
 
 /// Without the `admin` feature there is no HTTP server: `Config::validate` refuses `admin`, so

@@ -1,4 +1,4 @@
-//! `connwarden conns`, `kick` and `closed`: the admin API from a terminal.
+//! `connwarden conns`, `kick`, `closed` and `drain`: the admin API from a terminal.
 //!
 //! Each reads the API's JSON into the same types the server writes it from
 //! (`connwarden::view`), and prints a table like `ss` or Redis's `CLIENT LIST`, or the
@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use connwarden::admin::Token;
 use connwarden::config::Key;
+use connwarden::rebalance::DrainStatus;
 use connwarden::view::{Connection, ErrorBody, Page};
 
 use super::cluster::NatsTarget;
@@ -76,6 +77,28 @@ pub struct KickArgs {
     /// Connection ids (from `connwarden conns`); with --nats, GATEWAY/ID.
     #[arg(required = true, value_name = "ID|GATEWAY/ID")]
     ids: Vec<String>,
+}
+
+/// Flags of `drain`.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    target: AdminTarget,
+    /// Share of the live connections to move (oldest first), above 0 and at most 1.
+    #[arg(long, required_unless_present_any = ["status", "cancel"])]
+    fraction: Option<f64>,
+    /// Window over which they are told goaway, at an even pace (10s, 2m).
+    #[arg(long, value_name = "DURATION", required_unless_present_any = ["status", "cancel"])]
+    over: Option<String>,
+    /// Show the running or last drain's progress instead.
+    #[arg(long, conflicts_with_all = ["fraction", "over", "cancel"])]
+    status: bool,
+    /// Stop the running drain from telling more connections.
+    #[arg(long, conflicts_with_all = ["fraction", "over"])]
+    cancel: bool,
+    /// Print the JSON the admin API answered.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Flags of `closed`.
@@ -219,6 +242,36 @@ pub fn kick(args: KickArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+pub fn drain(args: DrainArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.target)?;
+    let (method, path) = match (&args.fraction, &args.over) {
+        _ if args.status => ("GET", "/drain".to_owned()),
+        _ if args.cancel => ("DELETE", "/drain".to_owned()),
+        (Some(fraction), Some(over)) => ("POST", format!("/drain?fraction={fraction}&over={over}")),
+        _ => bail!("--fraction and --over are both needed"),
+    };
+    let (_, body) = api.call(method, &path)?;
+    if args.json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status: DrainStatus =
+        serde_json::from_str(&body).context("the admin API's answer is not a drain")?;
+    println!(
+        "drain {} (started {}): {} of {} live connections chosen (fraction {}, oldest first), told goaway over {}: {} told, {} closed as drained for ignoring it; each has {} to reconnect",
+        status.state,
+        status.started_at,
+        status.chosen,
+        status.live_at_start,
+        status.fraction,
+        duration(status.over_s),
+        status.told,
+        status.closed_as_drained,
+        duration(status.reconnect_within_s),
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn closed(args: ClosedArgs) -> anyhow::Result<ExitCode> {

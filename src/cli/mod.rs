@@ -44,6 +44,8 @@ enum Command {
     Kick(admin::KickArgs),
     /// List a running server's most recently closed connections, with their reasons.
     Closed(admin::ClosedArgs),
+    /// Move a share of a running server's connections elsewhere: tell them goaway at an even pace.
+    Drain(admin::DrainArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff: `connwarden man | man -l -`), or write every page (--dir).
@@ -60,6 +62,7 @@ pub fn main() -> ExitCode {
         Command::Conns(args) => admin::conns(*args),
         Command::Kick(args) => admin::kick(args),
         Command::Closed(args) => admin::closed(args),
+        Command::Drain(args) => admin::drain(args),
         Command::Completions(args) => completions::completions(args, Cli::command()),
         Command::Man(args) => completions::man(args, Cli::command()),
     };

@@ -135,6 +135,9 @@ pub struct Metrics {
     config_last_reload_success: Gauge,
     /// `max_buffered`, NaN when off: a reload changes it.
     buffered_limit: Gauge,
+    /// Connections a paced drain chose and has not told yet.
+    drain_pending: Gauge,
+    drain_goaways: Counter,
     scraped: ScrapeTime,
     nats: nats::NatsMetrics,
     /// Whether the JetStream metrics apply (its latency histogram is rendered only then).
@@ -294,6 +297,8 @@ impl Metrics {
             config_last_reload_success: r
                 .gauge("config_last_reload_success_timestamp_seconds", &[]),
             buffered_limit: r.gauge("buffered_limit_bytes", &[]),
+            drain_pending: r.gauge("drain_pending_connections", &[]),
+            drain_goaways: r.counter("drain_goaways_total", &[]),
             process: ProcessCollector::default(),
             handle,
             recorder,
@@ -303,6 +308,27 @@ impl Metrics {
         metrics.config_last_reload_success.set(unix_now());
         metrics::with_local_recorder(&metrics.recorder, || metrics.process.describe());
         metrics
+    }
+
+    /// A paced drain chose `chosen` connections to tell.
+    pub(crate) fn drain_started(&self, chosen: usize) {
+        self.drain_pending.set(chosen as f64);
+    }
+
+    /// A paced drain told one more connection `goaway`.
+    pub(crate) fn drain_told(&self) {
+        self.drain_goaways.increment(1);
+        self.drain_pending.decrement(1.0);
+    }
+
+    /// A paced drain passed a chosen connection that closed before its turn.
+    pub(crate) fn drain_skipped(&self) {
+        self.drain_pending.decrement(1.0);
+    }
+
+    /// A paced drain tells no more (done or cancelled).
+    pub(crate) fn drain_ended(&self) {
+        self.drain_pending.set(0.0);
     }
 
     /// Follows a configuration put in force (at start and at each reload): the detection bounds
@@ -611,6 +637,8 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::G, "buffered_bytes", Some(Unit::Bytes), "Bytes of read buffers holding partial objects, summed over live connections (read at scrape)."),
     (Kind::G, "buffered_limit_bytes", Some(Unit::Bytes), "max_buffered: beyond it the connections holding the most are closed (memory_pressure); NaN when off."),
     (Kind::G, "connections_probing", None, "Live connections with at least one unanswered keep-alive probe (read at scrape)."),
+    (Kind::G, "drain_pending_connections", None, "Connections a paced drain (POST /drain, connwarden drain) chose and has yet to tell goaway: above 0 while a drain is under way."),
+    (Kind::C, "drain_goaways_total", None, "goaway messages paced drains asked connections to send. Told connections still open past goaway_window + shutdown_grace close as drained."),
     (Kind::C, "keepalive_storms_total", None, "Probe storms: 10 or more keepalive_timeout closes within 2 s while the kernel dropped received packets (/proc/net/softnet_stat) within the keep-alive bound before; healthy peers closed by the loss of their probes."),
 ];
 

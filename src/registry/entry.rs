@@ -175,7 +175,7 @@ impl ConnInfo {
 
     /// Asks the connection to close with `reason` and wakes its task. False when it was
     /// already asked (the first reason stands).
-    pub(super) fn ask_to_close(&self, reason: CloseReason) -> bool {
+    pub(crate) fn ask_to_close(&self, reason: CloseReason) -> bool {
         let asked = self.closing.set(reason);
         if asked {
             self.control.wake();
@@ -184,10 +184,15 @@ impl ConnInfo {
     }
 
     /// Asks the connection to tell its client `goaway` with this window and wakes its task.
-    pub(super) fn ask_goaway(&self, within: Duration) {
+    pub(crate) fn ask_goaway(&self, within: Duration) {
         let tenths = within.as_millis().div_ceil(100).clamp(1, u16::MAX.into()) as u16;
         self.goaway_ds.store(tenths, Ordering::Release);
         self.control.wake();
+    }
+
+    /// Whether a `goaway` was asked for and not yet sent.
+    pub(crate) fn goaway_asked(&self) -> bool {
+        self.goaway_ds.load(Ordering::Acquire) != 0
     }
 
     /// A `goaway` asked for and not yet sent: its window. Taken once (the connection sends it).

@@ -383,6 +383,27 @@ impl Registry {
         conns.len()
     }
 
+    /// Whether connection `id` is live.
+    pub(crate) fn is_live(&self, id: u64) -> bool {
+        self.conns().contains_key(&id)
+    }
+
+    /// The live connections not already leaving (closing, or with a `goaway` asked for and not
+    /// yet sent), and `fraction` of them (rounded to the nearest), oldest first: those a paced
+    /// drain moves ([`crate::rebalance`]).
+    pub(crate) fn oldest_staying(&self, fraction: f64) -> (usize, Vec<Arc<ConnInfo>>) {
+        let mut staying: Vec<Arc<ConnInfo>> = self
+            .conns()
+            .values()
+            .filter(|info| info.closing_reason().is_none() && !info.goaway_asked())
+            .cloned()
+            .collect();
+        staying.sort_unstable_by_key(|info| (info.started(), info.id));
+        let live = staying.len();
+        staying.truncate((live as f64 * fraction).round() as usize);
+        (live, staying)
+    }
+
     /// Asks the connections holding the largest partial objects to close (reason
     /// `memory_pressure`) until they hold `excess` bytes in all. Buffers of connections
     /// already asked to close count as freed: they are on their way out.

@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::nats;
 use crate::phase::Phases;
 use crate::queue::{self, Consumer, Monitor, Producer};
+use crate::rebalance::Rebalancer;
 use crate::record::Record;
 use crate::registry::Registry;
 use crate::reload::Reloader;
@@ -259,6 +260,7 @@ impl ServerBuilder {
         let upgrades = Upgrades::new(self.inherited);
         #[cfg(not(target_os = "linux"))]
         let upgrades = Upgrades::new();
+        let rebalancer = Arc::new(Rebalancer::new(registry.clone(), Arc::clone(&metrics)));
         Ok(Server {
             upgrades,
             handed_admin: std::sync::Mutex::new(None),
@@ -271,6 +273,7 @@ impl ServerBuilder {
             consumer,
             metrics,
             readiness: Arc::new(Readiness::default()),
+            rebalancer,
             token,
             on_lifecycle: self.on_lifecycle,
             reopen: ReopenHandle::default(),
@@ -291,6 +294,8 @@ pub struct Server {
     consumer: Consumer<Record>,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
+    /// Paced drains of this server's connections.
+    rebalancer: Arc<Rebalancer>,
     token: Option<Token>,
     on_lifecycle: Option<LifecycleHook>,
     reopen: ReopenHandle,
@@ -380,6 +385,7 @@ impl Server {
             readiness: Arc::clone(&self.readiness),
             token: self.token.clone(),
             reloader: self.reloader.clone(),
+            rebalancer: Arc::clone(&self.rebalancer),
         }
     }
 
@@ -499,6 +505,7 @@ impl Server {
             live,
             registry: self.registry,
             readiness: self.readiness,
+            rebalancer: self.rebalancer,
             on_lifecycle: self.on_lifecycle,
             metrics: self.metrics,
             sink_task,
@@ -524,6 +531,7 @@ struct Running {
     live: Arc<Live>,
     registry: Registry,
     readiness: Arc<Readiness>,
+    rebalancer: Arc<Rebalancer>,
     on_lifecycle: Option<LifecycleHook>,
     metrics: Arc<Metrics>,
     sink_task: Option<JoinHandle<sink::DrainReport>>,
@@ -559,6 +567,8 @@ impl Running {
             adoption.abort();
         }
         self.readiness.set_draining();
+        // The shutdown tells every connection itself.
+        self.rebalancer.cancel();
         // After an upgrade the service goes on in the new process: the old one's end is not the
         // service's (a STOPPING=1 from it would stop the unit under NotifyAccess=all).
         if handed_over.is_none() {

@@ -143,6 +143,7 @@
       probing: total(m, 'connections_probing'),
       probes: total(m, 'keepalive_probes'),
       storms: total(m, 'keepalive_storms_total'),
+      drainPending: total(m, 'drain_pending_connections'),
       fsync: histograms(m, 'sink_fsync_duration_seconds')[''] || { buckets: [], count: 0, sum: 0 },
       bounds: byLabel(m, 'detection_bound_seconds', 'reason'),
       delays: histograms(m, 'detection_delay_seconds', 'reason'),
@@ -196,6 +197,8 @@
 
   function renderHeadline(f, t, base) {
     $('live-count').textContent = number.format(f.live);
+    // A paced drain (POST /drain) telling connections goaway: the count falls as it goes.
+    $('drain').textContent = f.drainPending > 0 ? `drain under way: ${number.format(f.drainPending)} still to be told goaway` : '';
     $('queue').textContent = number.format(f.queue);
     $('queue-capacity').textContent = `of ${number.format(f.capacity)}`;
     $('queue-fill').style.width = `${f.capacity > 0 ? Math.min(100, (100 * f.queue) / f.capacity) : 0}%`;
