@@ -21,6 +21,8 @@
 //! | [`record`] | an item with its connection, peer and receive time, and its way back to the sender |
 //! | [`sink`] | where records go (stdout, file, JetStream, your channel); acks after the write and `fsync`, or JetStream's ack |
 //! | [`server`] | listeners, accept loop, limits, shutdown |
+//! | `proxy_protocol` | the PROXY protocol header a load balancer sends first, read byte-exact: the client's address |
+//! | [`rebalance`] | paced drains: a share of the connections, oldest first, told `goaway` at an even pace |
 //! | [`reload`] | a new configuration put in force while connections stay open: which keys apply to whom |
 //! | `upgrade`, `handover` | the binary upgrade under live connections (Linux): the protocol between the old and the new process, over a channel that passes sockets; the server's side is in [`server`], what a connection carries in `conn` |
 //! | [`view`] | connections as the surfaces show them: the JSON shapes, the queries, the kick |
@@ -38,12 +40,12 @@
 //!
 //! 1. layer: `protocol`, `auth` (know no other module)
 //! 2. layer: `config` (checks values against what the protocol can hold)
-//! 3. layer: `sockopt`, `close_reason`, `queue`, `record`, `buffer`, `tls`, `storm`, `handover`, `schedule`
+//! 3. layer: `sockopt`, `close_reason`, `queue`, `record`, `buffer`, `tls`, `storm`, `handover`, `schedule`, `proxy_protocol`
 //! 4. layer: `metrics` (takes plain values: a reason, a duration, a [`metrics::Scrape`])
 //! 5. layer: `registry`, `pressure`, `phase`, `sink`, `client`
 //! 6. layer: `conn`, `liveness` (the JSON connection's loop; any protocol's connection under the same watch)
 //! 7. layer: `reload`
-//! 8. layer: `view` (what `admin` and `nats` both show and do)
+//! 8. layer: `view`, `rebalance` (what `admin` and `nats` both show and do; paced drains)
 //! 9. layer: `admin`, `nats`, `upgrade` (the hand-over between two processes)
 //! 10. layer: `server` (puts the pieces together, as mini-redis's does)
 //! 11. layer: `doctor` (runs a server to time its bounds)
