@@ -38,16 +38,6 @@ fn line(reader: &mut BufReader<TcpStream>) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"))
 }
 
-/// Waits for the server's "connection closed" log line with this reason.
-fn closed_with(server: &mut Proc, reason: &str) -> serde_json::Value {
-    loop {
-        let closed = server.wait_log("connection closed").expect("close logged");
-        if closed["reason"] == reason {
-            return closed;
-        }
-    }
-}
-
 /// The id of the live connection whose peer is `peer`.
 fn conn_id(admin: &Admin, peer: std::net::SocketAddr) -> u64 {
     let page = admin.json(&format!("/connections?peer={peer}"));
@@ -76,7 +66,7 @@ fn metrics_count_real_closes_refusals_and_items_and_pass_promtool() {
         .shutdown(std::net::Shutdown::Write)
         .expect("half-close");
     assert_eq!(reader.read(&mut [0; 64]).expect("eof"), 0);
-    closed_with(&mut server, "peer_closed");
+    server.wait_close("peer_closed");
 
     // A reset: SO_LINGER 0, then close.
     let reset = connect(&addr);
@@ -90,7 +80,7 @@ fn metrics_count_real_closes_refusals_and_items_and_pass_promtool() {
         .set_linger(Some(Duration::ZERO))
         .expect("linger 0");
     drop(reset);
-    closed_with(&mut server, "reset");
+    server.wait_close("reset");
 
     // A kick, through the CLI.
     let kicked = connect(&addr);
@@ -112,7 +102,7 @@ fn metrics_count_real_closes_refusals_and_items_and_pass_promtool() {
     );
     assert_eq!((&kicked).read(&mut [0; 64]).expect("eof after kick"), 0);
     // Who ended it, in the log line and in /closed.
-    assert_eq!(closed_with(&mut server, "kicked")["ended_by"], "operator");
+    assert_eq!(server.wait_close("kicked")["ended_by"], "operator");
     let closed = admin.json("/closed?reason=kicked");
     assert_eq!(closed["items"][0]["ended_by"], "operator", "{closed}");
     let (status, _) = admin.request("GET", &format!("/connections/{id}"));
@@ -212,7 +202,7 @@ fn a_closed_connection_leaves_connections_and_enters_closed_as_its_close_is_logg
     assert_eq!(one["bytes_in"], 19);
 
     drop(client);
-    let logged = closed_with(&mut server, "peer_closed");
+    let logged = server.wait_close("peer_closed");
     assert_eq!(logged["conn_id"], id);
     // At once, with no wait: the entry went before the line was written.
     let (status, body) = admin.request("GET", &format!("/connections/{id}"));
@@ -226,7 +216,7 @@ fn a_closed_connection_leaves_connections_and_enters_closed_as_its_close_is_logg
     // The history is bounded: three more closes keep the two newest.
     for _ in 0..3 {
         drop(connect(&addr));
-        closed_with(&mut server, "peer_closed");
+        server.wait_close("peer_closed");
     }
     let closed = admin.json("/closed");
     assert_eq!(closed["total"], 2, "{closed}");

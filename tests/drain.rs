@@ -9,18 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{metric, Admin, Proc};
+use common::{metric, Admin};
 use connwarden::client::{Client, ClientConfig, OutItem};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-
-fn serve(dir: &std::path::Path, extra: &[&str]) -> (Proc, Admin, String) {
-    common::serve()
-        .sink_file(&dir.join("items.ndjson"))
-        .args(extra)
-        .within(common::PROMPT)
-        .start()
-}
 
 /// Runs `connwarden drain` with `args` against `admin`; its standard output.
 async fn drain(admin: &Admin, args: &[&str]) -> String {
@@ -68,7 +60,7 @@ async fn half_of_a_thousand_raw_connections_told_goaway_evenly_over_the_window()
         "--max-connections",
         "2000",
     ];
-    let (_server, admin, addr) = serve(dir.path(), &flags);
+    let (_server, admin, addr) = common::serve().start_in(dir.path(), &flags);
 
     // Raw clients that read and ignore everything: each notes when its goaway came. Opened one
     // after the other, so the first half are the oldest.
@@ -140,7 +132,7 @@ async fn library_clients_drained_come_back_with_every_item_acknowledged_once() {
     const CLIENTS: usize = 10;
     const ITEMS: u64 = 300;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_server, admin, addr) = serve(dir.path(), &["--goaway-window", "1s"]);
+    let (_server, admin, addr) = common::serve().start_in(dir.path(), &["--goaway-window", "1s"]);
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
             let addr = addr.clone();

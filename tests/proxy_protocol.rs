@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::certs::{self, Ca};
-use common::{metric, Admin, Proc};
+use common::metric;
 use ppp::v2;
 
 /// A header of `version` naming `source` as the client (and 10.0.0.1:7000 as the balancer's
@@ -36,14 +36,6 @@ fn header(version: &str, source: &str) -> Vec<u8> {
         .build()
         .expect("v2 header"),
     }
-}
-
-fn serve(dir: &Path, extra: &[&str]) -> (Proc, Admin, String) {
-    common::serve()
-        .sink_file(&dir.join("items.ndjson"))
-        .args(extra)
-        .within(common::PROMPT)
-        .start()
 }
 
 fn connect(addr: &str) -> TcpStream {
@@ -75,16 +67,6 @@ fn assert_closed(stream: &TcpStream) {
     }
 }
 
-/// Waits for the server's "connection closed" log line with this reason.
-fn closed_with(server: &mut Proc, reason: &str) -> serde_json::Value {
-    loop {
-        let closed = server.wait_log("connection closed").expect("close logged");
-        if closed["reason"] == reason {
-            return closed;
-        }
-    }
-}
-
 /// The peer each record in the sink names, once `count` records are there.
 fn record_peers(dir: &Path, count: usize) -> Vec<String> {
     let path = dir.join("items.ndjson");
@@ -113,7 +95,7 @@ fn header_names_the_peer_everywhere(version: &str) {
         "--max-connections-per-ip",
         "1",
     ];
-    let (mut server, admin, addr) = serve(dir.path(), &flags);
+    let (mut server, admin, addr) = common::serve().start_in(dir.path(), &flags);
 
     let first = connect(&addr);
     let item = br#"{"ip":"192.0.2.1","id":1}"#;
@@ -135,7 +117,7 @@ fn header_names_the_peer_everywhere(version: &str) {
     let second = connect(&addr);
     let refused = exchange(&second, &header(version, "203.0.113.7:4568"));
     assert_eq!(refused["code"], "too_many_connections", "{refused}");
-    let closed = closed_with(&mut server, "too_many_connections");
+    let closed = server.wait_close("too_many_connections");
     assert_eq!(closed["peer"], "203.0.113.7:4568", "{closed}");
     // ... and another is let in, though both come from 127.0.0.1.
     let third = connect(&addr);
@@ -169,7 +151,7 @@ fn connections_without_a_good_header_in_time_are_closed_under_their_reasons() {
         "--handshake-timeout",
         "1s",
     ];
-    let (mut server, admin, addr) = serve(dir.path(), &flags);
+    let (mut server, admin, addr) = common::serve().start_in(dir.path(), &flags);
 
     // An item where the header was due: refused, the reason logged with the bytes seen.
     let bare = connect(&addr);
@@ -185,14 +167,14 @@ fn connections_without_a_good_header_in_time_are_closed_under_their_reasons() {
         "{error}"
     );
     assert!(error.contains(r#"{\"ip\":"#), "{error}");
-    closed_with(&mut server, "proxy_header_invalid");
+    server.wait_close("proxy_header_invalid");
 
     // A v1 header where v2 is in force.
     let v1 = connect(&addr);
     let told = exchange(&v1, &header("v1", "203.0.113.7:4567"));
     assert_eq!(told["code"], "proxy_header_invalid", "{told}");
     assert_closed(&v1);
-    closed_with(&mut server, "proxy_header_invalid");
+    server.wait_close("proxy_header_invalid");
 
     // A header cut short, then silence: closed after handshake_timeout.
     let slow = connect(&addr);
@@ -206,7 +188,7 @@ fn connections_without_a_good_header_in_time_are_closed_under_their_reasons() {
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
         "closed after {waited:?}, handshake_timeout is 1 s"
     );
-    closed_with(&mut server, "proxy_header_timeout");
+    server.wait_close("proxy_header_timeout");
 
     // None of them was ever a live connection; each is counted as refused.
     let metrics = admin.metrics();
@@ -229,13 +211,13 @@ fn a_connection_from_outside_the_trusted_networks_is_refused() {
         "--proxy-trusted",
         "10.0.0.0/8,fd00::/8",
     ];
-    let (mut server, admin, addr) = serve(dir.path(), &flags);
+    let (mut server, admin, addr) = common::serve().start_in(dir.path(), &flags);
     let stream = connect(&addr);
     (&stream)
         .write_all(&header("v2", "203.0.113.7:4567"))
         .expect("send");
     assert_closed(&stream);
-    let closed = closed_with(&mut server, "proxy_untrusted");
+    let closed = server.wait_close("proxy_untrusted");
     assert!(closed["peer"]
         .as_str()
         .expect("peer")
@@ -259,7 +241,7 @@ fn tls_starts_after_the_header() {
         "--tls-key",
         key.to_str().expect("utf-8"),
     ];
-    let (_server, admin, addr) = serve(dir.path(), &flags);
+    let (_server, admin, addr) = common::serve().start_in(dir.path(), &flags);
     let socket = connect(&addr);
     (&socket)
         .write_all(&header("v1", "198.51.100.9:2222"))

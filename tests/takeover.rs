@@ -7,17 +7,9 @@ use connwarden_test_common as common;
 
 use std::time::{Duration, Instant};
 
-use common::{Admin, LinePeer as Peer, Proc};
+use common::LinePeer as Peer;
 
 const TOKENS: &str = "alice:alice-token-0123456789abcdef\nmallory:mallory-token-0123456789abcdef\n";
-
-fn serve(dir: &std::path::Path, extra: &[&str]) -> (Proc, Admin, String) {
-    common::serve()
-        .sink_file(&dir.join("items.ndjson"))
-        .args(extra)
-        .within(common::PROMPT)
-        .start()
-}
 
 fn hello(peer: &mut Peer, client_id: &str, token: Option<&str>) {
     let line = match token {
@@ -34,20 +26,10 @@ fn served(peer: &mut Peer, id: u32) {
     assert_eq!(reply["type"], "ack", "{reply}");
 }
 
-/// Waits for the server's "connection closed" log line with this reason.
-fn closed_with(server: &mut Proc, reason: &str) -> serde_json::Value {
-    loop {
-        let closed = server.wait_log("connection closed").expect("close logged");
-        if closed["reason"] == reason {
-            return closed;
-        }
-    }
-}
-
 #[test]
 fn a_client_coming_back_supersedes_its_stale_connection_within_a_second() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut server, admin, addr) = serve(dir.path(), &[]);
+    let (mut server, admin, addr) = common::serve().start_in(dir.path(), &[]);
     let mut stale = Peer::connect(&addr);
     hello(&mut stale, "dev-7", None);
     served(&mut stale, 1);
@@ -66,7 +48,7 @@ fn a_client_coming_back_supersedes_its_stale_connection_within_a_second() {
         "superseded after {waited:?}"
     );
 
-    let closed = closed_with(&mut server, "superseded");
+    let closed = server.wait_close("superseded");
     assert_eq!(closed["ended_by"], "server", "{closed}");
     let history = admin.json("/closed?reason=superseded");
     assert_eq!(history["total"], 1, "{history}");
@@ -88,7 +70,7 @@ fn only_a_connection_authenticated_under_the_same_name_supersedes() {
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, TOKENS).expect("tokens");
     let flags = ["--auth-tokens", tokens.to_str().expect("utf-8")];
-    let (mut server, admin, addr) = serve(dir.path(), &flags);
+    let (mut server, admin, addr) = common::serve().start_in(dir.path(), &flags);
     let alice = Some("alice-token-0123456789abcdef");
     let mallory = Some("mallory-token-0123456789abcdef");
 
@@ -114,7 +96,7 @@ fn only_a_connection_authenticated_under_the_same_name_supersedes() {
     hello(&mut back, "dev-7", alice);
     assert_eq!(first.line()["code"], "superseded");
     assert!(first.closed());
-    closed_with(&mut server, "superseded");
+    server.wait_close("superseded");
     served(&mut back, 2);
     served(&mut intruder, 3);
     assert_eq!(admin.json("/connections")["total"], 3);
@@ -123,7 +105,7 @@ fn only_a_connection_authenticated_under_the_same_name_supersedes() {
 #[test]
 fn takeover_off_lets_both_live() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_server, admin, addr) = serve(dir.path(), &["--takeover", "false"]);
+    let (_server, admin, addr) = common::serve().start_in(dir.path(), &["--takeover", "false"]);
     let mut first = Peer::connect(&addr);
     hello(&mut first, "dev-7", None);
     let mut second = Peer::connect(&addr);

@@ -353,6 +353,15 @@ impl ServeCmd {
         }
     }
 
+    /// Stores to `items.ndjson` in `dir`, with `extra` flags, then [starts](ServeCmd::start)
+    /// within [`PROMPT`].
+    pub fn start_in(self, dir: &std::path::Path, extra: &[&str]) -> (Proc, Admin, String) {
+        self.sink_file(&dir.join("items.ndjson"))
+            .args(extra)
+            .within(PROMPT)
+            .start()
+    }
+
     /// Starts it and waits until it listens: the process, its admin API and its data address.
     pub fn start(self) -> (Proc, Admin, String) {
         let bound = self.bound;
@@ -534,6 +543,16 @@ impl Proc {
     /// error ends first. Fails after 10 s.
     pub fn wait_log(&mut self, message: &str) -> Option<serde_json::Value> {
         self.wait_log_within(message, Duration::from_secs(10))
+    }
+
+    /// The next "connection closed" log line with this reason (others are passed over).
+    pub fn wait_close(&mut self, reason: &str) -> serde_json::Value {
+        loop {
+            let closed = self.wait_log("connection closed").expect("close logged");
+            if closed["reason"] == reason {
+                return closed;
+            }
+        }
     }
 
     /// Like [`Proc::wait_log`], failing after `bound`.
