@@ -229,6 +229,15 @@ impl ProxyProtocol {
     }
 }
 
+/// When a client counts as flapping: this many closes of its connections within this long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlapThreshold {
+    /// Closes, at least 2.
+    pub closes: u32,
+    /// The window they fall in.
+    pub within: Duration,
+}
+
 /// What a connection does with an item when the queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Overflow {
@@ -371,6 +380,8 @@ pub struct Config {
     pub max_connections_per_ip: Option<usize>,
     /// A `hello` whose `client_id` a live connection holds supersedes that connection.
     pub takeover: bool,
+    /// When a client (by `client_id`, else by address) counts as flapping; `None` is off.
+    pub flap_threshold: Option<FlapThreshold>,
     /// The PROXY protocol header read before anything else on the data listener.
     pub proxy_protocol: ProxyProtocol,
     /// The networks allowed to send a PROXY protocol header (the load balancers); a
@@ -460,6 +471,10 @@ impl Default for Config {
             max_connections: 10_000,
             max_connections_per_ip: None,
             takeover: true,
+            flap_threshold: Some(FlapThreshold {
+                closes: 10,
+                within: Duration::from_secs(300),
+            }),
             proxy_protocol: ProxyProtocol::Off,
             proxy_trusted: Vec::new(),
             max_frame: 64 * 1024,

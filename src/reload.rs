@@ -8,10 +8,11 @@
 //!   and `TCP_NODELAY` are set again on every open socket (Linux takes them on an established
 //!   socket and re-arms its keep-alive timer); the write, idle and frame timeouts, `max_age` and its
 //!   grace and the error budget are the deadlines every connection checks; `max_connections`,
-//!   `closed_history`, `shutdown_grace`, `upgrade_timeout`, `goaway_window` and `log_level` are the
-//!   server's own.
+//!   `closed_history`, `flap_threshold`, `shutdown_grace`, `upgrade_timeout`, `goaway_window` and
+//!   `log_level` are the server's own.
 //! - **Connections accepted after the reload** ([`Reload::NewConnections`]): the heartbeat (mode,
-//!   interval, misses), `max_frame`, `max_pending_replies` and `keepalive_spread`. A connection's `hello` answer
+//!   interval, misses), `max_frame`, `max_pending_replies`, `keepalive_spread`, `takeover` and the
+//!   PROXY protocol (`proxy_protocol`, `proxy_trusted`). A connection's `hello` answer
 //!   announced its heartbeat interval and frame limit, and its client relies on them, so an open
 //!   connection keeps the values it was accepted under.
 //! - **Restart only** ([`Reload::Restart`]), every other key: the listen addresses and their socket (`reuse_port`,
@@ -225,6 +226,7 @@ impl Reloader {
         let inner = &self.inner;
         inner.metrics.reconfigure(&next);
         inner.registry.set_closed_history(next.closed_history);
+        inner.registry.set_flap_threshold(next.flap_threshold);
         inner
             .registry
             .storm_watch()
@@ -298,6 +300,7 @@ mod tests {
         ("max_connections", "5"),
         ("max_connections_per_ip", "2"),
         ("takeover", "false"),
+        ("flap_threshold", "3/1m"),
         ("proxy_protocol", "v2"),
         ("proxy_trusted", "10.0.0.0/8"),
         ("max_frame", "1KiB"),

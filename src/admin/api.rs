@@ -40,6 +40,7 @@ pub fn router(handle: AdminHandle) -> Router {
             get(get_connection).delete(kick_connection),
         )
         .route("/closed", get(list_closed))
+        .route("/flapping", get(list_flapping))
         .route(
             "/drain",
             get(drain_status).post(start_drain).delete(cancel_drain),
@@ -142,7 +143,7 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint; see / (the live page), /connections, /closed, /drain, /metrics, /healthz, /readyz",
+        "no such endpoint; see / (the live page), /connections, /closed, /flapping, /drain, /metrics, /healthz, /readyz",
     )
 }
 
@@ -209,6 +210,10 @@ async fn list_closed(
 ) -> Result<Response, ApiError> {
     let query = ClosedQuery::parse(pairs)?;
     listing(handle.registry, move |registry| query.run(registry)).await
+}
+
+async fn list_flapping(State(handle): State<AdminHandle>) -> Result<Response, ApiError> {
+    listing(handle.registry, view::flapping).await
 }
 
 /// What `run` reads from the registry, as JSON, read and formatted on the blocking pool.

@@ -8,6 +8,7 @@
 //! | `GET /connections/{id}` | one live connection |
 //! | `DELETE /connections/{id}` | closes it with reason `kicked`, answers what it was |
 //! | `GET /closed` | the most recent closes, newest first ([`ClosedQuery`]) |
+//! | `GET /flapping` | clients whose connections keep closing (`flap_threshold`), with their last close reasons |
 //! | `POST /drain?fraction=0.25&over=2m` | starts a paced drain ([`crate::rebalance`]): that share of the live connections, oldest first, told `goaway` at an even pace over the window; answers what it chose (409 while another is telling) |
 //! | `GET /drain` | the running or last drain's progress (404 before the first) |
 //! | `DELETE /drain` | stops telling more; those told still close when their time is up |

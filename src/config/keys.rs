@@ -205,6 +205,8 @@ keys! {
     MaxConnectionsPerIp max_connections_per_ip [max_connections_per_ip] one parse_optional_count, show_optional_number, "N|off", EveryConnection;
     /// a `hello` whose `client_id` a live connection holds supersedes it: the old connection closes at once (`superseded`), as a client that reconnected while its old connection still looked alive needs; with client authentication only a connection authenticated under the same name may; `false` lets both live
     Takeover takeover [takeover] one parse_bool, show_bool, "BOOL", NewConnections;
+    /// a client whose connections closed this many times within this window is listed as flapping (admin API `/flapping`, the live page, `connwarden_flapping_clients`): `N/DURATION` (`10/5m`), counted by `client_id`, by address for clients without one; or `off`
+    FlapThreshold flap_threshold [flap_threshold] one parse_flap_threshold, show_flap_threshold, "N/DURATION|off", EveryConnection;
     /// read a PROXY protocol header (`v1`, `v2` or `any`) before anything else on the data listener, as a load balancer sends it: the address it carries is the peer everywhere (records, logs, limits, the admin API); `off` takes the socket's peer
     ProxyProtocol proxy_protocol [proxy_protocol] one parse_proxy_protocol, show_proxy_protocol, "off|v1|v2|any", NewConnections;
     /// networks allowed to send a PROXY protocol header (repeatable, or comma-separated: `10.0.0.0/8`); required while `proxy_protocol` is on, and a connection from elsewhere is closed (`proxy_untrusted`)

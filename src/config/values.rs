@@ -11,7 +11,8 @@ use std::time::Duration;
 use tracing::level_filters::LevelFilter;
 
 use super::{
-    nats, FsyncMode, HeartbeatMode, LogFormat, Overflow, ProxyProtocol, SinkSpec, UserTimeout,
+    nats, FlapThreshold, FsyncMode, HeartbeatMode, LogFormat, Overflow, ProxyProtocol, SinkSpec,
+    UserTimeout,
 };
 
 /// Parses `30s`, `2m`, `1h`, `500ms`, `1m 30s`. A bare number is refused: `30` could mean seconds
@@ -219,6 +220,26 @@ pub(super) fn parse_listen(values: &[String]) -> Result<Vec<SocketAddr>, String>
         .collect()
 }
 
+/// Most closes a flap threshold may count: each client tracked keeps that many close times.
+const MAX_FLAP_CLOSES: u32 = 1000;
+
+pub(super) fn parse_flap_threshold(text: &str) -> Result<Option<FlapThreshold>, String> {
+    let text = text.trim();
+    if text == "off" {
+        return Ok(None);
+    }
+    let usage = || format!("{text:?}: expected closes/window such as 10/5m, or off");
+    let (closes, within) = text.split_once('/').ok_or_else(usage)?;
+    let closes: u32 = closes.trim().parse().map_err(|_| usage())?;
+    let within = parse_duration(within)?;
+    if !(2..=MAX_FLAP_CLOSES).contains(&closes) || within.is_zero() {
+        return Err(format!(
+            "{text:?}: 2 to {MAX_FLAP_CLOSES} closes within a window above 0"
+        ));
+    }
+    Ok(Some(FlapThreshold { closes, within }))
+}
+
 pub(super) fn parse_proxy_protocol(text: &str) -> Result<ProxyProtocol, String> {
     match text.trim() {
         "off" => Ok(ProxyProtocol::Off),
@@ -269,6 +290,17 @@ pub(super) fn show_addresses(addresses: &[SocketAddr]) -> String {
 pub(super) fn show_networks(networks: &[ipnet::IpNet]) -> String {
     let texts: Vec<String> = networks.iter().map(ToString::to_string).collect();
     show_texts(&texts)
+}
+
+pub(super) fn show_flap_threshold(threshold: &Option<FlapThreshold>) -> String {
+    match threshold {
+        Some(t) => quoted(&format!(
+            "{}/{}",
+            t.closes,
+            humantime::format_duration(t.within)
+        )),
+        None => quoted("off"),
+    }
 }
 
 pub(super) fn show_proxy_protocol(mode: &ProxyProtocol) -> String {

@@ -192,6 +192,9 @@ pub(crate) fn resume(
         // client accepted here meanwhile is the newer one: this one is superseded instead).
         if conn.shared.params.takeover {
             conn.take_over(Arc::clone(client_id), Arrival::HandedOver);
+        } else {
+            let registry = &conn.shared.registry;
+            registry.give_client_id(&conn.info, Arc::clone(client_id));
         }
     }
     if auth_name.is_some() || client_id.is_some() {

@@ -62,6 +62,9 @@ impl Connection {
             let client_id: Arc<str> = client_id.into();
             if self.shared.params.takeover {
                 self.take_over(Arc::clone(&client_id), Arrival::New);
+            } else {
+                let registry = &self.shared.registry;
+                registry.give_client_id(&self.info, Arc::clone(&client_id));
             }
             self.extras.get_or_insert_default().client_id = Some(client_id);
         }

@@ -92,6 +92,8 @@ pub struct Scrape {
     pub keepalive_storms: u64,
     /// Bytes of partial objects held now.
     pub buffered: u64,
+    /// Clients flapping now (`flap_threshold`).
+    pub flapping_clients: usize,
     /// The queue's depth, capacity and drops.
     pub queue: QueueStats,
 }
@@ -158,6 +160,7 @@ struct ScrapeTime {
     keepalive_storms: Counter,
     sink_healthy: Gauge,
     buffered: Gauge,
+    flapping_clients: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -281,6 +284,7 @@ impl Metrics {
                 keepalive_storms: r.counter("keepalive_storms_total", &[]),
                 sink_healthy: r.gauge("sink_healthy", &[]),
                 buffered: r.gauge("buffered_bytes", &[]),
+                flapping_clients: r.gauge("flapping_clients", &[]),
             },
             sink_healthy: AtomicBool::new(true),
             nats: nats::NatsMetrics::new(&r),
@@ -518,6 +522,7 @@ impl Metrics {
         s.connections_probing.set(now.connections_probing as f64);
         s.keepalive_storms.absolute(now.keepalive_storms);
         s.buffered.set(now.buffered as f64);
+        s.flapping_clients.set(now.flapping_clients as f64);
         s.sink_healthy
             .set(if self.sink_healthy() { 1.0 } else { 0.0 });
         self.nats.set_gauges();
@@ -639,6 +644,7 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::G, "connections_probing", None, "Live connections with at least one unanswered keep-alive probe (read at scrape)."),
     (Kind::G, "drain_pending_connections", None, "Connections a paced drain (POST /drain, connwarden drain) chose and has yet to tell goaway: above 0 while a drain is under way."),
     (Kind::C, "drain_goaways_total", None, "goaway messages paced drains asked connections to send. Told connections still open past goaway_window + shutdown_grace close as drained."),
+    (Kind::G, "flapping_clients", None, "Clients flapping now: as many closes of their connections as flap_threshold counts within its window, by client_id (by address for clients without one). GET /flapping lists them with their last close reasons."),
     (Kind::C, "keepalive_storms_total", None, "Probe storms: 10 or more keepalive_timeout closes within 2 s while the kernel dropped received packets (/proc/net/softnet_stat) within the keep-alive bound before; healthy peers closed by the loss of their probes."),
 ];
 

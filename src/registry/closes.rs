@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::broadcast;
 
+use super::flapping::{FlapKey, FlappingClient, Flaps};
 use super::{lock, Registry};
 use crate::close_reason::CloseReason;
 use crate::metrics::Metrics;
@@ -50,6 +51,9 @@ pub struct ClosedConn {
     /// The name the connection authenticated under, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_name: Option<Arc<str>>,
+    /// The `client_id` its `hello` gave, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<Arc<str>>,
 }
 
 /// One line for a person: `7 192.0.2.1:50512 heartbeat_timeout after 45002 ms of silence`
@@ -94,6 +98,8 @@ pub(super) struct Closes {
     events: broadcast::Sender<ClosedConn>,
     /// Keep-alive closes in bursts, set beside the kernel's receive drops.
     storms: crate::storm::StormWatch,
+    /// Each client's closes over the flap window.
+    flaps: Mutex<Flaps>,
 }
 
 impl Closes {
@@ -107,6 +113,7 @@ impl Closes {
             metrics: OnceLock::new(),
             events: broadcast::channel(CLOSE_EVENTS).0,
             storms: crate::storm::StormWatch::default(),
+            flaps: Mutex::new(Flaps::default()),
         }
     }
 }
@@ -176,6 +183,7 @@ impl Registry {
                 metrics.observe_close(closed.reason, closed.detection_delay, closed.duration);
             }
             self.remember(&closed);
+            self.count_flap(&closed);
             if closed.reason == CloseReason::KeepaliveTimeout {
                 self.notice_storm();
             }
@@ -192,6 +200,7 @@ impl Registry {
             items = closed.items,
             errors = closed.errors,
             auth_name = closed.auth_name.as_deref(),
+            client_id = closed.client_id.as_deref(),
             "connection closed"
         );
         // No subscriber is the normal case: the error only says nobody listens.
@@ -208,6 +217,43 @@ impl Registry {
             history.pop_front();
         }
         history.push_back(closed.clone());
+    }
+
+    /// Counts the close against its client's flapping, and logs a client that begins to flap.
+    fn count_flap(&self, closed: &ClosedConn) {
+        let key = match &closed.client_id {
+            Some(client_id) => FlapKey::ClientId(Arc::clone(client_id)),
+            None => FlapKey::Address(closed.peer.ip().to_canonical()),
+        };
+        let began =
+            lock(&self.closes().flaps).record(key, closed.peer, closed.reason, Instant::now());
+        if let Some(began) = began {
+            tracing::warn!(
+                client_id = closed.client_id.as_deref(),
+                peer = %closed.peer,
+                closes = began.closes,
+                within_s = began.within.as_secs_f64(),
+                reason = closed.reason.as_str(),
+                "client is flapping: its connections keep closing (GET /flapping lists it with its last close reasons)"
+            );
+        }
+    }
+
+    /// Counts clients as flapping past `threshold` from now on (`None`: not at all).
+    pub(crate) fn set_flap_threshold(&self, threshold: Option<crate::config::FlapThreshold>) {
+        lock(&self.closes().flaps).set_threshold(threshold);
+    }
+
+    /// The clients flapping now ([`super::flapping`]), the most closes first, with the
+    /// threshold in force.
+    pub fn flapping(&self) -> (Option<crate::config::FlapThreshold>, Vec<FlappingClient>) {
+        let mut flaps = lock(&self.closes().flaps);
+        (flaps.threshold(), flaps.flapping(Instant::now()))
+    }
+
+    /// Closes not counted against a client's flapping because too many clients were followed.
+    pub fn flaps_untracked(&self) -> u64 {
+        lock(&self.closes().flaps).untracked()
     }
 
     /// Logs a probe storm, if this keep-alive close made one (at most one line a minute).

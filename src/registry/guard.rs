@@ -104,6 +104,10 @@ impl Drop for ConnGuard {
             return;
         }
         let snapshot = self.info.snapshot();
+        let identity = match self.info.named.load(Ordering::Acquire) {
+            true => lock(&self.registry.shared.identities).remove(self.info.id),
+            false => Default::default(),
+        };
         self.registry.record_close(ClosedConn {
             id: snapshot.id,
             peer: snapshot.peer,
@@ -117,10 +121,8 @@ impl Drop for ConnGuard {
             bytes_out: snapshot.bytes_out,
             items: snapshot.items,
             errors: snapshot.errors,
-            auth_name: match self.info.named.load(Ordering::Acquire) {
-                true => lock(&self.registry.shared.identities).remove(self.info.id),
-                false => None,
-            },
+            auth_name: identity.auth_name,
+            client_id: identity.client_id,
         });
     }
 }

@@ -46,8 +46,11 @@ pub(super) struct Identities {
 }
 
 #[derive(Debug, Default)]
-struct Identity {
-    auth_name: Option<Arc<str>>,
+pub(super) struct Identity {
+    /// The name it authenticated under.
+    pub(super) auth_name: Option<Arc<str>>,
+    /// The `client_id` its `hello` gave.
+    pub(super) client_id: Option<Arc<str>>,
     /// The `client_id` this connection holds (not one it gave and was refused).
     holds: Option<Arc<str>>,
 }
@@ -64,6 +67,7 @@ impl Identities {
     /// Connection `id` gives `client_id`: it holds it unless a live connection authenticated
     /// under another name does. Authenticate first: the names compared are those set so far.
     pub(super) fn claim(&mut self, id: u64, client_id: Arc<str>, arrival: Arrival) -> Claim {
+        self.give(id, Arc::clone(&client_id));
         let name = self.auth_name(id);
         let claim = match self.holders.get(&client_id) {
             None => Claim::Held,
@@ -86,16 +90,23 @@ impl Identities {
         claim
     }
 
+    /// Connection `id` gave `client_id`, without claiming it (takeover off).
+    pub(super) fn give(&mut self, id: u64, client_id: Arc<str>) {
+        self.by_conn.entry(id).or_default().client_id = Some(client_id);
+    }
+
     /// Forgets connection `id` (it closed or moved to another process), letting go of the
-    /// `client_id` it holds; returns the name it authenticated under.
-    pub(super) fn remove(&mut self, id: u64) -> Option<Arc<str>> {
-        let identity = self.by_conn.remove(&id)?;
-        if let Some(client_id) = identity.holds {
+    /// `client_id` it holds; returns who it was.
+    pub(super) fn remove(&mut self, id: u64) -> Identity {
+        let Some(mut identity) = self.by_conn.remove(&id) else {
+            return Identity::default();
+        };
+        if let Some(client_id) = identity.holds.take() {
             if self.holders.get(&client_id) == Some(&id) {
                 self.holders.remove(&client_id);
             }
         }
-        identity.auth_name
+        identity
     }
 
     /// Live connections holding a `client_id`.
@@ -162,7 +173,9 @@ mod tests {
         ids.remove(2);
         ids.remove(3);
         assert_eq!(ids.holders.get("dev-7"), Some(&4));
-        assert_eq!(ids.remove(4).as_deref(), Some("alice"));
+        let gone = ids.remove(4);
+        assert_eq!(gone.auth_name.as_deref(), Some("alice"));
+        assert_eq!(gone.client_id.as_deref(), Some("dev-7"));
         assert_eq!(ids.holders(), 0);
     }
 

@@ -22,6 +22,7 @@
 
 mod closes;
 mod entry;
+pub mod flapping;
 mod guard;
 mod identities;
 mod tcp_info;
@@ -381,6 +382,13 @@ impl Registry {
             info.ask_goaway(within);
         }
         conns.len()
+    }
+
+    /// Records the `client_id` `info`'s connection gave, without claiming it (takeover off):
+    /// its close says it, and counts against the client's flapping.
+    pub(crate) fn give_client_id(&self, info: &ConnInfo, client_id: Arc<str>) {
+        info.named.store(true, Ordering::Release);
+        lock(&self.shared.identities).give(info.id, client_id);
     }
 
     /// Whether connection `id` is live.

@@ -135,6 +135,7 @@ impl Registry {
             connections_probing,
             keepalive_storms: self.storm_watch().storms(),
             buffered: self.buffered_total(),
+            flapping_clients: self.flapping().1.len(),
             queue,
         }
     }

@@ -469,5 +469,6 @@ fn refused(peer: SocketAddr, local: SocketAddr, reason: CloseReason) -> ClosedCo
         items: 0,
         errors: 0,
         auth_name: None,
+        client_id: None,
     }
 }

@@ -242,6 +242,7 @@ impl ServerBuilder {
         let metrics = Arc::new(Metrics::new(&self.config));
         registry.attach_metrics(Arc::clone(&metrics));
         registry.set_closed_history(self.config.closed_history);
+        registry.set_flap_threshold(self.config.flap_threshold);
         registry
             .storm_watch()
             .set_bound(self.config.keepalive.bound());

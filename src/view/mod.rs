@@ -128,6 +128,76 @@ pub struct Closed {
     /// The name it authenticated under (client certificate subject or token name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_name: Option<String>,
+    /// The `client_id` its `hello` gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// The clients flapping now (`GET /flapping`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Flapping {
+    /// The threshold in force (`10/5m`), or `off`.
+    pub threshold: String,
+    /// Clients flapping now.
+    pub total: usize,
+    /// Them, the most closes first.
+    pub items: Vec<FlappingClient>,
+}
+
+/// One client flapping now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlappingClient {
+    /// Its `client_id`, when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Its address, for a client without a `client_id` (all such clients behind one address
+    /// count as one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Closes of its connections within the window.
+    pub closes: usize,
+    /// When the last one closed.
+    pub last_close_at: String,
+    /// The address of its last connection.
+    pub last_peer: SocketAddr,
+    /// Its last close reasons, oldest first (up to five).
+    pub last_reasons: Vec<String>,
+}
+
+/// The clients flapping now, as `GET /flapping` answers.
+pub fn flapping(registry: &Registry) -> Flapping {
+    use crate::registry::flapping::FlapKey;
+    let (threshold, clients) = registry.flapping();
+    let threshold = match threshold {
+        Some(t) => format!("{}/{}", t.closes, humantime::format_duration(t.within)),
+        None => "off".to_owned(),
+    };
+    let items: Vec<FlappingClient> = clients
+        .into_iter()
+        .map(|client| {
+            let (client_id, address) = match client.key {
+                FlapKey::ClientId(id) => (Some(id.to_string()), None),
+                FlapKey::Address(ip) => (None, Some(ip.to_string())),
+            };
+            FlappingClient {
+                client_id,
+                address,
+                closes: client.closes,
+                last_close_at: timestamp(client.last_close_at),
+                last_peer: client.last_peer,
+                last_reasons: client
+                    .last_reasons
+                    .iter()
+                    .map(|r| r.as_str().to_owned())
+                    .collect(),
+            }
+        })
+        .collect();
+    Flapping {
+        threshold,
+        total: items.len(),
+        items,
+    }
 }
 
 /// A page of a listing.
@@ -228,6 +298,7 @@ impl From<&ClosedConn> for Closed {
             items: closed.items,
             errors: closed.errors,
             auth_name: closed.auth_name.as_deref().map(str::to_owned),
+            client_id: closed.client_id.as_deref().map(str::to_owned),
         }
     }
 }

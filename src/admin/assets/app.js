@@ -477,6 +477,26 @@
     $('closed-total').textContent = `· ${number.format(page.total)} kept`;
   }
 
+  function renderFlapping(flapping) {
+    const rows = flapping.items.map((f) => {
+      const row = document.createElement('tr');
+      row.dataset.client = f.client_id || f.address;
+      cell(row, f.client_id || `${f.address} (no client_id)`, 'mono');
+      cell(row, number.format(f.closes), 'num');
+      cell(row, new Date(f.last_close_at).toLocaleTimeString());
+      cell(row, f.last_peer, 'mono');
+      cell(row, f.last_reasons.join(', '));
+      return row;
+    });
+    if (!rows.length) {
+      const row = document.createElement('tr');
+      cell(row, flapping.threshold === 'off' ? 'not counted (flap_threshold = off)' : 'none', 'empty').colSpan = 5;
+      rows.push(row);
+    }
+    $('flapping-table').tBodies[0].replaceChildren(...rows);
+    $('flapping-threshold').textContent = flapping.threshold === 'off' ? '' : `· ${flapping.threshold.replace('/', ' closes within ')}`;
+  }
+
   function renderStatus(ready) {
     const status = $('status');
     const word = !ready.sink_healthy ? 'sink failing' : ready.state;
@@ -509,11 +529,12 @@
           throw error;
         },
       );
-      const [exposition, ready, listing, closed] = await Promise.all([
+      const [exposition, ready, listing, closed, flapping] = await Promise.all([
         timed(timings, 'metrics', text('metrics')),
         timed(timings, 'readyz', readiness()),
         connections,
         timed(timings, 'closed', json(`closed?limit=${CLOSED_ROWS}`)),
+        timed(timings, 'flapping', json('flapping')),
       ]);
       const rendering = performance.now();
       const t = Date.now();
@@ -533,6 +554,7 @@
         renderConnections(listing.page);
       }
       renderClosed(closed);
+      renderFlapping(flapping);
       state.refreshes += 1;
       document.body.dataset.refreshes = String(state.refreshes);
       const done = performance.now();
