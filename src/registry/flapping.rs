@@ -165,7 +165,7 @@ impl Flaps {
                 })
             })
             .collect();
-        flapping.sort_by(|a, b| (b.closes, b.last_close_at).cmp(&(a.closes, a.last_close_at)));
+        flapping.sort_by_key(|f| std::cmp::Reverse((f.closes, f.last_close_at)));
         flapping
     }
 
