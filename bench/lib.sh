@@ -48,3 +48,18 @@ serve_with_idle_load() {
   LOAD=$!; PIDS+=("$LOAD")
   for _ in $(seq 600); do [ "$(established "$port")" -ge "$n" ] && break; sleep 0.1; done
 }
+
+# make_certs DIR: a throw-away CA (DIR/ca.pem) and a P-256 server certificate for localhost and
+# 127.0.0.1 (DIR/server.crt, DIR/server.key), made by openssl.
+make_certs() {
+  local d=$1
+  command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
+  mkdir -p "$d"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=bench-ca -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+    -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$d/ext"
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 2 -extfile "$d/ext" -out "$d/server.crt" 2>/dev/null
+}

@@ -24,19 +24,7 @@ CW=$ROOT/target/release/connwarden
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 [ -x "$CW" ] || prepare_release
-command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
 
-certs() {
-  local d=$OUT/certs
-  mkdir -p "$d"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -subj /CN=bench-ca -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
-    -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
-  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$d/ext"
-  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
-    -days 2 -extfile "$d/ext" -out "$d/server.crt" 2>/dev/null
-}
 
 # start_server MODE: starts `serve` (with TLS when MODE is tls); sets SRV
 start_server() {
@@ -82,7 +70,7 @@ flood() {
   json_num "$OUT/flood-$mode-$run.json" items_per_second
 }
 
-certs
+make_certs "$OUT/certs"
 declare -A mem=() cps=() ips=()
 for run in $(seq "$RUNS"); do
   for mode in plain tls; do

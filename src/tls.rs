@@ -264,7 +264,8 @@ impl TlsSession {
         };
         let was_handshaking = self.is_handshaking();
         let result = self.drive(plain, out);
-        let client_subject = match was_handshaking && !self.is_handshaking() {
+        let handshaken = was_handshaking && !self.is_handshaking();
+        let client_subject = match handshaken {
             true => self
                 .peer_certificates()
                 .and_then(|chain| chain.first())
@@ -274,6 +275,7 @@ impl TlsSession {
         RecordsRead::Records {
             bytes: n,
             record_begun: !had_partial_record && !self.incoming.is_empty(),
+            handshaken,
             client_subject,
             peer_closed: self.peer_closed,
             result,
@@ -400,6 +402,8 @@ pub(crate) enum RecordsRead {
         /// A record began with this read (none was partial before): a peer sending a record a
         /// byte at a time is held to `frame_timeout` as one sending an object so.
         record_begun: bool,
+        /// The handshake ended with this read.
+        handshaken: bool,
         /// The handshake ended with this read, with a client certificate: its subject.
         client_subject: Option<String>,
         /// The peer has sent its `close_notify`.

@@ -179,6 +179,9 @@ pub struct Progress {
     pub rejected: AtomicU64,
     /// Connections established.
     pub connections: AtomicU64,
+    /// Attempts that did not reach a greeted session (no connection, a failed TLS handshake,
+    /// a refusal at accept): each one a retry after a wait.
+    pub failed_attempts: AtomicU64,
     /// Whether a connection is up and greeted.
     pub connected: AtomicBool,
 }
@@ -199,6 +202,7 @@ impl Progress {
             written: load(&self.written),
             rejected: rejected.clone(),
             connections: load(&self.connections),
+            failed_attempts: load(&self.failed_attempts),
         }
     }
 }
@@ -220,6 +224,8 @@ pub struct Summary {
     pub rejected: BTreeMap<String, u64>,
     /// Connections established.
     pub connections: u64,
+    /// Attempts that did not reach a greeted session.
+    pub failed_attempts: u64,
 }
 
 /// Why a client stopped delivering.
@@ -350,6 +356,8 @@ async fn deliver(
         };
         if end.greeted {
             backoff.reset();
+        } else {
+            Progress::add(&delivery.progress.failed_attempts, 1);
         }
         if delivery.done() {
             if !matches!(end.reason, EndReason::Finished) {

@@ -636,6 +636,7 @@ impl Connection {
         let RecordsRead::Records {
             bytes,
             record_begun,
+            handshaken,
             client_subject,
             peer_closed,
             result,
@@ -658,6 +659,10 @@ impl Connection {
             self.out_since = self.stamp(Instant::now());
         }
         self.heard(bytes);
+        if handshaken {
+            let took = self.info.age_at(std::time::Instant::now());
+            self.shared.metrics.observe_handshake(took);
+        }
         if let Some(subject) = client_subject {
             self.authenticate(subject.into(), "client certificate");
         }

@@ -50,6 +50,11 @@ const FSYNC_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     10.0,
 ];
+/// Buckets of the TLS handshake histogram, seconds: 1 ms to 30 s (past `handshake_timeout`'s
+/// default of 10 s, so that a storm's tail shows).
+const HANDSHAKE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0, 15.0, 30.0,
+];
 /// Buckets of the ack latency histogram, seconds: 100 µs to 10 s.
 const ACK_BUCKETS: &[f64] = FSYNC_BUCKETS;
 /// The detection-delay buckets below the bounds, and the round steps between them.
@@ -120,6 +125,7 @@ pub struct Metrics {
     service_notifications_dropped: Counter,
     log_lines_dropped: Counter,
     fsync_duration: Histogram,
+    tls_handshake: Histogram,
     /// False from a failed sink write or `fsync` until the next one succeeds.
     sink_healthy: AtomicBool,
     /// Silence after which the kernel may have keep-alive probes out (`keepalive_idle`), in
@@ -230,6 +236,9 @@ impl Metrics {
             .and_then(|b| {
                 b.set_buckets_for_metric(full("sink_fsync_duration_seconds"), FSYNC_BUCKETS)
             })
+            .and_then(|b| {
+                b.set_buckets_for_metric(full("tls_handshake_seconds"), HANDSHAKE_BUCKETS)
+            })
             .expect("bucket lists are not empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -268,6 +277,7 @@ impl Metrics {
             service_notifications_dropped: r.counter("service_notifications_dropped_total", &[]),
             log_lines_dropped: r.counter("log_lines_dropped_total", &[]),
             fsync_duration: r.histogram("sink_fsync_duration_seconds", &[]),
+            tls_handshake: r.histogram("tls_handshake_seconds", &[]),
             scraped: ScrapeTime {
                 connections_live: r.gauge("connections_live", &[]),
                 connections_opened: r.counter("connections_opened_total", &[]),
@@ -403,6 +413,11 @@ impl Metrics {
         let i = reason.index();
         self.detection_delay[i].record(detection_delay.as_secs_f64());
         self.lifetime[i].record(lifetime.as_secs_f64());
+    }
+
+    /// A TLS handshake finished, `took` after its connection was accepted.
+    pub(crate) fn observe_handshake(&self, took: Duration) {
+        self.tls_handshake.record(took.as_secs_f64());
     }
 
     /// Counts `n` items taken from one read.
@@ -633,6 +648,7 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::C, "service_notifications_dropped_total", None, "Notifications to the service manager (NOTIFY_SOCKET: READY, RELOADING, STOPPING, WATCHDOG) dropped because its socket was full or gone: the server never waits for it."),
     (Kind::C, "log_lines_dropped_total", None, "Log lines dropped because standard error was not read fast enough (a full pipe, a wedged journald): logs are written by a thread of their own and never make the server wait."),
     (Kind::H, "sink_fsync_duration_seconds", Some(Unit::Seconds), "Duration of each fsync."),
+    (Kind::H, "tls_handshake_seconds", Some(Unit::Seconds), "Time from accept to a finished TLS handshake (the queueing of a reconnect storm shows here; past handshake_timeout the connection closes as handshake_timeout)."),
     (Kind::G, "sink_healthy", None, "1 while the sink's last write or fsync succeeded, 0 after a failure until the next success."),
     (Kind::G, "keepalive_probes", None, "Keep-alive probes sent and unanswered, summed over live connections (TCP_INFO tcpi_probes, read at scrape)."),
     (Kind::C, "upgrades_total", None, "Binary upgrades (SIGUSR2) by result: handed_over (the new process took the listeners and the connections; this one exits), or, leaving this process serving as before, spawn_failed (the executable could not be started), exited (it ended before it was ready, e.g. it refused the configuration), timeout (not ready within upgrade_timeout) or refused (it did not speak the hand-over's protocol)."),

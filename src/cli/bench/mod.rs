@@ -7,6 +7,7 @@ mod churn;
 mod flood;
 mod idle;
 mod jetstream;
+mod storm;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -35,6 +36,9 @@ enum Workload {
     Flood(flood::FloodArgs),
     /// Connect, send one item, close; K times, concurrently.
     Churn(churn::ChurnArgs),
+    /// A fleet reconnecting at once: N library clients each start within a short window,
+    /// send one item and wait for its ack.
+    Storm(storm::StormArgs),
     /// Publish straight into a JetStream stream with a plain async-nats publisher (the
     /// ceiling the JetStream sink is compared with).
     Jetstream(jetstream::JetStreamArgs),
@@ -194,6 +198,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             Workload::Flood(args) => flood::run(args).await,
             Workload::Churn(args) => churn::run(args).await,
             Workload::Jetstream(args) => jetstream::run(args).await,
+            Workload::Storm(args) => storm::run(args).await,
         }
     })
 }
