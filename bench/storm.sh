@@ -5,7 +5,7 @@
 # usage: bench/storm.sh [CLIENTS]   clients in the storm (default 10000), in PROCS processes
 # env:   PROCS (4) load processes sharing the storm; HELD (1000) clients connected before the
 #        storm and held through it (their heartbeats go on); RUNS (1); EXTRA (flags for serve,
-#        e.g. a bound to compare); OUT (bench/results/storm-<time>)
+#        e.g. a bound to compare); MODES ("plain tls"); OUT (bench/results/storm-<time>)
 # Reported per mode: the time until the whole fleet is back (from the window's start to the last
 # client's first ack), each client's time to its ack (p50/p99/max over the processes' own
 # percentiles: the worst p99, the median p50), attempts that failed (retried after a wait),
@@ -90,5 +90,5 @@ PY
 
 log "storm of $CLIENTS clients in $PROCS processes within 1 s, $HELD held through it; serve ${EXTRA:-(defaults)}"
 for run in $(seq "$RUNS"); do
-  for mode in plain tls; do storm "$mode" "$run"; done
+  for mode in ${MODES:-plain tls}; do storm "$mode" "$run"; done
 done

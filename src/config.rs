@@ -35,6 +35,9 @@ pub use values::{
     parse_optional_duration, parse_size, parse_user_timeout,
 };
 
+/// TLS handshakes run at once by default (docs/BENCHMARKS.md, "A reconnect storm").
+pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
+
 /// Prefix of the environment variables read by [`Settings::from_env`].
 pub const ENV_PREFIX: &str = "CONNWARDEN_";
 
@@ -433,8 +436,10 @@ pub struct Config {
     pub auth_required: bool,
     /// With `auth_required`, time from accept to authentication.
     pub auth_timeout: Duration,
-    /// Longest TLS handshake, from accept.
+    /// Longest TLS handshake: from accept, or from its turn with `max_handshakes`.
     pub handshake_timeout: Duration,
+    /// TLS handshakes run at once; the others wait their turn. `None` is no bound.
+    pub max_handshakes: Option<usize>,
     /// Closed connections kept for the admin API's `/closed`.
     pub closed_history: usize,
     /// This gateway's name; `None` is the host name and the first listen port
@@ -502,6 +507,7 @@ impl Default for Config {
             auth_required: false,
             auth_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            max_handshakes: Some(DEFAULT_MAX_HANDSHAKES),
             closed_history: DEFAULT_CLOSED_HISTORY,
             gateway_name: None,
             nats: NatsConfig::default(),

@@ -329,6 +329,7 @@ mod tests {
         ("auth", "required"),
         ("auth_timeout", "3s"),
         ("handshake_timeout", "3s"),
+        ("max_handshakes", "16"),
         ("closed_history", "7"),
         ("gateway_name", "east-1"),
         ("nats_url", "nats://127.0.0.1:4333"),

@@ -29,8 +29,9 @@ pub(crate) struct Clocks {
     pub out_since: Option<Instant>,
     /// When the frame (object, record) now in progress began; `None` between frames.
     pub frame_since: Option<Instant>,
-    /// A TLS handshake is under way (`handshake_timeout` runs from accept).
-    pub handshaking: bool,
+    /// A TLS handshake is under way since this moment (`handshake_timeout` runs from it: the
+    /// accept, or the handshake's turn when handshakes go in turns).
+    pub handshaking: Option<Instant>,
     /// The client must still authenticate (`auth_timeout` runs from accept).
     pub awaiting_auth: bool,
     /// The application heartbeat, where it applies.
@@ -82,7 +83,10 @@ impl Clocks {
     /// authentication, write, heartbeat (close, then ping), idle, frame, age (close, then the
     /// notice). `None` when nothing is. The caller acts on it and asks again, until `None`.
     pub fn due(&self, now: Instant, live: &Config) -> Option<Due> {
-        if self.handshaking && now >= self.started + live.handshake_timeout {
+        if self
+            .handshaking
+            .is_some_and(|since| now >= since + live.handshake_timeout)
+        {
             return Some(Due::Close(CloseReason::HandshakeTimeout));
         }
         if self.awaiting_auth && now >= self.started + live.auth_timeout {
@@ -129,8 +133,8 @@ impl Clocks {
     pub fn next(&self, live: &Config) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut earliest = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
-        if self.handshaking {
-            earliest(self.started + live.handshake_timeout);
+        if let Some(since) = self.handshaking {
+            earliest(since + live.handshake_timeout);
         }
         if self.awaiting_auth {
             earliest(self.started + live.auth_timeout);
@@ -169,7 +173,7 @@ mod tests {
             last_in: started,
             out_since: None,
             frame_since: None,
-            handshaking: false,
+            handshaking: None,
             awaiting_auth: false,
             heartbeat: None,
             max_age_noticed: false,
@@ -265,7 +269,7 @@ mod tests {
         let start = Instant::now();
         let config = Config::default();
         let mut clocks = quiet(start);
-        clocks.handshaking = true;
+        clocks.handshaking = Some(start);
         clocks.awaiting_auth = true;
         let first = config.handshake_timeout.min(config.auth_timeout);
         assert_eq!(clocks.next(&config), Some(start + first));
@@ -273,7 +277,7 @@ mod tests {
             clocks.due(start + config.handshake_timeout, &config),
             Some(Due::Close(CloseReason::HandshakeTimeout))
         );
-        clocks.handshaking = false;
+        clocks.handshaking = None;
         assert_eq!(
             clocks.due(start + config.auth_timeout, &config),
             Some(Due::Close(CloseReason::Unauthorized))

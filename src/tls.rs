@@ -205,6 +205,24 @@ pub struct TlsSession {
     close_requested: bool,
     /// The peer sent its `close_notify`.
     peer_closed: bool,
+    /// This handshake's turn among those the server runs at once (`max_handshakes`), given
+    /// back when the handshake ends (or the session goes).
+    turn: Option<HandshakeTurn>,
+    /// When this handshake's turn came, if handshakes go in turns: its `handshake_timeout`
+    /// runs from then.
+    turn_began: Option<std::time::Instant>,
+}
+
+/// A handshake's turn among the `max_handshakes` the server runs at once: dropping it gives
+/// the turn back (whoever holds the place is told through the channel).
+#[derive(Debug)]
+pub(crate) struct HandshakeTurn(#[allow(dead_code)] tokio::sync::oneshot::Sender<()>);
+
+impl HandshakeTurn {
+    /// A turn that ends when it is dropped, as `ended` tells.
+    pub(crate) fn new(ended: tokio::sync::oneshot::Sender<()>) -> HandshakeTurn {
+        HandshakeTurn(ended)
+    }
 }
 
 impl TlsSession {
@@ -215,7 +233,20 @@ impl TlsSession {
             pending: bytes::BytesMut::new(),
             close_requested: false,
             peer_closed: false,
+            turn: None,
+            turn_began: None,
         }
+    }
+
+    /// Holds `turn` until the handshake ends; the handshake's time runs from now.
+    pub(crate) fn hold_turn(&mut self, turn: HandshakeTurn) {
+        self.turn = Some(turn);
+        self.turn_began = Some(std::time::Instant::now());
+    }
+
+    /// When this handshake's turn came, if handshakes go in turns.
+    pub(crate) fn turn_began(&self) -> Option<std::time::Instant> {
+        self.turn_began
     }
 
     /// True while the handshake is under way.
@@ -265,6 +296,9 @@ impl TlsSession {
         let was_handshaking = self.is_handshaking();
         let result = self.drive(plain, out);
         let handshaken = was_handshaking && !self.is_handshaking();
+        if handshaken {
+            self.turn = None;
+        }
         let client_subject = match handshaken {
             true => self
                 .peer_certificates()

@@ -245,3 +245,58 @@ async fn the_server_tells_every_connection_goaway_and_clients_come_back_losing_n
         );
     }
 }
+
+/// A refusal at accept that says when to come back (`retry_after_ms`) is honoured: the client
+/// waits that long, not its own 100 ms backoff, and then delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_with_retry_after_is_honoured() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut accepted = Vec::new();
+        for attempt in 0..2 {
+            let (stream, _) = listener.accept().await.unwrap();
+            accepted.push(Instant::now());
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            let hello = lines.next_line().await.unwrap().expect("hello");
+            assert!(hello.contains("\"hello\""), "{hello}");
+            if attempt == 0 {
+                let refusal = "{\"type\":\"error\",\"code\":\"server_full\",\"message\":\"full\",\"retry_after_ms\":1500}\n";
+                write.write_all(refusal.as_bytes()).await.unwrap();
+                continue;
+            }
+            write
+                .write_all(b"{\"type\":\"hello\",\"heartbeat_ms\":0,\"max_frame\":65536}\n")
+                .await
+                .unwrap();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let item: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let ack = format!("{{\"type\":\"ack\",\"id\":{}}}\n", item["id"]);
+                write.write_all(ack.as_bytes()).await.unwrap();
+            }
+            break;
+        }
+        accepted
+    });
+    let client = Client::start(ClientConfig::new(addr.to_string()));
+    client
+        .send(OutItem::from_json(br#"{"ip":"192.0.2.1"}"#.to_vec().into()).unwrap())
+        .await
+        .unwrap();
+    let summary = tokio::time::timeout(PROMPT, client.finish())
+        .await
+        .expect("the client finishes")
+        .unwrap();
+    assert_eq!(
+        (summary.acknowledged, summary.failed_attempts),
+        (1, 1),
+        "{summary:?}"
+    );
+    let accepted = server.await.unwrap();
+    let waited = accepted[1] - accepted[0];
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_millis(2500),
+        "came back after {waited:?}; the server said 1500 ms"
+    );
+}

@@ -378,7 +378,13 @@ async fn deliver(
             continue;
         }
         let waiting = delivery.window.len() + delivery.input.len();
-        match backoff.next_delay() {
+        // A refusal that said when to come back is honoured: the server drew the wait at
+        // random so that a refused crowd returns spread out (the backoff still counts the
+        // failure toward its give-up).
+        match backoff
+            .next_delay()
+            .map(|own| end.retry_after.unwrap_or(own))
+        {
             Some(delay) => {
                 let retry_in_ms = delay.as_millis() as u64;
                 if matches!(end.reason, EndReason::Dial(_)) {

@@ -80,6 +80,9 @@ pub struct SessionEnd {
     pub reason: EndReason,
     /// The server answered `hello`: the connection worked, so the backoff starts over.
     pub greeted: bool,
+    /// The server refused the connection and said when to try again (`retry_after_ms`): the
+    /// client waits that long instead of its own backoff.
+    pub retry_after: Option<Duration>,
 }
 
 impl SessionEnd {
@@ -87,6 +90,7 @@ impl SessionEnd {
         SessionEnd {
             reason: EndReason::Dial(error),
             greeted: false,
+            retry_after: None,
         }
     }
 
@@ -171,6 +175,7 @@ async fn run_on(
         draining: false,
         goaway: None,
         closing_code: None,
+        retry_after: None,
     };
     delivery.window.rewind();
     let token = match &config.token {
@@ -190,6 +195,7 @@ async fn run_on(
     SessionEnd {
         reason,
         greeted: session.greeted,
+        retry_after: session.retry_after,
     }
 }
 
@@ -214,6 +220,8 @@ struct Session<'c> {
     goaway: Option<Duration>,
     /// The last connection-level error the server sent, which names the close that follows.
     closing_code: Option<ErrorCode>,
+    /// The wait before the next attempt the server asked for with its refusal.
+    retry_after: Option<Duration>,
 }
 
 impl Session<'_> {
@@ -439,6 +447,7 @@ impl Session<'_> {
                 code_text,
                 message,
                 id,
+                retry_after_ms,
             } => {
                 let seq = id.as_deref().and_then(sequence);
                 match (code, seq) {
@@ -458,6 +467,7 @@ impl Session<'_> {
                         ),
                         None,
                     ) => {
+                        self.retry_after = retry_after_ms.map(Duration::from_millis);
                         return Some(EndReason::Refused(code));
                     }
                     (code, None) => {

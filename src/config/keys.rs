@@ -261,8 +261,10 @@ keys! {
     Auth auth [auth_required] one parse_auth, show_auth, "required|optional", Restart;
     /// with `auth = "required"`, time from accept to a valid `hello`
     AuthTimeout auth_timeout [auth_timeout] one parse_duration, show_duration, "DURATION", EveryConnection;
-    /// a TLS handshake must finish within this from accept, or the connection closes (`handshake_timeout`)
+    /// a TLS handshake must finish within this, or the connection closes (`handshake_timeout`): from accept, or, with `max_handshakes`, from the handshake's turn (a client that sends nothing is closed this long after accept either way)
     HandshakeTimeout handshake_timeout [handshake_timeout] one parse_duration, show_duration, "DURATION", EveryConnection;
+    /// TLS handshakes run at once, in the order their clients' first bytes came; the others wait their turn (within `handshake_timeout`) without a key exchange made for them, so that a reconnect storm's handshakes end in turn instead of all late; or `off`
+    MaxHandshakes max_handshakes [max_handshakes] one parse_optional_count, show_optional_number, "N|off", Restart;
     /// closed connections kept for `GET /closed` (0 keeps none)
     ClosedHistory closed_history [closed_history] one parse_number, show_number, "N", EveryConnection;
     /// this gateway's name in NATS subjects and the cluster-wide registry; `auto` is the host name and the first listen port (`host-7000`)

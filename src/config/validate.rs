@@ -152,6 +152,9 @@ fn tls_and_auth(config: &Config) -> Result<(), Broken> {
     if config.auth_timeout.is_zero() {
         return broken(Key::AuthTimeout, "must be above 0");
     }
+    if config.max_handshakes == Some(0) {
+        return broken(Key::MaxHandshakes, "must be at least 1, or off");
+    }
     if config.handshake_timeout.is_zero() {
         return broken(Key::HandshakeTimeout, "must be above 0");
     }

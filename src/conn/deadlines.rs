@@ -41,7 +41,7 @@ impl Connection {
             frame_since: self
                 .mid_object()
                 .then(|| now.checked_sub(self.frame_age(now)).unwrap_or(now)),
-            handshaking: self.handshaking(),
+            handshaking: self.handshaking_since(self.started()),
             awaiting_auth: self.awaits_authentication(),
             heartbeat,
             max_age_noticed: self.flags.contains(Flags::MAX_AGE_NOTICED),

@@ -784,9 +784,11 @@ impl Connection {
         self.decoder.is_mid_frame() || partial_record
     }
 
-    /// True while a TLS handshake is under way.
-    fn handshaking(&self) -> bool {
-        self.tls().is_some_and(|tls| tls.is_handshaking())
+    /// Since when a TLS handshake is under way: its turn, when handshakes go in turns, else the
+    /// accept. `None` when none is.
+    fn handshaking_since(&self, started: Instant) -> Option<Instant> {
+        let tls = self.tls().filter(|tls| tls.is_handshaking())?;
+        Some(tls.turn_began().map_or(started, Instant::from_std))
     }
 
     fn is_tls(&self) -> bool {

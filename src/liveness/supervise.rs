@@ -169,7 +169,7 @@ impl Supervised {
             last_in: watch.last_life(),
             out_since: watch.out_since(),
             frame_since: watch.frame_since(),
-            handshaking: false,
+            handshaking: None,
             awaiting_auth: false,
             heartbeat,
             max_age_noticed: state.contains(State::MAX_AGE_NOTICED),

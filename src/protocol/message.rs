@@ -510,6 +510,17 @@ pub enum Outbound {
     Ping,
     /// Answer to the client's `ping`.
     Pong,
+    /// A connection refused at accept (`server_full`, `too_many_connections`), with the time
+    /// the client should wait before it tries again: drawn at random by the server, so that a
+    /// refused crowd comes back spread out.
+    Refused {
+        /// The stable code.
+        code: ErrorCode,
+        /// A message for people.
+        message: &'static str,
+        /// Milliseconds to wait before the next attempt.
+        retry_after_ms: u64,
+    },
     /// The server asks the client to reconnect (to another process, or later): stop sending
     /// new items, wait for the acks of those in flight, close, and connect again after a random
     /// delay within `reconnect_within_ms`, so that many clients come back spread out.
@@ -544,6 +555,9 @@ pub enum Reply {
         message: String,
         /// The `id` of the item concerned, if any.
         id: Option<Bytes>,
+        /// The time to wait before connecting again, when the server said it (a refusal at
+        /// accept), in milliseconds.
+        retry_after_ms: Option<u64>,
     },
     /// The server checks the client is alive.
     Ping,
@@ -584,6 +598,8 @@ struct WireReply<'a> {
     max_frame: Option<usize>,
     #[serde(default)]
     reconnect_within_ms: Option<u64>,
+    #[serde(default)]
+    retry_after_ms: Option<u64>,
 }
 
 /// Interprets one object the server sent.
@@ -604,6 +620,7 @@ pub fn parse_reply(frame: &[u8]) -> Result<Reply, ReplyError> {
                 code_text,
                 message: wire.message.unwrap_or_default(),
                 id,
+                retry_after_ms: wire.retry_after_ms,
             }
         }
         "ping" => Reply::Ping,
@@ -650,6 +667,18 @@ impl Outbound {
                     dst.put_slice(id);
                 }
                 dst.put_slice(b"}\n");
+            }
+            Outbound::Refused {
+                code,
+                message,
+                retry_after_ms,
+            } => {
+                dst.put_slice(b"{\"type\":\"error\",\"code\":\"");
+                dst.put_slice(code.as_str().as_bytes());
+                dst.put_slice(b"\",\"message\":");
+                let quoted = serde_json::to_string(message).expect("a string always serialises");
+                dst.put_slice(quoted.as_bytes());
+                dst.put_slice(format!(",\"retry_after_ms\":{retry_after_ms}}}\n").as_bytes());
             }
             Outbound::Ping => dst.put_slice(b"{\"type\":\"ping\"}\n"),
             Outbound::Pong => dst.put_slice(b"{\"type\":\"pong\"}\n"),
@@ -752,6 +781,21 @@ mod tests {
                     code_text: "queue_full".into(),
                     message: "full \"now\"".into(),
                     id: Some(Bytes::from_static(b"\"a\"")),
+                    retry_after_ms: None,
+                },
+            ),
+            (
+                Outbound::Refused {
+                    code: ErrorCode::ServerFull,
+                    message: "full",
+                    retry_after_ms: 2500,
+                },
+                Reply::Error {
+                    code: Some(ErrorCode::ServerFull),
+                    code_text: "server_full".into(),
+                    message: "full".into(),
+                    id: None,
+                    retry_after_ms: Some(2500),
                 },
             ),
             (Outbound::Ping, Reply::Ping),

@@ -31,6 +31,8 @@ use crate::registry::{ClosedConn, Registry};
 use crate::reload::Reloader;
 use crate::sockopt::{self, SocketOptions};
 
+use super::handshakes::{Handshakes, Waited};
+
 /// First wait before retrying `accept` after it ran out of a resource (`EMFILE`, `ENFILE`,
 /// `ENOBUFS`, `ENOMEM`): retrying at once would spin a core while descriptors are exhausted.
 /// The wait doubles at each failure in a row, up to [`ACCEPT_BACKOFF_MAX`] (as Go's `net/http`).
@@ -58,6 +60,8 @@ pub(super) struct Acceptor {
     /// Cancelled when accepting stops: connections whose PROXY protocol header has not come
     /// yet are closed then (nothing of theirs was read).
     pub(super) stop_accepting: CancellationToken,
+    /// The turns of TLS handshakes (`max_handshakes`), when bounded.
+    pub(super) handshakes: Option<Arc<Handshakes>>,
 }
 
 /// An accept loop on each of `listeners`, until `stop`.
@@ -251,7 +255,7 @@ impl Acceptor {
 
     /// Reads the connection's PROXY protocol header within `handshake_timeout`, then lets it
     /// in under the client's address the header carries.
-    async fn read_proxy_header(&self, mut accepted: Accepted, version: ProxyProtocol) {
+    async fn read_proxy_header(self: &Arc<Self>, mut accepted: Accepted, version: ProxyProtocol) {
         let within = accepted.shared.params.handshake_timeout;
         let (peer, local) = (accepted.peer, accepted.local);
         let read = proxy_protocol::read_header(&mut accepted.stream, version);
@@ -280,8 +284,9 @@ impl Acceptor {
     }
 
     /// Lets an accepted connection in: its registry entry under `max_connections_per_ip`, then
-    /// its task (TLS and the JSON items, or the embedder's handler).
-    fn enter(&self, accepted: Accepted) {
+    /// its task (TLS, after its turn among the handshakes, and the JSON items; or the
+    /// embedder's handler).
+    fn enter(self: &Arc<Self>, accepted: Accepted) {
         let Accepted {
             stream,
             peer,
@@ -317,8 +322,34 @@ impl Acceptor {
             }
         };
         let producer = self.producer.clone();
-        let task = conn::run(stream, guard, shared, producer, tls);
-        self.tracker.spawn(WithSlot { task, _slot: slot });
+        let (mut session, handshakes) = match (tls, &self.handshakes) {
+            (Some(session), Some(handshakes)) => (session, handshakes),
+            (tls, _) => {
+                let task = conn::run(stream, guard, shared, producer, tls);
+                self.tracker.spawn(WithSlot { task, _slot: slot });
+                return;
+            }
+        };
+        let (acceptor, handshakes) = (Arc::clone(self), Arc::clone(handshakes));
+        let accepted = Instant::from_std(guard.info().started());
+        let handshake_timeout = shared.params.handshake_timeout;
+        self.tracker.spawn(async move {
+            let waited = tokio::select! {
+                waited = handshakes.wait_turn(&stream, accepted, handshake_timeout) => waited,
+                // Stopping: a handshake not begun is not begun now.
+                _ = acceptor.stop_accepting.cancelled() => Waited::Stopping,
+            };
+            match waited {
+                Waited::Turn(turn) => {
+                    session.hold_turn(turn);
+                    let task = conn::run(stream, guard, shared, producer, Some(session));
+                    acceptor.tracker.spawn(WithSlot { task, _slot: slot });
+                }
+                Waited::Late => guard.close(CloseReason::HandshakeTimeout),
+                Waited::PeerGone => guard.close(CloseReason::PeerClosed),
+                Waited::Stopping => guard.close(CloseReason::Shutdown),
+            }
+        });
     }
 
     /// Serves a connection another process handed over. It takes a `max_connections` slot
@@ -346,12 +377,24 @@ impl Acceptor {
     }
 
     /// Tells a peer refused at accept why, in JSON where it speaks it, without waiting (a fresh
-    /// socket's send buffer always has room for one line).
+    /// socket's send buffer always has room for one line). A peer turned away by a limit is
+    /// told when to try again: a moment drawn at random within `goaway_window`, so that a
+    /// refused crowd (a reconnect storm past `max_connections`) comes back spread out.
     fn tell(&self, stream: &TcpStream, code: ErrorCode, message: &'static str) {
-        let line = Outbound::Error {
-            code,
-            message: message.into(),
-            id: None,
+        let line = match code {
+            ErrorCode::ServerFull | ErrorCode::TooManyConnections => {
+                let window = self.reloader.config().goaway_window.as_millis() as u64;
+                Outbound::Refused {
+                    code,
+                    message,
+                    retry_after_ms: fastrand::u64(window / 10..=window.max(1)),
+                }
+            }
+            _ => Outbound::Error {
+                code,
+                message: message.into(),
+                id: None,
+            },
         }
         .to_line();
         // On a TLS listener the peer expects a handshake, not a line, and a protocol of the
@@ -372,6 +415,7 @@ impl Acceptor {
         message: &'static str,
     ) {
         self.tell(&stream, code, message);
+        discard_unread(&stream);
         let reason = match code {
             ErrorCode::TooManyConnections => CloseReason::TooManyConnections,
             _ => CloseReason::ServerFull,

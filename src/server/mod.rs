@@ -45,6 +45,7 @@ use crate::tls::{ServerTls, TlsError};
 use crate::upgrade::{Inherited, UpgradeError};
 
 mod accept;
+mod handshakes;
 mod shutdown;
 #[cfg(target_os = "linux")]
 mod upgrade;
@@ -492,6 +493,10 @@ impl Server {
             tracker: tracker.clone(),
             checked_first: AtomicBool::new(false),
             stop_accepting: stop_accepting.clone(),
+            handshakes: self
+                .config
+                .max_handshakes
+                .map(|at_once| Arc::new(handshakes::Handshakes::new(at_once))),
         });
         let accept_tasks = accept::start(listeners, Arc::clone(&acceptor), &stop_accepting);
         self.readiness.set_ready();

@@ -95,6 +95,14 @@ impl TlsSession {
         match *self {}
     }
 
+    pub(crate) fn hold_turn(&mut self, _turn: HandshakeTurn) {
+        match *self {}
+    }
+
+    pub(crate) fn turn_began(&self) -> Option<std::time::Instant> {
+        match *self {}
+    }
+
     pub(crate) fn mid_record(&self) -> bool {
         match *self {}
     }
@@ -117,10 +125,21 @@ pub(crate) enum RecordsRead {
     Records {
         bytes: usize,
         record_begun: bool,
+        handshaken: bool,
         client_subject: Option<String>,
         peer_closed: bool,
         result: Result<(), Infallible>,
     },
+}
+
+/// A handshake's turn, given back when dropped (as in the TLS build; none is ever held here).
+#[derive(Debug)]
+pub(crate) struct HandshakeTurn(#[allow(dead_code)] tokio::sync::oneshot::Sender<()>);
+
+impl HandshakeTurn {
+    pub(crate) fn new(ended: tokio::sync::oneshot::Sender<()>) -> HandshakeTurn {
+        HandshakeTurn(ended)
+    }
 }
 
 /// Unreachable: no TLS failure happens without TLS.
