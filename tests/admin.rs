@@ -23,14 +23,6 @@ fn serve_storing(extra: &[&str]) -> (Proc, Admin, String) {
     started
 }
 
-fn connect(addr: &str) -> TcpStream {
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(common::PROMPT))
-        .expect("read timeout");
-    stream
-}
-
 /// Reads one reply line.
 fn line(reader: &mut BufReader<TcpStream>) -> serde_json::Value {
     let mut text = String::new();
@@ -50,7 +42,7 @@ fn metrics_count_real_closes_refusals_and_items_and_pass_promtool() {
     let (mut server, admin, addr) = serve_storing(&["--max-connections", "3"]);
 
     // An orderly close after one good item (acked) and two bad ones.
-    let orderly = connect(&addr);
+    let orderly = common::connect_prompt(&addr);
     let mut reader = BufReader::new(orderly.try_clone().expect("clone"));
     (&orderly)
         .write_all(b"{\"ip\":\"192.0.2.1\",\"id\":1}\n{\"ip\":\"bad\"}\n{\"ip\":\n}\n")
@@ -69,7 +61,7 @@ fn metrics_count_real_closes_refusals_and_items_and_pass_promtool() {
     server.wait_close("peer_closed");
 
     // A reset: SO_LINGER 0, then close.
-    let reset = connect(&addr);
+    let reset = common::connect_prompt(&addr);
     (&reset)
         .write_all(b"{\"ip\":\"192.0.2.2\"}\n")
         .expect("send");
@@ -83,7 +75,7 @@ fn metrics_count_real_closes_refusals_and_items_and_pass_promtool() {
     server.wait_close("reset");
 
     // A kick, through the CLI.
-    let kicked = connect(&addr);
+    let kicked = common::connect_prompt(&addr);
     let id = {
         let peer = kicked.local_addr().expect("local addr");
         common::poll_until(common::PROMPT, "the connection is listed", || {
@@ -112,11 +104,11 @@ fn metrics_count_real_closes_refusals_and_items_and_pass_promtool() {
     );
 
     // server_full: three live, the fourth refused.
-    let live: Vec<TcpStream> = (0..3).map(|_| connect(&addr)).collect();
+    let live: Vec<TcpStream> = (0..3).map(|_| common::connect_prompt(&addr)).collect();
     common::poll_until(common::PROMPT, "three live", || {
         admin.json("/connections")["total"] == 3
     });
-    let refused = connect(&addr);
+    let refused = common::connect_prompt(&addr);
     let mut reader = BufReader::new(refused);
     assert_eq!(line(&mut reader)["code"], "server_full");
 
@@ -188,7 +180,7 @@ fn metrics_count_real_closes_refusals_and_items_and_pass_promtool() {
 #[test]
 fn a_closed_connection_leaves_connections_and_enters_closed_as_its_close_is_logged() {
     let (mut server, admin, addr) = serve_storing(&["--closed-history", "2"]);
-    let client = connect(&addr);
+    let client = common::connect_prompt(&addr);
     (&client)
         .write_all(b"{\"ip\":\"192.0.2.9\"}\n")
         .expect("send");
@@ -215,7 +207,7 @@ fn a_closed_connection_leaves_connections_and_enters_closed_as_its_close_is_logg
 
     // The history is bounded: three more closes keep the two newest.
     for _ in 0..3 {
-        drop(connect(&addr));
+        drop(common::connect_prompt(&addr));
         server.wait_close("peer_closed");
     }
     let closed = admin.json("/closed");
@@ -495,7 +487,7 @@ fn readyz_answers_draining_from_sigterm_until_the_queue_is_stored() {
 
     // 2,000 items of ~100 bytes: three times what the pipe holds.
     const ITEMS: usize = 2_000;
-    let client = connect(&addr);
+    let client = common::connect_prompt(&addr);
     let mut batch = String::new();
     for n in 0..ITEMS {
         batch.push_str(&format!(

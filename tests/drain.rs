@@ -164,17 +164,7 @@ async fn library_clients_drained_come_back_with_every_item_acknowledged_once() {
         printed.contains("10 of 10 live connections chosen"),
         "{printed}"
     );
-    for client in clients {
-        let summary = tokio::time::timeout(Duration::from_secs(30), client)
-            .await
-            .expect("every client finishes")
-            .unwrap();
-        assert_eq!(
-            (summary.acknowledged, summary.resent, summary.connections),
-            (ITEMS, 0, 2),
-            "{summary:?}"
-        );
-    }
+    common::every_item_acked_over_two_connections(clients, ITEMS).await;
     let status = drain_done(&admin, Duration::from_secs(10)).await;
     assert_eq!(
         (

@@ -109,24 +109,6 @@ fn start_clients(
         .collect()
 }
 
-/// Each client finished with every item acknowledged, none resent, over two connections.
-async fn every_item_acked_over_two_connections(
-    clients: Vec<tokio::task::JoinHandle<connwarden::client::Summary>>,
-    items: u64,
-) {
-    for client in clients {
-        let summary = tokio::time::timeout(Duration::from_secs(30), client)
-            .await
-            .expect("every client finishes")
-            .unwrap();
-        assert_eq!(
-            (summary.acknowledged, summary.resent, summary.connections),
-            (items, 0, 2),
-            "{summary:?}"
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_told_goaway_finish_in_flight_items_and_come_back_spread_over_the_window() {
     const CLIENTS: usize = 24;
@@ -143,7 +125,7 @@ async fn clients_told_goaway_finish_in_flight_items_and_come_back_spread_over_th
         Arc::clone(&seen),
     ));
     let clients = start_clients(CLIENTS, addr, ITEMS);
-    every_item_acked_over_two_connections(clients, ITEMS).await;
+    common::every_item_acked_over_two_connections(clients, ITEMS).await;
     server.abort();
 
     let seen = seen.lock().unwrap();
@@ -228,7 +210,7 @@ async fn the_server_tells_every_connection_goaway_and_clients_come_back_losing_n
         (told["type"].as_str(), told["reconnect_within_ms"].as_u64()),
         (Some("goaway"), Some(700))
     );
-    every_item_acked_over_two_connections(clients, ITEMS).await;
+    common::every_item_acked_over_two_connections(clients, ITEMS).await;
     // The first connection of each ended by its client, in good order.
     for _ in 0..CLIENTS {
         assert_eq!(server.next_close().await.reason, CloseReason::PeerClosed);

@@ -38,14 +38,6 @@ fn header(version: &str, source: &str) -> Vec<u8> {
     }
 }
 
-fn connect(addr: &str) -> TcpStream {
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(common::PROMPT))
-        .expect("read timeout");
-    stream
-}
-
 /// Writes `bytes` and returns the server's next line.
 fn exchange(stream: &TcpStream, bytes: &[u8]) -> serde_json::Value {
     (&*stream).write_all(bytes).expect("send");
@@ -97,7 +89,7 @@ fn header_names_the_peer_everywhere(version: &str) {
     ];
     let (mut server, admin, addr) = common::serve().start_in(dir.path(), &flags);
 
-    let first = connect(&addr);
+    let first = common::connect_prompt(&addr);
     let item = br#"{"ip":"192.0.2.1","id":1}"#;
     let sent = [header(version, "203.0.113.7:4567").as_slice(), item, b"\n"].concat();
     assert_eq!(exchange(&first, &sent)["type"], "ack");
@@ -114,13 +106,13 @@ fn header_names_the_peer_everywhere(version: &str) {
     assert_eq!(record_peers(dir.path(), 1), ["203.0.113.7:4567"]);
 
     // The limit counts the header's address: the same client again is refused ...
-    let second = connect(&addr);
+    let second = common::connect_prompt(&addr);
     let refused = exchange(&second, &header(version, "203.0.113.7:4568"));
     assert_eq!(refused["code"], "too_many_connections", "{refused}");
     let closed = server.wait_close("too_many_connections");
     assert_eq!(closed["peer"], "203.0.113.7:4568", "{closed}");
     // ... and another is let in, though both come from 127.0.0.1.
-    let third = connect(&addr);
+    let third = common::connect_prompt(&addr);
     let sent = [header(version, "203.0.113.8:1000").as_slice(), item, b"\n"].concat();
     assert_eq!(exchange(&third, &sent)["type"], "ack");
     assert_eq!(admin.json("/connections")["total"], 2);
@@ -154,7 +146,7 @@ fn connections_without_a_good_header_in_time_are_closed_under_their_reasons() {
     let (mut server, admin, addr) = common::serve().start_in(dir.path(), &flags);
 
     // An item where the header was due: refused, the reason logged with the bytes seen.
-    let bare = connect(&addr);
+    let bare = common::connect_prompt(&addr);
     let told = exchange(&bare, b"{\"ip\":\"192.0.2.1\"}\n");
     assert_eq!(told["code"], "proxy_header_invalid", "{told}");
     assert_closed(&bare);
@@ -170,14 +162,14 @@ fn connections_without_a_good_header_in_time_are_closed_under_their_reasons() {
     server.wait_close("proxy_header_invalid");
 
     // A v1 header where v2 is in force.
-    let v1 = connect(&addr);
+    let v1 = common::connect_prompt(&addr);
     let told = exchange(&v1, &header("v1", "203.0.113.7:4567"));
     assert_eq!(told["code"], "proxy_header_invalid", "{told}");
     assert_closed(&v1);
     server.wait_close("proxy_header_invalid");
 
     // A header cut short, then silence: closed after handshake_timeout.
-    let slow = connect(&addr);
+    let slow = common::connect_prompt(&addr);
     (&slow)
         .write_all(&header("v2", "203.0.113.7:4567")[..20])
         .expect("send");
@@ -212,7 +204,7 @@ fn a_connection_from_outside_the_trusted_networks_is_refused() {
         "10.0.0.0/8,fd00::/8",
     ];
     let (mut server, admin, addr) = common::serve().start_in(dir.path(), &flags);
-    let stream = connect(&addr);
+    let stream = common::connect_prompt(&addr);
     (&stream)
         .write_all(&header("v2", "203.0.113.7:4567"))
         .expect("send");
@@ -242,7 +234,7 @@ fn tls_starts_after_the_header() {
         key.to_str().expect("utf-8"),
     ];
     let (_server, admin, addr) = common::serve().start_in(dir.path(), &flags);
-    let socket = connect(&addr);
+    let socket = common::connect_prompt(&addr);
     (&socket)
         .write_all(&header("v1", "198.51.100.9:2222"))
         .expect("header");

@@ -977,3 +977,29 @@ impl LinePeer {
         std::io::Read::read_to_end(&mut self.reader, &mut rest).is_ok()
     }
 }
+
+/// Each library client finished (within 30 s) with every one of its `items` acknowledged, none
+/// resent, over two connections: the first, and the one it came back on after a `goaway`.
+pub async fn every_item_acked_over_two_connections(
+    clients: Vec<tokio::task::JoinHandle<connwarden::client::Summary>>,
+    items: u64,
+) {
+    for client in clients {
+        let summary = tokio::time::timeout(Duration::from_secs(30), client)
+            .await
+            .expect("every client finishes")
+            .unwrap();
+        assert_eq!(
+            (summary.acknowledged, summary.resent, summary.connections),
+            (items, 0, 2),
+            "{summary:?}"
+        );
+    }
+}
+
+/// A blocking connection to `addr` whose reads wait at most [`PROMPT`].
+pub fn connect_prompt(addr: &str) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(PROMPT)).expect("read timeout");
+    stream
+}
