@@ -241,6 +241,18 @@ pub struct FlapThreshold {
     pub within: Duration,
 }
 
+/// As the file writes it: `10/5m`.
+impl std::fmt::Display for FlapThreshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            self.closes,
+            humantime::format_duration(self.within)
+        )
+    }
+}
+
 /// What a connection does with an item when the queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Overflow {

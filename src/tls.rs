@@ -216,12 +216,15 @@ pub struct TlsSession {
 /// A handshake's turn among the `max_handshakes` the server runs at once: dropping it gives
 /// the turn back (whoever holds the place is told through the channel).
 #[derive(Debug)]
-pub(crate) struct HandshakeTurn(#[allow(dead_code)] tokio::sync::oneshot::Sender<()>);
+pub(crate) struct HandshakeTurn {
+    /// Held only to be dropped: its channel closing is the turn's end.
+    _ended: tokio::sync::oneshot::Sender<()>,
+}
 
 impl HandshakeTurn {
     /// A turn that ends when it is dropped, as `ended` tells.
     pub(crate) fn new(ended: tokio::sync::oneshot::Sender<()>) -> HandshakeTurn {
-        HandshakeTurn(ended)
+        HandshakeTurn { _ended: ended }
     }
 }
 

@@ -185,12 +185,5 @@ async fn library_clients_drained_come_back_with_every_item_acknowledged_once() {
             .or_default()
             .push(record["item"]["n"].as_u64().unwrap());
     }
-    assert_eq!(stored.len(), CLIENTS);
-    for (client, ns) in stored {
-        assert_eq!(
-            ns,
-            (0..ITEMS).collect::<Vec<_>>(),
-            "{client}: once each, in order"
-        );
-    }
+    common::each_client_stored_once_in_order(stored, CLIENTS, ITEMS);
 }

@@ -218,14 +218,7 @@ async fn the_server_tells_every_connection_goaway_and_clients_come_back_losing_n
     drop(raw);
     server.shutdown().await;
     let stored = stored.await.unwrap();
-    assert_eq!(stored.len(), CLIENTS);
-    for (client, ns) in stored {
-        assert_eq!(
-            ns,
-            (0..ITEMS).collect::<Vec<_>>(),
-            "{client}: once each, in order"
-        );
-    }
+    common::each_client_stored_once_in_order(stored, CLIENTS, ITEMS);
 }
 
 /// A refusal at accept that says when to come back (`retry_after_ms`) is honoured: the client

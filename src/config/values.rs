@@ -294,11 +294,7 @@ pub(super) fn show_networks(networks: &[ipnet::IpNet]) -> String {
 
 pub(super) fn show_flap_threshold(threshold: &Option<FlapThreshold>) -> String {
     match threshold {
-        Some(t) => quoted(&format!(
-            "{}/{}",
-            t.closes,
-            humantime::format_duration(t.within)
-        )),
+        Some(t) => quoted(&t.to_string()),
         None => quoted("off"),
     }
 }

@@ -190,12 +190,7 @@ pub(crate) fn resume(
     if let Some(client_id) = &client_id {
         // The departing process held it; this one holds it now (a connection of the same
         // client accepted here meanwhile is the newer one: this one is superseded instead).
-        if conn.shared.params.takeover {
-            conn.take_over(Arc::clone(client_id), Arrival::HandedOver);
-        } else {
-            let registry = &conn.shared.registry;
-            registry.give_client_id(&conn.info, Arc::clone(client_id));
-        }
+        conn.give_client_id(Arc::clone(client_id), Arrival::HandedOver);
     }
     if auth_name.is_some() || client_id.is_some() {
         conn.extras = Some(Box::new(Extras {

@@ -60,12 +60,7 @@ impl Connection {
         }
         if let Some(client_id) = hello.client_id {
             let client_id: Arc<str> = client_id.into();
-            if self.shared.params.takeover {
-                self.take_over(Arc::clone(&client_id), Arrival::New);
-            } else {
-                let registry = &self.shared.registry;
-                registry.give_client_id(&self.info, Arc::clone(&client_id));
-            }
+            self.give_client_id(Arc::clone(&client_id), Arrival::New);
             self.extras.get_or_insert_default().client_id = Some(client_id);
         }
         let params = &self.shared.params;
@@ -86,11 +81,16 @@ impl Connection {
         Ok(())
     }
 
-    /// Holds `client_id` for this connection, closing the stale connection of the same client
-    /// that held it (or this one, if it is the stale one); logged either way.
-    pub(super) fn take_over(&self, client_id: Arc<str>, arrival: Arrival) {
-        let (conn_id, peer) = (self.info.id, self.info.peer);
+    /// Records the `client_id` this connection gave. With `takeover`, holds it too, closing
+    /// the stale connection of the same client that held it (or this one, if it is the stale
+    /// one); logged either way.
+    pub(super) fn give_client_id(&self, client_id: Arc<str>, arrival: Arrival) {
         let registry = &self.shared.registry;
+        if !self.shared.params.takeover {
+            registry.give_client_id(&self.info, client_id);
+            return;
+        }
+        let (conn_id, peer) = (self.info.id, self.info.peer);
         match registry.claim_client_id(&self.info, Arc::clone(&client_id), arrival) {
             Claim::Held => {}
             Claim::Superseding(old) => {

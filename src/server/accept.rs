@@ -27,9 +27,10 @@ use crate::protocol::{ErrorCode, Outbound};
 use crate::proxy_protocol;
 use crate::queue::Producer;
 use crate::record::Record;
-use crate::registry::{ClosedConn, Registry};
+use crate::registry::{ClosedConn, ConnGuard, Registry};
 use crate::reload::Reloader;
 use crate::sockopt::{self, SocketOptions};
+use crate::tls::TlsSession;
 
 use super::handshakes::{Handshakes, Waited};
 
@@ -273,7 +274,6 @@ impl Acceptor {
                     tracing::warn!(peer = %peer, error = %error, "refused a connection's PROXY protocol header; closing");
                     let message = "this listener reads a PROXY protocol header first: connect through the load balancer";
                     self.tell(&accepted.stream, ErrorCode::ProxyHeaderInvalid, message);
-                    discard_unread(&accepted.stream);
                     CloseReason::ProxyHeaderInvalid
                 }
                 Err(_) => CloseReason::ProxyHeaderTimeout,
@@ -321,16 +321,31 @@ impl Acceptor {
                 return;
             }
         };
-        let producer = self.producer.clone();
-        let (mut session, handshakes) = match (tls, &self.handshakes) {
-            (Some(session), Some(handshakes)) => (session, handshakes),
-            (tls, _) => {
-                let task = conn::run(stream, guard, shared, producer, tls);
-                self.tracker.spawn(WithSlot { task, _slot: slot });
-                return;
+        match (tls, &self.handshakes) {
+            (Some(session), Some(handshakes)) => {
+                let handshakes = Arc::clone(handshakes);
+                self.handshake_in_turn(handshakes, stream, guard, shared, session, slot);
             }
-        };
-        let (acceptor, handshakes) = (Arc::clone(self), Arc::clone(handshakes));
+            (tls, _) => {
+                let task = conn::run(stream, guard, shared, self.producer.clone(), tls);
+                self.tracker.spawn(WithSlot { task, _slot: slot });
+            }
+        }
+    }
+
+    /// Starts a TLS connection's task once its handshake's turn has come ([`Handshakes`]), in a
+    /// task of its own meanwhile; a connection whose turn does not come closes with the reason
+    /// of why.
+    fn handshake_in_turn(
+        self: &Arc<Self>,
+        handshakes: Arc<Handshakes>,
+        stream: TcpStream,
+        guard: ConnGuard,
+        shared: Arc<ConnShared>,
+        mut session: TlsSession,
+        slot: Slot,
+    ) {
+        let acceptor = Arc::clone(self);
         let accepted = Instant::from_std(guard.info().started());
         let handshake_timeout = shared.params.handshake_timeout;
         self.tracker.spawn(async move {
@@ -342,6 +357,7 @@ impl Acceptor {
             match waited {
                 Waited::Turn(turn) => {
                     session.hold_turn(turn);
+                    let producer = acceptor.producer.clone();
                     let task = conn::run(stream, guard, shared, producer, Some(session));
                     acceptor.tracker.spawn(WithSlot { task, _slot: slot });
                 }
@@ -377,8 +393,9 @@ impl Acceptor {
     }
 
     /// Tells a peer refused at accept why, in JSON where it speaks it, without waiting (a fresh
-    /// socket's send buffer always has room for one line). A peer turned away by a limit is
-    /// told when to try again: a moment drawn at random within `goaway_window`, so that a
+    /// socket's send buffer always has room for one line), then reads what it already sent, so
+    /// that the close that follows does not reset the line away. A peer turned away by a limit
+    /// is told when to try again: a moment drawn at random within `goaway_window`, so that a
     /// refused crowd (a reconnect storm past `max_connections`) comes back spread out.
     fn tell(&self, stream: &TcpStream, code: ErrorCode, message: &'static str) {
         let line = match code {
@@ -402,6 +419,7 @@ impl Acceptor {
         if !self.reloader.tls().enabled() && self.protocol.is_none() {
             let _ = stream.try_write(&line);
         }
+        discard_unread(stream);
     }
 
     /// Tells a peer over a limit why, and records the refusal under the reason of the same
@@ -415,7 +433,6 @@ impl Acceptor {
         message: &'static str,
     ) {
         self.tell(&stream, code, message);
-        discard_unread(&stream);
         let reason = match code {
             ErrorCode::TooManyConnections => CloseReason::TooManyConnections,
             _ => CloseReason::ServerFull,

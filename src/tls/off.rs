@@ -134,11 +134,14 @@ pub(crate) enum RecordsRead {
 
 /// A handshake's turn, given back when dropped (as in the TLS build; none is ever held here).
 #[derive(Debug)]
-pub(crate) struct HandshakeTurn(#[allow(dead_code)] tokio::sync::oneshot::Sender<()>);
+pub(crate) struct HandshakeTurn {
+    /// Held only to be dropped: its channel closing is the turn's end.
+    _ended: tokio::sync::oneshot::Sender<()>,
+}
 
 impl HandshakeTurn {
     pub(crate) fn new(ended: tokio::sync::oneshot::Sender<()>) -> HandshakeTurn {
-        HandshakeTurn(ended)
+        HandshakeTurn { _ended: ended }
     }
 }
 

@@ -168,10 +168,7 @@ pub struct FlappingClient {
 pub fn flapping(registry: &Registry) -> Flapping {
     use crate::registry::flapping::FlapKey;
     let (threshold, clients) = registry.flapping();
-    let threshold = match threshold {
-        Some(t) => format!("{}/{}", t.closes, humantime::format_duration(t.within)),
-        None => "off".to_owned(),
-    };
+    let threshold = threshold.map_or_else(|| "off".to_owned(), |t| t.to_string());
     let items: Vec<FlappingClient> = clients
         .into_iter()
         .map(|client| {

@@ -1003,3 +1003,20 @@ pub fn connect_prompt(addr: &str) -> std::net::TcpStream {
     stream.set_read_timeout(Some(PROMPT)).expect("read timeout");
     stream
 }
+
+/// Each of `clients` stored every one of its items `0..items` once, in order (`stored`: the
+/// items' `n` by client).
+pub fn each_client_stored_once_in_order(
+    stored: std::collections::BTreeMap<String, Vec<u64>>,
+    clients: usize,
+    items: u64,
+) {
+    assert_eq!(stored.len(), clients);
+    for (client, ns) in stored {
+        assert_eq!(
+            ns,
+            (0..items).collect::<Vec<_>>(),
+            "{client}: once each, in order"
+        );
+    }
+}
