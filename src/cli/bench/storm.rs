@@ -76,19 +76,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<ExitCode> {
     let within = duration(&args.within).context("--within")?;
     let hold = duration(&args.hold).context("--hold")?;
     let timeout = duration(&args.timeout).context("--timeout")?;
-    let tls = match &args.target.tls_ca {
-        Some(ca) => Some(connwarden::tls::ClientTls::from_files(
-            Some(ca),
-            None,
-            None,
-        )?),
-        None => None,
-    };
-    let mut config = ClientConfig::new(args.target.to.to_string());
-    if let Some(mut tls) = tls {
-        tls.server_name = Some(args.target.server_name.clone());
-        config.tls = Some(tls);
-    }
+    let config = Arc::new(client_config(&args.target)?);
     let start = match args.at {
         Some(at) => {
             let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
@@ -96,52 +84,18 @@ pub async fn run(args: StormArgs) -> anyhow::Result<ExitCode> {
         }
         None => Instant::now(),
     };
-    let config = Arc::new(config);
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..args.clients {
         let offset = Duration::from_nanos(fastrand::u64(0..=within.as_nanos() as u64));
         let config = Arc::clone(&config);
         clients.spawn(one_client(config, start, offset, hold, timeout));
     }
-    let (mut latency, mut report) = (
-        histogram(),
-        Report {
-            workload: "storm",
-            clients: args.clients,
-            acked: 0,
-            fleet_back_ms: 0.0,
-            time_to_ack: Percentiles::default(),
-            failed_attempts: 0,
-            clients_retried: 0,
-            lost_while_held: 0,
-        },
-    );
-    let mut fleet_back = Duration::ZERO;
+    let mut outcomes = Vec::with_capacity(args.clients as usize);
     while let Some(outcome) = clients.join_next().await {
-        let outcome = outcome?;
-        if let (Some(back_at), Some(took)) = (outcome.back_at, outcome.latency) {
-            report.acked += 1;
-            fleet_back = fleet_back.max(back_at);
-            latency.saturating_record(took.as_micros() as u64);
-        }
-        report.failed_attempts += outcome.failed_attempts;
-        report.clients_retried += u64::from(outcome.failed_attempts > 0);
-        report.lost_while_held += u64::from(outcome.lost_while_held);
+        outcomes.push(outcome?);
     }
-    report.fleet_back_ms = fleet_back.as_secs_f64() * 1000.0;
-    report.time_to_ack = Percentiles::of(&latency);
-    let text = [
-        format!(
-            "storm: {} of {} clients acknowledged; the fleet back {:.0} ms after the window began",
-            report.acked, report.clients, report.fleet_back_ms
-        ),
-        format!("time to ack: {}", report.time_to_ack.line()),
-        format!(
-            "failed attempts {} ({} clients retried); lost while held {}",
-            report.failed_attempts, report.clients_retried, report.lost_while_held
-        ),
-    ];
-    emit(args.target.json, &report, &text)?;
+    let report = Report::of(args.clients, &outcomes);
+    emit(args.target.json, &report, &report.lines())?;
     Ok(
         if report.acked == report.clients && report.lost_while_held == 0 {
             ExitCode::SUCCESS
@@ -149,6 +103,63 @@ pub async fn run(args: StormArgs) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         },
     )
+}
+
+/// The library client every storm client starts from (each then gets its own `client_id`).
+fn client_config(target: &Target) -> anyhow::Result<ClientConfig> {
+    let mut config = ClientConfig::new(target.to.to_string());
+    if let Some(ca) = &target.tls_ca {
+        let mut tls = connwarden::tls::ClientTls::from_files(Some(ca), None, None)?;
+        tls.server_name = Some(target.server_name.clone());
+        config.tls = Some(tls);
+    }
+    Ok(config)
+}
+
+impl Report {
+    /// What `outcomes`, those of `clients` clients, add up to.
+    fn of(clients: u64, outcomes: &[Outcome]) -> Report {
+        let mut latency = histogram();
+        let mut fleet_back = Duration::ZERO;
+        let mut report = Report {
+            workload: "storm",
+            clients,
+            acked: 0,
+            fleet_back_ms: 0.0,
+            time_to_ack: Percentiles::default(),
+            failed_attempts: 0,
+            clients_retried: 0,
+            lost_while_held: 0,
+        };
+        for outcome in outcomes {
+            if let (Some(back_at), Some(took)) = (outcome.back_at, outcome.latency) {
+                report.acked += 1;
+                fleet_back = fleet_back.max(back_at);
+                latency.saturating_record(took.as_micros() as u64);
+            }
+            report.failed_attempts += outcome.failed_attempts;
+            report.clients_retried += u64::from(outcome.failed_attempts > 0);
+            report.lost_while_held += u64::from(outcome.lost_while_held);
+        }
+        report.fleet_back_ms = fleet_back.as_secs_f64() * 1000.0;
+        report.time_to_ack = Percentiles::of(&latency);
+        report
+    }
+
+    /// The report as text.
+    fn lines(&self) -> [String; 3] {
+        [
+            format!(
+                "storm: {} of {} clients acknowledged; the fleet back {:.0} ms after the window began",
+                self.acked, self.clients, self.fleet_back_ms
+            ),
+            format!("time to ack: {}", self.time_to_ack.line()),
+            format!(
+                "failed attempts {} ({} clients retried); lost while held {}",
+                self.failed_attempts, self.clients_retried, self.lost_while_held
+            ),
+        ]
+    }
 }
 
 impl Outcome {
@@ -179,11 +190,12 @@ async fn one_client(
         return Outcome::failed(&progress);
     }
     let mut lost_while_held = false;
-    let acked = if hold.is_zero() {
+    let (acked, back) = if hold.is_zero() {
         // Without a hold the client finishes: its end is its ack, timed without polling (the
         // connection then closes, as a client done with its work does).
         let finished = tokio::time::timeout(timeout, client.finish()).await;
-        matches!(finished, Ok(Ok(summary)) if summary.acknowledged == 1)
+        let acked = matches!(finished, Ok(Ok(summary)) if summary.acknowledged == 1);
+        (acked, Instant::now())
     } else {
         // Held clients are the established fleet: a look every 250 ms is enough.
         let acked = async {
@@ -192,6 +204,8 @@ async fn one_client(
             }
         };
         let acked = tokio::time::timeout(timeout, acked).await.is_ok();
+        // Timed at the look that saw the ack, not after the hold.
+        let back = Instant::now();
         if acked {
             let connections = progress.connections.load(Ordering::Relaxed);
             tokio::time::sleep(hold).await;
@@ -199,9 +213,8 @@ async fn one_client(
                 || !progress.connected.load(Ordering::Relaxed);
         }
         drop(client);
-        acked
+        (acked, back)
     };
-    let back = Instant::now();
     let failed_attempts = progress.failed_attempts.load(Ordering::Relaxed);
     Outcome {
         back_at: acked.then(|| back.duration_since(start)),
