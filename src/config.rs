@@ -383,6 +383,9 @@ pub struct Config {
     pub heartbeat_misses: u32,
     /// Close a connection with no inbound byte for this long; `None` is off.
     pub idle_timeout: Option<Duration>,
+    /// Silence after which a connection with nothing pending is parked outside its task
+    /// (`crate::conn`'s `park`); `None` is off.
+    pub park_after: Option<Duration>,
     /// Close a connection whose pending output makes no progress for this long.
     pub write_timeout: Duration,
     /// Age at which a connection is asked to reconnect; `None` is off.
@@ -482,6 +485,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(15),
             heartbeat_misses: 3,
             idle_timeout: None,
+            park_after: Some(Duration::from_secs(5)),
             write_timeout: Duration::from_secs(30),
             max_age: None,
             max_age_grace: Duration::from_secs(30),

@@ -294,6 +294,7 @@ mod tests {
         ("heartbeat_interval", "5s"),
         ("heartbeat_misses", "2"),
         ("idle_timeout", "5m"),
+        ("park_after", "1m"),
         ("write_timeout", "10s"),
         ("max_age", "1h"),
         ("max_age_grace", "10s"),

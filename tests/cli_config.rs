@@ -133,7 +133,7 @@ fn unknown_key_in_file_is_an_error() {
 /// `--print-config` of the defaults and of a file setting every key is byte for byte what it
 /// printed before the keys were declared in one table (`tests/fixtures/config/*.printed.toml`,
 /// written by the binary of 22af0b0), with the keys added since (`takeover`, `flap_threshold`,
-/// `proxy_protocol`, `proxy_trusted`, `max_handshakes`) in their rows' places.
+/// `proxy_protocol`, `proxy_trusted`, `max_handshakes`, `park_after`) in their rows' places.
 #[test]
 fn print_config_is_byte_for_byte_what_it_was() {
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config");

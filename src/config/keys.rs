@@ -193,6 +193,8 @@ keys! {
     HeartbeatMisses heartbeat_misses [heartbeat_misses] one parse_number, show_number, "N", NewConnections;
     /// close a connection with no inbound byte for this long
     IdleTimeout idle_timeout [idle_timeout] one parse_optional_duration, show_optional_duration, "DURATION", EveryConnection;
+    /// a connection silent this long with nothing pending (no partial object, output or unanswered item) leaves its task and waits in a compact slot, watched by one epoll set per worker, until bytes, a deadline, a kick or a shutdown wake it (Linux, plain TCP; about a third of an idle connection's memory); `off` keeps every connection a task
+    ParkAfter park_after [park_after] one parse_optional_duration, show_optional_duration, "DURATION|off", EveryConnection;
     /// close a peer that accepts no byte of pending output for this long
     WriteTimeout write_timeout [write_timeout] one parse_duration, show_duration, "DURATION", EveryConnection;
     /// send `max_age` to a connection this old, then close it after `max_age_grace`

@@ -312,6 +312,9 @@ fn deadlines_and_admin(config: &Config) -> Result<(), Broken> {
     if config.idle_timeout.is_some_and(|d| d.is_zero()) {
         return broken(Key::IdleTimeout, "must be above 0, or off");
     }
+    if config.park_after.is_some_and(|d| d.is_zero()) {
+        return broken(Key::ParkAfter, "must be above 0, or off");
+    }
     if config.max_age.is_some_and(|d| d.is_zero()) {
         return broken(Key::MaxAge, "must be above 0, or off");
     }

@@ -13,10 +13,10 @@ use crate::protocol::{ErrorCode, Outbound};
 use crate::schedule::{Clocks, Due};
 
 impl Connection {
-    /// Points the timer at the next deadline of `clocks`, creating it on first need and
-    /// dropping it when no deadline is left.
-    pub(super) fn arm_timer(&mut self, clocks: &Clocks, live: &Config) {
-        match (clocks.next(live), &mut self.timer) {
+    /// Points the timer at `next` (the next deadline, or the moment to park), creating it on
+    /// first need and dropping it when there is none.
+    pub(super) fn arm_timer(&mut self, next: Option<Instant>) {
+        match (next, &mut self.timer) {
             (None, timer) => *timer = None,
             (Some(at), Some(timer)) => {
                 if timer.deadline() != at {

@@ -22,7 +22,7 @@ use crate::queue::Producer;
 use crate::record::Record;
 use crate::registry::{Arrival, Carried, ConnGuard};
 
-use super::{ConnShared, ConnTask, Extras};
+use super::{ConnShared, ConnTask, Extras, Slot};
 
 /// The state a connection carries to another process, beside its socket and its bytes.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -143,6 +143,7 @@ pub(crate) fn resume(
     departed: Departed,
     shared: Arc<ConnShared>,
     producer: Producer<Record>,
+    slot: Slot,
 ) -> Result<ConnTask, ResumeError> {
     let Departed {
         socket,
@@ -199,9 +200,5 @@ pub(crate) fn resume(
             tls: None,
         }));
     }
-    Ok(ConnTask {
-        conn: Some(conn),
-        guard: Some(guard),
-        flushing: None,
-    })
+    Ok(ConnTask::new(conn, guard, slot))
 }

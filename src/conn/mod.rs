@@ -27,6 +27,8 @@ mod deadlines;
 #[cfg(target_os = "linux")]
 mod handed;
 mod hello;
+#[cfg(target_os = "linux")]
+mod park;
 mod shared;
 
 use std::future::Future;
@@ -44,7 +46,9 @@ use tokio::time::{Instant, Sleep};
 
 #[cfg(target_os = "linux")]
 pub(crate) use handed::{resume, Departed, HandedState};
-pub(crate) use shared::{reloaded_options, ConnShared, Live, Stage};
+#[cfg(target_os = "linux")]
+pub(crate) use park::Parking;
+pub(crate) use shared::{reloaded_options, ConnShared, Live, Slot, Stage};
 
 use crate::buffer::{release_if_empty, READ_CHUNK};
 use crate::close_reason::CloseReason;
@@ -102,18 +106,11 @@ pub(crate) fn run(
     shared: Arc<ConnShared>,
     producer: Producer<Record>,
     tls: Option<TlsSession>,
+    slot: Slot,
 ) -> ConnTask {
-    ConnTask {
-        conn: Some(Connection::new(
-            stream,
-            Arc::clone(guard.info()),
-            shared,
-            producer,
-            tls,
-        )),
-        guard: Some(guard),
-        flushing: None,
-    }
+    let info = Arc::clone(guard.info());
+    let conn = Connection::new(stream, info, shared, producer, tls);
+    ConnTask::new(conn, guard, slot)
 }
 
 /// The connection's task, written by hand rather than as an `async fn`: the compiler would
@@ -130,13 +127,27 @@ pub(crate) struct ConnTask {
     conn: Option<Connection>,
     /// The last flush, once the connection decided to close; it gives the connection back, so
     /// that the socket outlives the registry entry.
-    flushing: Option<LastFlush>,
+    /// Boxed twice: a thin pointer keeps the task within its size class (a field less than the
+    /// fat pointer's two words); only a closing connection pays the second allocation.
+    flushing: Option<Box<LastFlush>>,
+    /// Its place among `max_connections`, given back when the task ends (not when it parks:
+    /// the place goes with it).
+    slot: Option<Slot>,
 }
 
 /// The boxed last flush: it ends with the reason and gives the connection back.
 type LastFlush = Pin<Box<dyn Future<Output = (CloseReason, Connection)> + Send>>;
 
 impl ConnTask {
+    fn new(conn: Connection, guard: ConnGuard, slot: Slot) -> ConnTask {
+        ConnTask {
+            guard: Some(guard),
+            conn: Some(conn),
+            flushing: None,
+            slot: Some(slot),
+        }
+    }
+
     /// Removes the registry entry and records the close, then closes the socket: now rather
     /// than when the task is freed.
     fn close(&mut self, reason: CloseReason) -> Poll<()> {
@@ -154,7 +165,7 @@ impl Future for ConnTask {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         if let Some(flushing) = &mut this.flushing {
-            let (reason, conn) = std::task::ready!(flushing.as_mut().poll(cx));
+            let (reason, conn) = std::task::ready!(flushing.as_mut().as_mut().poll(cx));
             this.flushing = None;
             this.conn = Some(conn);
             return this.close(reason);
@@ -169,7 +180,13 @@ impl Future for ConnTask {
                 notice: None,
             }) if !conn.is_tls() => this.close(reason),
             #[cfg(target_os = "linux")]
-            Ok(Departs) => {
+            Ok(Leaves::ToPark { wake_at }) => match this.park(wake_at) {
+                true => Poll::Ready(()),
+                // Not parked: the connection goes on in this task.
+                false => Pin::new(this).poll(cx),
+            },
+            #[cfg(target_os = "linux")]
+            Ok(Leaves::ForNewProcess) => {
                 let conn = this.conn.take().expect("checked above");
                 let guard = this.guard.take().expect("taken only at the end");
                 let shared = Arc::clone(&conn.shared);
@@ -191,11 +208,13 @@ impl Future for ConnTask {
             }
             // Nothing moves off Linux (`Live::moving` stays false).
             #[cfg(not(target_os = "linux"))]
-            Ok(Departs) => this.close(CloseReason::Shutdown),
+            Ok(Leaves::ForNewProcess) => this.close(CloseReason::Shutdown),
+            #[cfg(not(target_os = "linux"))]
+            Ok(Leaves::ToPark { .. }) => unreachable!("connections park on Linux only"),
             Err(close) => {
                 let conn = this.conn.take().expect("checked above");
                 // Boxed: the flush's timer and futures exist only while closing.
-                this.flushing = Some(Box::pin(conn.finish(close)));
+                this.flushing = Some(Box::new(Box::pin(conn.finish(close))));
                 // Poll once now, so the flush starts and registers its wake-ups.
                 Pin::new(this).poll(cx)
             }
@@ -203,9 +222,17 @@ impl Future for ConnTask {
     }
 }
 
-/// The loop's one end that is not a close: the connection goes on in another process
-/// ([`handed`]), quiet, with every reply owed in its output.
-struct Departs;
+/// The loop's ends that are not a close.
+enum Leaves {
+    /// The connection goes on in another process ([`handed`]), quiet, with every reply owed in
+    /// its output.
+    ForNewProcess,
+    /// The connection has been silent for `park_after` with nothing pending: it leaves its task
+    /// for a parking shard ([`park`]), which wakes it at `wake_at` (its next deadline) at the
+    /// latest.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    ToPark { wake_at: Option<Instant> },
+}
 
 /// A close the connection decided: its one reason, and what the peer is told first (nothing
 /// for an orderly end).
@@ -265,6 +292,9 @@ bitflags::bitflags! {
         /// The connection saw an upgrade's hand-over and cannot move: counted in
         /// [`Live::staying`] until it ends.
         const STAYS = 1 << 6;
+        /// Parking failed once (no copy of the socket, or the shards have stopped): the
+        /// connection stays a task.
+        const UNPARKABLE = 1 << 7;
     }
 }
 
@@ -420,7 +450,7 @@ impl Connection {
     }
 
     /// The loop. It ends with a close (an orderly one has no notice), or a departure.
-    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Result<Departs, Close>> {
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Result<Leaves, Close>> {
         loop {
             self.process_buffered()?;
             let replies_ended = self.replies.as_ref().is_none_or(|r| r.rx.is_none());
@@ -431,7 +461,7 @@ impl Connection {
                 && self.blocked.is_none()
                 && replies_ended;
             if quiet && self.moves() {
-                return Poll::Ready(Ok(Departs));
+                return Poll::Ready(Ok(Leaves::ForNewProcess));
             }
             let now = Instant::now();
             // The count before the configuration: a reload in between is seen at the next turn.
@@ -442,7 +472,20 @@ impl Connection {
                 self.reapply_socket_options(&live);
             }
             let clocks = self.check_timers(now, &live)?;
-            self.arm_timer(&clocks, &live);
+            #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
+            let mut next = clocks.next(&live);
+            #[cfg(target_os = "linux")]
+            match self.park_at(&live) {
+                Some(park_at) if park_at > now => {
+                    next = Some(next.map_or(park_at, |next| next.min(park_at)));
+                }
+                // Unless bytes (or an error) wait: the loop reads them first.
+                Some(_) if park::nothing_to_read(&self.stream) => {
+                    return Poll::Ready(Ok(Leaves::ToPark { wake_at: next }));
+                }
+                _ => {}
+            }
+            self.arm_timer(next);
             match std::task::ready!(self.poll_event(cx)) {
                 Event::Asked(reason) => {
                     if reason == CloseReason::MemoryPressure {
@@ -1070,7 +1113,15 @@ mod tests {
             _consumer,
             shared,
         } = Accepted::new().await;
-        let task = run(stream, registry.insert(peer, peer), shared, producer, None);
+        let slot = Slot::force(&Arc::new(std::sync::atomic::AtomicUsize::new(0)));
+        let task = run(
+            stream,
+            registry.insert(peer, peer),
+            shared,
+            producer,
+            None,
+            slot,
+        );
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task: {size} bytes");
         assert!(

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 #[cfg(target_os = "linux")]
 use std::sync::Mutex;
+#[cfg(target_os = "linux")]
+use std::sync::OnceLock;
 
 use arc_swap::ArcSwap;
 #[cfg(target_os = "linux")]
@@ -30,6 +32,37 @@ pub(crate) fn reloaded_options(live: &Config, info: &ConnInfo) -> SocketOptions 
         options.keepalive.idle = first.min(options.keepalive.idle);
     }
     options
+}
+
+/// One of the `max_connections` places, held by a connection until it ends
+/// (by its task, or while it is parked).
+pub(crate) struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// A place when fewer than `limit` are taken.
+    pub(crate) fn take(taken: &Arc<AtomicUsize>, limit: usize) -> Option<Slot> {
+        taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(Arc::clone(taken)))
+    }
+}
+
+impl Slot {
+    /// A place whatever the limit (a connection already live, handed over by an upgrade).
+    #[cfg(any(target_os = "linux", test))]
+    pub(crate) fn force(taken: &Arc<AtomicUsize>) -> Slot {
+        taken.fetch_add(1, Ordering::AcqRel);
+        Slot(Arc::clone(taken))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The server's lifecycle as connections see it.
@@ -70,6 +103,9 @@ pub(crate) struct Live {
     /// Connections that saw the hand-over and cannot move (TLS), still live: the hand-over is
     /// over when only they are left.
     staying: AtomicUsize,
+    /// Where idle connections park ([`super::park`]), once the server started it.
+    #[cfg(target_os = "linux")]
+    parking: OnceLock<super::park::Parking>,
 }
 
 impl Live {
@@ -84,6 +120,8 @@ impl Live {
             departures: Mutex::new(None),
             moving: AtomicBool::new(false),
             staying: AtomicUsize::new(0),
+            #[cfg(target_os = "linux")]
+            parking: OnceLock::new(),
         }
     }
 
@@ -134,9 +172,27 @@ impl Live {
             .is_some_and(|departures| departures.send(departed).is_ok())
     }
 
-    /// Moves to `stage`; the caller then wakes every connection (`Registry::wake_all`).
+    /// Moves to `stage`; the caller then wakes every connection (`Registry::wake_all`). The
+    /// parked connections' shards are told here: they wake every connection they hold, and end
+    /// once none is left (a shard with none would not hear of the stage otherwise).
     pub fn enter(&self, stage: Stage) {
         self.stage.fetch_max(stage as u8, Ordering::AcqRel);
+        #[cfg(target_os = "linux")]
+        if let Some(parking) = self.parking.get() {
+            parking.look_again();
+        }
+    }
+
+    /// Lets idle connections park from now on (`park_after`), watched by `parking`.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn start_parking(&self, parking: super::park::Parking) {
+        let _ = self.parking.set(parking);
+    }
+
+    /// Where idle connections park, once the server started it.
+    #[cfg(target_os = "linux")]
+    pub(super) fn parking(&self) -> Option<&super::park::Parking> {
+        self.parking.get()
     }
 
     pub(crate) fn stage(&self) -> Stage {

@@ -145,6 +145,8 @@ pub struct Metrics {
     buffered_limit: Gauge,
     /// Connections a paced drain chose and has not told yet.
     drain_pending: Gauge,
+    parked: Gauge,
+    parks: Counter,
     drain_goaways: Counter,
     scraped: ScrapeTime,
     nats: nats::NatsMetrics,
@@ -312,6 +314,8 @@ impl Metrics {
                 .gauge("config_last_reload_success_timestamp_seconds", &[]),
             buffered_limit: r.gauge("buffered_limit_bytes", &[]),
             drain_pending: r.gauge("drain_pending_connections", &[]),
+            parked: r.gauge("parked_connections", &[]),
+            parks: r.counter("parks_total", &[]),
             drain_goaways: r.counter("drain_goaways_total", &[]),
             process: ProcessCollector::default(),
             handle,
@@ -338,6 +342,17 @@ impl Metrics {
     /// A paced drain passed a chosen connection that closed before its turn.
     pub(crate) fn drain_skipped(&self) {
         self.drain_pending.decrement(1.0);
+    }
+
+    /// A connection parked outside its task (`true`), or woke up (`false`).
+    pub(crate) fn parked(&self, parked: bool) {
+        match parked {
+            true => {
+                self.parked.increment(1.0);
+                self.parks.increment(1);
+            }
+            false => self.parked.decrement(1.0),
+        }
     }
 
     /// A paced drain tells no more (done or cancelled).
@@ -658,6 +673,8 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::G, "buffered_bytes", Some(Unit::Bytes), "Bytes of read buffers holding partial objects, summed over live connections (read at scrape)."),
     (Kind::G, "buffered_limit_bytes", Some(Unit::Bytes), "max_buffered: beyond it the connections holding the most are closed (memory_pressure); NaN when off."),
     (Kind::G, "connections_probing", None, "Live connections with at least one unanswered keep-alive probe (read at scrape)."),
+    (Kind::G, "parked_connections", None, "Idle connections parked outside their task (park_after): silent, nothing pending, watched by one epoll set per worker until bytes, a deadline, a kick or a shutdown wake them. Counted in connections_live too."),
+    (Kind::C, "parks_total", None, "Times an idle connection parked (park_after); with connections_opened_total, how often connections go quiet, and with parked_connections, how long they stay parked."),
     (Kind::G, "drain_pending_connections", None, "Connections a paced drain (POST /drain, connwarden drain) chose and has yet to tell goaway: above 0 while a drain is under way."),
     (Kind::C, "drain_goaways_total", None, "goaway messages paced drains asked connections to send. Told connections still open past goaway_window + shutdown_grace close as drained."),
     (Kind::G, "flapping_clients", None, "Clients flapping now: as many closes of their connections as flap_threshold counts within its window, by client_id (by address for clients without one). GET /flapping lists them with their last close reasons."),

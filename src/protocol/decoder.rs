@@ -530,6 +530,14 @@ impl Decoder {
         self.state != State::Between
     }
 
+    /// True when the decoder holds nothing a new one would not: between objects (where
+    /// `scanned` is reset at the next object), with no byte given back to be read again. A
+    /// connection parked in this state is given a new decoder when it wakes (`crate::conn`'s
+    /// `park`).
+    pub fn is_at_rest(&self) -> bool {
+        self.state == State::Between && self.reread == 0
+    }
+
     /// Cuts the next complete frame from the front of `buf`, or returns `None` when `buf` holds
     /// no complete frame yet (whitespace between frames is consumed).
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameTooLarge> {

@@ -48,6 +48,13 @@ impl ConnGuard {
         self.registry.release_socket(&self.info);
     }
 
+    /// Names another descriptor of the same socket (a parked connection's copy), under the
+    /// write lock like [`ConnGuard::release_socket`]: the old one may close once this returns.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn replace_socket(&self, socket: &impl std::os::fd::AsRawFd) {
+        self.registry.replace_socket(&self.info, socket.as_raw_fd());
+    }
+
     /// The entry, for the connection's own counters.
     pub(crate) fn info(&self) -> &Arc<ConnInfo> {
         &self.info

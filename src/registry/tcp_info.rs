@@ -94,8 +94,13 @@ impl Registry {
 
     /// Stops the registry from using `info`'s descriptor (see [`ConnGuard::release_socket`]).
     pub(crate) fn release_socket(&self, info: &ConnInfo) {
+        self.replace_socket(info, -1);
+    }
+
+    /// Makes the entry name `fd` once no reader uses the descriptor it named.
+    pub(crate) fn replace_socket(&self, info: &ConnInfo, fd: i32) {
         let _held = self.conns_mut();
-        info.fd.store(-1, Ordering::Relaxed);
+        info.fd.store(fd, Ordering::Relaxed);
     }
 
     /// `TCP_INFO` of one live connection.

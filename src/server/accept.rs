@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::close_reason::CloseReason;
 use crate::config::ProxyProtocol;
-use crate::conn::{self, ConnShared};
+use crate::conn::{self, ConnShared, Slot};
 use crate::liveness::{self, Protocol};
 use crate::metrics::Metrics;
 use crate::phase::Phases;
@@ -327,8 +327,9 @@ impl Acceptor {
                 self.handshake_in_turn(handshakes, stream, guard, shared, session, slot);
             }
             (tls, _) => {
-                let task = conn::run(stream, guard, shared, self.producer.clone(), tls);
-                self.tracker.spawn(WithSlot { task, _slot: slot });
+                let producer = self.producer.clone();
+                self.tracker
+                    .spawn(conn::run(stream, guard, shared, producer, tls, slot));
             }
         }
     }
@@ -358,8 +359,8 @@ impl Acceptor {
                 Waited::Turn(turn) => {
                     session.hold_turn(turn);
                     let producer = acceptor.producer.clone();
-                    let task = conn::run(stream, guard, shared, producer, Some(session));
-                    acceptor.tracker.spawn(WithSlot { task, _slot: slot });
+                    let task = conn::run(stream, guard, shared, producer, Some(session), slot);
+                    acceptor.tracker.spawn(task);
                 }
                 Waited::Late => guard.close(CloseReason::HandshakeTimeout),
                 Waited::PeerGone => guard.close(CloseReason::PeerClosed),
@@ -377,9 +378,9 @@ impl Acceptor {
         let shared = self.reloader.connections();
         // A keep-alive phase not yet put back: this process's restorer puts it back.
         let phased = departed.state.carried.keepalive_first_idle_s != 0;
-        match conn::resume(departed, shared, self.producer.clone()) {
+        match conn::resume(departed, shared, self.producer.clone(), slot) {
             Ok(task) => {
-                self.tracker.spawn(WithSlot { task, _slot: slot });
+                self.tracker.spawn(task);
                 if phased {
                     self.phases.given();
                 }
@@ -452,36 +453,6 @@ struct Accepted {
     /// The shortened first keep-alive idle given to the socket, if any.
     first_idle: Option<Duration>,
     shared: Arc<ConnShared>,
-}
-
-/// One of the `max_connections` places, held by a connection's task until it ends.
-struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    /// A place when fewer than `limit` are taken.
-    fn take(taken: &Arc<AtomicUsize>, limit: usize) -> Option<Slot> {
-        taken
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(Arc::clone(taken)))
-    }
-}
-
-impl Slot {
-    /// A place whatever the limit (a connection already live, handed over by an upgrade).
-    #[cfg(target_os = "linux")]
-    fn force(taken: &Arc<AtomicUsize>) -> Slot {
-        taken.fetch_add(1, Ordering::AcqRel);
-        Slot(Arc::clone(taken))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// A connection's task holding its `max_connections` slot until it ends.

@@ -482,6 +482,9 @@ impl Server {
         );
         let stop_accepting = CancellationToken::new();
         let tracker = TaskTracker::new();
+        if self.protocol.is_none() {
+            start_parking(&live, &self.metrics, &tracker);
+        }
         let acceptor = Arc::new(Acceptor {
             phases,
             registry: self.registry.clone(),
@@ -521,6 +524,20 @@ impl Server {
         running.adoption = (running.upgrades).adopt(acceptor, running.stop_accepting.clone());
         Ok(running)
     }
+}
+
+/// Lets idle JSON connections park outside their task (`park_after`; Linux). A failure to
+/// start leaves every connection a task.
+fn start_parking(live: &Arc<Live>, metrics: &Arc<Metrics>, tracker: &TaskTracker) {
+    #[cfg(target_os = "linux")]
+    match crate::conn::Parking::start(live, metrics, tracker) {
+        Ok(parking) => live.start_parking(parking),
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot start parking idle connections; every connection stays a task")
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (live, metrics, tracker);
 }
 
 /// A server between its start and its end: what serving and stopping need.
