@@ -8,6 +8,7 @@
 # env:   RUNS (3)  repetitions per server, the median is reported
 #        SEED (../shared/peers/go-seed)  the baseline's sources
 #        OUT  (bench/results/idle-memory-<time>)  logs and the CSV
+#        SETTLE (7)  seconds between the last connection and the reading: past park_after (5 s)
 #        CW_BEFORE (unset)  a connwarden binary from an earlier commit: measured too, in the same
 #                           runs, for the budget check "memory per idle connection must not grow"
 #        CW_MUSL (unset)    1: the static musl build of this commit too (built here, target
@@ -63,7 +64,7 @@ measure() {
   local load=$!; PIDS+=("$load")
   for i in $(seq 1 600); do grep -q '"ready"' "$OUT/$name.load.out" 2>/dev/null && break; sleep 0.1; done
   for i in $(seq 1 300); do [ "$(established $PORT)" -ge "$N" ] && break; sleep 0.1; done
-  sleep 2 # let the server finish its per-connection set-up
+  sleep "${SETTLE:-7}" # let the server finish its per-connection set-up and park its idle connections (park_after: 5 s)
   local live; live=$(established $PORT)
   local rss; rss=$(rss_kib "$srv")
   kill -TERM "$load"; wait "$load" 2>/dev/null || true

@@ -533,3 +533,17 @@ async fn sleep_until(at: Option<Instant>) {
         tokio::time::sleep_until(at).await;
     }
 }
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    /// Every parked connection holds one slot of its shard's slab: a field added here is paid
+    /// by every idle connection (`bench/idle_memory.sh`).
+    #[test]
+    fn a_parked_connection_stays_within_96_bytes() {
+        let slot = std::mem::size_of::<slab::Slab<super::Parked>>();
+        let parked = std::mem::size_of::<super::Parked>();
+        let entry = std::mem::size_of::<Option<super::Parked>>();
+        eprintln!("Parked: {parked} bytes, in the slab {entry}; slab {slot}");
+        assert!(entry <= 96, "a parked connection takes {entry} bytes");
+    }
+}
