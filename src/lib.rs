@@ -9,7 +9,7 @@
 //! | [`sockopt`] | keep-alive idle/interval/count, `TCP_USER_TIMEOUT`, buffers: set and read back |
 //! | [`protocol`] | the bounded JSON-object stream decoder, messages, error codes |
 //! | [`liveness`] | liveness for any protocol: your handler over a [`liveness::Connection`], with the deadlines, heartbeat, close reasons, kick, drain and registry of the gateway |
-//! | `conn` | one connection's task: reads, heartbeat, deadlines, writes, one close reason; the hello and authentication |
+//! | `conn` | one connection's task: reads, heartbeat, deadlines, writes, one close reason; the hello and authentication; idle connections parked outside their task (`park_after`) |
 //! | `buffer`, `pressure` | buffers held only while bytes are pending; the budget of partial objects (`max_buffered`) |
 //! | `schedule` | the liveness schedule any protocol's connection asks at each turn: deadlines passed, pings due, the next deadline |
 //! | `phase` | keep-alive phases: connections accepted together do not probe together |

@@ -15,7 +15,8 @@
 //! thousands), so the loop waits in one hand-written `poll` that stores no futures: socket
 //! readiness is polled on the stream itself, kicks and shutdown stages arrive through a waker
 //! slot on the registry entry, and the timer, the reply channel and a backpressure wait are
-//! boxed only while they exist. An idle connection's task is at most 256 bytes.
+//! boxed only while they exist. An idle connection's task is at most 256 bytes, and one silent
+//! for `park_after` with nothing pending leaves its task altogether (`park.rs`).
 //!
 //! This file is the loop, its reads and writes, and the close reasons it ends with; beside it,
 //! `deadlines.rs` (every limit checked at each turn, and the one timer), `hello.rs` (the
