@@ -37,7 +37,6 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Wake, Waker};
 use std::time::Duration;
@@ -82,8 +81,6 @@ struct ShardHandle {
 /// Wakes a shard to look at its connections' entries (a kick, a `goaway`, a stage, a reload).
 #[derive(Default)]
 struct Signal {
-    /// Set by a wake, taken by the shard.
-    asked: AtomicBool,
     notify: Notify,
 }
 
@@ -93,7 +90,6 @@ impl Wake for Signal {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.asked.store(true, Ordering::Release);
         self.notify.notify_one();
     }
 }
@@ -115,10 +111,12 @@ impl Parking {
             // SAFETY: the descriptor is the epoll set's own, open as long as the `Poll` that
             // the `AsyncFd` owns (tokio's condition for registering it).
             let epoll = unsafe { AsyncFd::register(mio::Poll::new()?) }?;
+            let waker = Waker::from(Arc::clone(&signal));
             let shard = Shard {
                 epoll,
                 arrivals,
                 signal: Arc::clone(&signal),
+                waker: waker.clone(),
                 resting: Slab::new(),
                 deadlines: BinaryHeap::new(),
                 epoch,
@@ -128,7 +126,6 @@ impl Parking {
                 tracker: tracker.clone(),
             };
             tracker.spawn(shard.run());
-            let waker = Waker::from(Arc::clone(&signal));
             shards.push(ShardHandle {
                 inbox,
                 waker,
@@ -356,6 +353,8 @@ struct Shard {
     epoll: AsyncFd<mio::Poll>,
     arrivals: mpsc::UnboundedReceiver<Parked>,
     signal: Arc<Signal>,
+    /// The waker its connections' entries hold.
+    waker: Waker,
     /// Parked connections, by epoll token.
     resting: Slab<Parked>,
     /// (milliseconds from `epoch`, slab key) of each parked connection with a deadline. An
@@ -468,14 +467,19 @@ impl Shard {
     /// Wakes the connections the server asked something of, or all of them after a new stage
     /// or configuration.
     fn look(&mut self) {
-        self.signal.asked.store(false, Ordering::Release);
         let config = config_id(&self.live.config());
         if config != self.config_seen || self.live.stage() != Stage::Running {
             self.config_seen = config;
             return self.wake_all();
         }
+        // A wake takes the waker out of the entry's slot: each entry is given it again before
+        // it is read, so that no later request goes unheard, whatever woke the shard.
+        let waker = &self.waker;
         let asked: Vec<usize> = (self.resting.iter())
-            .filter(|(_, parked)| parked.asked())
+            .filter(|(_, parked)| {
+                parked.guard.info().register_control(waker);
+                parked.asked()
+            })
             .map(|(key, _)| key)
             .collect();
         asked.into_iter().for_each(|key| self.wake(key));
