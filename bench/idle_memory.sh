@@ -8,6 +8,8 @@
 # env:   RUNS (3)  repetitions per server, the median is reported
 #        SEED (../shared/peers/go-seed)  the baseline's sources
 #        OUT  (bench/results/idle-memory-<time>)  logs and the CSV
+#        SOURCES (8)  distinct source addresses of the idle connections (127.0.0.2 on); past 8
+#                     the load is `connwarden bench idle` (go-seed's stops at 255)
 #        SETTLE (7)  seconds between the last connection and the reading: past park_after (5 s)
 #        CW_BEFORE (unset)  a connwarden binary from an earlier commit: measured too, in the same
 #                           runs, for the budget check "memory per idle connection must not grow"
@@ -24,6 +26,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 N=${1:-10000}
 RUNS=${RUNS:-3}
+SOURCES=${SOURCES:-8}
 SEED=${SEED:-$ROOT/../shared/peers/go-seed}
 OUT=${OUT:-$ROOT/bench/results/idle-memory-$(date +%Y%m%d-%H%M%S)}
 BIN=$ROOT/bench/bin
@@ -59,10 +62,18 @@ measure() {
   for i in $(seq 1 200); do ss -Hltn "( sport = :$PORT )" | grep -q . && break; sleep 0.05; done
   sleep 1
   local base; base=$(rss_kib "$srv")
-  "$BIN/seed-load" idle -to "127.0.0.1:$PORT" -n "$N" -src-base 127.0.0.2 -sources 8 -parallel 128 -dial-timeout 5s \
-    >"$OUT/$name.load.out" 2>"$OUT/$name.load.err" &
+  if [ "$SOURCES" = 8 ]; then
+    "$BIN/seed-load" idle -to "127.0.0.1:$PORT" -n "$N" -src-base 127.0.0.2 -sources 8 -parallel 128 -dial-timeout 5s \
+      >"$OUT/$name.load.out" 2>"$OUT/$name.load.err" &
+  else
+    # go-seed's load generator spreads over at most 255 addresses: ours goes past the octet.
+    "$ROOT/target/release/connwarden" bench idle --to "127.0.0.1:$PORT" --conns "$N" --sources "$SOURCES" \
+      --source-base 127.0.0.2 --json >"$OUT/$name.load.out" 2>"$OUT/$name.load.err" &
+  fi
   local load=$!; PIDS+=("$load")
-  for i in $(seq 1 600); do grep -q '"ready"' "$OUT/$name.load.out" 2>/dev/null && break; sleep 0.1; done
+  for i in $(seq 1 600); do
+    { grep -q '"ready"' "$OUT/$name.load.out" 2>/dev/null || [ "$SOURCES" != 8 ]; } && break; sleep 0.1
+  done
   for i in $(seq 1 300); do [ "$(established $PORT)" -ge "$N" ] && break; sleep 0.1; done
   sleep "${SETTLE:-7}" # let the server finish its per-connection set-up and park its idle connections (park_after: 5 s)
   local live; live=$(established $PORT)
@@ -76,7 +87,7 @@ measure() {
 }
 
 build
-log "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r); N=$N runs=$RUNS; results in $OUT"
+log "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r); N=$N sources=$SOURCES runs=$RUNS; results in $OUT"
 echo "server,run,bytes_per_conn" > "$OUT/idle-memory.csv"
 for run in $(seq 1 "$RUNS"); do
   per=$(measure "connwarden-$run" env RUST_LOG=warn "$ROOT/target/release/connwarden" serve \

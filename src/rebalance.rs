@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::close_reason::CloseReason;
 use crate::metrics::Metrics;
-use crate::registry::{ConnInfo, Registry};
+use crate::registry::{Registry, SharedInfo};
 
 /// What a drain is asked to do.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -227,7 +227,7 @@ async fn run(
     registry: Registry,
     metrics: Arc<Metrics>,
     progress: Arc<Progress>,
-    chosen: Vec<Arc<ConnInfo>>,
+    chosen: Vec<SharedInfo>,
 ) {
     let plan = progress.plan;
     let (told_tx, told_rx) = mpsc::unbounded_channel();
@@ -273,7 +273,7 @@ async fn run(
 async fn close_when_due(
     registry: Registry,
     progress: Arc<Progress>,
-    mut told: mpsc::UnboundedReceiver<(Instant, Arc<ConnInfo>)>,
+    mut told: mpsc::UnboundedReceiver<(Instant, SharedInfo)>,
 ) {
     while let Some((due, info)) = told.recv().await {
         // Looked at every so often rather than at `due` alone, so that the drain is seen done

@@ -213,3 +213,118 @@ async fn under_tls_idle_and_stuck_dead_peers_close_within_the_same_bounds() {
     .await;
     server.shutdown().await;
 }
+
+/// Waits until `server` holds `n` parked connections (`park_after`).
+async fn wait_parked(server: &TestServer, n: u64) {
+    let metrics = std::sync::Arc::clone(&server.metrics);
+    common::wait_until(common::PROMPT, || metrics.parked_connections() == n).await;
+}
+
+/// The same failures once the connections parked outside their tasks (`park_after`): the
+/// kernel's keep-alive and user timeout run on a parked socket as on any, its error wakes the
+/// connection, and a frozen peer's missed pings are counted across its parks. Each bound is
+/// the unparked one.
+#[tokio::test]
+async fn parked_dead_and_frozen_peers_close_within_the_same_bounds() {
+    const TEST: &str = "parked_dead_and_frozen_peers_close_within_the_same_bounds";
+    if !common::netns_or_skip(TEST) {
+        return;
+    }
+    let mut config = test_config();
+    config.park_after = Some(Duration::from_millis(500));
+
+    // Idle, heartbeat off: keep-alive.
+    let net = NetnsPair::create(TEST).expect("checked above");
+    let mut idle = config.clone();
+    idle.keepalive = Keepalive {
+        idle: Duration::from_secs(2),
+        interval: Duration::from_secs(1),
+        count: 3,
+    };
+    idle.heartbeat = HeartbeatMode::Off;
+    let (sink, mut records) = ChannelSink::new(16);
+    let server = TestServer::start_on(idle.clone(), sink, net.server_listener(7004)).await;
+    let mut closes = server.registry.subscribe();
+    let mut client = Client::from_stream(net.client_connect(7004));
+    client.send(b"{\"ip\":\"10.231.0.2\"}\n").await;
+    tokio::time::timeout(common::PROMPT, records.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    wait_parked(&server, 1).await;
+    let bound = idle.keepalive.bound() + SLACK;
+    let grace = Duration::from_secs(10);
+    cut_link_and_expect(
+        &net,
+        &mut closes,
+        CloseReason::KeepaliveTimeout,
+        bound,
+        grace,
+        "parked",
+    )
+    .await;
+    assert_eq!(server.metrics.parked_connections(), 0);
+    server.shutdown().await;
+    drop(net);
+
+    // With a hello, the ping that wakes the parked connection stays unacknowledged: the user
+    // timeout.
+    let net = NetnsPair::create(TEST).expect("checked above");
+    let mut stuck = config.clone();
+    stuck.keepalive = Keepalive {
+        idle: Duration::from_secs(30),
+        interval: Duration::from_secs(3),
+        count: 3,
+    };
+    stuck.user_timeout = UserTimeout::Fixed(Duration::from_secs(3));
+    stuck.heartbeat = HeartbeatMode::Required;
+    stuck.heartbeat_interval = Duration::from_secs(2);
+    stuck.heartbeat_misses = 60;
+    let (sink, _records) = ChannelSink::new(16);
+    let server = TestServer::start_on(stuck.clone(), sink, net.server_listener(7005)).await;
+    let mut closes = server.registry.subscribe();
+    let mut client = Client::from_stream(net.client_connect(7005));
+    client.send(b"{\"type\":\"hello\"}\n").await;
+    assert_eq!(client.line().await["type"], "hello");
+    wait_parked(&server, 1).await;
+    let bound = stuck.heartbeat_interval + Duration::from_secs(3) + SLACK;
+    let grace = Duration::from_secs(20);
+    cut_link_and_expect(
+        &net,
+        &mut closes,
+        CloseReason::UserTimeout,
+        bound,
+        grace,
+        "parked",
+    )
+    .await;
+    server.shutdown().await;
+    drop(net);
+
+    // Frozen: its kernel acknowledges, it answers no ping. Between pings the connection parks.
+    let net = NetnsPair::create(TEST).expect("checked above");
+    let mut frozen = config.clone();
+    frozen.heartbeat = HeartbeatMode::Required;
+    frozen.heartbeat_interval = Duration::from_secs(2);
+    frozen.heartbeat_misses = 3;
+    let (sink, _records) = ChannelSink::new(16);
+    let server = TestServer::start_on(frozen.clone(), sink, net.server_listener(7006)).await;
+    let mut closes = server.registry.subscribe();
+    let mut client = Client::from_stream(net.client_connect(7006));
+    client.send(b"{\"type\":\"hello\"}\n").await;
+    assert_eq!(client.line().await["type"], "hello");
+    let since = Instant::now();
+    wait_parked(&server, 1).await;
+    let closed = next_close(&mut closes, Duration::from_secs(20)).await;
+    let detected = since.elapsed();
+    let bound = frozen.heartbeat_interval * frozen.heartbeat_misses + SLACK;
+    assert_eq!(closed.reason, CloseReason::HeartbeatTimeout);
+    assert!(
+        detected <= bound,
+        "detected after {detected:?}, bound {bound:?}"
+    );
+    let parks = server.metrics.parked_connections();
+    println!("parked: heartbeat_timeout detected {detected:?} after hello (bound {bound:?}; parked now {parks})");
+    drop(client);
+    server.shutdown().await;
+}

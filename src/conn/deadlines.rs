@@ -91,7 +91,7 @@ impl Connection {
             CloseReason::FrameTimeout => {
                 self.shared.metrics.item_refused(ErrorCode::FrameTimeout);
                 let limit = live.frame_timeout.unwrap_or_default();
-                tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, frame_timeout_ms = limit.as_millis() as u64, "object not finished within frame_timeout");
+                tracing::warn!(conn_id = self.info.id, peer = %self.info.peer(), frame_timeout_ms = limit.as_millis() as u64, "object not finished within frame_timeout");
                 Close {
                     reason,
                     notice: notice(

@@ -20,7 +20,7 @@ use super::{Connection, Flags};
 use crate::protocol::{Decoder, DecoderState};
 use crate::queue::Producer;
 use crate::record::Record;
-use crate::registry::{Arrival, Carried, ConnGuard};
+use crate::registry::{Arrival, Carried, ConnGuard, SharedInfo};
 
 use super::{ConnShared, ConnTask, Extras, Slot};
 
@@ -165,7 +165,7 @@ pub(crate) fn resume(
         .ok_or(ResumeError::IdTaken(id))?;
     #[cfg(unix)]
     guard.set_socket(&stream);
-    let info = Arc::clone(guard.info());
+    let info = SharedInfo::clone(guard.info());
     let mut conn = Connection::new(stream, info, shared, producer, None);
     let now = Instant::now();
     let since_accept = conn.stamp(now);

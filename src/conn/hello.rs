@@ -34,7 +34,7 @@ impl Connection {
 
     /// Records that the client authenticated as `name` (`via` a client certificate or a token).
     pub(super) fn authenticate(&mut self, name: Arc<str>, via: &'static str) {
-        tracing::info!(conn_id = self.info.id, peer = %self.info.peer, auth_name = %name, via, "authenticated");
+        tracing::info!(conn_id = self.info.id, peer = %self.info.peer(), auth_name = %name, via, "authenticated");
         self.shared
             .registry
             .set_auth_name(&self.info, Arc::clone(&name));
@@ -51,7 +51,7 @@ impl Connection {
             Some(token) if tokens.configured() => match tokens.check(&token) {
                 Some(name) => self.authenticate(name, "token"),
                 None => {
-                    tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, "invalid token");
+                    tracing::warn!(conn_id = self.info.id, peer = %self.info.peer(), "invalid token");
                     return Err(unauthorized("invalid token"));
                 }
             },
@@ -90,7 +90,7 @@ impl Connection {
             registry.give_client_id(&self.info, client_id);
             return;
         }
-        let (conn_id, peer) = (self.info.id, self.info.peer);
+        let (conn_id, peer) = (self.info.id, self.info.peer());
         match registry.claim_client_id(&self.info, Arc::clone(&client_id), arrival) {
             Claim::Held => {}
             Claim::Superseding(old) => {

@@ -58,7 +58,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{self, Decoder, ErrorCode, Inbound, Item, ItemError, Outbound};
 use crate::queue::{Producer, Pushed};
 use crate::record::{Answered, Origin, Record, Replies};
-use crate::registry::{ConnGuard, ConnInfo};
+use crate::registry::{ConnGuard, SharedInfo};
 use crate::sockopt;
 use crate::tls::{self, RecordsRead, TlsSession};
 use hello::{unauthorized, AUTHENTICATE_FIRST};
@@ -109,7 +109,7 @@ pub(crate) fn run(
     tls: Option<TlsSession>,
     slot: Slot,
 ) -> ConnTask {
-    let info = Arc::clone(guard.info());
+    let info = SharedInfo::clone(guard.info());
     let conn = Connection::new(stream, info, shared, producer, tls);
     ConnTask::new(conn, guard, slot)
 }
@@ -327,7 +327,7 @@ fn asked_to_close(reason: CloseReason) -> Close {
 
 struct Connection {
     stream: TcpStream,
-    info: Arc<ConnInfo>,
+    info: SharedInfo,
     shared: Arc<ConnShared>,
     /// `None` once the connection will queue no more items.
     producer: Option<Producer<Record>>,
@@ -411,7 +411,7 @@ impl Drop for Connection {
 impl Connection {
     fn new(
         stream: TcpStream,
-        info: Arc<ConnInfo>,
+        info: SharedInfo,
         shared: Arc<ConnShared>,
         producer: Producer<Record>,
         tls: Option<TlsSession>,
@@ -718,7 +718,7 @@ impl Connection {
                 Ok(true)
             }
             Err(error) => {
-                tracing::info!(conn_id = self.info.id, peer = %self.info.peer, error = %error, "TLS failed");
+                tracing::info!(conn_id = self.info.id, peer = %self.info.peer(), error = %error, "TLS failed");
                 Err(tls::close_reason(&error).into())
             }
         }
@@ -906,7 +906,7 @@ impl Connection {
                 Ok(None) => break,
                 Err(too_large) => {
                     self.shared.metrics.item_refused(ErrorCode::FrameTooLarge);
-                    tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, limit = too_large.limit, "object larger than max_frame");
+                    tracing::warn!(conn_id = self.info.id, peer = %self.info.peer(), limit = too_large.limit, "object larger than max_frame");
                     return Err(Close {
                         reason: CloseReason::FrameTooLarge,
                         notice: Some(Outbound::Error {
@@ -949,7 +949,7 @@ impl Connection {
         self.info.error();
         self.shared.metrics.item_refused(error.code);
         // `?`: the detail may quote the client's bytes, which must not forge log lines.
-        tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, code = error.code.as_str(), detail = ?error.message, "item refused");
+        tracing::warn!(conn_id = self.info.id, peer = %self.info.peer(), code = error.code.as_str(), detail = ?error.message, "item refused");
         self.send(&error.into());
         if self.errors > self.shared.live.config().error_budget {
             return Err(Close {
@@ -1003,7 +1003,7 @@ impl Connection {
             };
             Arc::new(Origin::new(
                 self.info.id,
-                self.info.peer,
+                self.info.peer(),
                 client_id,
                 auth_name,
             ))
@@ -1056,7 +1056,7 @@ impl Connection {
     fn reapply_socket_options(&self, live: &Config) {
         let options = reloaded_options(live, &self.info);
         if let Err(error) = sockopt::apply(SockRef::from(&self.stream), &options) {
-            tracing::warn!(conn_id = self.info.id, peer = %self.info.peer, option = error.option, error = %error.source, "cannot apply the reloaded socket options; the previous ones stay");
+            tracing::warn!(conn_id = self.info.id, peer = %self.info.peer(), option = error.option, error = %error.source, "cannot apply the reloaded socket options; the previous ones stay");
         }
     }
 }
@@ -1148,7 +1148,7 @@ mod tests {
             shared,
         } = Accepted::new().await;
         let guard = registry.insert_socket(&stream, peer, peer);
-        let entry = [Arc::clone(guard.info())];
+        let entry = [SharedInfo::clone(guard.info())];
         // Entries the registry would act on through their descriptor (the count only: `f`
         // leaves the descriptor alone).
         let with_socket = || {
@@ -1158,7 +1158,13 @@ mod tests {
         };
         assert_eq!(with_socket(), 1);
 
-        let conn = Connection::new(stream, Arc::clone(guard.info()), shared, producer, None);
+        let conn = Connection::new(
+            stream,
+            SharedInfo::clone(guard.info()),
+            shared,
+            producer,
+            None,
+        );
         let departed = conn.depart(&guard).expect("a copy of the socket");
         assert_eq!(registry.len(), 1, "listed until the hand-over has it");
         assert_eq!(

@@ -5,7 +5,7 @@
 //! 384-byte class) and its reactor registration (another 256 bytes) come before any byte of
 //! ours. A connection silent for `park_after` with nothing pending (no partial object, no
 //! output, no unanswered item, no TLS session) leaves both: its task ends, its socket leaves
-//! tokio's reactor, and what it needs to go on ([`Parked`], 88 bytes) waits in a slab of one of
+//! tokio's reactor, and what it needs to go on ([`Parked`], 72 bytes) waits in a slab of one of
 //! the shards, one per worker thread.
 //!
 //! Each shard is one task over an epoll set of its own, where each parked socket is registered
@@ -56,7 +56,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::queue::Producer;
 use crate::record::Record;
-use crate::registry::ConnGuard;
+use crate::registry::{ConnGuard, SharedInfo};
 
 /// Readiness reported per turn of a shard: more wait for the next turn.
 const EVENTS_PER_TURN: usize = 256;
@@ -148,11 +148,11 @@ impl Parking {
     /// Hands `parked` to its shard. Gives it back when the shard has stopped (the server is
     /// stopping).
     fn park(&self, parked: Parked) -> Result<(), Parked> {
-        let id = parked.guard.info().id;
+        let id = parked.info().id;
         let shard = &self.shards[id as usize % self.shards.len()];
         // Before it is sent: a kick from now on wakes the shard, which looks at the entry once
         // the connection is in its slab (and once more on arrival, for a kick before this).
-        parked.guard.info().register_control(&shard.waker);
+        parked.info().register_control(&shard.waker);
         shard.inbox.send(parked).map_err(|unsent| unsent.0)
     }
 
@@ -171,11 +171,12 @@ fn config_id(config: &Arc<Config>) -> usize {
 }
 
 /// A parked connection: what its loop needs to go on, and nothing it can rebuild (its buffers
-/// are empty, its decoder at rest, its reply channel without a reply owed).
+/// are empty, its decoder at rest, its reply channel without a reply owed). Its entry is kept
+/// without its guard ([`ConnGuard::set_aside`]): the registry is the one in `shared`.
 pub(super) struct Parked {
     /// The socket, out of tokio's reactor (a copy of its descriptor: the task's copy was
-    /// dropped with the task).
-    stream: std::net::TcpStream,
+    /// dropped with the task). `None` once woken, as the fields below.
+    stream: Option<std::net::TcpStream>,
     flags: Flags,
     options_seen: u8,
     pings_sent: u16,
@@ -184,37 +185,55 @@ pub(super) struct Parked {
     last_in: u64,
     /// The next deadline, as milliseconds from [`Parking`]'s epoch ([`NO_DEADLINE`]: none).
     wake_ms: u64,
-    guard: ConnGuard,
-    slot: Slot,
+    info: Option<SharedInfo>,
+    slot: Option<Slot>,
     shared: Arc<ConnShared>,
-    producer: Producer<Record>,
+    producer: Option<Producer<Record>>,
     extras: Option<Box<Extras>>,
 }
 
+impl Drop for Parked {
+    /// A parked connection dropped without waking (its shard ended with the runtime): its
+    /// entry leaves the registry with its close recorded, as its guard would have done.
+    fn drop(&mut self) {
+        if let Some(info) = self.info.take() {
+            drop(ConnGuard::resumed(self.shared.registry.clone(), info));
+        }
+    }
+}
+
 impl Parked {
+    /// The connection's entry.
+    fn info(&self) -> &SharedInfo {
+        match &self.info {
+            Some(info) => info,
+            None => unreachable!("a parked connection holds its entry until it wakes"),
+        }
+    }
+
+    /// The socket's descriptor.
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.stream.as_ref().map_or(-1, AsRawFd::as_raw_fd)
+    }
+
     /// True when the server asked something of the connection since it parked.
     fn asked(&self) -> bool {
-        let info = self.guard.info();
+        let info = self.info();
         info.closing_reason().is_some() || info.goaway_asked()
     }
 
     /// The connection as a task again, with its socket back in tokio's reactor. `None` when the
     /// socket cannot be registered (it is closed, as `internal_error`).
-    fn wake(self) -> Option<ConnTask> {
-        let Parked {
-            stream,
-            flags,
-            options_seen,
-            pings_sent,
-            errors,
-            last_in,
-            guard,
-            slot,
-            shared,
-            producer,
-            extras,
-            ..
-        } = self;
+    fn wake(mut self) -> Option<ConnTask> {
+        let (Some(stream), Some(info), Some(slot), Some(producer)) = (
+            self.stream.take(),
+            self.info.take(),
+            self.slot.take(),
+            self.producer.take(),
+        ) else {
+            unreachable!("a parked connection is whole until it wakes")
+        };
+        let guard = ConnGuard::resumed(self.shared.registry.clone(), info);
         let stream = match TcpStream::from_std(stream) {
             Ok(stream) => stream,
             Err(error) => {
@@ -223,16 +242,20 @@ impl Parked {
                 return None;
             }
         };
-        let info = Arc::clone(guard.info());
+        let info = SharedInfo::clone(guard.info());
+        let shared = Arc::clone(&self.shared);
         let mut conn = Connection::new(stream, info, shared, producer, None);
-        conn.flags = flags;
-        conn.options_seen = options_seen;
-        conn.pings_sent = pings_sent;
-        conn.errors = errors;
-        conn.last_in = last_in;
-        conn.extras = extras;
+        conn.flags = self.flags;
+        conn.options_seen = self.options_seen;
+        conn.pings_sent = self.pings_sent;
+        conn.errors = self.errors;
+        conn.last_in = self.last_in;
+        conn.extras = self.extras.take();
         // `Connection::new` set the entry's heartbeat as for a new connection.
-        (conn.info).heartbeat(flags.contains(Flags::HEARTBEAT), pings_sent.into());
+        (conn.info).heartbeat(
+            self.flags.contains(Flags::HEARTBEAT),
+            self.pings_sent.into(),
+        );
         Some(ConnTask::new(conn, guard, slot))
     }
 }
@@ -271,17 +294,17 @@ impl Connection {
             unreachable!("a connection that reads holds its producer")
         };
         Parked {
-            stream,
+            stream: Some(stream),
             flags: self.flags,
             options_seen: self.options_seen,
             pings_sent: self.pings_sent,
             errors: self.errors,
             last_in: self.last_in,
             wake_ms,
-            guard,
-            slot,
+            info: Some(guard.set_aside()),
+            slot: Some(slot),
             shared: Arc::clone(&self.shared),
-            producer,
+            producer: Some(producer),
             extras: self.extras.take(),
         }
     }
@@ -438,14 +461,14 @@ impl Shard {
         }
         let entry = self.resting.vacant_entry();
         let key = entry.key();
-        let fd = parked.stream.as_raw_fd();
+        let fd = parked.fd();
         let registered = self.epoll.get_ref().registry().register(
             &mut SourceFd(&fd),
             Token(key),
             Interest::READABLE,
         );
         if let Err(error) = registered {
-            tracing::warn!(conn_id = parked.guard.info().id, error = %error, "cannot park a connection; it goes on as a task");
+            tracing::warn!(conn_id = parked.info().id, error = %error, "cannot park a connection; it goes on as a task");
             return self.start(parked);
         }
         if parked.wake_ms != NO_DEADLINE {
@@ -477,7 +500,7 @@ impl Shard {
         let waker = &self.waker;
         let asked: Vec<usize> = (self.resting.iter())
             .filter(|(_, parked)| {
-                parked.guard.info().register_control(waker);
+                parked.info().register_control(waker);
                 parked.asked()
             })
             .map(|(key, _)| key)
@@ -514,7 +537,7 @@ impl Shard {
         let Some(parked) = self.resting.try_remove(key) else {
             return;
         };
-        let fd = parked.stream.as_raw_fd();
+        let fd = parked.fd();
         let _ = self
             .epoll
             .get_ref()
@@ -543,11 +566,11 @@ mod tests {
     /// Every parked connection holds one slot of its shard's slab: a field added here is paid
     /// by every idle connection (`bench/idle_memory.sh`).
     #[test]
-    fn a_parked_connection_stays_within_96_bytes() {
+    fn a_parked_connection_stays_within_72_bytes() {
         let slot = std::mem::size_of::<slab::Slab<super::Parked>>();
         let parked = std::mem::size_of::<super::Parked>();
         let entry = std::mem::size_of::<Option<super::Parked>>();
         eprintln!("Parked: {parked} bytes, in the slab {entry}; slab {slot}");
-        assert!(entry <= 96, "a parked connection takes {entry} bytes");
+        assert!(entry <= 72, "a parked connection takes {entry} bytes");
     }
 }

@@ -69,12 +69,12 @@ impl Connection {
 
     /// The client's address.
     pub fn peer(&self) -> SocketAddr {
-        self.watch.info.peer
+        self.watch.info.peer()
     }
 
     /// The server's address the client reached.
     pub fn local(&self) -> SocketAddr {
-        self.watch.info.local
+        self.watch.info.local()
     }
 
     /// Waits until the socket has bytes to read (or an error, or the peer's end), holding no

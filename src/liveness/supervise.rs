@@ -16,7 +16,7 @@ use super::{BoxError, Connection, Protocol};
 use crate::close_reason::CloseReason;
 use crate::config::Config;
 use crate::conn::{ConnShared, Stage};
-use crate::registry::ConnGuard;
+use crate::registry::{ConnGuard, SharedInfo};
 use crate::schedule::{Clocks, Due};
 
 /// Longest time a handler told [`super::Signal::Close`] has to say goodbye, as the JSON
@@ -34,7 +34,7 @@ pub(crate) fn supervise(
     protocol: &Protocol,
 ) -> Supervised {
     let options_seen = shared.options_changes as u8;
-    let info = Arc::clone(guard.info());
+    let info = SharedInfo::clone(guard.info());
     let watch = Arc::new(Watch::new(info, shared, protocol.life));
     let handler = protocol
         .handler
@@ -204,7 +204,7 @@ impl Supervised {
         let registry = &self.watch.shared.registry;
         registry.with_sockets(std::slice::from_ref(info), |info, socket| {
             if let Err(error) = crate::sockopt::apply(socket, &options) {
-                tracing::warn!(conn_id = info.id, peer = %info.peer, option = error.option, error = %error.source, "cannot apply the reloaded socket options; the previous ones stay");
+                tracing::warn!(conn_id = info.id, peer = %info.peer(), option = error.option, error = %error.source, "cannot apply the reloaded socket options; the previous ones stay");
             }
         });
     }
@@ -223,7 +223,7 @@ impl Supervised {
         };
         let reason = watch.closing().or(watch.failure()).unwrap_or(ended_as);
         if let Err(error) = &ended {
-            tracing::info!(conn_id = watch.info.id, peer = %watch.info.peer, reason = reason.as_str(), error = %error, "connection handler ended with an error");
+            tracing::info!(conn_id = watch.info.id, peer = %watch.info.peer(), reason = reason.as_str(), error = %error, "connection handler ended with an error");
         }
         watch.hold(0);
         if let Some(guard) = self.guard.take() {

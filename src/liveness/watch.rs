@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::close_reason::{CloseReason, FirstReason};
 use crate::config::HeartbeatMode;
 use crate::conn::ConnShared;
-use crate::registry::ConnInfo;
+use crate::registry::SharedInfo;
 
 use super::{Life, Signal};
 
@@ -51,7 +51,7 @@ bitflags::bitflags! {
 /// A connection's shared state. Times are microseconds after accept (0: none), as the JSON
 /// connection keeps them, so that an entry needs no `Instant` (16 bytes) per clock.
 pub(crate) struct Watch {
-    pub(super) info: Arc<ConnInfo>,
+    pub(super) info: SharedInfo,
     /// What the connections accepted under one configuration share (registry, metrics, the
     /// configuration in force, the buffer budget).
     pub(super) shared: Arc<ConnShared>,
@@ -76,7 +76,7 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
-    pub fn new(info: Arc<ConnInfo>, shared: Arc<ConnShared>, life: Life) -> Watch {
+    pub fn new(info: SharedInfo, shared: Arc<ConnShared>, life: Life) -> Watch {
         let heartbeat = shared.params.heartbeat == HeartbeatMode::Required;
         info.heartbeat(heartbeat, 0);
         let state = match heartbeat {

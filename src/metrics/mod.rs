@@ -146,6 +146,8 @@ pub struct Metrics {
     /// Connections a paced drain chose and has not told yet.
     drain_pending: Gauge,
     parked: Gauge,
+    /// The same count as `parked`, for [`Metrics::parked_connections`].
+    parked_now: std::sync::atomic::AtomicU64,
     parks: Counter,
     drain_goaways: Counter,
     scraped: ScrapeTime,
@@ -315,6 +317,7 @@ impl Metrics {
             buffered_limit: r.gauge("buffered_limit_bytes", &[]),
             drain_pending: r.gauge("drain_pending_connections", &[]),
             parked: r.gauge("parked_connections", &[]),
+            parked_now: std::sync::atomic::AtomicU64::new(0),
             parks: r.counter("parks_total", &[]),
             drain_goaways: r.counter("drain_goaways_total", &[]),
             process: ProcessCollector::default(),
@@ -346,13 +349,24 @@ impl Metrics {
 
     /// A connection parked outside its task (`true`), or woke up (`false`).
     pub(crate) fn parked(&self, parked: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
         match parked {
             true => {
                 self.parked.increment(1.0);
+                self.parked_now.fetch_add(1, Relaxed);
                 self.parks.increment(1);
             }
-            false => self.parked.decrement(1.0),
+            false => {
+                self.parked.decrement(1.0);
+                self.parked_now.fetch_sub(1, Relaxed);
+            }
         }
+    }
+
+    /// Idle connections parked outside their task now (`park_after`; the gauge
+    /// `connwarden_parked_connections`).
+    pub fn parked_connections(&self) -> u64 {
+        self.parked_now.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A paced drain tells no more (done or cancelled).

@@ -7,33 +7,43 @@ use std::net::SocketAddr;
 use std::sync::atomic::{
     AtomicBool, AtomicI32, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering,
 };
+use std::sync::LazyLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use atomic_waker::AtomicWaker;
 
+use super::address::Addresses;
 use super::ConnSnapshot;
 #[cfg(doc)]
 use super::Registry;
 use crate::close_reason::{CloseReason, FirstReason};
+
+/// An entry as the registry, its connection and its listings share it. `triomphe`'s `Arc`
+/// keeps one count where the standard one keeps two (no weak reference to an entry is ever
+/// taken): with the 8 bytes saved, an entry of 120 bytes is one allocation of 128.
+pub(crate) type SharedInfo = triomphe::Arc<ConnInfo>;
 
 /// One live connection. Counters are updated by the connection's task without a lock.
 #[derive(Debug)]
 pub(crate) struct ConnInfo {
     /// Unique for the life of the server, starting at 1.
     pub(crate) id: u64,
-    /// The client's address.
-    pub(crate) peer: SocketAddr,
-    /// The server's address the client connected to.
-    pub(crate) local: SocketAddr,
-    /// When the connection was accepted (the wall-clock time is derived from it, to keep the
-    /// entry small: every byte here is paid once per idle connection).
-    started: Instant,
+    /// When the connection was accepted, in microseconds from [`EPOCH`] (before it, for a
+    /// connection an upgrade handed over): 8 bytes where an `Instant` takes 16. The wall-clock
+    /// time is derived from it, to keep the entry small: every byte here is paid once per idle
+    /// connection.
+    started_us: i64,
     last_in_ms: AtomicU64,
     last_out_ms: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     items: AtomicU64,
-    errors: AtomicU64,
+    /// Wakes the connection's task for a kick or a shutdown stage: a waker slot rather than a
+    /// stored future, so an idle connection pays 24 bytes for it.
+    pub(super) control: AtomicWaker,
+    /// Refused items (saturates: a connection refused that often is closed by its error budget
+    /// long before, unless the budget is off).
+    errors: AtomicU32,
     /// Why the server asked this connection to close: the first request wins.
     closing: FirstReason,
     /// Bytes of the read buffer holding a partial object, as the connection last reported
@@ -56,15 +66,41 @@ pub(crate) struct ConnInfo {
     /// The window of a `goaway` asked for and not yet sent, in tenths of a second (0: none;
     /// 16 bits, which the entry had spare, so the entry's size class stays: up to 109 minutes).
     goaway_ds: AtomicU16,
-    /// Wakes the connection's task for a kick or a shutdown stage: a waker slot rather than a
-    /// stored future, so an idle connection pays 16 bytes for it.
-    pub(super) control: AtomicWaker,
+    /// The client's address and the server's address it connected to.
+    addresses: Addresses,
+}
+
+/// The instant entries count their start from.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// `at` in microseconds from [`EPOCH`].
+fn micros_from_epoch(at: Instant) -> i64 {
+    let epoch = *EPOCH;
+    match at.checked_duration_since(epoch) {
+        Some(after) => after.as_micros() as i64,
+        None => -(epoch.saturating_duration_since(at).as_micros() as i64),
+    }
 }
 
 impl ConnInfo {
     /// When the connection was accepted.
     pub(crate) fn started(&self) -> Instant {
-        self.started
+        let micros = Duration::from_micros(self.started_us.unsigned_abs());
+        if self.started_us >= 0 {
+            *EPOCH + micros
+        } else {
+            *EPOCH - micros
+        }
+    }
+
+    /// The client's address (the one a PROXY protocol header named, behind a load balancer).
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.addresses.peer()
+    }
+
+    /// The server's address the client connected to.
+    pub(crate) fn local(&self) -> SocketAddr {
+        self.addresses.local()
     }
 
     /// What the entry keeps when the connection moves to another process, as of `now`.
@@ -72,8 +108,8 @@ impl ConnInfo {
     pub(crate) fn carried(&self, now: Instant) -> super::Carried {
         super::Carried {
             id: self.id,
-            peer: self.peer,
-            local: self.local,
+            peer: self.peer(),
+            local: self.local(),
             age_ms: self.since_start(now),
             last_in_ms: self.last_in_ms.load(Ordering::Relaxed),
             last_out_ms: self.last_out_ms.load(Ordering::Relaxed),
@@ -90,15 +126,14 @@ impl ConnInfo {
     pub(super) fn new(id: u64, peer: SocketAddr, local: SocketAddr, started: Instant) -> ConnInfo {
         ConnInfo {
             id,
-            peer,
-            local,
-            started,
+            started_us: micros_from_epoch(started),
             last_in_ms: AtomicU64::new(0),
             last_out_ms: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             items: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
+            control: AtomicWaker::new(),
+            errors: AtomicU32::new(0),
             closing: FirstReason::default(),
             named: AtomicBool::new(false),
             buffered: AtomicU32::new(0),
@@ -107,7 +142,7 @@ impl ConnInfo {
             keepalive_first_idle_s: AtomicU16::new(0),
             fd: AtomicI32::new(-1),
             goaway_ds: AtomicU16::new(0),
-            control: AtomicWaker::new(),
+            addresses: Addresses::new(peer, local),
         }
     }
 
@@ -125,14 +160,14 @@ impl ConnInfo {
             bytes_in: AtomicU64::new(carried.bytes_in),
             bytes_out: AtomicU64::new(carried.bytes_out),
             items: AtomicU64::new(carried.items),
-            errors: AtomicU64::new(carried.errors),
+            errors: AtomicU32::new(carried.errors.min(u32::MAX.into()) as u32),
             keepalive_first_idle_s: AtomicU16::new(carried.keepalive_first_idle_s),
             ..ConnInfo::new(carried.id, carried.peer, carried.local, started)
         }
     }
 
     fn since_start(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.started).as_millis() as u64
+        at.saturating_duration_since(self.started()).as_millis() as u64
     }
 
     /// Records `n` bytes received at `at`.
@@ -156,7 +191,10 @@ impl ConnInfo {
 
     /// Counts one refused item.
     pub(crate) fn error(&self) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
+        // One writer (the connection's task): a load first keeps the count from wrapping.
+        if self.errors.load(Ordering::Relaxed) != u32::MAX {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Records the heartbeat's state: whether it applies, and the pings sent since the peer
@@ -235,8 +273,8 @@ impl ConnInfo {
         let ago = |stamp: &AtomicU64| since(age, stamp);
         ConnSnapshot {
             id: self.id,
-            peer: self.peer,
-            local: self.local,
+            peer: self.peer(),
+            local: self.local(),
             started_at: wall - age,
             age,
             last_in_ago: ago(&self.last_in_ms),
@@ -244,7 +282,7 @@ impl ConnInfo {
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             items: self.items.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
+            errors: self.errors(),
             heartbeat: self.heartbeat.load(Ordering::Relaxed),
             pings_outstanding: self.pings_outstanding.load(Ordering::Relaxed),
             buffered: self.buffered(),
@@ -254,7 +292,7 @@ impl ConnInfo {
 
     /// Time since accept, as of `now`.
     pub(crate) fn age_at(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.started)
+        now.saturating_duration_since(self.started())
     }
 
     /// Time since the last byte received (or since accept), as of `now`.
@@ -279,7 +317,7 @@ impl ConnInfo {
 
     /// Items refused.
     pub(crate) fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
+        self.errors.load(Ordering::Relaxed).into()
     }
 
     /// The shortened first keep-alive idle the socket was given, until it is put back.
@@ -307,12 +345,49 @@ fn since(age: Duration, stamp: &AtomicU64) -> Duration {
 mod tests {
     use super::ConnInfo;
 
-    /// Every connection holds one entry, in an `Arc` (16 bytes more): 176 bytes make 192, a
-    /// jemalloc size class; one byte more takes the next class, 224 (`bench/idle_memory.sh`).
+    /// Every connection holds one entry, in a `triomphe::Arc` (8 bytes more): 120 bytes make
+    /// 128, a jemalloc size class; one byte more takes the next class, 160
+    /// (`bench/idle_memory.sh`).
     #[test]
     fn a_connection_entry_stays_within_its_allocation_class() {
         let size = std::mem::size_of::<ConnInfo>();
         eprintln!("ConnInfo: {size} bytes");
-        assert!(size <= 176, "ConnInfo is {size} bytes");
+        assert!(size <= 120, "ConnInfo is {size} bytes");
+        let shared = super::SharedInfo::new(ConnInfo::new(
+            1,
+            "10.0.0.1:1".parse().unwrap(),
+            "10.0.0.2:2".parse().unwrap(),
+            std::time::Instant::now(),
+        ));
+        // The count sits in the same allocation, before the entry.
+        let offset = (std::ptr::from_ref::<ConnInfo>(&shared) as usize)
+            - (triomphe::Arc::heap_ptr(&shared) as usize);
+        assert!(
+            offset + size <= 128,
+            "the shared entry takes {} bytes",
+            offset + size
+        );
+    }
+
+    /// A connection handed over by an upgrade started before this process did.
+    #[test]
+    fn a_start_before_the_process_reads_back() {
+        let now = std::time::Instant::now();
+        for ago in [0, 1, 3_600_000_000u64] {
+            let Some(started) = now.checked_sub(std::time::Duration::from_micros(ago)) else {
+                continue;
+            };
+            let info = ConnInfo::new(
+                1,
+                "10.0.0.1:1".parse().unwrap(),
+                "10.0.0.2:2".parse().unwrap(),
+                started,
+            );
+            let error = info.started().max(started) - info.started().min(started);
+            assert!(
+                error < std::time::Duration::from_micros(1),
+                "{ago}: off by {error:?}"
+            );
+        }
     }
 }

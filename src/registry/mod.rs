@@ -16,10 +16,11 @@
 //! here, mostly cache misses on the socket's kernel structures).
 //!
 //! Here are the map, by id and by [`Source`], and what is asked of it. The rest is apart:
-//! `entry` (one connection's counters), `guard` (the entry's removal and close), `closes` (what
+//! `entry` (one connection's counters), `address` (its two addresses, packed), `guard` (the entry's removal and close), `closes` (what
 //! a close leaves: history, events, counters), `tcp_info` (descriptors read under the lock) and
 //! `views` (the copies handed out).
 
+mod address;
 mod closes;
 mod entry;
 pub mod flapping;
@@ -28,11 +29,12 @@ mod identities;
 mod tcp_info;
 mod views;
 
+use std::borrow::Borrow;
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -41,7 +43,7 @@ use crate::close_reason::CloseReason;
 
 pub use closes::ClosedConn;
 use closes::Closes;
-pub(crate) use entry::ConnInfo;
+pub(crate) use entry::{ConnInfo, SharedInfo};
 pub(crate) use guard::ConnGuard;
 use identities::Identities;
 pub(crate) use identities::{Arrival, Claim};
@@ -90,49 +92,108 @@ impl fmt::Display for Source {
 /// a source's limit is checked and taken at once.
 #[derive(Debug, Default)]
 struct Conns {
-    by_id: HashMap<u64, Arc<ConnInfo>>,
-    /// Sources with at least one live connection.
+    by_id: HashSet<ById>,
+    /// Sources with at least one live connection, counted only while a per-source limit is in
+    /// force (`max_connections_per_ip`): where every peer has its address of its own, the
+    /// counts cost about 55 bytes a connection, which a server without the limit does not pay.
     by_source: HashMap<Source, u32>,
+    /// True while `by_source` counts every live connection.
+    counting: bool,
 }
 
-impl Deref for Conns {
-    type Target = HashMap<u64, Arc<ConnInfo>>;
+/// An entry in the set of live connections, found by its id: the set holds the entry alone, 8
+/// bytes a slot where a map from id to entry takes 16 (the set is paid per connection, and
+/// grows by doubling: about 20 bytes a connection rather than 37 at 15,000).
+#[derive(Debug)]
+struct ById(SharedInfo);
 
-    fn deref(&self) -> &Self::Target {
-        &self.by_id
+impl PartialEq for ById {
+    fn eq(&self, other: &ById) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state);
+    }
+}
+
+impl Borrow<u64> for ById {
+    fn borrow(&self) -> &u64 {
+        &self.0.id
     }
 }
 
 impl Conns {
     /// Adds `info` unless its id is live already (an adopted entry keeps the id it had) or its
     /// source already has `per_source` live connections.
-    fn add(&mut self, info: &Arc<ConnInfo>, per_source: Option<usize>) -> bool {
-        let Entry::Vacant(slot) = self.by_id.entry(info.id) else {
+    fn add(&mut self, info: &SharedInfo, per_source: Option<usize>) -> bool {
+        if self.by_id.contains(&info.id) {
             return false;
-        };
+        }
+        if per_source.is_none() {
+            if self.counting {
+                // The limit is off (a reload): the counts go, with their memory.
+                self.by_source = HashMap::new();
+                self.counting = false;
+            }
+            self.by_id.insert(ById(SharedInfo::clone(info)));
+            return true;
+        }
+        if !self.counting {
+            // The limit is on (at start, or a reload turned it on): count who is live now.
+            for entry in &self.by_id {
+                *self
+                    .by_source
+                    .entry(Source::of(entry.0.peer().ip()))
+                    .or_default() += 1;
+            }
+            self.counting = true;
+        }
         let count = self
             .by_source
-            .entry(Source::of(info.peer.ip()))
+            .entry(Source::of(info.peer().ip()))
             .or_default();
         // At the limit the count is at least 1, so no empty entry stays behind.
         if per_source.is_some_and(|limit| *count as usize >= limit) {
             return false;
         }
         *count += 1;
-        slot.insert(Arc::clone(info));
+        self.by_id.insert(ById(SharedInfo::clone(info)));
         true
     }
 
     fn remove(&mut self, info: &ConnInfo) {
-        if self.by_id.remove(&info.id).is_none() {
+        if !self.by_id.remove(&info.id) || !self.counting {
             return;
         }
-        if let Entry::Occupied(mut entry) = self.by_source.entry(Source::of(info.peer.ip())) {
+        if let Entry::Occupied(mut entry) = self.by_source.entry(Source::of(info.peer().ip())) {
             *entry.get_mut() -= 1;
             if *entry.get() == 0 {
                 entry.remove();
             }
         }
+    }
+
+    /// The live connection `id`.
+    fn get(&self, id: &u64) -> Option<&SharedInfo> {
+        self.by_id.get(id).map(|entry| &entry.0)
+    }
+
+    fn contains_key(&self, id: &u64) -> bool {
+        self.by_id.contains(id)
+    }
+
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Every live connection, in no order.
+    fn values(&self) -> impl Iterator<Item = &SharedInfo> {
+        self.by_id.iter().map(|entry| &entry.0)
     }
 }
 
@@ -249,7 +310,7 @@ impl Registry {
 
     /// Puts `info` in the map (see [`Conns::add`]) and counts it opened.
     fn register(&self, info: ConnInfo, per_source: Option<usize>) -> Option<ConnGuard> {
-        let info = Arc::new(info);
+        let info = SharedInfo::new(info);
         if !self.conns_mut().add(&info, per_source) {
             return None;
         }
@@ -340,13 +401,13 @@ impl Registry {
     }
 
     /// Every live entry, in no order. The lock is held only to clone the handles.
-    pub(crate) fn entries(&self) -> Vec<Arc<ConnInfo>> {
+    pub(crate) fn entries(&self) -> Vec<SharedInfo> {
         self.conns().values().cloned().collect()
     }
 
     /// The live entries for which `keep` holds: only those are collected, so a look for a few
     /// among many costs no list of all of them.
-    pub(crate) fn entries_where(&self, keep: impl Fn(&ConnInfo) -> bool) -> Vec<Arc<ConnInfo>> {
+    pub(crate) fn entries_where(&self, keep: impl Fn(&ConnInfo) -> bool) -> Vec<SharedInfo> {
         self.conns()
             .values()
             .filter(|entry| keep(entry))
@@ -399,8 +460,8 @@ impl Registry {
     /// The live connections not already leaving (closing, or with a `goaway` asked for and not
     /// yet sent), and `fraction` of them (rounded to the nearest), oldest first: those a paced
     /// drain moves ([`crate::rebalance`]).
-    pub(crate) fn oldest_staying(&self, fraction: f64) -> (usize, Vec<Arc<ConnInfo>>) {
-        let mut staying: Vec<Arc<ConnInfo>> = self
+    pub(crate) fn oldest_staying(&self, fraction: f64) -> (usize, Vec<SharedInfo>) {
+        let mut staying: Vec<SharedInfo> = self
             .conns()
             .values()
             .filter(|info| info.closing_reason().is_none() && !info.goaway_asked())
@@ -428,7 +489,7 @@ impl Registry {
         if excess == 0 {
             return relief;
         }
-        let mut holders: Vec<(u32, &Arc<ConnInfo>)> = conns
+        let mut holders: Vec<(u32, &SharedInfo)> = conns
             .values()
             .filter(|info| info.buffered() > 0 && info.closing_reason().is_none())
             .map(|info| (info.buffered(), info))
@@ -442,7 +503,7 @@ impl Registry {
                 excess = excess.saturating_sub(held as usize);
                 relief.closed += 1;
                 relief.bytes += held as usize;
-                tracing::debug!(conn_id = info.id, peer = %info.peer, buffered = held, "closing under memory pressure");
+                tracing::debug!(conn_id = info.id, peer = %info.peer(), buffered = held, "closing under memory pressure");
             }
         }
         relief
@@ -451,7 +512,7 @@ impl Registry {
     /// Wakes every live connection's task, so that each looks at a flag just changed (the
     /// server's shutdown stage).
     pub(crate) fn wake_all(&self) {
-        let infos: Vec<Arc<ConnInfo>> = self.conns().values().cloned().collect();
+        let infos: Vec<SharedInfo> = self.conns().values().cloned().collect();
         for info in infos {
             info.control.wake();
         }
@@ -573,6 +634,33 @@ mod tests {
         assert_eq!(registry.opened_total(), 4);
     }
 
+    /// Sources are counted only under a limit: one turned on by a reload counts the connections
+    /// live then, and one turned off lets the counts go.
+    #[test]
+    fn a_limit_turned_on_counts_the_connections_already_live() {
+        let registry = Registry::new();
+        let from = |host: u8, port: u16| SocketAddr::from(([192, 0, 2, host], port));
+        let unlimited: Vec<_> = (1..=3)
+            .map(|port| registry.insert_within(from(1, port), addr(7000), None))
+            .collect();
+        assert!(unlimited.iter().all(Option::is_some));
+        assert!(registry.conns().by_source.is_empty());
+        assert!(registry
+            .insert_within(from(1, 4), addr(7000), Some(3))
+            .is_none());
+        let other = registry.insert_within(from(2, 1), addr(7000), Some(3));
+        assert!(other.is_some());
+        drop(unlimited);
+        let again = registry.insert_within(from(1, 5), addr(7000), Some(3));
+        assert!(again.is_some());
+        assert_eq!(registry.conns().by_source.len(), 2);
+        let off = registry.insert_within(from(1, 6), addr(7000), None);
+        assert!(off.is_some());
+        assert!(registry.conns().by_source.is_empty());
+        drop((other, again, off));
+        assert!(registry.is_empty());
+    }
+
     #[test]
     fn a_carried_entry_is_adopted_with_its_id_age_and_counters_and_ids_go_on_above_it() {
         let old = Registry::new();
@@ -598,7 +686,7 @@ mod tests {
         let adopted = new.adopt(&carried).expect("a free id");
         let info = adopted.info();
         assert_eq!(
-            (info.id, info.peer, info.local),
+            (info.id, info.peer(), info.local()),
             (3, carried.peer, carried.local)
         );
         assert_eq!(

@@ -6,12 +6,11 @@
 //! the read lock.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[cfg(doc)]
 use super::ConnGuard;
-use super::{ConnInfo, Registry};
+use super::{ConnInfo, Registry, SharedInfo};
 use crate::close_reason::CloseReason;
 #[cfg(doc)]
 use crate::metrics::Metrics;
@@ -29,7 +28,7 @@ impl Registry {
     /// meanwhile has `None`. A system call per connection, spread over up to
     /// [`TCP_INFO_THREADS`] threads for long lists: call it off the runtime's worker threads
     /// (`spawn_blocking`).
-    pub(crate) fn tcp_info_of(&self, entries: &[Arc<ConnInfo>]) -> Vec<Option<TcpInfo>> {
+    pub(crate) fn tcp_info_of(&self, entries: &[SharedInfo]) -> Vec<Option<TcpInfo>> {
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(TCP_INFO_THREADS)
@@ -55,7 +54,7 @@ impl Registry {
     }
 
     /// [`Registry::tcp_info_of`] on the calling thread, a read lock per chunk of entries.
-    fn tcp_info_serial(&self, entries: &[Arc<ConnInfo>]) -> Vec<Option<TcpInfo>> {
+    fn tcp_info_serial(&self, entries: &[SharedInfo]) -> Vec<Option<TcpInfo>> {
         let mut out = Vec::with_capacity(entries.len());
         for chunk in entries.chunks(TCP_INFO_CHUNK) {
             let _held = self.conns();
@@ -69,7 +68,7 @@ impl Registry {
     /// Linux only (elsewhere the registry keeps no descriptor).
     pub(crate) fn with_sockets(
         &self,
-        entries: &[Arc<ConnInfo>],
+        entries: &[SharedInfo],
         mut f: impl FnMut(&ConnInfo, socket2::SockRef<'_>),
     ) {
         for chunk in entries.chunks(TCP_INFO_CHUNK) {

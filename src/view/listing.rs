@@ -5,14 +5,13 @@
 //! than a filter silently not applied.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
 
 use super::{Closed, Connection, Page};
 use crate::close_reason::CloseReason;
-use crate::registry::{ConnInfo, Registry};
+use crate::registry::{ConnInfo, Registry, SharedInfo};
 use crate::sockopt::TcpInfo;
 
 /// Entries per page when `limit` is not given.
@@ -267,7 +266,7 @@ impl ConnQuery {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut entries = registry.entries();
         entries.retain(|entry| {
-            self.peer.is_none_or(|p| p.matches(entry.peer))
+            self.peer.is_none_or(|p| p.matches(entry.peer()))
                 && self.min_idle.is_none_or(|min| entry.idle_in_at(now) >= min)
         });
         let reads_all = self.sort.needs_tcp_info() || self.state.is_some();
@@ -296,8 +295,10 @@ impl ConnQuery {
             .take(self.paging.limit)
             .map(|&(_, _, i)| i)
             .collect();
-        let page_entries: Vec<Arc<ConnInfo>> =
-            page.iter().map(|&i| Arc::clone(&entries[i])).collect();
+        let page_entries: Vec<SharedInfo> = page
+            .iter()
+            .map(|&i| SharedInfo::clone(&entries[i]))
+            .collect();
         let page_tcp = match tcp {
             Some(mut all) => page.iter().map(|&i| all[i].take()).collect(),
             None => registry.tcp_info_of(&page_entries),

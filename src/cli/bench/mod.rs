@@ -51,10 +51,12 @@ struct Target {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000")]
     to: SocketAddr,
     /// Source addresses to spread connections over (--source-base, then the next ones), so
-    /// that source ports never run out; 0 lets the kernel choose.
+    /// that source ports never run out, or to load the server from as many peers as a fleet
+    /// has (its per-address accounting); 0 lets the kernel choose.
     #[arg(long, value_name = "N", default_value_t = 0)]
-    sources: u8,
-    /// First source address for --sources; the last octet is incremented.
+    sources: u16,
+    /// First source address for --sources; the next ones follow it (127.0.0.255, then
+    /// 127.0.1.0, ...).
     #[arg(long, value_name = "IPV4", default_value = "127.0.0.2")]
     source_base: Ipv4Addr,
     /// Print one JSON object instead of text.
@@ -99,9 +101,9 @@ impl Target {
         if self.sources == 0 || !self.to.is_ipv4() {
             return None;
         }
-        let [a, b, c, d] = self.source_base.octets();
-        let host = d.wrapping_add((n % u64::from(self.sources)) as u8);
-        Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, host)), 0))
+        let base = u32::from(self.source_base);
+        let host = base.wrapping_add((n % u64::from(self.sources)) as u32);
+        Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(host)), 0))
     }
 
     /// The TLS connector, when --tls-ca was given.

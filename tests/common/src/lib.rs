@@ -45,6 +45,7 @@ pub struct TestServer {
     pub reloader: connwarden::Reloader,
     pub records: Option<mpsc::Receiver<Record>>,
     pub queue: connwarden::queue::Monitor<Record>,
+    pub metrics: std::sync::Arc<connwarden::metrics::Metrics>,
     closes: broadcast::Receiver<ClosedConn>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<ShutdownReport>>,
@@ -86,6 +87,7 @@ impl TestServer {
         let reloader = server.reloader();
         let closes = registry.subscribe();
         let queue = server.queue();
+        let metrics = server.metrics();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -101,6 +103,7 @@ impl TestServer {
             reloader,
             records: None,
             queue,
+            metrics,
             closes,
             stop: Some(stop),
             task: Some(task),
