@@ -10,6 +10,7 @@
 #        OUT  (bench/results/idle-memory-<time>)  logs and the CSV
 #        SOURCES (8)  distinct source addresses of the idle connections (127.0.0.2 on); past 8
 #                     the load is `connwarden bench idle` (go-seed's stops at 255)
+#        SERVE_ARGS ("")  more flags for every connwarden serve measured
 #        SETTLE (7)  seconds between the last connection and the reading: past park_after (5 s)
 #        CW_BEFORE (unset)  a connwarden binary from an earlier commit: measured too, in the same
 #                           runs, for the budget check "memory per idle connection must not grow"
@@ -91,13 +92,13 @@ log "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $
 echo "server,run,bytes_per_conn" > "$OUT/idle-memory.csv"
 for run in $(seq 1 "$RUNS"); do
   per=$(measure "connwarden-$run" env RUST_LOG=warn "$ROOT/target/release/connwarden" serve \
-    --listen "127.0.0.1:$PORT" --sink file:/dev/null --max-connections $((N + 1000)))
+    --listen "127.0.0.1:$PORT" --sink file:/dev/null --max-connections $((N + 1000)) ${SERVE_ARGS:-})
   echo "connwarden,$run,$per" >> "$OUT/idle-memory.csv"
   per=$(measure "go-seed-$run" "$BIN/seed-server" -listen "127.0.0.1:$PORT" -keepalive-period 45s -stats-every 0 -log-conns=false)
   echo "go-seed,$run,$per" >> "$OUT/idle-memory.csv"
   while read -r name path; do
     per=$(measure "$name-$run" env RUST_LOG=warn "$path" serve \
-      --listen "127.0.0.1:$PORT" --sink file:/dev/null --max-connections $((N + 1000)) </dev/null)
+      --listen "127.0.0.1:$PORT" --sink file:/dev/null --max-connections $((N + 1000)) ${SERVE_ARGS:-} </dev/null)
     echo "$name,$run,$per" >> "$OUT/idle-memory.csv"
   done < <(others)
   for example in ${CW_EXAMPLES:-}; do

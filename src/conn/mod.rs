@@ -1029,12 +1029,12 @@ impl Connection {
 
     /// `at` as microseconds since accept.
     fn stamp(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.started()).as_micros() as u64
+        self.info.micros_since_start(at.into_std())
     }
 
     /// `at` as milliseconds since accept, modulo 2³² ([`Connection::frame_started`]).
     fn millis_since_accept(&self, at: Instant) -> u32 {
-        at.saturating_duration_since(self.started()).as_millis() as u32
+        (self.stamp(at) / 1000) as u32
     }
 
     /// Time since the pending object began (meaningful while the decoder is mid-frame).

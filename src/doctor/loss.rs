@@ -92,7 +92,7 @@ pub async fn measure_loss(
     };
     let (ka, user_timeout) = (config.keepalive, config.effective_user_timeout());
     let mut servers = JoinSet::new();
-    let (addr, mut closes, registry) = start_server(&lab, config, 7010, &mut servers).await?;
+    let (addr, mut closes, registry, _) = start_server(&lab, config, 7010, &mut servers).await?;
     let peers = plan.peers;
     let clients: Vec<TcpStream> = Lab::in_ns(&lab.client_ns, move || {
         let connect = || TcpStream::connect_timeout(&addr, Duration::from_secs(5));

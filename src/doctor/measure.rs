@@ -23,7 +23,10 @@ use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use std::sync::Arc;
+
 use crate::config::{Config, HeartbeatMode};
+use crate::metrics::Metrics;
 use crate::registry::ClosedConn;
 use crate::sink::ChannelSink;
 use crate::{CloseReason, Server};
@@ -247,7 +250,22 @@ pub async fn measure(
 
     // Phase 2, link down: an idle dead peer, and one with data in flight.
     let idle = idle_dead_peer(&lab, &base, &mut servers, 7003).await?;
-    let unacked = unacked_dead_peer(&lab, &base, &mut servers, 7004).await?;
+    let mut unacked = unacked_dead_peer(&lab, &base, &mut servers, 7004).await?;
+    // Idle connections park after `park_after`, as in production: the link goes down once
+    // both have (or once they had the time to), so that the bounds measured are theirs.
+    let mut idle = idle;
+    if let Some(after) = base.park_after {
+        let parked = |p: &Pending| p.metrics.parked_connections() == 1;
+        let until = Instant::now() + after + Duration::from_secs(2);
+        while !(parked(&idle) && parked(&unacked)) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for pending in [&mut idle, &mut unacked] {
+            if parked(pending) {
+                pending.how.push_str(" (parked)");
+            }
+        }
+    }
     lab.client_link(false)?;
     let down_at = Instant::now();
     let (idle, unacked) = tokio::join!(
@@ -267,8 +285,8 @@ pub async fn measure(
     })
 }
 
-/// A server in the lab's server namespace, the close events of its connections, and its
-/// registry.
+/// A server in the lab's server namespace, the close events of its connections, its registry
+/// and its metrics.
 pub(super) async fn start_server(
     lab: &Lab,
     config: Config,
@@ -279,6 +297,7 @@ pub(super) async fn start_server(
         SocketAddr,
         broadcast::Receiver<ClosedConn>,
         crate::registry::Registry,
+        Arc<Metrics>,
     ),
     MeasureError,
 > {
@@ -309,12 +328,13 @@ pub(super) async fn start_server(
         .map_err(|e| run_error(format!("server: {e}")))?;
     let closes = server.registry().subscribe();
     let registry = server.registry();
+    let metrics = server.metrics();
     servers.spawn(async move {
         let drain = tokio::spawn(async move { while records.recv().await.is_some() {} });
         let _ = server.run(vec![listener], std::future::pending()).await;
         drain.abort();
     });
-    Ok((addr, closes, registry))
+    Ok((addr, closes, registry, metrics))
 }
 
 /// A raw client connection from the client namespace.
@@ -333,6 +353,8 @@ struct Pending {
     closes: broadcast::Receiver<ClosedConn>,
     /// Held open until the server closes.
     _client: Option<TcpStream>,
+    /// The server's, to see its connection parked.
+    metrics: Arc<Metrics>,
 }
 
 impl Pending {
@@ -398,7 +420,7 @@ async fn idle_dead_peer(
         ..base.clone()
     };
     let ka = config.keepalive;
-    let (addr, closes, _) = start_server(lab, config, port, servers).await?;
+    let (addr, closes, _, metrics) = start_server(lab, config, port, servers).await?;
     let client = connect(lab, addr)?;
     Ok(Pending {
         failure: "idle_dead_peer",
@@ -407,6 +429,7 @@ async fn idle_dead_peer(
         expected: vec!["keepalive_timeout"],
         closes,
         _client: Some(client),
+        metrics,
     })
 }
 
@@ -433,7 +456,7 @@ async fn unacked_dead_peer(
     if config.keepalive.idle <= interval {
         expected.push("keepalive_timeout");
     }
-    let (addr, closes, _) = start_server(lab, config, port, servers).await?;
+    let (addr, closes, _, metrics) = start_server(lab, config, port, servers).await?;
     let client = connect(lab, addr)?;
     Ok(Pending {
         failure: "dead_peer_with_unacked_data",
@@ -445,6 +468,7 @@ async fn unacked_dead_peer(
         expected,
         closes,
         _client: Some(client),
+        metrics,
     })
 }
 
@@ -466,7 +490,7 @@ async fn frozen_peer(
         ..base.clone()
     };
     let bound = config.heartbeat_interval * config.heartbeat_misses;
-    let (addr, closes, _) = start_server(lab, config, port, servers).await?;
+    let (addr, closes, _, metrics) = start_server(lab, config, port, servers).await?;
     let mut client = connect(lab, addr)?;
     client
         .write_all(b"{\"type\":\"hello\",\"client\":\"connwarden-doctor\"}\n")
@@ -479,6 +503,7 @@ async fn frozen_peer(
         expected: vec!["heartbeat_timeout"],
         closes,
         _client: Some(client),
+        metrics,
     };
     Ok(Box::pin(pending.wait(since, tolerance)))
 }
@@ -491,7 +516,7 @@ async fn killed_peer(
     binary: &std::path::Path,
     port: u16,
 ) -> Result<MeasureFuture, MeasureError> {
-    let (addr, closes, _) = start_server(lab, base.clone(), port, servers).await?;
+    let (addr, closes, _, metrics) = start_server(lab, base.clone(), port, servers).await?;
     let mut child = tokio::process::Command::new("ip")
         .args(["netns", "exec", &lab.client_ns])
         .arg(binary)
@@ -530,6 +555,7 @@ async fn killed_peer(
         expected: vec!["peer_closed", "reset"],
         closes,
         _client: None,
+        metrics,
     };
     Ok(Box::pin(async move {
         let measurement = pending.wait(since, tolerance).await;

@@ -167,7 +167,13 @@ impl ConnInfo {
     }
 
     fn since_start(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.started()).as_millis() as u64
+        self.micros_since_start(at) / 1000
+    }
+
+    /// Microseconds from accept to `at` (0 before it): one subtraction from the epoch's
+    /// distance, which every read and write stamps.
+    pub(crate) fn micros_since_start(&self, at: Instant) -> u64 {
+        (micros_from_epoch(at) - self.started_us).max(0) as u64
     }
 
     /// Records `n` bytes received at `at`.
