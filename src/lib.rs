@@ -14,7 +14,7 @@
 //! | `schedule` | the liveness schedule any protocol's connection asks at each turn: deadlines passed, pings due, the next deadline |
 //! | `phase` | keep-alive phases: connections accepted together do not probe together |
 //! | `storm` | probe storms noticed: keep-alive closes in a burst while the kernel drops received packets |
-//! | [`registry`] | live and recently closed connections; a guard that removes the entry and records the close (the entry, the guard, the closes, `TCP_INFO` and the copies handed out each in a file of `registry/`) |
+//! | [`registry`] | live and recently closed connections; a guard that removes the entry and records the close (the entry, its packed addresses, the guard, the closes, `TCP_INFO` and the copies handed out each in a file of `registry/`) |
 //! | [`metrics`] | Prometheus metrics: detection delay by close reason, items, queue, sink |
 //! | [`close_reason`] | the closed set of reasons a connection ends |
 //! | [`queue`] | the bounded queue and its overflow policy |

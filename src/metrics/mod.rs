@@ -145,9 +145,13 @@ pub struct Metrics {
     buffered_limit: Gauge,
     /// Connections a paced drain chose and has not told yet.
     drain_pending: Gauge,
+    /// Idle connections parked now and parks so far: 0 where connections do not park (only
+    /// on Linux).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     parked: Gauge,
     /// The same count as `parked`, for [`Metrics::parked_connections`].
     parked_now: std::sync::atomic::AtomicU64,
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     parks: Counter,
     drain_goaways: Counter,
     scraped: ScrapeTime,
@@ -348,6 +352,7 @@ impl Metrics {
     }
 
     /// A connection parked outside its task (`true`), or woke up (`false`).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn parked(&self, parked: bool) {
         use std::sync::atomic::Ordering::Relaxed;
         match parked {
