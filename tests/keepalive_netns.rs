@@ -36,12 +36,37 @@ async fn cut_link_and_expect(
     println!("{transport}: {reason} detected {detected:?} after link down (bound {bound:?})");
 }
 
-#[tokio::test]
-async fn idle_dead_peer_closes_as_keepalive_timeout_within_bound() {
-    let Some(net) = NetnsPair::create("idle_dead_peer_closes_as_keepalive_timeout_within_bound")
-    else {
-        return;
-    };
+/// `park_after` of the tests whose connections park before their link goes down.
+const PARK_AFTER: Duration = Duration::from_millis(500);
+
+/// Waits until `server` holds `n` parked connections (`park_after`).
+async fn wait_parked(server: &TestServer, n: u64) {
+    let metrics = std::sync::Arc::clone(&server.metrics);
+    common::wait_until(common::PROMPT, || metrics.parked_connections() == n).await;
+}
+
+/// Once the server's one connection parked (when `parked`), takes the client's link down and
+/// expects the close `reason` within `bound` (watching `grace` more), the entry gone and no
+/// connection left parked.
+async fn cut_once_parked(
+    net: &NetnsPair,
+    server: &TestServer,
+    closes: &mut tokio::sync::broadcast::Receiver<connwarden::registry::ClosedConn>,
+    (reason, bound, grace): (CloseReason, Duration, Duration),
+    parked: bool,
+) {
+    if parked {
+        wait_parked(server, 1).await;
+    }
+    let transport = if parked { "parked" } else { "plain" };
+    cut_link_and_expect(net, closes, reason, bound, grace, transport).await;
+    assert!(server.registry.is_empty());
+    assert_eq!(server.metrics.parked_connections(), 0);
+}
+
+/// An idle client (no heartbeat, so only keep-alive can notice) whose link goes down is closed
+/// as `keepalive_timeout` within the keep-alive bound; `parked`: once its connection parked.
+async fn idle_dead_peer_closes_as_keepalive_timeout(net: &NetnsPair, port: u16, parked: bool) {
     let mut config = test_config();
     config.keepalive = Keepalive {
         idle: Duration::from_secs(2),
@@ -49,28 +74,67 @@ async fn idle_dead_peer_closes_as_keepalive_timeout_within_bound() {
         count: 3,
     };
     config.heartbeat = HeartbeatMode::Off;
+    if parked {
+        config.park_after = Some(PARK_AFTER);
+    }
     let bound = config.keepalive.bound() + SLACK;
     let (sink, mut records) = ChannelSink::new(16);
-    let server = TestServer::start_on(config, sink, net.server_listener(7000)).await;
+    let server = TestServer::start_on(config, sink, net.server_listener(port)).await;
     let mut closes = server.registry.subscribe();
-    let mut client = Client::from_stream(net.client_connect(7000));
+    let mut client = Client::from_stream(net.client_connect(port));
     client.send(b"{\"ip\":\"10.231.0.2\"}\n").await;
     tokio::time::timeout(common::PROMPT, records.recv())
         .await
         .unwrap()
         .unwrap();
-
-    cut_link_and_expect(
-        &net,
-        &mut closes,
-        CloseReason::KeepaliveTimeout,
-        bound,
-        Duration::from_secs(10),
-        "plain",
-    )
-    .await;
-    assert!(server.registry.is_empty());
+    let reason = CloseReason::KeepaliveTimeout;
+    let grace = Duration::from_secs(10);
+    cut_once_parked(net, &server, &mut closes, (reason, bound, grace), parked).await;
     server.shutdown().await;
+}
+
+/// A client that said `hello`, whose link goes down: the heartbeat's ping stays
+/// unacknowledged and the user timeout closes it within the ping's interval + the user timeout
+/// (the heartbeat itself allows far more misses); `parked`: once its connection parked, so that
+/// the ping is what wakes it.
+async fn stuck_dead_peer_closes_as_user_timeout(net: &NetnsPair, port: u16, parked: bool) {
+    let mut config = test_config();
+    // Keep-alive far away: with data in flight it would not run anyway; the user timeout must.
+    config.keepalive = Keepalive {
+        idle: Duration::from_secs(30),
+        interval: Duration::from_secs(3),
+        count: 3,
+    };
+    let user_timeout = Duration::from_secs(3);
+    config.user_timeout = UserTimeout::Fixed(user_timeout);
+    // The server has something to send to the dead peer: a ping after each interval of
+    // silence (past `park_after` when the connection parks first).
+    config.heartbeat = HeartbeatMode::Required;
+    config.heartbeat_interval = Duration::from_secs(if parked { 2 } else { 1 });
+    config.heartbeat_misses = 60;
+    if parked {
+        config.park_after = Some(PARK_AFTER);
+    }
+    let bound = config.heartbeat_interval + user_timeout + SLACK;
+    let (sink, _records) = ChannelSink::new(16);
+    let server = TestServer::start_on(config, sink, net.server_listener(port)).await;
+    let mut closes = server.registry.subscribe();
+    let mut client = Client::from_stream(net.client_connect(port));
+    client.send(b"{\"type\":\"hello\"}\n").await;
+    assert_eq!(client.line().await["type"], "hello");
+    let reason = CloseReason::UserTimeout;
+    let grace = Duration::from_secs(20);
+    cut_once_parked(net, &server, &mut closes, (reason, bound, grace), parked).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_dead_peer_closes_as_keepalive_timeout_within_bound() {
+    let Some(net) = NetnsPair::create("idle_dead_peer_closes_as_keepalive_timeout_within_bound")
+    else {
+        return;
+    };
+    idle_dead_peer_closes_as_keepalive_timeout(&net, 7000, false).await;
 }
 
 #[tokio::test]
@@ -80,38 +144,7 @@ async fn dead_peer_with_unacknowledged_data_closes_as_user_timeout_within_bound(
     else {
         return;
     };
-    let mut config = test_config();
-    // Keep-alive far away: with data in flight it would not run anyway; the user timeout must.
-    config.keepalive = Keepalive {
-        idle: Duration::from_secs(30),
-        interval: Duration::from_secs(3),
-        count: 3,
-    };
-    config.user_timeout = UserTimeout::Fixed(Duration::from_secs(3));
-    // The server has something to send to the dead peer: a ping after each second of silence.
-    config.heartbeat = HeartbeatMode::Required;
-    config.heartbeat_interval = Duration::from_secs(1);
-    config.heartbeat_misses = 60;
-    let user_timeout = Duration::from_secs(3);
-    let bound = config.heartbeat_interval + user_timeout + SLACK;
-    let (sink, _records) = ChannelSink::new(16);
-    let server = TestServer::start_on(config, sink, net.server_listener(7001)).await;
-    let mut closes = server.registry.subscribe();
-    let mut client = Client::from_stream(net.client_connect(7001));
-    client.send(b"{\"type\":\"hello\"}\n").await;
-    assert_eq!(client.line().await["type"], "hello");
-
-    cut_link_and_expect(
-        &net,
-        &mut closes,
-        CloseReason::UserTimeout,
-        bound,
-        Duration::from_secs(20),
-        "plain",
-    )
-    .await;
-    assert!(server.registry.is_empty());
-    server.shutdown().await;
+    stuck_dead_peer_closes_as_user_timeout(&net, 7001, false).await;
 }
 
 /// A TLS session from the client namespace to a server whose certificate `ca` signed.
@@ -214,12 +247,6 @@ async fn under_tls_idle_and_stuck_dead_peers_close_within_the_same_bounds() {
     server.shutdown().await;
 }
 
-/// Waits until `server` holds `n` parked connections (`park_after`).
-async fn wait_parked(server: &TestServer, n: u64) {
-    let metrics = std::sync::Arc::clone(&server.metrics);
-    common::wait_until(common::PROMPT, || metrics.parked_connections() == n).await;
-}
-
 /// The same failures once the connections parked outside their tasks (`park_after`): the
 /// kernel's keep-alive and user timeout run on a parked socket as on any, its error wakes the
 /// connection, and a frozen peer's missed pings are counted across its parks. Each bound is
@@ -230,80 +257,17 @@ async fn parked_dead_and_frozen_peers_close_within_the_same_bounds() {
     if !common::netns_or_skip(TEST) {
         return;
     }
-    let mut config = test_config();
-    config.park_after = Some(Duration::from_millis(500));
-
-    // Idle, heartbeat off: keep-alive.
     let net = NetnsPair::create(TEST).expect("checked above");
-    let mut idle = config.clone();
-    idle.keepalive = Keepalive {
-        idle: Duration::from_secs(2),
-        interval: Duration::from_secs(1),
-        count: 3,
-    };
-    idle.heartbeat = HeartbeatMode::Off;
-    let (sink, mut records) = ChannelSink::new(16);
-    let server = TestServer::start_on(idle.clone(), sink, net.server_listener(7004)).await;
-    let mut closes = server.registry.subscribe();
-    let mut client = Client::from_stream(net.client_connect(7004));
-    client.send(b"{\"ip\":\"10.231.0.2\"}\n").await;
-    tokio::time::timeout(common::PROMPT, records.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    wait_parked(&server, 1).await;
-    let bound = idle.keepalive.bound() + SLACK;
-    let grace = Duration::from_secs(10);
-    cut_link_and_expect(
-        &net,
-        &mut closes,
-        CloseReason::KeepaliveTimeout,
-        bound,
-        grace,
-        "parked",
-    )
-    .await;
-    assert_eq!(server.metrics.parked_connections(), 0);
-    server.shutdown().await;
+    idle_dead_peer_closes_as_keepalive_timeout(&net, 7004, true).await;
     drop(net);
-
-    // With a hello, the ping that wakes the parked connection stays unacknowledged: the user
-    // timeout.
     let net = NetnsPair::create(TEST).expect("checked above");
-    let mut stuck = config.clone();
-    stuck.keepalive = Keepalive {
-        idle: Duration::from_secs(30),
-        interval: Duration::from_secs(3),
-        count: 3,
-    };
-    stuck.user_timeout = UserTimeout::Fixed(Duration::from_secs(3));
-    stuck.heartbeat = HeartbeatMode::Required;
-    stuck.heartbeat_interval = Duration::from_secs(2);
-    stuck.heartbeat_misses = 60;
-    let (sink, _records) = ChannelSink::new(16);
-    let server = TestServer::start_on(stuck.clone(), sink, net.server_listener(7005)).await;
-    let mut closes = server.registry.subscribe();
-    let mut client = Client::from_stream(net.client_connect(7005));
-    client.send(b"{\"type\":\"hello\"}\n").await;
-    assert_eq!(client.line().await["type"], "hello");
-    wait_parked(&server, 1).await;
-    let bound = stuck.heartbeat_interval + Duration::from_secs(3) + SLACK;
-    let grace = Duration::from_secs(20);
-    cut_link_and_expect(
-        &net,
-        &mut closes,
-        CloseReason::UserTimeout,
-        bound,
-        grace,
-        "parked",
-    )
-    .await;
-    server.shutdown().await;
+    stuck_dead_peer_closes_as_user_timeout(&net, 7005, true).await;
     drop(net);
 
     // Frozen: its kernel acknowledges, it answers no ping. Between pings the connection parks.
     let net = NetnsPair::create(TEST).expect("checked above");
-    let mut frozen = config.clone();
+    let mut frozen = test_config();
+    frozen.park_after = Some(PARK_AFTER);
     frozen.heartbeat = HeartbeatMode::Required;
     frozen.heartbeat_interval = Duration::from_secs(2);
     frozen.heartbeat_misses = 3;

@@ -249,11 +249,10 @@ pub async fn measure(
     let (frozen, killed) = tokio::join!(frozen, killed);
 
     // Phase 2, link down: an idle dead peer, and one with data in flight.
-    let idle = idle_dead_peer(&lab, &base, &mut servers, 7003).await?;
+    let mut idle = idle_dead_peer(&lab, &base, &mut servers, 7003).await?;
     let mut unacked = unacked_dead_peer(&lab, &base, &mut servers, 7004).await?;
     // Idle connections park after `park_after`, as in production: the link goes down once
     // both have (or once they had the time to), so that the bounds measured are theirs.
-    let mut idle = idle;
     if let Some(after) = base.park_after {
         let parked = |p: &Pending| p.metrics.parked_connections() == 1;
         let until = Instant::now() + after + Duration::from_secs(2);

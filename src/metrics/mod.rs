@@ -145,12 +145,11 @@ pub struct Metrics {
     buffered_limit: Gauge,
     /// Connections a paced drain chose and has not told yet.
     drain_pending: Gauge,
-    /// Idle connections parked now and parks so far: 0 where connections do not park (only
-    /// on Linux).
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    parked: Gauge,
-    /// The same count as `parked`, for [`Metrics::parked_connections`].
+    /// Idle connections parked now: counted here as they park and wake, read by
+    /// [`Metrics::parked_connections`] and set into the gauge `parked` at each scrape.
     parked_now: std::sync::atomic::AtomicU64,
+    parked: Gauge,
+    /// Parks so far (0 where connections do not park: only on Linux).
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     parks: Counter,
     drain_goaways: Counter,
@@ -357,12 +356,10 @@ impl Metrics {
         use std::sync::atomic::Ordering::Relaxed;
         match parked {
             true => {
-                self.parked.increment(1.0);
                 self.parked_now.fetch_add(1, Relaxed);
                 self.parks.increment(1);
             }
             false => {
-                self.parked.decrement(1.0);
                 self.parked_now.fetch_sub(1, Relaxed);
             }
         }
@@ -572,6 +569,7 @@ impl Metrics {
         s.keepalive_storms.absolute(now.keepalive_storms);
         s.buffered.set(now.buffered as f64);
         s.flapping_clients.set(now.flapping_clients as f64);
+        self.parked.set(self.parked_connections() as f64);
         s.sink_healthy
             .set(if self.sink_healthy() { 1.0 } else { 0.0 });
         self.nats.set_gauges();

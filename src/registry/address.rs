@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
-use std::sync::{LazyLock, PoisonError, RwLock};
+use std::sync::{LazyLock, Once, PoisonError, RwLock};
 
 /// The peer's family, in the local index's high bit (an IPv4 peer and an IPv6 peer whose address
 /// is IPv4-mapped are both kept, as they were accepted).
@@ -83,7 +83,7 @@ struct Locals {
 static LOCALS: LazyLock<RwLock<Locals>> = LazyLock::new(Default::default);
 
 /// The index of `local`, added when new. Past 32,767 distinct addresses, [`TOO_MANY`] (read
-/// back as `0.0.0.0:0`), with a warning the first time.
+/// back as `0.0.0.0:0`, as no address is kept there), with a warning the first time.
 fn intern(local: SocketAddr) -> u16 {
     let known = LOCALS.read().unwrap_or_else(PoisonError::into_inner);
     if let Some(index) = known.index.get(&local) {
@@ -94,18 +94,14 @@ fn intern(local: SocketAddr) -> u16 {
     if let Some(index) = locals.index.get(&local) {
         return *index;
     }
-    let Ok(index) = u16::try_from(locals.addresses.len()) else {
-        return TOO_MANY;
-    };
-    if index >= TOO_MANY {
-        if index == TOO_MANY {
-            locals
-                .addresses
-                .push(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
-            tracing::warn!(limit = TOO_MANY, "more distinct local addresses than the registry keeps; later ones are listed as 0.0.0.0:0");
+    let index = match u16::try_from(locals.addresses.len()) {
+        Ok(index) if index < TOO_MANY => index,
+        _ => {
+            static WARNED: Once = Once::new();
+            WARNED.call_once(|| tracing::warn!(limit = TOO_MANY, "more distinct local addresses than the registry keeps; later ones are listed as 0.0.0.0:0"));
+            return TOO_MANY;
         }
-        return TOO_MANY;
-    }
+    };
     locals.addresses.push(local);
     locals.index.insert(local, index);
     index
