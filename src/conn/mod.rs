@@ -474,19 +474,10 @@ impl Connection {
                 self.reapply_socket_options(&live);
             }
             let clocks = self.check_timers(now, &live)?;
-            #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
-            let mut next = clocks.next(&live);
-            #[cfg(target_os = "linux")]
-            match self.park_at(&live) {
-                Some(park_at) if park_at > now => {
-                    next = Some(next.map_or(park_at, |next| next.min(park_at)));
-                }
-                // Unless bytes (or an error) wait: the loop reads them first.
-                Some(_) if park::nothing_to_read(&self.stream) => {
-                    return Poll::Ready(Ok(Leaves::ToPark { wake_at: next }));
-                }
-                _ => {}
-            }
+            let next = match self.next_wake(clocks.next(&live), &live, now) {
+                Ok(next) => next,
+                Err(leaves) => return Poll::Ready(Ok(leaves)),
+            };
             self.arm_timer(next);
             match std::task::ready!(self.poll_event(cx)) {
                 Event::Asked(reason) => {
@@ -1021,6 +1012,17 @@ impl Connection {
                 self.blocked = Some(Box::new(Blocked::QueueRoom(wait)));
             }
         }
+    }
+
+    /// When the loop's timer wakes it: at its next deadline (connections park on Linux only).
+    #[cfg(not(target_os = "linux"))]
+    fn next_wake(
+        &self,
+        deadline: Option<Instant>,
+        _live: &Config,
+        _now: Instant,
+    ) -> Result<Option<Instant>, Leaves> {
+        Ok(deadline)
     }
 
     /// When the connection was accepted.

@@ -50,7 +50,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use super::{ConnShared, ConnTask, Connection, Extras, Flags, Live, Slot, Stage};
+use super::{ConnShared, ConnTask, Connection, Extras, Flags, Leaves, Live, Slot, Stage};
 use crate::close_reason::CloseReason;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -261,9 +261,27 @@ impl Parked {
 }
 
 impl Connection {
+    /// When the loop's timer wakes it: at `deadline` (its next one), or sooner at the moment
+    /// to park; `Err(Leaves::ToPark)` once that moment has come, unless bytes (or an error)
+    /// wait: the loop reads them first.
+    pub(super) fn next_wake(
+        &self,
+        deadline: Option<Instant>,
+        live: &Config,
+        now: Instant,
+    ) -> Result<Option<Instant>, Leaves> {
+        match self.park_at(live) {
+            Some(park_at) if park_at > now => {
+                Ok(Some(deadline.map_or(park_at, |next| next.min(park_at))))
+            }
+            Some(_) if nothing_to_read(&self.stream) => Err(Leaves::ToPark { wake_at: deadline }),
+            _ => Ok(deadline),
+        }
+    }
+
     /// When this connection parks if nothing happens before: `park_after` past its last byte
     /// in, if it may park at all (see [`park`](self)).
-    pub(super) fn park_at(&self, live: &Config) -> Option<Instant> {
+    fn park_at(&self, live: &Config) -> Option<Instant> {
         let after = live.park_after?;
         let idle = self.flags.contains(Flags::READING)
             && !self
@@ -315,7 +333,7 @@ impl Connection {
 /// error stays for the read that names the close): a connection just woken by its bytes must
 /// not park again before its task reads them, and tokio tells the new task of them only at its
 /// reactor's next turn.
-pub(super) fn nothing_to_read(stream: &TcpStream) -> bool {
+fn nothing_to_read(stream: &TcpStream) -> bool {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
     let mut socket = [PollFd::new(stream, PollFlags::IN | PollFlags::RDHUP)];
     let now = Timespec {
