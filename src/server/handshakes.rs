@@ -72,11 +72,16 @@ impl Handshakes {
         accepted: Instant,
         handshake_timeout: Duration,
     ) -> Waited {
-        let spoke = tokio::time::timeout_at(accepted + handshake_timeout, stream.readable()).await;
+        // A byte to peek at, not readiness alone: tokio may report a socket readable when it
+        // is not (its documented false positives), and a silent peer taken for one that
+        // spoke would hold a turn for `TURN_HELD_AT_MOST`. No byte but the end: gone.
+        let mut first = [0u8; 1];
+        let spoke =
+            tokio::time::timeout_at(accepted + handshake_timeout, stream.peek(&mut first)).await;
         match spoke {
             Err(_) => return Waited::Late,
-            Ok(Err(_)) => return Waited::PeerGone,
-            Ok(Ok(())) => {}
+            Ok(Err(_) | Ok(0)) => return Waited::PeerGone,
+            Ok(Ok(_)) => {}
         }
         let turns = Arc::clone(&self.turns);
         let by = accepted + handshake_timeout.max(LONGEST_WAIT);
